@@ -1,0 +1,209 @@
+// GRU on the CPU: a whole layer (forward and backward through time) and one inference step.
+//
+// Shapes: N rows of the flattened sequence (see schedule_cpu.h), B batch, H hidden, G = 3H gates in
+// torch's order r, z, n. b_hh stays apart from gx because n = tanh(x_n + r * (W_hn h + b_hn)).
+// saved (N, 5H): [r z n (3H) | h_n = W_hn h + b_hn (H) | h_prev (H)]
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <tuple>
+
+#include "../checks.h"
+#include "fastcells/gate_math.h"
+#include "matmul_cpu.h"
+#include "ops_cpu.h"
+#include "schedule_cpu.h"
+
+namespace fastcells::cpu {
+namespace {
+
+constexpr int64_t kPointwiseGrain = 4096;
+
+// One row. gx: input projections with b_ih (or without, then b_ih is added here); gh: W_hh h.
+template <typename T>
+inline void gru_row_fwd(const T* gx, const T* gh, const T* b_ih, const T* b_hh, const T* h_prev,
+                        T* h_out, T* saved, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    T x[3], hh[3];
+    for (int k = 0; k < 3; ++k) {
+      x[k] = gx[k * H + j] + (b_ih ? b_ih[k * H + j] : T(0));
+      hh[k] = gh[k * H + j] + (b_hh ? b_hh[k * H + j] : T(0));
+    }
+    const T hp = h_prev[j];
+    GruUnit<T> u = gru_unit_fwd(x[0], x[1], x[2], hh[0], hh[1], hh[2], hp);
+    if (saved) {
+      saved[j] = u.r;
+      saved[H + j] = u.z;
+      saved[2 * H + j] = u.n;
+      saved[3 * H + j] = hh[2];
+      saved[4 * H + j] = hp;
+    }
+    h_out[j] = u.h;
+  }
+}
+
+template <typename T>
+void gru_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, const at::Tensor& w_hh,
+                        const T* b_hh, const Schedule& sched, bool reverse, at::Tensor& y,
+                        T* saved, int64_t H) {
+  const int64_t G = 3 * H;
+  at::Tensor gh = at::empty({sched.batch, G}, gx.options());
+  const T* gx_p = gx.data_ptr<T>();
+  const T* w_p = w_hh.data_ptr<T>();
+  T* gh_p = gh.data_ptr<T>();
+  T* h_p = h_state.data_ptr<T>();
+  T* y_p = y.data_ptr<T>();
+  for (int64_t s = 0; s < sched.steps; ++s) {
+    const int64_t t = sched.time_at(s, reverse);
+    const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
+    matmul_nt(h_p, H, w_p, H, gh_p, G, bs, G, H, false);
+    at::parallel_for(0, bs, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        gru_row_fwd<T>(gx_p + (row0 + b) * G, gh_p + b * G, nullptr, b_hh, h_p + b * H,
+                       h_p + b * H, saved ? saved + (row0 + b) * 5 * H : nullptr, H);
+      }
+    });
+    std::memcpy(y_p + row0 * H, h_p, bs * H * sizeof(T));
+  }
+}
+
+// dgx (N, 3H) gets the gradients of the input projections, dgh (N, 3H) those of W_hh h + b_hh.
+template <typename T>
+void gru_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, const at::Tensor& saved,
+                        const at::Tensor& w_hh, const Schedule& sched, bool reverse,
+                        at::Tensor& dgx, at::Tensor& dgh, int64_t H) {
+  const int64_t G = 3 * H;
+  const T* dy_p = dy.data_ptr<T>();
+  const T* s_p = saved.data_ptr<T>();
+  const T* w_p = w_hh.data_ptr<T>();
+  T* dh_p = dh_state.data_ptr<T>();
+  T* dgx_p = dgx.data_ptr<T>();
+  T* dgh_p = dgh.data_ptr<T>();
+  for (int64_t s = sched.steps - 1; s >= 0; --s) {
+    const int64_t t = sched.time_at(s, reverse);
+    const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
+    at::parallel_for(0, bs, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t row = row0 + b;
+        const T* sr = s_p + row * 5 * H;
+        const T* dyr = dy_p + row * H;
+        T* dhb = dh_p + b * H;
+        T* dxr = dgx_p + row * G;
+        T* dhr = dgh_p + row * G;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          GruUnitGrad<T> d =
+              gru_unit_bwd(sr[j], sr[H + j], sr[2 * H + j], sr[3 * H + j], sr[4 * H + j],
+                           dyr[j] + dhb[j]);
+          dxr[j] = d.d_r;
+          dxr[H + j] = d.d_z;
+          dxr[2 * H + j] = d.d_n;
+          dhr[j] = d.d_r;
+          dhr[H + j] = d.d_z;
+          dhr[2 * H + j] = d.d_hn;
+          dhb[j] = d.d_h_prev;
+        }
+      }
+    });
+    matmul_nn(dgh_p + row0 * G, G, w_p, H, dh_p, H, bs, H, G, true);
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd_cpu(
+    const at::Tensor& gx_in, const at::Tensor& h0, const at::Tensor& w_hh_in,
+    const c10::optional<at::Tensor>& b_hh_in, const at::Tensor& batch_sizes, bool reverse,
+    bool training) {
+  FC_CHECK_DIM(gx_in, 2);
+  FC_CHECK_FLOATING(gx_in);
+  FC_CHECK_DIM(h0, 2);
+  const int64_t H = h0.size(1), N = gx_in.size(0);
+  FC_CHECK_SHAPE(gx_in, N, 3 * H);
+  FC_CHECK_SHAPE(w_hh_in, 3 * H, H);
+  FC_CHECK_LIKE(h0, gx_in);
+  FC_CHECK_LIKE(w_hh_in, gx_in);
+  if (b_hh_in.has_value()) {
+    FC_CHECK_SHAPE((*b_hh_in), 3 * H);
+    FC_CHECK_LIKE((*b_hh_in), gx_in);
+  }
+  const Schedule sched = make_schedule(batch_sizes, N, h0.size(0));
+  at::Tensor gx = gx_in.contiguous(), w_hh = w_hh_in.contiguous();
+  at::Tensor b_hh = b_hh_in.has_value() ? b_hh_in->contiguous() : at::Tensor();
+  at::Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
+  at::Tensor y = at::empty({N, H}, gx.options());
+  at::Tensor saved = training ? at::empty({N, 5 * H}, gx.options()) : at::empty({0}, gx.options());
+  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_layer_fwd_cpu", [&] {
+    gru_layer_fwd_impl<scalar_t>(gx, h_state, w_hh,
+                                 b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr, sched,
+                                 reverse, y, training ? saved.data_ptr<scalar_t>() : nullptr, H);
+  });
+  return {y, h_state, saved};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_bwd_cpu(
+    const at::Tensor& dy_in, const at::Tensor& dhn, const at::Tensor& saved_in,
+    const at::Tensor& w_hh_in, const at::Tensor& batch_sizes, bool reverse, bool has_bias) {
+  FC_CHECK_DIM(dhn, 2);
+  FC_CHECK_FLOATING(dy_in);
+  const int64_t H = dhn.size(1), N = dy_in.size(0);
+  FC_CHECK_SHAPE(dy_in, N, H);
+  FC_CHECK_SHAPE(saved_in, N, 5 * H);
+  FC_CHECK_SHAPE(w_hh_in, 3 * H, H);
+  for (const at::Tensor* t : {&dhn, &saved_in, &w_hh_in}) FC_CHECK_LIKE((*t), dy_in);
+  const Schedule sched = make_schedule(batch_sizes, N, dhn.size(0));
+  at::Tensor dy = dy_in.contiguous(), saved = saved_in.contiguous(), w_hh = w_hh_in.contiguous();
+  at::Tensor dh_state = dhn.clone(at::MemoryFormat::Contiguous);
+  at::Tensor dgx = at::empty({N, 3 * H}, dy.options());
+  at::Tensor dgh = at::empty({N, 3 * H}, dy.options());
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "gru_layer_bwd_cpu", [&] {
+    gru_layer_bwd_impl<scalar_t>(dy, dh_state, saved, w_hh, sched, reverse, dgx, dgh, H);
+  });
+  at::Tensor dw_hh = at::mm(dgh.t(), saved.narrow(1, 4 * H, H));
+  at::Tensor db_hh = has_bias ? dgh.sum(0) : at::empty({0}, dy.options());
+  return {dgx, dh_state, dw_hh, db_hh};
+}
+
+at::Tensor gru_step_fwd_cpu(const at::Tensor& x_in, const at::Tensor& h, const at::Tensor& w_ih_in,
+                            const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& b_ih,
+                            const c10::optional<at::Tensor>& b_hh) {
+  FC_CHECK_DIM(x_in, 2);
+  FC_CHECK_FLOATING(x_in);
+  FC_CHECK_DIM(h, 2);
+  const int64_t B = x_in.size(0), I = x_in.size(1), H = h.size(1);
+  FC_CHECK_SHAPE(h, B, H);
+  FC_CHECK_SHAPE(w_ih_in, 3 * H, I);
+  FC_CHECK_SHAPE(w_hh_in, 3 * H, H);
+  for (const at::Tensor* t : {&h, &w_ih_in, &w_hh_in}) FC_CHECK_LIKE((*t), x_in);
+  for (const auto* b : {&b_ih, &b_hh}) {
+    if (b->has_value()) {
+      FC_CHECK_SHAPE((**b), 3 * H);
+      FC_CHECK_LIKE((**b), x_in);
+    }
+  }
+  at::Tensor x = x_in.contiguous(), hc = h.contiguous();
+  at::Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  at::Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::Tensor();
+  at::Tensor bh = b_hh.has_value() ? b_hh->contiguous() : at::Tensor();
+  at::Tensor gates = at::empty({2, B, 3 * H}, x.options());
+  at::Tensor h_new = at::empty({B, H}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_step_fwd_cpu", [&] {
+    scalar_t* gx = gates.data_ptr<scalar_t>();
+    scalar_t* gh = gx + B * 3 * H;
+    matmul_nt_pair(x.data_ptr<scalar_t>(), I, w_ih.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(),
+                   H, w_hh.data_ptr<scalar_t>(), gx, gh, B, 3 * H);
+    for (int64_t b = 0; b < B; ++b) {
+      gru_row_fwd<scalar_t>(gx + b * 3 * H, gh + b * 3 * H,
+                            bi.defined() ? bi.data_ptr<scalar_t>() : nullptr,
+                            bh.defined() ? bh.data_ptr<scalar_t>() : nullptr,
+                            hc.data_ptr<scalar_t>() + b * H, h_new.data_ptr<scalar_t>() + b * H,
+                            nullptr, H);
+    }
+  });
+  return h_new;
+}
+
+}  // namespace fastcells::cpu

@@ -1,0 +1,276 @@
+// LSTM on the CPU: a whole layer (forward and backward through time) and one inference step.
+//
+// Shapes: N rows of the flattened sequence (see schedule_cpu.h), B batch, H hidden, P = proj_size or H,
+// G = 4H gates in torch's order i, f, g, o.
+// saved (N, S), one row per sequence row, S = 6H + P (+ H with a projection):
+//   [gates i f g o (4H) | c_prev (H) | tanh(c) (H) | h_prev (P) | h before projection (H)]
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <tuple>
+
+#include "../checks.h"
+#include "fastcells/gate_math.h"
+#include "matmul_cpu.h"
+#include "ops_cpu.h"
+#include "schedule_cpu.h"
+
+namespace fastcells::cpu {
+namespace {
+
+// Units (rows x hidden) below which the pointwise pass stays on one thread.
+constexpr int64_t kPointwiseGrain = 4096;
+
+struct LstmLayout {
+  int64_t H, P;
+  bool proj;
+  int64_t gates() const { return 0; }
+  int64_t c_prev() const { return 4 * H; }
+  int64_t tanh_c() const { return 5 * H; }
+  int64_t h_prev() const { return 6 * H; }
+  int64_t h_raw() const { return 6 * H + P; }
+  int64_t width() const { return 6 * H + P + (proj ? H : 0); }
+};
+
+// One row: pre-activations gx + gh (+ biases), state update, and what backward needs.
+template <typename T>
+inline void lstm_row_fwd(const T* gx, const T* gh, const T* b_ih, const T* b_hh, const T* c_prev,
+                         T* c_out, T* h_out, T* saved, const LstmLayout& L) {
+  const int64_t H = L.H;
+  // simd: each j touches index j only (c_prev may alias c_out: read before write in the same lane).
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    T a[4];
+    for (int k = 0; k < 4; ++k) {
+      a[k] = gx[k * H + j] + gh[k * H + j];
+      if (b_ih) a[k] += b_ih[k * H + j];
+      if (b_hh) a[k] += b_hh[k * H + j];
+    }
+    const T cp = c_prev[j];
+    LstmUnit<T> u = lstm_unit_fwd(a[0], a[1], a[2], a[3], cp);
+    if (saved) {
+      saved[j] = u.i;
+      saved[H + j] = u.f;
+      saved[2 * H + j] = u.g;
+      saved[3 * H + j] = u.o;
+      saved[L.c_prev() + j] = cp;
+      saved[L.tanh_c() + j] = u.tanh_c;
+    }
+    c_out[j] = u.c;
+    h_out[j] = u.h;
+  }
+}
+
+template <typename T>
+void lstm_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, at::Tensor& c_state,
+                         const at::Tensor& w_hh, const at::Tensor* w_hr, const Schedule& sched,
+                         bool reverse, at::Tensor& y, at::Tensor* saved, const LstmLayout& L) {
+  const int64_t H = L.H, P = L.P, G = 4 * H, B = sched.batch;
+  at::Tensor gh = at::empty({B, G}, gx.options());
+  at::Tensor h_raw = L.proj ? at::empty({B, H}, gx.options()) : at::Tensor();
+  const T* gx_p = gx.data_ptr<T>();
+  const T* w_p = w_hh.data_ptr<T>();
+  T* gh_p = gh.data_ptr<T>();
+  T* h_p = h_state.data_ptr<T>();
+  T* c_p = c_state.data_ptr<T>();
+  T* y_p = y.data_ptr<T>();
+  T* s_p = saved ? saved->data_ptr<T>() : nullptr;
+  const int64_t S = L.width();
+  for (int64_t s = 0; s < sched.steps; ++s) {
+    const int64_t t = sched.time_at(s, reverse);
+    const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
+    matmul_nt(h_p, P, w_p, P, gh_p, G, bs, G, P, false);
+    if (s_p) {
+      for (int64_t b = 0; b < bs; ++b)
+        std::memcpy(s_p + (row0 + b) * S + L.h_prev(), h_p + b * P, P * sizeof(T));
+    }
+    T* h_dst = L.proj ? h_raw.data_ptr<T>() : h_p;
+    at::parallel_for(0, bs, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        lstm_row_fwd<T>(gx_p + (row0 + b) * G, gh_p + b * G, nullptr, nullptr, c_p + b * H,
+                        c_p + b * H, h_dst + b * H, s_p ? s_p + (row0 + b) * S : nullptr, L);
+      }
+    });
+    if (L.proj) {
+      const T* hr = h_raw.data_ptr<T>();
+      matmul_nt(hr, H, w_hr->data_ptr<T>(), H, h_p, P, bs, P, H, false);
+      if (s_p) {
+        for (int64_t b = 0; b < bs; ++b)
+          std::memcpy(s_p + (row0 + b) * S + L.h_raw(), hr + b * H, H * sizeof(T));
+      }
+    }
+    std::memcpy(y_p + row0 * P, h_p, bs * P * sizeof(T));
+  }
+}
+
+template <typename T>
+void lstm_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, at::Tensor& dc_state,
+                         const at::Tensor& saved, const at::Tensor& w_hh, const at::Tensor* w_hr,
+                         const Schedule& sched, bool reverse, at::Tensor& dgx, at::Tensor* dh_rows,
+                         const LstmLayout& L) {
+  const int64_t H = L.H, P = L.P, G = 4 * H, B = sched.batch, S = L.width();
+  at::Tensor dh_raw = at::empty({B, H}, dy.options());
+  const T* dy_p = dy.data_ptr<T>();
+  const T* s_p = saved.data_ptr<T>();
+  const T* w_p = w_hh.data_ptr<T>();
+  T* dh_p = dh_state.data_ptr<T>();
+  T* dc_p = dc_state.data_ptr<T>();
+  T* dg_p = dgx.data_ptr<T>();
+  T* dhr_p = dh_raw.data_ptr<T>();
+  for (int64_t s = sched.steps - 1; s >= 0; --s) {
+    const int64_t t = sched.time_at(s, reverse);
+    const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
+    // dh = dy + gradient from the next step; through the projection when there is one.
+    for (int64_t b = 0; b < bs; ++b) {
+      const T* dyr = dy_p + (row0 + b) * P;
+      T* dhb = dh_p + b * P;
+#pragma omp simd
+      for (int64_t j = 0; j < P; ++j) dhb[j] += dyr[j];
+    }
+    if (L.proj) {
+      std::memcpy(dh_rows->data_ptr<T>() + row0 * P, dh_p, bs * P * sizeof(T));
+      matmul_nn(dh_p, P, w_hr->data_ptr<T>(), H, dhr_p, H, bs, H, P, false);
+    } else {
+      std::memcpy(dhr_p, dh_p, bs * H * sizeof(T));
+    }
+    at::parallel_for(0, bs, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* sr = s_p + (row0 + b) * S;
+        const T* dhr = dhr_p + b * H;
+        T* dcr = dc_p + b * H;
+        T* dgr = dg_p + (row0 + b) * G;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          LstmUnitGrad<T> d = lstm_unit_bwd(sr[j], sr[H + j], sr[2 * H + j], sr[3 * H + j],
+                                            sr[L.c_prev() + j], sr[L.tanh_c() + j], dhr[j], dcr[j]);
+          dgr[j] = d.d_i;
+          dgr[H + j] = d.d_f;
+          dgr[2 * H + j] = d.d_g;
+          dgr[3 * H + j] = d.d_o;
+          dcr[j] = d.d_c_prev;
+        }
+      }
+    });
+    matmul_nn(dg_p + row0 * G, G, w_p, P, dh_p, P, bs, P, G, false);
+  }
+}
+
+void check_layer_args(const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& c0,
+                      const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr) {
+  FC_CHECK_DIM(gx, 2);
+  FC_CHECK_FLOATING(gx);
+  FC_CHECK_DIM(c0, 2);
+  const int64_t H = c0.size(1);
+  const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
+  TORCH_CHECK(gx.size(1) == 4 * H, "gx must have 4 * hidden_size = ", 4 * H, " columns, got ",
+              gx.size(1));
+  FC_CHECK_SHAPE(h0, c0.size(0), P);
+  FC_CHECK_SHAPE(w_hh, 4 * H, P);
+  FC_CHECK_LIKE(h0, gx);
+  FC_CHECK_LIKE(c0, gx);
+  FC_CHECK_LIKE(w_hh, gx);
+  if (w_hr.has_value()) {
+    FC_CHECK_SHAPE((*w_hr), P, H);
+    FC_CHECK_LIKE((*w_hr), gx);
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cpu(
+    const at::Tensor& gx_in, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh_in,
+    const c10::optional<at::Tensor>& w_hr_in, const at::Tensor& batch_sizes, bool reverse,
+    bool training) {
+  check_layer_args(gx_in, h0, c0, w_hh_in, w_hr_in);
+  const LstmLayout L{c0.size(1), h0.size(1), w_hr_in.has_value()};
+  const Schedule sched = make_schedule(batch_sizes, gx_in.size(0), h0.size(0));
+  at::Tensor gx = gx_in.contiguous(), w_hh = w_hh_in.contiguous();
+  at::Tensor w_hr = L.proj ? w_hr_in->contiguous() : at::Tensor();
+  at::Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
+  at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
+  at::Tensor y = at::empty({gx.size(0), L.P}, gx.options());
+  at::Tensor saved = training ? at::empty({gx.size(0), L.width()}, gx.options())
+                              : at::empty({0}, gx.options());
+  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_layer_fwd_cpu", [&] {
+    lstm_layer_fwd_impl<scalar_t>(gx, h_state, c_state, w_hh, L.proj ? &w_hr : nullptr, sched,
+                                  reverse, y, training ? &saved : nullptr, L);
+  });
+  return {y, h_state, c_state, saved};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_bwd_cpu(
+    const at::Tensor& dy_in, const at::Tensor& dhn, const at::Tensor& dcn,
+    const at::Tensor& saved_in, const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& w_hr_in,
+    const at::Tensor& batch_sizes, bool reverse) {
+  FC_CHECK_DIM(dcn, 2);
+  FC_CHECK_FLOATING(dy_in);
+  const LstmLayout L{dcn.size(1), dhn.size(1), w_hr_in.has_value()};
+  const int64_t N = dy_in.size(0), G = 4 * L.H;
+  FC_CHECK_SHAPE(dy_in, N, L.P);
+  FC_CHECK_SHAPE(dhn, dcn.size(0), L.P);
+  FC_CHECK_SHAPE(saved_in, N, L.width());
+  FC_CHECK_SHAPE(w_hh_in, G, L.P);
+  for (const at::Tensor* t : {&dhn, &dcn, &saved_in, &w_hh_in}) FC_CHECK_LIKE((*t), dy_in);
+  const Schedule sched = make_schedule(batch_sizes, N, dhn.size(0));
+  at::Tensor dy = dy_in.contiguous(), saved = saved_in.contiguous(), w_hh = w_hh_in.contiguous();
+  at::Tensor w_hr = L.proj ? w_hr_in->contiguous() : at::Tensor();
+  at::Tensor dh_state = dhn.clone(at::MemoryFormat::Contiguous);
+  at::Tensor dc_state = dcn.clone(at::MemoryFormat::Contiguous);
+  at::Tensor dgx = at::empty({N, G}, dy.options());
+  at::Tensor dh_rows = L.proj ? at::empty({N, L.P}, dy.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "lstm_layer_bwd_cpu", [&] {
+    lstm_layer_bwd_impl<scalar_t>(dy, dh_state, dc_state, saved, w_hh, L.proj ? &w_hr : nullptr,
+                                  sched, reverse, dgx, L.proj ? &dh_rows : nullptr, L);
+  });
+  // Weight gradients: one GEMM each over all rows, after the time loop.
+  at::Tensor dw_hh = at::mm(dgx.t(), saved.narrow(1, L.h_prev(), L.P));
+  at::Tensor dw_hr = L.proj ? at::mm(dh_rows.t(), saved.narrow(1, L.h_raw(), L.H))
+                            : at::empty({0}, dy.options());
+  return {dgx, dh_state, dc_state, dw_hh, dw_hr};
+}
+
+std::tuple<at::Tensor, at::Tensor> lstm_step_fwd_cpu(
+    const at::Tensor& x_in, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih_in,
+    const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& b_ih,
+    const c10::optional<at::Tensor>& b_hh) {
+  FC_CHECK_DIM(x_in, 2);
+  FC_CHECK_FLOATING(x_in);
+  FC_CHECK_DIM(h, 2);
+  const int64_t B = x_in.size(0), I = x_in.size(1), H = h.size(1);
+  FC_CHECK_SHAPE(h, B, H);
+  FC_CHECK_SHAPE(c, B, H);
+  FC_CHECK_SHAPE(w_ih_in, 4 * H, I);
+  FC_CHECK_SHAPE(w_hh_in, 4 * H, H);
+  for (const at::Tensor* t : {&h, &c, &w_ih_in, &w_hh_in}) FC_CHECK_LIKE((*t), x_in);
+  for (const auto* b : {&b_ih, &b_hh}) {
+    if (b->has_value()) {
+      FC_CHECK_SHAPE((**b), 4 * H);
+      FC_CHECK_LIKE((**b), x_in);
+    }
+  }
+  at::Tensor x = x_in.contiguous(), hc = h.contiguous(), cc = c.contiguous();
+  at::Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  at::Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::Tensor();
+  at::Tensor bh = b_hh.has_value() ? b_hh->contiguous() : at::Tensor();
+  at::Tensor gates = at::empty({2, B, 4 * H}, x.options());
+  at::Tensor h_new = at::empty({B, H}, x.options()), c_new = at::empty({B, H}, x.options());
+  const LstmLayout L{H, H, false};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_step_fwd_cpu", [&] {
+    scalar_t* gx = gates.data_ptr<scalar_t>();
+    scalar_t* gh = gx + B * 4 * H;
+    matmul_nt_pair(x.data_ptr<scalar_t>(), I, w_ih.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(),
+                   H, w_hh.data_ptr<scalar_t>(), gx, gh, B, 4 * H);
+    const scalar_t* bi_p = bi.defined() ? bi.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bh_p = bh.defined() ? bh.data_ptr<scalar_t>() : nullptr;
+    for (int64_t b = 0; b < B; ++b) {
+      lstm_row_fwd<scalar_t>(gx + b * 4 * H, gh + b * 4 * H, bi_p, bh_p,
+                             cc.data_ptr<scalar_t>() + b * H, c_new.data_ptr<scalar_t>() + b * H,
+                             h_new.data_ptr<scalar_t>() + b * H, nullptr, L);
+    }
+  });
+  return {h_new, c_new};
+}
+
+}  // namespace fastcells::cpu

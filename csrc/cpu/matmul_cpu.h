@@ -1,0 +1,118 @@
+// Small matrix products for the recurrence on the CPU.
+//
+// Each time step multiplies the state (m rows) by a weight matrix. For a few rows, at::mm costs a
+// few µs of dispatch and packing before any arithmetic, more than the arithmetic itself at small H,
+// so below kSmallRows we use plain loops that the compiler vectorizes; above it we hand the product
+// to ATen (MKL/oneDNN), which wins once it can reuse each weight for many rows.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace fastcells::cpu {
+
+constexpr int64_t kSmallRows = 4;
+
+// Work (multiply-adds) below which a loop stays on one thread: waking the other core costs ~1-2 µs.
+constexpr int64_t kParallelWork = 1 << 16;
+
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t k) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (int64_t p = 0; p < k; ++p) acc += a[p] * b[p];
+  return acc;
+}
+
+// Grain (in rows of the weight) so that each thread gets at least kParallelWork multiply-adds.
+inline int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, work_per_item));
+}
+
+template <typename T>
+at::Tensor wrap(const T* data, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<T*>(data), {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+// out (m, n) = a (m, k) @ w (n, k)^T, or += when accumulate. Row-major, leading dims given.
+template <typename T>
+void matmul_nt(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t ldo, int64_t m,
+               int64_t n, int64_t k, bool accumulate) {
+  if (m == 0 || n == 0) return;
+  if (m > kSmallRows) {
+    at::Tensor o = wrap(out, m, n, ldo);
+    if (accumulate) {
+      o.addmm_(wrap(a, m, k, lda), wrap(w, n, k, ldw).t());
+    } else {
+      at::mm_out(o, wrap(a, m, k, lda), wrap(w, n, k, ldw).t());
+    }
+    return;
+  }
+  at::parallel_for(0, n, grain_for(m * k), [&](int64_t begin, int64_t end) {
+    for (int64_t i = 0; i < m; ++i) {
+      const T* a_row = a + i * lda;
+      T* o_row = out + i * ldo;
+      for (int64_t j = begin; j < end; ++j) {
+        T v = dot(w + j * ldw, a_row, k);
+        o_row[j] = accumulate ? o_row[j] + v : v;
+      }
+    }
+  });
+}
+
+// out (m, n) = a (m, k) @ w (k, n), or += when accumulate. Row-major, leading dims given.
+template <typename T>
+void matmul_nn(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t ldo, int64_t m,
+               int64_t n, int64_t k, bool accumulate) {
+  if (m == 0 || n == 0) return;
+  if (m > kSmallRows) {
+    at::Tensor o = wrap(out, m, n, ldo);
+    if (accumulate) {
+      o.addmm_(wrap(a, m, k, lda), wrap(w, k, n, ldw));
+    } else {
+      at::mm_out(o, wrap(a, m, k, lda), wrap(w, k, n, ldw));
+    }
+    return;
+  }
+  // Columns split across threads; each row of w is an axpy over the thread's columns.
+  at::parallel_for(0, n, grain_for(m * k), [&](int64_t begin, int64_t end) {
+    for (int64_t i = 0; i < m; ++i) {
+      T* o_row = out + i * ldo;
+      if (!accumulate) std::fill(o_row + begin, o_row + end, T(0));
+      for (int64_t r = 0; r < k; ++r) {
+        const T coef = a[i * lda + r];
+        const T* w_row = w + r * ldw;
+#pragma omp simd
+        for (int64_t j = begin; j < end; ++j) o_row[j] += coef * w_row[j];
+      }
+    }
+  });
+}
+
+// Two independent products in one pass over the rows of both weights, for the cell step:
+// gx (m, n) = x (m, kx) @ w_ih (n, kx)^T and gh (m, n) = h (m, kh) @ w_hh (n, kh)^T.
+// One parallel region instead of two, and each thread keeps the same weight rows on every call.
+template <typename T>
+void matmul_nt_pair(const T* x, int64_t kx, const T* w_ih, const T* h, int64_t kh, const T* w_hh,
+                    T* gx, T* gh, int64_t m, int64_t n) {
+  if (m > kSmallRows) {
+    matmul_nt(x, kx, w_ih, kx, gx, n, m, n, kx, false);
+    matmul_nt(h, kh, w_hh, kh, gh, n, m, n, kh, false);
+    return;
+  }
+  if (m == 0 || n == 0) return;
+  at::parallel_for(0, n, grain_for(m * (kx + kh)), [&](int64_t begin, int64_t end) {
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = begin; j < end; ++j) {
+        gx[i * n + j] = dot(w_ih + j * kx, x + i * kx, kx);
+        gh[i * n + j] = dot(w_hh + j * kh, h + i * kh, kh);
+      }
+    }
+  });
+}
+
+}  // namespace fastcells::cpu

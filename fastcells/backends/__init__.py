@@ -1,0 +1,68 @@
+"""Backend registry and choice.
+
+A backend is a module with ``NAME``, ``unusable_reason(device_type)`` and the layer and step functions
+(see ``reference.py`` for their shapes). Choice: the ``backend=`` argument, else the environment variable
+``FASTCELLS_BACKEND``, else ``auto``: the first usable backend in preference order for the tensors'
+device, falling back to ``reference`` with one logged warning.
+"""
+
+import logging
+import os
+
+from . import cpu, reference
+
+logger = logging.getLogger("fastcells")
+
+# Preference order; later issues add "cuda" and "triton" in front.
+_BACKENDS = {module.NAME: module for module in (cpu, reference)}
+NAMES = tuple(_BACKENDS)
+ENV_VAR = "FASTCELLS_BACKEND"
+
+_auto_choice = {}  # device type -> backend chosen by "auto"
+
+
+def check_name(name):
+    """Returns ``name`` if it names a backend or ``"auto"``; raises ValueError otherwise."""
+    if name != "auto" and name not in _BACKENDS:
+        valid = ", ".join(repr(n) for n in ("auto",) + NAMES)
+        raise ValueError(f"unknown fastcells backend {name!r}; valid names are {valid}")
+    return name
+
+
+def available_backends(device_type="cpu"):
+    """Names of the backends usable on ``device_type`` tensors in this process, in preference order."""
+    return [name for name, module in _BACKENDS.items() if module.unusable_reason(device_type) is None]
+
+
+def _auto(device_type):
+    chosen = _auto_choice.get(device_type)
+    if chosen is None:
+        usable = available_backends(device_type)
+        chosen = _BACKENDS[usable[0]]
+        if chosen is reference:
+            reasons = "; ".join(
+                f"{name}: {module.unusable_reason(device_type)}"
+                for name, module in _BACKENDS.items()
+                if module is not reference
+            )
+            logger.warning("fastcells: no fused backend for %s tensors, using 'reference' (%s)",
+                           device_type, reasons)
+        _auto_choice[device_type] = chosen
+    return chosen
+
+
+def select(requested, device_type):
+    """The backend module for ``requested`` ("auto" or a name) on ``device_type`` tensors.
+
+    "auto" consults FASTCELLS_BACKEND first. An explicitly named backend that cannot run raises
+    RuntimeError saying why.
+    """
+    if requested == "auto":
+        requested = check_name(os.environ.get(ENV_VAR, "auto") or "auto")
+        if requested == "auto":
+            return _auto(device_type)
+    module = _BACKENDS[requested]
+    reason = module.unusable_reason(device_type)
+    if reason is not None:
+        raise RuntimeError(f"fastcells backend {requested!r} is not usable: {reason}")
+    return module

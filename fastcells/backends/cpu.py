@@ -1,0 +1,80 @@
+"""The cpu backend: fused C++ kernels (csrc/cpu) behind ``torch.ops.fastcells``.
+
+Layer functions run a whole sequence of one layer and direction in one op call; step functions run one
+cell step. Both are differentiable: the layer ops carry autograd formulas (fastcells/ops.py), and a cell
+step that needs gradients runs as a layer of length one. A step without gradients (inference, the
+streaming case) is one fused op: both mat-vecs, biases and gates in a single pass.
+
+Shapes as in ``backends/reference.py``.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .. import _extension
+
+NAME = "cpu"
+ops = torch.ops.fastcells
+
+
+def unusable_reason(device_type):
+    """Why this backend cannot run on ``device_type`` tensors, or None."""
+    if _extension.load_error is not None:
+        return f"the compiled extension fastcells._C did not load ({_extension.load_error})"
+    if device_type != "cpu":
+        return f"it runs on CPU tensors only, got {device_type} tensors"
+    return None
+
+
+def _needs_grad(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _one_step(batch):
+    return torch.full((1,), batch, dtype=torch.long)
+
+
+def lstm_layer(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+    training = _needs_grad(gx, h0, c0, w_hh, w_hr)
+    y, hn, cn, _ = ops.lstm_layer_fwd(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse, training)
+    return y, hn, cn
+
+
+def gru_layer(gx, h0, w_hh, b_hh, batch_sizes, reverse):
+    training = _needs_grad(gx, h0, w_hh, b_hh)
+    y, hn, _ = ops.gru_layer_fwd(gx, h0, w_hh, b_hh, batch_sizes, reverse, training)
+    return y, hn
+
+
+def rnn_layer(gx, h0, w_hh, batch_sizes, relu, reverse):
+    training = _needs_grad(gx, h0, w_hh)
+    y, hn, _ = ops.rnn_layer_fwd(gx, h0, w_hh, batch_sizes, relu, reverse, training)
+    return y, hn
+
+
+def _bias_sum(b_ih, b_hh):
+    return None if b_ih is None else b_ih + b_hh
+
+
+def lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    if not _needs_grad(x, h, c, w_ih, w_hh, b_ih, b_hh):
+        return ops.lstm_step_fwd(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    gx = F.linear(x, w_ih, _bias_sum(b_ih, b_hh))
+    _, hn, cn, _ = ops.lstm_layer_fwd(gx, h, c, w_hh, None, _one_step(x.shape[0]), False, True)
+    return hn, cn
+
+
+def gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
+    if not _needs_grad(x, h, w_ih, w_hh, b_ih, b_hh):
+        return ops.gru_step_fwd(x, h, w_ih, w_hh, b_ih, b_hh)
+    gx = F.linear(x, w_ih, b_ih)
+    _, hn, _ = ops.gru_layer_fwd(gx, h, w_hh, b_hh, _one_step(x.shape[0]), False, True)
+    return hn
+
+
+def rnn_step(x, h, w_ih, w_hh, b_ih, b_hh, relu):
+    if not _needs_grad(x, h, w_ih, w_hh, b_ih, b_hh):
+        return ops.rnn_step_fwd(x, h, w_ih, w_hh, b_ih, b_hh, relu)
+    gx = F.linear(x, w_ih, _bias_sum(b_ih, b_hh))
+    _, hn, _ = ops.rnn_layer_fwd(gx, h, w_hh, _one_step(x.shape[0]), relu, False, True)
+    return hn

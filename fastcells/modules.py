@@ -1,0 +1,293 @@
+"""Drop-in twins of torch.nn.LSTM, GRU, RNN, LSTMCell, GRUCell and RNNCell.
+
+Same constructor arguments (plus keyword-only ``backend``), same parameters and state_dict keys, same
+forward contract and the same exceptions as torch.nn; the work is done by a fastcells backend.
+
+The layers subclass ``nn.RNNBase`` (which owns the parameter layout, ``all_weights`` and repr), not
+``nn.LSTM``/``GRU``/``RNN``: Dynamo refuses to trace instances of those three classes, so subclassing
+them would bring their graph breaks under torch.compile along.
+"""
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import backends, functional
+
+_INPUT_DIM_MESSAGE = {
+    "LSTM": "LSTM: Expected input to be 2D or 3D, got {}D instead",
+    "GRU": "GRU: Expected input to be 2D or 3D, got {}D instead",
+    "RNN_TANH": "RNN: Expected input to be 2D or 3D, got {}D tensor instead",
+    "RNN_RELU": "RNN: Expected input to be 2D or 3D, got {}D tensor instead",
+}
+
+
+def _check_state_like_input(name, state, input):
+    """torch.nn raises RuntimeError deep in its kernels for these; we say what is wrong."""
+    if state.dtype != input.dtype:
+        raise RuntimeError(f"{name} dtype ({state.dtype}) does not match input dtype ({input.dtype})")
+    if state.device != input.device:
+        raise RuntimeError(
+            f"Input and hidden tensors are not at the same device, found input tensor at "
+            f"{input.device} and {name} tensor at {state.device}"
+        )
+
+
+class _FusedRNNBase(nn.RNNBase):
+    """Forward shared by LSTM, GRU and RNN: argument checks as torch.nn, then functional.rnn."""
+
+    def __init__(self, mode, *args, backend="auto", **kwargs):
+        super().__init__(mode, *args, **kwargs)
+        self.backend = backends.check_name(backend)
+
+    def extra_repr(self):
+        text = super().extra_repr()
+        return text if self.backend == "auto" else f"{text}, backend={self.backend!r}"
+
+    def flatten_parameters(self):
+        """A no-op: fastcells kernels read the parameters where they are (no cuDNN weight buffer)."""
+
+    def _check_states(self, input, batch_sizes, mini_batch, hx, cx):
+        """torch.nn's checks, with the batch size given (``int(batch_sizes[0])`` would be data-dependent
+        under torch.compile)."""
+        self.check_input(input, batch_sizes)
+        states = self.num_layers * (2 if self.bidirectional else 1)
+        out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if cx is None:
+            self.check_hidden_size(hx, (states, mini_batch, out_size))
+        else:
+            self.check_hidden_size(hx, (states, mini_batch, out_size), "Expected hidden[0] size {}, got {}")
+            self.check_hidden_size(cx, (states, mini_batch, self.hidden_size),
+                                   "Expected hidden[1] size {}, got {}")
+            _check_state_like_input("cx", cx, input)
+        _check_state_like_input("hx", hx, input)
+
+    def forward(self, input, hx=None):
+        is_lstm = self.mode == "LSTM"
+        states = self.num_layers * (2 if self.bidirectional else 1)
+        out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            batch_first, is_batched = False, True
+            # The batch is known without reading batch_sizes when the sequence was sorted for us.
+            mini_batch = sorted_indices.numel() if sorted_indices is not None else int(batch_sizes[0])
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(_INPUT_DIM_MESSAGE[self.mode].format(input.dim()))
+            is_batched = input.dim() == 3
+            batch_first = self.batch_first and is_batched
+            data = input if is_batched else input.unsqueeze(1)
+            if batch_first:
+                data = data.transpose(0, 1)
+            sorted_indices = unsorted_indices = None
+            batch_sizes = None
+            mini_batch = data.size(1)
+
+        hx, cx = self._initial_states(hx, data, is_batched, states, mini_batch, out_size)
+        self._check_states(data, batch_sizes, mini_batch, hx, cx)
+        if sorted_indices is not None:
+            hx = hx.index_select(1, sorted_indices)
+            cx = cx.index_select(1, sorted_indices) if cx is not None else None
+
+        if packed:
+            rows = data
+        else:
+            if data.size(0) == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+            steps = data.size(0)
+            rows = data.reshape(steps * mini_batch, data.size(2))
+            batch_sizes = torch.full((steps,), mini_batch, dtype=torch.long)
+
+        backend = backends.select(self.backend, data.device.type)
+        y, hn, cn = functional.rnn(
+            backend, self.mode, rows, batch_sizes, hx, cx, self._flat_weights,
+            num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
+            proj=self.proj_size > 0, dropout=self.dropout, training=self.training,
+        )
+
+        if unsorted_indices is not None:
+            hn = hn.index_select(1, unsorted_indices)
+            cn = cn.index_select(1, unsorted_indices) if cn is not None else None
+        if packed:
+            output = PackedSequence(y, batch_sizes, sorted_indices, unsorted_indices)
+        else:
+            output = y.view(data.size(0), mini_batch, y.size(1))
+            if batch_first:
+                output = output.transpose(0, 1)
+            if not is_batched:
+                output = output.squeeze(1)
+                hn = hn.squeeze(1)
+                cn = cn.squeeze(1) if cn is not None else None
+        return output, ((hn, cn) if is_lstm else hn)
+
+    def _initial_states(self, hx, data, is_batched, states, mini_batch, out_size):
+        """(hx, cx) as (L * D, B, P) and (L * D, B, H) tensors (cx None unless LSTM), zeros by default."""
+        is_lstm = self.mode == "LSTM"
+        if hx is None:
+            h = torch.zeros(states, mini_batch, out_size, dtype=data.dtype, device=data.device)
+            c = None
+            if is_lstm:
+                c = torch.zeros(states, mini_batch, self.hidden_size, dtype=data.dtype,
+                                device=data.device)
+            return h, c
+        dims = 3 if is_batched else 2
+        kind = "batched 3-D" if is_batched else "unbatched 2-D"
+        if is_lstm:
+            h, c = hx
+            if h.dim() != dims or c.dim() != dims:
+                raise RuntimeError(f"For {kind} input, hx and cx should also be {dims}-D but got "
+                                   f"({h.dim()}-D, {c.dim()}-D) tensors")
+        else:
+            h, c = hx, None
+            if h.dim() != dims:
+                raise RuntimeError(f"For {kind} input, hx should also be {dims}-D but got "
+                                   f"{h.dim()}-D tensor")
+        if not is_batched:
+            h = h.unsqueeze(1)
+            c = c.unsqueeze(1) if c is not None else None
+        return h, c
+
+
+class LSTM(_FusedRNNBase):
+    """Drop-in ``torch.nn.LSTM``: ``LSTM(input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+    backend="auto")``."""
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__("LSTM", *args, backend=backend, **kwargs)
+
+
+class GRU(_FusedRNNBase):
+    """Drop-in ``torch.nn.GRU``: same arguments as torch's, plus keyword-only ``backend``."""
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, backend=backend, **kwargs)
+
+
+class RNN(_FusedRNNBase):
+    """Drop-in ``torch.nn.RNN`` (tanh or relu): same arguments as torch's, plus keyword-only ``backend``."""
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:  # nonlinearity is the fourth positional argument, as in torch.nn.RNN
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(
+                f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'."
+            )
+        mode = "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
+        super().__init__(mode, *args, backend=backend, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Cells
+
+
+def _check_cell_args(input, states, input_size, hidden_size, weight):
+    """The checks torch's cell kernels make (same messages), then dtype and device against the weights."""
+    if input.size(1) != input_size:
+        raise RuntimeError(
+            f"input has inconsistent input_size: got {input.size(1)} expected {input_size}")
+    for index, state in enumerate(states):
+        if state.size(0) != input.size(0):
+            raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{index} "
+                               f"batch size {state.size(0)}")
+        if state.size(1) != hidden_size:
+            raise RuntimeError(f"hidden{index} has inconsistent hidden_size: got {state.size(1)}, "
+                               f"expected {hidden_size}")
+    for name, tensor in (("input", input),) + tuple((f"hidden{i}", s) for i, s in enumerate(states)):
+        if tensor.dtype != weight.dtype:
+            raise RuntimeError(
+                f"{name} dtype ({tensor.dtype}) does not match weight dtype ({weight.dtype})")
+        if tensor.device != weight.device:
+            raise RuntimeError(
+                f"{name} is on {tensor.device} but the weights are on {weight.device}")
+
+
+class _FusedCellMixin:
+    def _init_backend(self, backend):
+        self.backend = backends.check_name(backend)
+
+    def extra_repr(self):
+        text = super().extra_repr()
+        return text if self.backend == "auto" else f"{text}, backend={self.backend!r}"
+
+    def _batched(self, name, input, hx, count):
+        """Checks dims as torch.nn and returns (input (B, I), states [(B, H)] * count, is_batched)."""
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for index, value in enumerate(hx if count == 2 else (hx,)):
+                if value.dim() not in (1, 2):
+                    label = f"hx[{index}]" if count == 2 else "hidden"
+                    raise ValueError(
+                        f"{name}: Expected {label} to be 1D or 2D, got {value.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
+                                device=input.device)
+            states = [zeros] * count
+        else:
+            states = list(hx) if count == 2 else [hx]
+            if not is_batched:
+                states = [s.unsqueeze(0) for s in states]
+        _check_cell_args(input, states, self.input_size, self.hidden_size, self.weight_ih)
+        return input, states, is_batched
+
+
+class LSTMCell(_FusedCellMixin, nn.LSTMCell):
+    """Drop-in ``torch.nn.LSTMCell``: ``LSTMCell(input_size, hidden_size, bias=True, device=None,
+    dtype=None, *, backend="auto")``. input (B, I) or (I); hx (h, c) each (B, H) or (H)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend="auto"):
+        super().__init__(input_size, hidden_size, bias, device, dtype)
+        self._init_backend(backend)
+
+    def forward(self, input, hx=None):
+        x, (h, c), is_batched = self._batched("LSTMCell", input, hx, 2)
+        backend = backends.select(self.backend, x.device.type)
+        h, c = backend.lstm_step(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
+
+
+class GRUCell(_FusedCellMixin, nn.GRUCell):
+    """Drop-in ``torch.nn.GRUCell``: input (B, I) or (I); hx (B, H) or (H)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend="auto"):
+        super().__init__(input_size, hidden_size, bias, device, dtype)
+        self._init_backend(backend)
+
+    def forward(self, input, hx=None):
+        x, (h,), is_batched = self._batched("GRUCell", input, hx, 1)
+        backend = backends.select(self.backend, x.device.type)
+        h = backend.gru_step(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return h if is_batched else h.squeeze(0)
+
+
+class RNNCell(_FusedCellMixin, nn.RNNCell):
+    """Drop-in ``torch.nn.RNNCell`` (tanh or relu): input (B, I) or (I); hx (B, H) or (H)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype=None, *, backend="auto"):
+        super().__init__(input_size, hidden_size, bias, nonlinearity, device, dtype)
+        self._init_backend(backend)
+
+    def forward(self, input, hx=None):
+        x, (h,), is_batched = self._batched("RNNCell", input, hx, 1)
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        backend = backends.select(self.backend, x.device.type)
+        h = backend.rnn_step(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                             self.nonlinearity == "relu")
+        return h if is_batched else h.squeeze(0)

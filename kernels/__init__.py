@@ -1,0 +1,1 @@
+"""Triton kernels of fastcells, installed as the subpackage ``fastcells.kernels`` (none yet)."""

@@ -1,0 +1,61 @@
+"""Builds fastcells._C: the C++ ops always, the CUDA ops when a CUDA torch and nvcc are present.
+
+Build isolation must be off (`pip install --no-build-isolation -e .`): the extension is compiled against
+the torch that is installed, and an isolated build would fetch another torch (a 5 GB CUDA build).
+"""
+
+import glob
+import os
+
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def sources(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def cuda_wanted():
+    """CUDA kernels are built only where torch has CUDA and nvcc is found (FASTCELLS_NO_CUDA=1 skips)."""
+    if os.environ.get("FASTCELLS_NO_CUDA") == "1":
+        return False
+    import torch
+
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+
+def extension():
+    cxx_flags = ["-O3", "-fopenmp", "-std=c++17"]
+    # The extension is built on the machine that runs it (an editable install), so tune for its CPU;
+    # FASTCELLS_PORTABLE=1 builds for any x86-64 instead.
+    if os.environ.get("FASTCELLS_PORTABLE") != "1":
+        cxx_flags.append("-march=native")
+    common = dict(
+        name="fastcells._C",
+        sources=sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp"),
+        include_dirs=[os.path.join(ROOT, "csrc", "include")],
+        extra_link_args=["-fopenmp"],
+    )
+    cuda_sources = sources("csrc/cuda/*.cu") + sources("csrc/cuda/*.cpp")
+    if cuda_sources and cuda_wanted():
+        common["sources"] += cuda_sources
+        return cpp_extension.CUDAExtension(
+            **common,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+        )
+    return cpp_extension.CppExtension(**common, extra_compile_args={"cxx": cxx_flags})
+
+
+# Two cores here: more parallel compile jobs only swap.
+os.environ.setdefault("MAX_JOBS", "2")
+
+setup(
+    name="fastcells",
+    packages=find_packages(include=["fastcells", "fastcells.*"])
+    + ["fastcells.kernels"],
+    package_dir={"fastcells.kernels": "kernels"},
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
