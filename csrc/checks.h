@@ -26,3 +26,15 @@
 #define FC_CHECK_FLOATING(x)                                                            \
   TORCH_CHECK((x).scalar_type() == at::kFloat || (x).scalar_type() == at::kDouble,      \
               #x " must be float32 or float64 for the cpu backend, got ", (x).scalar_type())
+
+// An optional bias: absent, or (size) with the dtype and device of ref.
+inline void check_bias(const c10::optional<at::Tensor>& bias, const char* name, int64_t size,
+                       const at::Tensor& ref) {
+  if (!bias.has_value()) return;
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == size, name, " must have shape [", size,
+              "], got ", bias->sizes());
+  TORCH_CHECK(bias->scalar_type() == ref.scalar_type(), name, " must have dtype ",
+              ref.scalar_type(), ", got ", bias->scalar_type());
+  TORCH_CHECK(bias->device() == ref.device(), name, " must be on ", ref.device(), ", got ",
+              bias->device());
+}

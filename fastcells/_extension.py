@@ -5,9 +5,10 @@ need it). Importing fastcells never fails because of it: the reference backend n
 """
 
 load_error = None
+C = None  # the module fastcells._C once loaded
 
 try:
-    from . import _C  # noqa: F401  (registers torch.ops.fastcells.*)
+    from . import _C as C  # registers torch.ops.fastcells.*
 except ImportError as error:  # not built, or built against another torch
     load_error = f"{type(error).__name__}: {error}"
 else:

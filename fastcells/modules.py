@@ -99,7 +99,7 @@ class _FusedRNNBase(nn.RNNBase):
             rows = data.reshape(steps * mini_batch, data.size(2))
             batch_sizes = torch.full((steps,), mini_batch, dtype=torch.long)
 
-        backend = backends.select(self.backend, data.device.type)
+        backend = backends.select(self.backend, data.device.type, data.dtype)
         y, hn, cn = functional.rnn(
             backend, self.mode, rows, batch_sizes, hx, cx, self._flat_weights,
             num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
@@ -191,24 +191,23 @@ class RNN(_FusedRNNBase):
 
 
 def _check_cell_args(input, states, input_size, hidden_size, weight):
-    """The checks torch's cell kernels make (same messages), then dtype and device against the weights."""
+    """The checks torch's cell kernels make (same messages), and dtype against the weights (torch only
+    says "mat1 and mat2 must have the same dtype"). Devices are checked by the backends' ops."""
+    batch = input.size(0)
     if input.size(1) != input_size:
-        raise RuntimeError(
-            f"input has inconsistent input_size: got {input.size(1)} expected {input_size}")
+        raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {input_size}")
     for index, state in enumerate(states):
-        if state.size(0) != input.size(0):
-            raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{index} "
-                               f"batch size {state.size(0)}")
+        if state.size(0) != batch:
+            raise RuntimeError(f"Input batch size {batch} doesn't match hidden{index} batch size "
+                               f"{state.size(0)}")
         if state.size(1) != hidden_size:
             raise RuntimeError(f"hidden{index} has inconsistent hidden_size: got {state.size(1)}, "
                                f"expected {hidden_size}")
-    for name, tensor in (("input", input),) + tuple((f"hidden{i}", s) for i, s in enumerate(states)):
-        if tensor.dtype != weight.dtype:
+        if state.dtype != weight.dtype:
             raise RuntimeError(
-                f"{name} dtype ({tensor.dtype}) does not match weight dtype ({weight.dtype})")
-        if tensor.device != weight.device:
-            raise RuntimeError(
-                f"{name} is on {tensor.device} but the weights are on {weight.device}")
+                f"hidden{index} dtype ({state.dtype}) does not match weight dtype ({weight.dtype})")
+    if input.dtype != weight.dtype:
+        raise RuntimeError(f"input dtype ({input.dtype}) does not match weight dtype ({weight.dtype})")
 
 
 class _FusedCellMixin:
@@ -218,6 +217,12 @@ class _FusedCellMixin:
     def extra_repr(self):
         text = super().extra_repr()
         return text if self.backend == "auto" else f"{text}, backend={self.backend!r}"
+
+    def _weights(self):
+        """(weight_ih, weight_hh, bias_ih, bias_hh), read from the parameter dict in one go: each
+        ``self.weight_ih`` goes through nn.Module.__getattr__ (~1 µs), which a streaming step feels."""
+        params = self._parameters
+        return params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"]
 
     def _batched(self, name, input, hx, count):
         """Checks dims as torch.nn and returns (input (B, I), states [(B, H)] * count, is_batched)."""
@@ -240,7 +245,8 @@ class _FusedCellMixin:
             states = list(hx) if count == 2 else [hx]
             if not is_batched:
                 states = [s.unsqueeze(0) for s in states]
-        _check_cell_args(input, states, self.input_size, self.hidden_size, self.weight_ih)
+        _check_cell_args(input, states, self.input_size, self.hidden_size,
+                         self._parameters["weight_ih"])
         return input, states, is_batched
 
 
@@ -255,8 +261,8 @@ class LSTMCell(_FusedCellMixin, nn.LSTMCell):
 
     def forward(self, input, hx=None):
         x, (h, c), is_batched = self._batched("LSTMCell", input, hx, 2)
-        backend = backends.select(self.backend, x.device.type)
-        h, c = backend.lstm_step(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        backend = backends.select(self.backend, x.device.type, x.dtype)
+        h, c = backend.lstm_step(x, h, c, *self._weights())
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
@@ -270,8 +276,8 @@ class GRUCell(_FusedCellMixin, nn.GRUCell):
 
     def forward(self, input, hx=None):
         x, (h,), is_batched = self._batched("GRUCell", input, hx, 1)
-        backend = backends.select(self.backend, x.device.type)
-        h = backend.gru_step(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        backend = backends.select(self.backend, x.device.type, x.dtype)
+        h = backend.gru_step(x, h, *self._weights())
         return h if is_batched else h.squeeze(0)
 
 
@@ -287,7 +293,6 @@ class RNNCell(_FusedCellMixin, nn.RNNCell):
         x, (h,), is_batched = self._batched("RNNCell", input, hx, 1)
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        backend = backends.select(self.backend, x.device.type)
-        h = backend.rnn_step(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-                             self.nonlinearity == "relu")
+        backend = backends.select(self.backend, x.device.type, x.dtype)
+        h = backend.rnn_step(x, h, *self._weights(), self.nonlinearity == "relu")
         return h if is_batched else h.squeeze(0)

@@ -12,6 +12,7 @@
 
 #include "../checks.h"
 #include "fastcells/gate_math.h"
+#include "gemm_cpu.h"
 #include "matmul_cpu.h"
 #include "ops_cpu.h"
 #include "schedule_cpu.h"
@@ -21,24 +22,19 @@ namespace {
 
 constexpr int64_t kPointwiseGrain = 4096;
 
-// One row. gx: input projections with b_ih (or without, then b_ih is added here); gh: W_hh h.
-template <typename T>
-inline void gru_row_fwd(const T* gx, const T* gh, const T* b_ih, const T* b_hh, const T* h_prev,
-                        T* h_out, T* saved, int64_t H) {
+// One row. gx: input projections with b_ih; gh: hidden projections with b_hh. No branch in the loop
+// (kSave is a template argument), so it vectorizes.
+template <typename T, bool kSave>
+inline void gru_row_fwd(const T* gx, const T* gh, const T* h_prev, T* h_out, T* saved, int64_t H) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
-    T x[3], hh[3];
-    for (int k = 0; k < 3; ++k) {
-      x[k] = gx[k * H + j] + (b_ih ? b_ih[k * H + j] : T(0));
-      hh[k] = gh[k * H + j] + (b_hh ? b_hh[k * H + j] : T(0));
-    }
     const T hp = h_prev[j];
-    GruUnit<T> u = gru_unit_fwd(x[0], x[1], x[2], hh[0], hh[1], hh[2], hp);
-    if (saved) {
+    GruUnit<T> u = gru_unit_fwd(gx[j], gx[H + j], gx[2 * H + j], gh[j], gh[H + j], gh[2 * H + j], hp);
+    if (kSave) {
       saved[j] = u.r;
       saved[H + j] = u.z;
       saved[2 * H + j] = u.n;
-      saved[3 * H + j] = hh[2];
+      saved[3 * H + j] = gh[2 * H + j];
       saved[4 * H + j] = hp;
     }
     h_out[j] = u.h;
@@ -51,19 +47,25 @@ void gru_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, const at::Ten
                         T* saved, int64_t H) {
   const int64_t G = 3 * H;
   at::Tensor gh = at::empty({sched.batch, G}, gx.options());
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, sched.steps ? sched.sizes[0] : 0);
   const T* gx_p = gx.data_ptr<T>();
-  const T* w_p = w_hh.data_ptr<T>();
   T* gh_p = gh.data_ptr<T>();
   T* h_p = h_state.data_ptr<T>();
   T* y_p = y.data_ptr<T>();
   for (int64_t s = 0; s < sched.steps; ++s) {
     const int64_t t = sched.time_at(s, reverse);
     const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
-    matmul_nt(h_p, H, w_p, H, gh_p, G, bs, G, H, false);
+    recurrent.run(h_p, H, gh_p, G, bs, false);
+    if (b_hh) add_bias_rows(gh_p, G, bs, G, b_hh);
     at::parallel_for(0, bs, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        gru_row_fwd<T>(gx_p + (row0 + b) * G, gh_p + b * G, nullptr, b_hh, h_p + b * H,
-                       h_p + b * H, saved ? saved + (row0 + b) * 5 * H : nullptr, H);
+        const T* gx_row = gx_p + (row0 + b) * G;
+        if (saved) {
+          gru_row_fwd<T, true>(gx_row, gh_p + b * G, h_p + b * H, h_p + b * H,
+                               saved + (row0 + b) * 5 * H, H);
+        } else {
+          gru_row_fwd<T, false>(gx_row, gh_p + b * G, h_p + b * H, h_p + b * H, nullptr, H);
+        }
       }
     });
     std::memcpy(y_p + row0 * H, h_p, bs * H * sizeof(T));
@@ -76,9 +78,9 @@ void gru_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, const at::Te
                         const at::Tensor& w_hh, const Schedule& sched, bool reverse,
                         at::Tensor& dgx, at::Tensor& dgh, int64_t H) {
   const int64_t G = 3 * H;
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, sched.steps ? sched.sizes[0] : 0);
   const T* dy_p = dy.data_ptr<T>();
   const T* s_p = saved.data_ptr<T>();
-  const T* w_p = w_hh.data_ptr<T>();
   T* dh_p = dh_state.data_ptr<T>();
   T* dgx_p = dgx.data_ptr<T>();
   T* dgh_p = dgh.data_ptr<T>();
@@ -108,7 +110,7 @@ void gru_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, const at::Te
         }
       }
     });
-    matmul_nn(dgh_p + row0 * G, G, w_p, H, dh_p, H, bs, H, G, true);
+    recurrent.run(dgh_p + row0 * G, G, dh_p, H, bs, true);
   }
 }
 
@@ -126,10 +128,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd_cpu(
   FC_CHECK_SHAPE(w_hh_in, 3 * H, H);
   FC_CHECK_LIKE(h0, gx_in);
   FC_CHECK_LIKE(w_hh_in, gx_in);
-  if (b_hh_in.has_value()) {
-    FC_CHECK_SHAPE((*b_hh_in), 3 * H);
-    FC_CHECK_LIKE((*b_hh_in), gx_in);
-  }
+  check_bias(b_hh_in, "b_hh", 3 * H, gx_in);
   const Schedule sched = make_schedule(batch_sizes, N, h0.size(0));
   at::Tensor gx = gx_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor b_hh = b_hh_in.has_value() ? b_hh_in->contiguous() : at::Tensor();
@@ -147,13 +146,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_bwd_cpu(
     const at::Tensor& dy_in, const at::Tensor& dhn, const at::Tensor& saved_in,
     const at::Tensor& w_hh_in, const at::Tensor& batch_sizes, bool reverse, bool has_bias) {
+  FC_CHECK_DIM(dy_in, 2);
   FC_CHECK_DIM(dhn, 2);
   FC_CHECK_FLOATING(dy_in);
   const int64_t H = dhn.size(1), N = dy_in.size(0);
   FC_CHECK_SHAPE(dy_in, N, H);
   FC_CHECK_SHAPE(saved_in, N, 5 * H);
   FC_CHECK_SHAPE(w_hh_in, 3 * H, H);
-  for (const at::Tensor* t : {&dhn, &saved_in, &w_hh_in}) FC_CHECK_LIKE((*t), dy_in);
+  FC_CHECK_LIKE(dhn, dy_in);
+  FC_CHECK_LIKE(saved_in, dy_in);
+  FC_CHECK_LIKE(w_hh_in, dy_in);
   const Schedule sched = make_schedule(batch_sizes, N, dhn.size(0));
   at::Tensor dy = dy_in.contiguous(), saved = saved_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor dh_state = dhn.clone(at::MemoryFormat::Contiguous);
@@ -177,13 +179,11 @@ at::Tensor gru_step_fwd_cpu(const at::Tensor& x_in, const at::Tensor& h, const a
   FC_CHECK_SHAPE(h, B, H);
   FC_CHECK_SHAPE(w_ih_in, 3 * H, I);
   FC_CHECK_SHAPE(w_hh_in, 3 * H, H);
-  for (const at::Tensor* t : {&h, &w_ih_in, &w_hh_in}) FC_CHECK_LIKE((*t), x_in);
-  for (const auto* b : {&b_ih, &b_hh}) {
-    if (b->has_value()) {
-      FC_CHECK_SHAPE((**b), 3 * H);
-      FC_CHECK_LIKE((**b), x_in);
-    }
-  }
+  FC_CHECK_LIKE(h, x_in);
+  FC_CHECK_LIKE(w_ih_in, x_in);
+  FC_CHECK_LIKE(w_hh_in, x_in);
+  check_bias(b_ih, "b_ih", 3 * H, x_in);
+  check_bias(b_hh, "b_hh", 3 * H, x_in);
   at::Tensor x = x_in.contiguous(), hc = h.contiguous();
   at::Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::Tensor();
@@ -195,12 +195,11 @@ at::Tensor gru_step_fwd_cpu(const at::Tensor& x_in, const at::Tensor& h, const a
     scalar_t* gh = gx + B * 3 * H;
     matmul_nt_pair(x.data_ptr<scalar_t>(), I, w_ih.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(),
                    H, w_hh.data_ptr<scalar_t>(), gx, gh, B, 3 * H);
+    if (bi.defined()) add_bias_rows(gx, 3 * H, B, 3 * H, bi.data_ptr<scalar_t>());
+    if (bh.defined()) add_bias_rows(gh, 3 * H, B, 3 * H, bh.data_ptr<scalar_t>());
     for (int64_t b = 0; b < B; ++b) {
-      gru_row_fwd<scalar_t>(gx + b * 3 * H, gh + b * 3 * H,
-                            bi.defined() ? bi.data_ptr<scalar_t>() : nullptr,
-                            bh.defined() ? bh.data_ptr<scalar_t>() : nullptr,
-                            hc.data_ptr<scalar_t>() + b * H, h_new.data_ptr<scalar_t>() + b * H,
-                            nullptr, H);
+      gru_row_fwd<scalar_t, false>(gx + b * 3 * H, gh + b * 3 * H, hc.data_ptr<scalar_t>() + b * H,
+                                   h_new.data_ptr<scalar_t>() + b * H, nullptr, H);
     }
   });
   return h_new;

@@ -9,10 +9,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <tuple>
 
 #include "../checks.h"
 #include "fastcells/gate_math.h"
+#include "gemm_cpu.h"
 #include "matmul_cpu.h"
 #include "ops_cpu.h"
 #include "schedule_cpu.h"
@@ -34,29 +36,25 @@ struct LstmLayout {
   int64_t width() const { return 6 * H + P + (proj ? H : 0); }
 };
 
-// One row: pre-activations gx + gh (+ biases), state update, and what backward needs.
-template <typename T>
-inline void lstm_row_fwd(const T* gx, const T* gh, const T* b_ih, const T* b_hh, const T* c_prev,
-                         T* c_out, T* h_out, T* saved, const LstmLayout& L) {
+// One row: pre-activations gx + gh, state update and, when kSave, what backward needs. No branch in
+// the loop, so it vectorizes.
+template <typename T, bool kSave>
+inline void lstm_row_fwd(const T* gx, const T* gh, const T* c_prev, T* c_out, T* h_out, T* saved,
+                         const LstmLayout& L) {
   const int64_t H = L.H;
   // simd: each j touches index j only (c_prev may alias c_out: read before write in the same lane).
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
-    T a[4];
-    for (int k = 0; k < 4; ++k) {
-      a[k] = gx[k * H + j] + gh[k * H + j];
-      if (b_ih) a[k] += b_ih[k * H + j];
-      if (b_hh) a[k] += b_hh[k * H + j];
-    }
     const T cp = c_prev[j];
-    LstmUnit<T> u = lstm_unit_fwd(a[0], a[1], a[2], a[3], cp);
-    if (saved) {
+    LstmUnit<T> u = lstm_unit_fwd(gx[j] + gh[j], gx[H + j] + gh[H + j],
+                                  gx[2 * H + j] + gh[2 * H + j], gx[3 * H + j] + gh[3 * H + j], cp);
+    if (kSave) {
       saved[j] = u.i;
       saved[H + j] = u.f;
       saved[2 * H + j] = u.g;
       saved[3 * H + j] = u.o;
-      saved[L.c_prev() + j] = cp;
-      saved[L.tanh_c() + j] = u.tanh_c;
+      saved[4 * H + j] = cp;
+      saved[5 * H + j] = u.tanh_c;
     }
     c_out[j] = u.c;
     h_out[j] = u.h;
@@ -70,8 +68,11 @@ void lstm_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, at::Tensor& 
   const int64_t H = L.H, P = L.P, G = 4 * H, B = sched.batch;
   at::Tensor gh = at::empty({B, G}, gx.options());
   at::Tensor h_raw = L.proj ? at::empty({B, H}, gx.options()) : at::Tensor();
+  const int64_t max_rows = sched.steps ? sched.sizes[0] : 0;
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, max_rows);
+  std::optional<StepProduct<T>> projection;
+  if (L.proj) projection.emplace(*w_hr, /*transposed=*/true, max_rows);
   const T* gx_p = gx.data_ptr<T>();
-  const T* w_p = w_hh.data_ptr<T>();
   T* gh_p = gh.data_ptr<T>();
   T* h_p = h_state.data_ptr<T>();
   T* c_p = c_state.data_ptr<T>();
@@ -81,7 +82,7 @@ void lstm_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, at::Tensor& 
   for (int64_t s = 0; s < sched.steps; ++s) {
     const int64_t t = sched.time_at(s, reverse);
     const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
-    matmul_nt(h_p, P, w_p, P, gh_p, G, bs, G, P, false);
+    recurrent.run(h_p, P, gh_p, G, bs, false);
     if (s_p) {
       for (int64_t b = 0; b < bs; ++b)
         std::memcpy(s_p + (row0 + b) * S + L.h_prev(), h_p + b * P, P * sizeof(T));
@@ -89,13 +90,18 @@ void lstm_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, at::Tensor& 
     T* h_dst = L.proj ? h_raw.data_ptr<T>() : h_p;
     at::parallel_for(0, bs, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        lstm_row_fwd<T>(gx_p + (row0 + b) * G, gh_p + b * G, nullptr, nullptr, c_p + b * H,
-                        c_p + b * H, h_dst + b * H, s_p ? s_p + (row0 + b) * S : nullptr, L);
+        if (s_p) {
+          lstm_row_fwd<T, true>(gx_p + (row0 + b) * G, gh_p + b * G, c_p + b * H, c_p + b * H,
+                                h_dst + b * H, s_p + (row0 + b) * S, L);
+        } else {
+          lstm_row_fwd<T, false>(gx_p + (row0 + b) * G, gh_p + b * G, c_p + b * H, c_p + b * H,
+                                 h_dst + b * H, nullptr, L);
+        }
       }
     });
     if (L.proj) {
       const T* hr = h_raw.data_ptr<T>();
-      matmul_nt(hr, H, w_hr->data_ptr<T>(), H, h_p, P, bs, P, H, false);
+      projection->run(hr, H, h_p, P, bs, false);
       if (s_p) {
         for (int64_t b = 0; b < bs; ++b)
           std::memcpy(s_p + (row0 + b) * S + L.h_raw(), hr + b * H, H * sizeof(T));
@@ -112,9 +118,12 @@ void lstm_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, at::Tensor&
                          const LstmLayout& L) {
   const int64_t H = L.H, P = L.P, G = 4 * H, B = sched.batch, S = L.width();
   at::Tensor dh_raw = at::empty({B, H}, dy.options());
+  const int64_t max_rows = sched.steps ? sched.sizes[0] : 0;
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, max_rows);
+  std::optional<StepProduct<T>> projection;
+  if (L.proj) projection.emplace(*w_hr, /*transposed=*/false, max_rows);
   const T* dy_p = dy.data_ptr<T>();
   const T* s_p = saved.data_ptr<T>();
-  const T* w_p = w_hh.data_ptr<T>();
   T* dh_p = dh_state.data_ptr<T>();
   T* dc_p = dc_state.data_ptr<T>();
   T* dg_p = dgx.data_ptr<T>();
@@ -131,7 +140,7 @@ void lstm_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, at::Tensor&
     }
     if (L.proj) {
       std::memcpy(dh_rows->data_ptr<T>() + row0 * P, dh_p, bs * P * sizeof(T));
-      matmul_nn(dh_p, P, w_hr->data_ptr<T>(), H, dhr_p, H, bs, H, P, false);
+      projection->run(dh_p, P, dhr_p, H, bs, false);
     } else {
       std::memcpy(dhr_p, dh_p, bs * H * sizeof(T));
     }
@@ -153,7 +162,7 @@ void lstm_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, at::Tensor&
         }
       }
     });
-    matmul_nn(dg_p + row0 * G, G, w_p, P, dh_p, P, bs, P, G, false);
+    recurrent.run(dg_p + row0 * G, G, dh_p, P, bs, false);
   }
 }
 
@@ -163,6 +172,7 @@ void check_layer_args(const at::Tensor& gx, const at::Tensor& h0, const at::Tens
   FC_CHECK_FLOATING(gx);
   FC_CHECK_DIM(c0, 2);
   const int64_t H = c0.size(1);
+  if (w_hr.has_value()) FC_CHECK_DIM((*w_hr), 2);
   const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
   TORCH_CHECK(gx.size(1) == 4 * H, "gx must have 4 * hidden_size = ", 4 * H, " columns, got ",
               gx.size(1));
@@ -172,7 +182,7 @@ void check_layer_args(const at::Tensor& gx, const at::Tensor& h0, const at::Tens
   FC_CHECK_LIKE(c0, gx);
   FC_CHECK_LIKE(w_hh, gx);
   if (w_hr.has_value()) {
-    FC_CHECK_SHAPE((*w_hr), P, H);
+    FC_CHECK_SHAPE((*w_hr), P, H);  // (P was read from it: this checks its dims and H)
     FC_CHECK_LIKE((*w_hr), gx);
   }
 }
@@ -204,6 +214,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     const at::Tensor& dy_in, const at::Tensor& dhn, const at::Tensor& dcn,
     const at::Tensor& saved_in, const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& w_hr_in,
     const at::Tensor& batch_sizes, bool reverse) {
+  FC_CHECK_DIM(dy_in, 2);
+  FC_CHECK_DIM(dhn, 2);
   FC_CHECK_DIM(dcn, 2);
   FC_CHECK_FLOATING(dy_in);
   const LstmLayout L{dcn.size(1), dhn.size(1), w_hr_in.has_value()};
@@ -212,7 +224,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   FC_CHECK_SHAPE(dhn, dcn.size(0), L.P);
   FC_CHECK_SHAPE(saved_in, N, L.width());
   FC_CHECK_SHAPE(w_hh_in, G, L.P);
-  for (const at::Tensor* t : {&dhn, &dcn, &saved_in, &w_hh_in}) FC_CHECK_LIKE((*t), dy_in);
+  FC_CHECK_LIKE(dhn, dy_in);
+  FC_CHECK_LIKE(dcn, dy_in);
+  FC_CHECK_LIKE(saved_in, dy_in);
+  FC_CHECK_LIKE(w_hh_in, dy_in);
+  if (L.proj) {
+    FC_CHECK_SHAPE((*w_hr_in), L.P, L.H);
+    FC_CHECK_LIKE((*w_hr_in), dy_in);
+  }
   const Schedule sched = make_schedule(batch_sizes, N, dhn.size(0));
   at::Tensor dy = dy_in.contiguous(), saved = saved_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor w_hr = L.proj ? w_hr_in->contiguous() : at::Tensor();
@@ -243,13 +262,12 @@ std::tuple<at::Tensor, at::Tensor> lstm_step_fwd_cpu(
   FC_CHECK_SHAPE(c, B, H);
   FC_CHECK_SHAPE(w_ih_in, 4 * H, I);
   FC_CHECK_SHAPE(w_hh_in, 4 * H, H);
-  for (const at::Tensor* t : {&h, &c, &w_ih_in, &w_hh_in}) FC_CHECK_LIKE((*t), x_in);
-  for (const auto* b : {&b_ih, &b_hh}) {
-    if (b->has_value()) {
-      FC_CHECK_SHAPE((**b), 4 * H);
-      FC_CHECK_LIKE((**b), x_in);
-    }
-  }
+  FC_CHECK_LIKE(h, x_in);
+  FC_CHECK_LIKE(c, x_in);
+  FC_CHECK_LIKE(w_ih_in, x_in);
+  FC_CHECK_LIKE(w_hh_in, x_in);
+  check_bias(b_ih, "b_ih", 4 * H, x_in);
+  check_bias(b_hh, "b_hh", 4 * H, x_in);
   at::Tensor x = x_in.contiguous(), hc = h.contiguous(), cc = c.contiguous();
   at::Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::Tensor();
@@ -262,12 +280,12 @@ std::tuple<at::Tensor, at::Tensor> lstm_step_fwd_cpu(
     scalar_t* gh = gx + B * 4 * H;
     matmul_nt_pair(x.data_ptr<scalar_t>(), I, w_ih.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(),
                    H, w_hh.data_ptr<scalar_t>(), gx, gh, B, 4 * H);
-    const scalar_t* bi_p = bi.defined() ? bi.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* bh_p = bh.defined() ? bh.data_ptr<scalar_t>() : nullptr;
+    if (bi.defined()) add_bias_rows(gx, 4 * H, B, 4 * H, bi.data_ptr<scalar_t>());
+    if (bh.defined()) add_bias_rows(gh, 4 * H, B, 4 * H, bh.data_ptr<scalar_t>());
     for (int64_t b = 0; b < B; ++b) {
-      lstm_row_fwd<scalar_t>(gx + b * 4 * H, gh + b * 4 * H, bi_p, bh_p,
-                             cc.data_ptr<scalar_t>() + b * H, c_new.data_ptr<scalar_t>() + b * H,
-                             h_new.data_ptr<scalar_t>() + b * H, nullptr, L);
+      lstm_row_fwd<scalar_t, false>(gx + b * 4 * H, gh + b * 4 * H, cc.data_ptr<scalar_t>() + b * H,
+                                    c_new.data_ptr<scalar_t>() + b * H,
+                                    h_new.data_ptr<scalar_t>() + b * H, nullptr, L);
     }
   });
   return {h_new, c_new};

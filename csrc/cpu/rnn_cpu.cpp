@@ -12,6 +12,7 @@
 
 #include "../checks.h"
 #include "fastcells/gate_math.h"
+#include "gemm_cpu.h"
 #include "matmul_cpu.h"
 #include "ops_cpu.h"
 #include "schedule_cpu.h"
@@ -21,14 +22,13 @@ namespace {
 
 constexpr int64_t kPointwiseGrain = 4096;
 
-template <typename T>
-inline void rnn_row_fwd(const T* gx, const T* gh, const T* b_ih, const T* b_hh, const T* h_prev,
-                        T* h_out, T* saved, int64_t H, bool relu) {
+// One row: h = act(gx + gh). kSave and kRelu are template arguments so the loop has no branch.
+template <typename T, bool kSave, bool kRelu>
+inline void rnn_row_fwd(const T* gx, const T* gh, const T* h_prev, T* h_out, T* saved, int64_t H) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
-    T a = gx[j] + gh[j] + (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
-    T h = rnn_unit_fwd(a, relu);
-    if (saved) {
+    const T h = rnn_unit_fwd(gx[j] + gh[j], kRelu);
+    if (kSave) {
       saved[j] = h;
       saved[H + j] = h_prev[j];
     }
@@ -37,23 +37,35 @@ inline void rnn_row_fwd(const T* gx, const T* gh, const T* b_ih, const T* b_hh, 
 }
 
 template <typename T>
+inline void rnn_row_fwd(const T* gx, const T* gh, const T* h_prev, T* h_out, T* saved, int64_t H,
+                        bool relu) {
+  if (saved) {
+    relu ? rnn_row_fwd<T, true, true>(gx, gh, h_prev, h_out, saved, H)
+         : rnn_row_fwd<T, true, false>(gx, gh, h_prev, h_out, saved, H);
+  } else {
+    relu ? rnn_row_fwd<T, false, true>(gx, gh, h_prev, h_out, saved, H)
+         : rnn_row_fwd<T, false, false>(gx, gh, h_prev, h_out, saved, H);
+  }
+}
+
+template <typename T>
 void rnn_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, const at::Tensor& w_hh,
                         const Schedule& sched, bool relu, bool reverse, at::Tensor& y, T* saved,
                         int64_t H) {
   at::Tensor gh = at::empty({sched.batch, H}, gx.options());
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, sched.steps ? sched.sizes[0] : 0);
   const T* gx_p = gx.data_ptr<T>();
-  const T* w_p = w_hh.data_ptr<T>();
   T* gh_p = gh.data_ptr<T>();
   T* h_p = h_state.data_ptr<T>();
   T* y_p = y.data_ptr<T>();
   for (int64_t s = 0; s < sched.steps; ++s) {
     const int64_t t = sched.time_at(s, reverse);
     const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
-    matmul_nt(h_p, H, w_p, H, gh_p, H, bs, H, H, false);
+    recurrent.run(h_p, H, gh_p, H, bs, false);
     at::parallel_for(0, bs, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        rnn_row_fwd<T>(gx_p + (row0 + b) * H, gh_p + b * H, nullptr, nullptr, h_p + b * H,
-                       h_p + b * H, saved ? saved + (row0 + b) * 2 * H : nullptr, H, relu);
+        rnn_row_fwd<T>(gx_p + (row0 + b) * H, gh_p + b * H, h_p + b * H, h_p + b * H,
+                       saved ? saved + (row0 + b) * 2 * H : nullptr, H, relu);
       }
     });
     std::memcpy(y_p + row0 * H, h_p, bs * H * sizeof(T));
@@ -64,9 +76,9 @@ template <typename T>
 void rnn_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, const at::Tensor& saved,
                         const at::Tensor& w_hh, const Schedule& sched, bool relu, bool reverse,
                         at::Tensor& dgx, int64_t H) {
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, sched.steps ? sched.sizes[0] : 0);
   const T* dy_p = dy.data_ptr<T>();
   const T* s_p = saved.data_ptr<T>();
-  const T* w_p = w_hh.data_ptr<T>();
   T* dh_p = dh_state.data_ptr<T>();
   T* dg_p = dgx.data_ptr<T>();
   for (int64_t s = sched.steps - 1; s >= 0; --s) {
@@ -83,7 +95,7 @@ void rnn_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, const at::Te
         for (int64_t j = 0; j < H; ++j) dgr[j] = rnn_unit_bwd(h[j], dyr[j] + dhb[j], relu);
       }
     });
-    matmul_nn(dg_p + row0 * H, H, w_p, H, dh_p, H, bs, H, H, false);
+    recurrent.run(dg_p + row0 * H, H, dh_p, H, bs, false);
   }
 }
 
@@ -115,13 +127,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_fwd_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_bwd_cpu(
     const at::Tensor& dy_in, const at::Tensor& dhn, const at::Tensor& saved_in,
     const at::Tensor& w_hh_in, const at::Tensor& batch_sizes, bool relu, bool reverse) {
+  FC_CHECK_DIM(dy_in, 2);
   FC_CHECK_DIM(dhn, 2);
   FC_CHECK_FLOATING(dy_in);
   const int64_t H = dhn.size(1), N = dy_in.size(0);
   FC_CHECK_SHAPE(dy_in, N, H);
   FC_CHECK_SHAPE(saved_in, N, 2 * H);
   FC_CHECK_SHAPE(w_hh_in, H, H);
-  for (const at::Tensor* t : {&dhn, &saved_in, &w_hh_in}) FC_CHECK_LIKE((*t), dy_in);
+  FC_CHECK_LIKE(dhn, dy_in);
+  FC_CHECK_LIKE(saved_in, dy_in);
+  FC_CHECK_LIKE(w_hh_in, dy_in);
   const Schedule sched = make_schedule(batch_sizes, N, dhn.size(0));
   at::Tensor dy = dy_in.contiguous(), saved = saved_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor dh_state = dhn.clone(at::MemoryFormat::Contiguous);
@@ -143,13 +158,11 @@ at::Tensor rnn_step_fwd_cpu(const at::Tensor& x_in, const at::Tensor& h, const a
   FC_CHECK_SHAPE(h, B, H);
   FC_CHECK_SHAPE(w_ih_in, H, I);
   FC_CHECK_SHAPE(w_hh_in, H, H);
-  for (const at::Tensor* t : {&h, &w_ih_in, &w_hh_in}) FC_CHECK_LIKE((*t), x_in);
-  for (const auto* b : {&b_ih, &b_hh}) {
-    if (b->has_value()) {
-      FC_CHECK_SHAPE((**b), H);
-      FC_CHECK_LIKE((**b), x_in);
-    }
-  }
+  FC_CHECK_LIKE(h, x_in);
+  FC_CHECK_LIKE(w_ih_in, x_in);
+  FC_CHECK_LIKE(w_hh_in, x_in);
+  check_bias(b_ih, "b_ih", H, x_in);
+  check_bias(b_hh, "b_hh", H, x_in);
   at::Tensor x = x_in.contiguous(), hc = h.contiguous();
   at::Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::Tensor();
@@ -161,11 +174,11 @@ at::Tensor rnn_step_fwd_cpu(const at::Tensor& x_in, const at::Tensor& h, const a
     scalar_t* gh = gx + B * H;
     matmul_nt_pair(x.data_ptr<scalar_t>(), I, w_ih.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(),
                    H, w_hh.data_ptr<scalar_t>(), gx, gh, B, H);
+    if (bi.defined()) add_bias_rows(gx, H, B, H, bi.data_ptr<scalar_t>());
+    if (bh.defined()) add_bias_rows(gh, H, B, H, bh.data_ptr<scalar_t>());
     for (int64_t b = 0; b < B; ++b) {
-      rnn_row_fwd<scalar_t>(gx + b * H, gh + b * H, bi.defined() ? bi.data_ptr<scalar_t>() : nullptr,
-                            bh.defined() ? bh.data_ptr<scalar_t>() : nullptr,
-                            hc.data_ptr<scalar_t>() + b * H, h_new.data_ptr<scalar_t>() + b * H,
-                            nullptr, H, relu);
+      rnn_row_fwd<scalar_t>(gx + b * H, gh + b * H, hc.data_ptr<scalar_t>() + b * H,
+                            h_new.data_ptr<scalar_t>() + b * H, nullptr, H, relu);
     }
   });
   return h_new;

@@ -18,7 +18,7 @@ _BACKENDS = {module.NAME: module for module in (cpu, reference)}
 NAMES = tuple(_BACKENDS)
 ENV_VAR = "FASTCELLS_BACKEND"
 
-_auto_choice = {}  # device type -> backend chosen by "auto"
+_auto_choice = {}  # (device type, dtype) -> backend chosen by "auto"
 
 
 def check_name(name):
@@ -29,30 +29,31 @@ def check_name(name):
     return name
 
 
-def available_backends(device_type="cpu"):
-    """Names of the backends usable on ``device_type`` tensors in this process, in preference order."""
-    return [name for name, module in _BACKENDS.items() if module.unusable_reason(device_type) is None]
+def available_backends(device_type="cpu", dtype=None):
+    """Names of the backends usable on ``device_type`` tensors (of ``dtype``, or of some dtype when
+    None) in this process, in preference order."""
+    return [name for name, module in _BACKENDS.items()
+            if module.unusable_reason(device_type, dtype) is None]
 
 
-def _auto(device_type):
-    chosen = _auto_choice.get(device_type)
+def _auto(device_type, dtype):
+    chosen = _auto_choice.get((device_type, dtype))
     if chosen is None:
-        usable = available_backends(device_type)
-        chosen = _BACKENDS[usable[0]]
+        chosen = _BACKENDS[available_backends(device_type, dtype)[0]]
         if chosen is reference:
             reasons = "; ".join(
-                f"{name}: {module.unusable_reason(device_type)}"
+                f"{name}: {module.unusable_reason(device_type, dtype)}"
                 for name, module in _BACKENDS.items()
                 if module is not reference
             )
-            logger.warning("fastcells: no fused backend for %s tensors, using 'reference' (%s)",
-                           device_type, reasons)
-        _auto_choice[device_type] = chosen
+            logger.warning("fastcells: no fused backend for %s %s tensors, using 'reference' (%s)",
+                           device_type, dtype, reasons)
+        _auto_choice[(device_type, dtype)] = chosen
     return chosen
 
 
-def select(requested, device_type):
-    """The backend module for ``requested`` ("auto" or a name) on ``device_type`` tensors.
+def select(requested, device_type, dtype=None):
+    """The backend module for ``requested`` ("auto" or a name) on ``device_type`` tensors of ``dtype``.
 
     "auto" consults FASTCELLS_BACKEND first. An explicitly named backend that cannot run raises
     RuntimeError saying why.
@@ -60,9 +61,9 @@ def select(requested, device_type):
     if requested == "auto":
         requested = check_name(os.environ.get(ENV_VAR, "auto") or "auto")
         if requested == "auto":
-            return _auto(device_type)
+            return _auto(device_type, dtype)
     module = _BACKENDS[requested]
-    reason = module.unusable_reason(device_type)
+    reason = module.unusable_reason(device_type, dtype)
     if reason is not None:
         raise RuntimeError(f"fastcells backend {requested!r} is not usable: {reason}")
     return module

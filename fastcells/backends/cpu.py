@@ -17,17 +17,30 @@ NAME = "cpu"
 ops = torch.ops.fastcells
 
 
-def unusable_reason(device_type):
-    """Why this backend cannot run on ``device_type`` tensors, or None."""
+DTYPES = (torch.float32, torch.float64)
+
+
+def unusable_reason(device_type, dtype=None):
+    """Why this backend cannot run on ``device_type`` tensors of ``dtype`` (None: any), or None."""
     if _extension.load_error is not None:
         return f"the compiled extension fastcells._C did not load ({_extension.load_error})"
     if device_type != "cpu":
         return f"it runs on CPU tensors only, got {device_type} tensors"
+    if dtype is not None and dtype not in DTYPES:
+        return f"it computes in float32 or float64 only, got {dtype}"
     return None
 
 
 def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _direct_step():
+    """The step ops of fastcells._C called through pybind11, or None under torch.compile, which
+    traces torch.ops calls only."""
+    if torch.compiler.is_compiling():
+        return None
+    return _extension.C
 
 
 def _one_step(batch):
@@ -58,6 +71,9 @@ def _bias_sum(b_ih, b_hh):
 
 def lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh):
     if not _needs_grad(x, h, c, w_ih, w_hh, b_ih, b_hh):
+        direct = _direct_step()
+        if direct is not None:
+            return direct.lstm_step_fwd_cpu(x, h, c, w_ih, w_hh, b_ih, b_hh)
         return ops.lstm_step_fwd(x, h, c, w_ih, w_hh, b_ih, b_hh)
     gx = F.linear(x, w_ih, _bias_sum(b_ih, b_hh))
     _, hn, cn, _ = ops.lstm_layer_fwd(gx, h, c, w_hh, None, _one_step(x.shape[0]), False, True)
@@ -66,6 +82,9 @@ def lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh):
 
 def gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
     if not _needs_grad(x, h, w_ih, w_hh, b_ih, b_hh):
+        direct = _direct_step()
+        if direct is not None:
+            return direct.gru_step_fwd_cpu(x, h, w_ih, w_hh, b_ih, b_hh)
         return ops.gru_step_fwd(x, h, w_ih, w_hh, b_ih, b_hh)
     gx = F.linear(x, w_ih, b_ih)
     _, hn, _ = ops.gru_layer_fwd(gx, h, w_hh, b_hh, _one_step(x.shape[0]), False, True)
@@ -74,6 +93,9 @@ def gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
 
 def rnn_step(x, h, w_ih, w_hh, b_ih, b_hh, relu):
     if not _needs_grad(x, h, w_ih, w_hh, b_ih, b_hh):
+        direct = _direct_step()
+        if direct is not None:
+            return direct.rnn_step_fwd_cpu(x, h, w_ih, w_hh, b_ih, b_hh, relu)
         return ops.rnn_step_fwd(x, h, w_ih, w_hh, b_ih, b_hh, relu)
     gx = F.linear(x, w_ih, _bias_sum(b_ih, b_hh))
     _, hn, _ = ops.rnn_layer_fwd(gx, h, w_hh, _one_step(x.shape[0]), relu, False, True)

@@ -13,8 +13,8 @@ import torch
 NAME = "reference"
 
 
-def unusable_reason(device_type):
-    """Why this backend cannot run on ``device_type``, or None: it runs everywhere."""
+def unusable_reason(device_type, dtype=None):
+    """Why this backend cannot run on ``device_type`` tensors of ``dtype``, or None: it runs everywhere."""
     return None
 
 

@@ -14,7 +14,7 @@
 #if defined(__CUDACC__)
 #define FC_HOST_DEVICE __host__ __device__ __forceinline__
 #else
-#define FC_HOST_DEVICE inline
+#define FC_HOST_DEVICE inline __attribute__((always_inline))
 #endif
 
 namespace fastcells {
@@ -170,9 +170,10 @@ FC_HOST_DEVICE GruUnitGrad<T> gru_unit_bwd(T r, T z, T n, T h_n, T h_prev, T dh)
 
 // ---------------------------------------------------------------------------------------------
 // Elman RNN: h = tanh(a) or relu(a).
+// relu keeps NaN, as torch.relu does: !(a <= 0) holds for NaN.
 template <typename T>
 FC_HOST_DEVICE T rnn_unit_fwd(T a, bool relu) {
-  return relu ? (a > T(0) ? a : T(0)) : tanh_(a);
+  return relu ? (!(a <= T(0)) ? a : T(0)) : tanh_(a);
 }
 
 // Gradient of the pre-activation from the output h (as torch does for relu: zero where h <= 0).

@@ -1,0 +1,169 @@
+// A register-blocked GEMM against a pre-packed weight, for the per-step recurrent products on the CPU.
+//
+// out (m, n) (+)= a (m, k) @ b (k, n), row-major a and out. Each step of a layer multiplies a few dozen
+// state rows by the same weight; MKL's sgemm reached ~45-75 GFLOP/s on those shapes on our 2-core AMD
+// EPYC (AVX2) machines, and oneDNN (which torch.nn.LSTM uses) is not callable from an extension for
+// fp32 there. So the weight is packed once per layer call into panels of 2 vectors' width
+// (panel-major, k x 16 floats contiguous: no 4 KiB-stride cache aliasing), and a micro-kernel keeps a
+// kGemmRows x 2-vector tile of `out` in registers while it streams one panel and broadcasts `a`.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "matmul_cpu.h"
+
+namespace fastcells::cpu {
+
+// 32-byte vectors (AVX2 registers).
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(32)));
+  static constexpr int kLanes = 32 / sizeof(T);
+  static constexpr int kPanel = 2 * kLanes;  // panel width in columns
+};
+
+constexpr int kGemmRows = 6;  // 6 rows x 2 vectors = 12 accumulators, + 2 panel loads + 1 broadcast
+
+// b (k, n) packed as ceil(n / kPanel) panels of (k, kPanel), zero-padded past column n.
+template <typename T>
+struct PackedMatrix {
+  at::Tensor storage;
+  int64_t k = 0, n = 0, panels = 0;
+  const T* panel(int64_t index) const {
+    return storage.template data_ptr<T>() + index * k * Vec<T>::kPanel;
+  }
+};
+
+// Packs b = w^T for w (n, k) row-major (the forward product h @ W^T), or b = w for w (k, n) row-major
+// (the backward product dG @ W) when `transposed` is false.
+template <typename T>
+PackedMatrix<T> pack_matrix(const at::Tensor& w, bool transposed) {
+  constexpr int64_t P = Vec<T>::kPanel;
+  PackedMatrix<T> packed;
+  packed.k = transposed ? w.size(1) : w.size(0);
+  packed.n = transposed ? w.size(0) : w.size(1);
+  packed.panels = (packed.n + P - 1) / P;
+  packed.storage = at::zeros({packed.panels * packed.k * P}, w.options());
+  const T* src = w.template data_ptr<T>();
+  T* dst = packed.storage.template data_ptr<T>();
+  const int64_t k = packed.k, n = packed.n;
+  for (int64_t panel = 0; panel < packed.panels; ++panel) {
+    const int64_t cols = std::min<int64_t>(P, n - panel * P);
+    T* out = dst + panel * k * P;
+    for (int64_t p = 0; p < k; ++p) {
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t j = panel * P + c;
+        out[p * P + c] = transposed ? src[j * k + p] : src[p * n + j];
+      }
+    }
+  }
+  return packed;
+}
+
+// One tile: R rows of `out`, `cols` <= kPanel columns, from one packed panel.
+template <typename T, int R>
+inline void gemm_tile(const T* a, int64_t lda, const T* panel, int64_t k, T* out, int64_t ldo,
+                      int64_t cols, bool accumulate) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  V acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V{};
+  for (int64_t p = 0; p < k; ++p) {
+    V b0, b1;
+    std::memcpy(&b0, panel + p * 2 * L, sizeof(V));
+    std::memcpy(&b1, panel + p * 2 * L + L, sizeof(V));
+    for (int r = 0; r < R; ++r) {
+      const V av = V{} + a[r * lda + p];
+      acc[r][0] += av * b0;
+      acc[r][1] += av * b1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    T* o = out + r * ldo;
+    if (cols == 2 * L) {
+      if (accumulate) {
+        V o0, o1;
+        std::memcpy(&o0, o, sizeof(V));
+        std::memcpy(&o1, o + L, sizeof(V));
+        acc[r][0] += o0;
+        acc[r][1] += o1;
+      }
+      std::memcpy(o, &acc[r][0], sizeof(V));
+      std::memcpy(o + L, &acc[r][1], sizeof(V));
+    } else {  // the last, partial panel
+      T tmp[2 * L];
+      std::memcpy(tmp, &acc[r][0], sizeof(V));
+      std::memcpy(tmp + L, &acc[r][1], sizeof(V));
+      for (int64_t c = 0; c < cols; ++c) o[c] = accumulate ? o[c] + tmp[c] : tmp[c];
+    }
+  }
+}
+
+template <typename T>
+inline void gemm_panel(const T* a, int64_t lda, const T* panel, int64_t k, T* out, int64_t ldo,
+                       int64_t m, int64_t cols, bool accumulate) {
+  int64_t i = 0;
+  for (; i + kGemmRows <= m; i += kGemmRows)
+    gemm_tile<T, kGemmRows>(a + i * lda, lda, panel, k, out + i * ldo, ldo, cols, accumulate);
+  const T* ar = a + i * lda;
+  T* orow = out + i * ldo;
+  switch (m - i) {
+    case 5: gemm_tile<T, 5>(ar, lda, panel, k, orow, ldo, cols, accumulate); break;
+    case 4: gemm_tile<T, 4>(ar, lda, panel, k, orow, ldo, cols, accumulate); break;
+    case 3: gemm_tile<T, 3>(ar, lda, panel, k, orow, ldo, cols, accumulate); break;
+    case 2: gemm_tile<T, 2>(ar, lda, panel, k, orow, ldo, cols, accumulate); break;
+    case 1: gemm_tile<T, 1>(ar, lda, panel, k, orow, ldo, cols, accumulate); break;
+    default: break;
+  }
+}
+
+// out (m, n) (+)= a (m, k) @ b. Panels are split across threads, so each thread reads the same part of
+// b on every time step (it stays in that core's L2).
+template <typename T>
+void gemm_packed(const T* a, int64_t lda, const PackedMatrix<T>& b, T* out, int64_t ldo, int64_t m,
+                 bool accumulate) {
+  if (m == 0 || b.n == 0) return;
+  constexpr int64_t P = Vec<T>::kPanel;
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, m * b.k * P));
+  at::parallel_for(0, b.panels, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t panel = p0; panel < p1; ++panel) {
+      const int64_t cols = std::min<int64_t>(P, b.n - panel * P);
+      gemm_panel(a, lda, b.panel(panel), b.k, out + panel * P, ldo, m, cols, accumulate);
+    }
+  });
+}
+
+// The per-step product of a layer with one weight: out (m, n) (+)= a (m, k) @ W^T (transposed) or
+// a @ W. A few rows take the mat-vec loops of matmul_cpu.h straight from W; more rows take the packed
+// GEMM, packing W once for the whole sequence (only when some step has that many rows).
+template <typename T>
+class StepProduct {
+ public:
+  StepProduct(const at::Tensor& w, bool transposed, int64_t max_rows)
+      : w_(w.template data_ptr<T>()), transposed_(transposed), rows_(w.size(0)), cols_(w.size(1)) {
+    if (max_rows > kSmallRows) packed_ = pack_matrix<T>(w, transposed);
+  }
+
+  void run(const T* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate) const {
+    if (m > kSmallRows) {
+      gemm_packed(a, lda, packed_, out, ldo, m, accumulate);
+    } else if (transposed_) {
+      matmul_nt(a, lda, w_, cols_, out, ldo, m, rows_, cols_, accumulate);
+    } else {
+      matmul_nn(a, lda, w_, cols_, out, ldo, m, cols_, rows_, accumulate);
+    }
+  }
+
+ private:
+  const T* w_;
+  bool transposed_;
+  int64_t rows_, cols_;
+  PackedMatrix<T> packed_;
+};
+
+}  // namespace fastcells::cpu

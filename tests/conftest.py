@@ -1,0 +1,246 @@
+"""Shared fixtures and helpers: twin builders (torch.nn module + fastcells module with the same weights),
+a forward+backward runner that collects every output and gradient, and comparison helpers.
+
+Every comparison is against torch.nn computed in the same test on fresh seeded random inputs.
+"""
+
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fastcells
+
+BACKENDS = fastcells.available_backends()
+
+# (atol, rtol) by dtype. float64 is tight: both sides run the same math in double precision.
+TOLERANCES = {torch.float64: (1e-10, 1e-9), torch.float32: (1e-5, 1e-5)}
+
+# Layer kinds: name -> (torch.nn class, fastcells class, extra constructor kwargs).
+LAYER_KINDS = {
+    "lstm": (nn.LSTM, fastcells.LSTM, {}),
+    "lstm_proj": (nn.LSTM, fastcells.LSTM, {"proj_size": 3}),
+    "gru": (nn.GRU, fastcells.GRU, {}),
+    "rnn_tanh": (nn.RNN, fastcells.RNN, {"nonlinearity": "tanh"}),
+    "rnn_relu": (nn.RNN, fastcells.RNN, {"nonlinearity": "relu"}),
+}
+
+CELL_KINDS = {
+    "lstm": (nn.LSTMCell, fastcells.LSTMCell, {}),
+    "gru": (nn.GRUCell, fastcells.GRUCell, {}),
+    "rnn_tanh": (nn.RNNCell, fastcells.RNNCell, {"nonlinearity": "tanh"}),
+    "rnn_relu": (nn.RNNCell, fastcells.RNNCell, {"nonlinearity": "relu"}),
+}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Every backend usable in this process (['cpu', 'reference'] on a CPU machine with the extension)."""
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_env(monkeypatch):
+    """Tests choose backends explicitly; a FASTCELLS_BACKEND in the caller's shell must not leak in."""
+    monkeypatch.delenv("FASTCELLS_BACKEND", raising=False)
+
+
+def copy_weights(src, dst):
+    """Loads ``src``'s parameters into ``dst`` through load_state_dict (strict: same keys both ways)."""
+    dst.load_state_dict(src.state_dict(), strict=True)
+    return dst
+
+
+def make_twins(kind_table, kind, *args, dtype=torch.float64, backend="auto", seed=0, **kwargs):
+    """(torch.nn module, fastcells module) of ``kind`` built with the same arguments and weights."""
+    torch_cls, fast_cls, extra = kind_table[kind]
+    kwargs = {**extra, **kwargs}
+    torch.manual_seed(seed)
+    ref = torch_cls(*args, dtype=dtype, **kwargs)
+    fast = fast_cls(*args, dtype=dtype, backend=backend, **kwargs)
+    copy_weights(ref, fast)
+    return ref, fast
+
+
+def make_layer_twins(kind, *args, **kwargs):
+    return make_twins(LAYER_KINDS, kind, *args, **kwargs)
+
+
+def make_cell_twins(kind, *args, **kwargs):
+    return make_twins(CELL_KINDS, kind, *args, **kwargs)
+
+
+def layer_state_shapes(module, batch, batched=True):
+    """Shapes of (h0,) or (h0, c0) for a torch.nn-style layer module."""
+    states = module.num_layers * (2 if module.bidirectional else 1)
+    out = module.proj_size if getattr(module, "proj_size", 0) > 0 else module.hidden_size
+    lead = (states, batch) if batched else (states,)
+    if module.mode == "LSTM":
+        return [lead + (out,), lead + (module.hidden_size,)]
+    return [lead + (out,)]
+
+
+def random_layer_states(module, batch, dtype, batched=True, seed=1):
+    """Fresh random initial states for ``module``: a tensor, or an (h0, c0) tuple for LSTM."""
+    gen = torch.Generator().manual_seed(seed)
+    states = [torch.randn(shape, generator=gen, dtype=dtype)
+              for shape in layer_state_shapes(module, batch, batched)]
+    return tuple(states) if module.mode == "LSTM" else states[0]
+
+
+def random_cell_states(module, batch, dtype, seed=1):
+    """Fresh random (h, c) for LSTMCell or h for the others; ``batch=None`` means unbatched."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (module.hidden_size,) if batch is None else (batch, module.hidden_size)
+    count = 2 if isinstance(module, nn.LSTMCell) else 1
+    states = [torch.randn(shape, generator=gen, dtype=dtype) for _ in range(count)]
+    return tuple(states) if count == 2 else states[0]
+
+
+def _leaves(value):
+    """Detached, grad-requiring copies of a tensor / tuple of tensors / None."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone().requires_grad_()
+    return tuple(_leaves(v) for v in value)
+
+
+def _flat(value):
+    if value is None:
+        return []
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, PackedSequence):
+        return [value.data]
+    return [t for v in value for t in _flat(v)]
+
+
+def forward_backward(module, x, hx=None, *, prepare=None, backward=True, seed=1234):
+    """Runs ``module(prepare(x), hx)`` and backpropagates a random weighting of every output.
+
+    ``x`` and ``hx`` are copied into fresh leaves (the originals are never touched); ``prepare`` maps the
+    leaf input to what the module takes (e.g. packs it). The upstream gradients come from a generator
+    seeded with ``seed``, so two modules run with the same seed get the same upstream gradients.
+
+    Returns a dict: "out" (list of output tensors: output or its PackedSequence data, then final states),
+    "packed" (the PackedSequence output or None), "grad_x", "grad_hx" (list), "grad_params" (name -> grad).
+    """
+    x_leaf = x.detach().clone().requires_grad_(backward)
+    hx_leaf = _leaves(hx) if backward else hx
+    inp = prepare(x_leaf) if prepare is not None else x_leaf
+    result = module(inp) if hx_leaf is None else module(inp, hx_leaf)
+    outs = _flat(result)
+    packed = result[0] if isinstance(result, tuple) and isinstance(result[0], PackedSequence) else None
+    record = {"out": [o.detach() for o in outs], "packed": packed}
+    if not backward:
+        return record
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
+    loss.backward()
+    record["grad_x"] = x_leaf.grad
+    record["grad_hx"] = [h.grad for h in _flat(hx_leaf)]
+    record["grad_params"] = {name: p.grad for name, p in module.named_parameters()}
+    for p in module.parameters():
+        p.grad = None
+    return record
+
+
+def assert_close(actual, expected, dtype, what="", atol=None, rtol=None):
+    default_atol, default_rtol = TOLERANCES[dtype]
+    torch.testing.assert_close(actual, expected, atol=default_atol if atol is None else atol,
+                               rtol=default_rtol if rtol is None else rtol, msg=lambda m: f"{what}: {m}")
+
+
+def assert_same_results(got, expected, dtype, **tol):
+    """Compares two forward_backward records entry by entry (outputs, states, every gradient)."""
+    assert len(got["out"]) == len(expected["out"])
+    for index, (a, b) in enumerate(zip(got["out"], expected["out"])):
+        assert a.shape == b.shape, f"output {index}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+        assert_close(a, b, dtype, f"output {index}", **tol)
+    if "grad_x" not in expected:
+        return
+    assert got["grad_x"] is not None, "no gradient reached the input"
+    assert_close(got["grad_x"], expected["grad_x"], dtype, "grad of input", **tol)
+    assert len(got["grad_hx"]) == len(expected["grad_hx"])
+    for index, (a, b) in enumerate(zip(got["grad_hx"], expected["grad_hx"])):
+        assert a is not None, f"no gradient reached initial state {index}"
+        assert_close(a, b, dtype, f"grad of initial state {index}", **tol)
+    assert got["grad_params"].keys() == expected["grad_params"].keys()
+    for name, b in expected["grad_params"].items():
+        a = got["grad_params"][name]
+        if b is None:  # a frozen parameter in torch.nn: frozen here too
+            assert a is None, f"parameter {name} got a gradient that torch.nn does not give"
+            continue
+        assert a is not None, f"no gradient reached parameter {name}"
+        assert_close(a, b, dtype, f"grad of {name}", **tol)
+
+
+class OpRecorder(TorchDispatchMode):
+    """Records the names of the fastcells ops dispatched while active (e.g. 'lstm_step_fwd')."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "fastcells":
+            self.names.append(func._opname)
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def record_fastcells_ops():
+    recorder = OpRecorder()
+    with recorder:
+        yield recorder.names
+
+
+@pytest.fixture
+def selected_backends(monkeypatch):
+    """A list that records the NAME of every backend fastcells.backends.select returns (the modules
+    look select up on the backends package at each call, so this sees every choice)."""
+    from fastcells import backends
+
+    chosen = []
+    original = backends.select
+
+    def spy(requested, device_type, dtype=None):
+        module = original(requested, device_type, dtype)
+        chosen.append(module.NAME)
+        return module
+
+    monkeypatch.setattr(backends, "select", spy)
+    return chosen
+
+
+def snapshot(*values):
+    """Copies of every tensor in ``values`` (tensors, tuples, modules' parameters): mutation checks."""
+    out = []
+    for value in values:
+        if isinstance(value, nn.Module):
+            out.extend(p.detach().clone() for p in value.parameters())
+        else:
+            out.extend(t.detach().clone() for t in _flat(value))
+    return out
+
+
+def current(*values):
+    out = []
+    for value in values:
+        if isinstance(value, nn.Module):
+            out.extend(p.detach() for p in value.parameters())
+        else:
+            out.extend(t.detach() for t in _flat(value))
+    return out
+
+
+def assert_unchanged(before, *values):
+    after = current(*values)
+    assert len(before) == len(after)
+    for index, (a, b) in enumerate(zip(after, before)):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True,
+                                   msg=lambda m: f"tensor {index} was modified: {m}")
