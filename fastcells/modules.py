@@ -192,22 +192,24 @@ class RNN(_FusedRNNBase):
 
 def _check_cell_args(input, states, input_size, hidden_size, weight):
     """The checks torch's cell kernels make (same messages), and dtype against the weights (torch only
-    says "mat1 and mat2 must have the same dtype"). Devices are checked by the backends' ops."""
-    batch = input.size(0)
-    if input.size(1) != input_size:
-        raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {input_size}")
+    says "mat1 and mat2 must have the same dtype"). Devices are checked by the backends' ops.
+    One ``shape`` read per tensor: this runs on every streaming step."""
+    batch, features = input.shape
+    if features != input_size:
+        raise RuntimeError(f"input has inconsistent input_size: got {features} expected {input_size}")
+    dtype = weight.dtype
     for index, state in enumerate(states):
-        if state.size(0) != batch:
-            raise RuntimeError(f"Input batch size {batch} doesn't match hidden{index} batch size "
-                               f"{state.size(0)}")
-        if state.size(1) != hidden_size:
-            raise RuntimeError(f"hidden{index} has inconsistent hidden_size: got {state.size(1)}, "
+        shape = state.shape
+        if shape != (batch, hidden_size):
+            if shape[0] != batch:
+                raise RuntimeError(f"Input batch size {batch} doesn't match hidden{index} batch size "
+                                   f"{shape[0]}")
+            raise RuntimeError(f"hidden{index} has inconsistent hidden_size: got {shape[1]}, "
                                f"expected {hidden_size}")
-        if state.dtype != weight.dtype:
-            raise RuntimeError(
-                f"hidden{index} dtype ({state.dtype}) does not match weight dtype ({weight.dtype})")
-    if input.dtype != weight.dtype:
-        raise RuntimeError(f"input dtype ({input.dtype}) does not match weight dtype ({weight.dtype})")
+        if state.dtype != dtype:
+            raise RuntimeError(f"hidden{index} dtype ({state.dtype}) does not match weight dtype ({dtype})")
+    if input.dtype != dtype:
+        raise RuntimeError(f"input dtype ({input.dtype}) does not match weight dtype ({dtype})")
 
 
 class _FusedCellMixin:

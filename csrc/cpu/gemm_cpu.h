@@ -78,7 +78,7 @@ inline void gemm_tile(const T* a, int64_t lda, const T* panel, int64_t k, T* out
     std::memcpy(&b0, panel + p * 2 * L, sizeof(V));
     std::memcpy(&b1, panel + p * 2 * L + L, sizeof(V));
     for (int r = 0; r < R; ++r) {
-      const V av = V{} + a[r * lda + p];
+      const V av = a[r * lda + p] - V{};  // a broadcast (x - 0 folds to x; 0 + x would not: -0.0)
       acc[r][0] += av * b0;
       acc[r][1] += av * b1;
     }
