@@ -105,21 +105,37 @@ inline void gemm_tile(const T* a, int64_t lda, const T* panel, int64_t k, T* out
 }
 
 template <typename T>
-inline void gemm_panel(const T* a, int64_t lda, const T* panel, int64_t k, T* out, int64_t ldo,
-                       int64_t m, int64_t cols, bool accumulate) {
-  int64_t i = 0;
-  for (; i + kGemmRows <= m; i += kGemmRows)
-    gemm_tile<T, kGemmRows>(a + i * lda, lda, panel, k, out + i * ldo, ldo, cols, accumulate);
-  const T* ar = a + i * lda;
-  T* orow = out + i * ldo;
-  switch (m - i) {
-    case 5: gemm_tile<T, 5>(ar, lda, panel, k, orow, ldo, cols, accumulate); break;
-    case 4: gemm_tile<T, 4>(ar, lda, panel, k, orow, ldo, cols, accumulate); break;
-    case 3: gemm_tile<T, 3>(ar, lda, panel, k, orow, ldo, cols, accumulate); break;
-    case 2: gemm_tile<T, 2>(ar, lda, panel, k, orow, ldo, cols, accumulate); break;
-    case 1: gemm_tile<T, 1>(ar, lda, panel, k, orow, ldo, cols, accumulate); break;
+inline void gemm_rows(const T* a, int64_t lda, const T* panel, int64_t k, T* out, int64_t ldo,
+                      int64_t rows, int64_t cols, bool accumulate) {
+  switch (rows) {
+    case 6: gemm_tile<T, 6>(a, lda, panel, k, out, ldo, cols, accumulate); break;
+    case 5: gemm_tile<T, 5>(a, lda, panel, k, out, ldo, cols, accumulate); break;
+    case 4: gemm_tile<T, 4>(a, lda, panel, k, out, ldo, cols, accumulate); break;
+    case 3: gemm_tile<T, 3>(a, lda, panel, k, out, ldo, cols, accumulate); break;
+    case 2: gemm_tile<T, 2>(a, lda, panel, k, out, ldo, cols, accumulate); break;
+    case 1: gemm_tile<T, 1>(a, lda, panel, k, out, ldo, cols, accumulate); break;
     default: break;
   }
+}
+
+// All m rows against one panel, in tiles of kGemmRows. A tile of 1-3 rows has too few independent
+// accumulator chains to hide the FMA latency, so such a remainder is merged with the last full tile
+// and split evenly (m = 32: 6+6+6+6+4+4 rather than 6+6+6+6+6+2).
+template <typename T>
+inline void gemm_panel(const T* a, int64_t lda, const T* panel, int64_t k, T* out, int64_t ldo,
+                       int64_t m, int64_t cols, bool accumulate) {
+  int64_t full = m / kGemmRows, rest = m % kGemmRows;
+  if (full > 0 && rest > 0 && rest < 4) {
+    --full;
+    rest += kGemmRows;
+  }
+  int64_t i = 0;
+  for (; i < full * kGemmRows; i += kGemmRows)
+    gemm_rows(a + i * lda, lda, panel, k, out + i * ldo, ldo, kGemmRows, cols, accumulate);
+  const int64_t first = rest > kGemmRows ? rest / 2 : rest;
+  gemm_rows(a + i * lda, lda, panel, k, out + i * ldo, ldo, first, cols, accumulate);
+  i += first;
+  gemm_rows(a + i * lda, lda, panel, k, out + i * ldo, ldo, rest - first, cols, accumulate);
 }
 
 // out (m, n) (+)= a (m, k) @ b. Panels are split across threads, so each thread reads the same part of
