@@ -172,18 +172,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_bwd_cpu(
 at::Tensor gru_step_fwd_cpu(const at::Tensor& x_in, const at::Tensor& h, const at::Tensor& w_ih_in,
                             const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& b_ih,
                             const c10::optional<at::Tensor>& b_hh) {
-  FC_CHECK_DIM(x_in, 2);
-  FC_CHECK_FLOATING(x_in);
-  FC_CHECK_DIM(h, 2);
-  const int64_t B = x_in.size(0), I = x_in.size(1), H = h.size(1);
-  FC_CHECK_SHAPE(h, B, H);
-  FC_CHECK_SHAPE(w_ih_in, 3 * H, I);
-  FC_CHECK_SHAPE(w_hh_in, 3 * H, H);
-  FC_CHECK_LIKE(h, x_in);
-  FC_CHECK_LIKE(w_ih_in, x_in);
-  FC_CHECK_LIKE(w_hh_in, x_in);
-  check_bias(b_ih, "b_ih", 3 * H, x_in);
-  check_bias(b_hh, "b_hh", 3 * H, x_in);
+  const int64_t H = check_step_args(x_in, h, w_ih_in, w_hh_in, b_ih, b_hh, 3);
+  const int64_t B = x_in.size(0), I = x_in.size(1);
   at::Tensor x = x_in.contiguous(), hc = h.contiguous();
   at::Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::Tensor();
