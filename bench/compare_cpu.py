@@ -45,6 +45,8 @@ class Case:
         return x, None
 
     def runner(self, model):
+        """A call of one forward (inference) or forward + backward (training). Inference calls are
+        timed inside one ``torch.inference_mode()`` block (see ``mode``), as a serving loop runs."""
         x, hx = self.inputs()
         if self.train:
             def run():
@@ -52,9 +54,11 @@ class Case:
                 output.sum().backward()
         else:
             def run():
-                with torch.inference_mode():
-                    model(x, hx)
+                model(x, hx)
         return run
+
+    def mode(self):
+        return torch.inference_mode(not self.train)
 
 
 CASES = [
@@ -87,13 +91,14 @@ def time_calls(run, budget_s):
 
 def measure(case, providers, rounds, budget_s):
     runners = {p: case.runner(case.build(p)) for p in providers}
-    for run in runners.values():  # warm-up: allocator, oneDNN primitive caches, branch predictors
-        for _ in range(3):
-            run()
     samples = {p: [] for p in providers}
-    for _ in range(rounds):
-        for provider, run in runners.items():
-            samples[provider].append(time_calls(run, budget_s))
+    with case.mode():
+        for run in runners.values():  # warm-up: allocator, oneDNN primitive caches, branch predictors
+            for _ in range(3):
+                run()
+        for _ in range(rounds):
+            for provider, run in runners.items():
+                samples[provider].append(time_calls(run, budget_s))
     return {p: statistics.median(v) for p, v in samples.items()}
 
 

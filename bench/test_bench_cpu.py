@@ -20,4 +20,5 @@ PROVIDERS = ["torch.nn"] + fastcells.available_backends()
 def test_case(benchmark, case, provider):
     run = case.runner(case.build(provider))
     benchmark.group = case.name
-    benchmark(run)
+    with case.mode():
+        benchmark(run)

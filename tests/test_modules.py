@@ -3,6 +3,7 @@ choice (argument, environment variable, auto), repr, and NaN propagation."""
 
 import copy
 import logging
+import os
 
 import pytest
 import torch
@@ -574,3 +575,12 @@ def test_saturating_and_infinite_inputs_like_torch(kind, dtype, backend):
         for a, b in zip(_tensors(cell_fast(x[1])), _tensors(cell_ref(x[1])), strict=True):
             assert torch.equal(a.isnan(), b.isnan())
             torch.testing.assert_close(a, b, atol=atol, rtol=rtol, equal_nan=True)
+
+
+def test_extension_loads_where_it_was_built():
+    """make test builds fastcells._C first, so there it must load: otherwise every cpu-backend test
+    above would skip and a broken build would pass. Set FASTCELLS_ALLOW_NO_EXTENSION=1 to run the
+    suite against the reference backend alone."""
+    if os.environ.get("FASTCELLS_ALLOW_NO_EXTENSION") == "1":
+        pytest.skip("running without the compiled extension on purpose")
+    assert _extension.load_error is None, _extension.load_error
