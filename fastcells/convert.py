@@ -1,6 +1,5 @@
 """``fastcells.convert(model)``: swap torch.nn recurrent modules for their fastcells twins in place."""
 
-import torch
 from torch import nn
 
 from . import backends, modules
@@ -54,6 +53,3 @@ def convert(model, backend="auto"):
             setattr(model, name, converted)
     return model
 
-
-__all__ = ["convert"]
-del torch

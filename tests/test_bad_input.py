@@ -350,11 +350,15 @@ def test_layer_bwd_op_bad_arguments(family, name, index, value, mention):
         value = good[:-1] if name == "saved_rows" else good.float()
     elif isinstance(value, str):
         value = None
-    bad = _replace(args, index, value)
-    tensors = [a for a in bad if isinstance(a, torch.Tensor)]
+    _assert_op_rejects(op, _replace(args, index, value), mention)
+
+
+def _assert_op_rejects(op, bad_args, mention):
+    """The op raises RuntimeError mentioning ``mention`` and leaves every tensor argument unchanged."""
+    tensors = [a for a in bad_args if isinstance(a, torch.Tensor)]
     before = snapshot(*tensors)
     with pytest.raises(RuntimeError) as error:
-        op(*bad)
+        op(*bad_args)
     assert mention in str(error.value)
     assert_unchanged(before, *tensors)
 
@@ -387,13 +391,7 @@ def _bad_step_cases():
                          [pytest.param(*c, id=f"{c[0]}-{c[1]}") for c in _bad_step_cases()])
 def test_step_op_bad_arguments(family, name, index, value, mention):
     op, args = step_fwd_args(family, F64, bias=True)
-    bad = _replace(args, index, value)
-    tensors = [a for a in bad if isinstance(a, torch.Tensor)]
-    before = snapshot(*tensors)
-    with pytest.raises(RuntimeError) as error:
-        op(*bad)
-    assert mention in str(error.value)
-    assert_unchanged(before, *tensors)
+    _assert_op_rejects(op, _replace(args, index, value), mention)
 
 
 @needs_extension
