@@ -1,9 +1,9 @@
-// Small matrix products for the recurrence on the CPU.
+// Products of a few rows with a weight matrix, read in place (no packing), on the CPU.
 //
 // Each time step multiplies the state (m rows) by a weight matrix. For a few rows, at::mm costs a
 // few µs of dispatch and packing before any arithmetic, more than the arithmetic itself at small H,
-// so below kSmallRows we use plain loops that the compiler vectorizes; above it we hand the product
-// to ATen (MKL/oneDNN), which wins once it can reuse each weight for many rows.
+// so up to kSmallRows rows we use vectorized dot products and axpys. Layers with more rows use the
+// packed GEMM of gemm_cpu.h; the cell step ops, which cannot amortize packing, hand them to at::mm.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -128,6 +128,7 @@ at::Tensor wrap(const T* data, int64_t rows, int64_t cols, int64_t ld) {
 }
 
 // out (m, n) = a (m, k) @ w (n, k)^T, or += when accumulate. Row-major, leading dims given.
+// More than kSmallRows rows go to at::mm (the cell step ops with a batch).
 template <typename T>
 void matmul_nt(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t ldo, int64_t m,
                int64_t n, int64_t k, bool accumulate) {
@@ -147,20 +148,12 @@ void matmul_nt(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t
   });
 }
 
-// out (m, n) = a (m, k) @ w (k, n), or += when accumulate. Row-major, leading dims given.
+// out (m, n) = a (m, k) @ w (k, n), or += when accumulate, for a few rows (the backward of a step;
+// more rows take the packed GEMM of gemm_cpu.h). Row-major, leading dims given.
 template <typename T>
 void matmul_nn(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t ldo, int64_t m,
                int64_t n, int64_t k, bool accumulate) {
   if (m == 0 || n == 0) return;
-  if (m > kSmallRows) {
-    at::Tensor o = wrap(out, m, n, ldo);
-    if (accumulate) {
-      o.addmm_(wrap(a, m, k, lda), wrap(w, k, n, ldw));
-    } else {
-      at::mm_out(o, wrap(a, m, k, lda), wrap(w, k, n, ldw));
-    }
-    return;
-  }
   // Columns split across threads; each row of w is an axpy over the thread's columns.
   at::parallel_for(0, n, grain_for(m * k), [&](int64_t begin, int64_t end) {
     for (int64_t i = 0; i < m; ++i) {
