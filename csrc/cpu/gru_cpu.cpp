@@ -20,8 +20,6 @@
 namespace fastcells::cpu {
 namespace {
 
-constexpr int64_t kPointwiseGrain = 4096;
-
 // One row. gx: input projections with b_ih; gh: hidden projections with b_hh. No branch in the loop
 // (kSave is a template argument), so it vectorizes.
 template <typename T, bool kSave>
@@ -57,7 +55,7 @@ void gru_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, const at::Ten
     const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
     recurrent.run(h_p, H, gh_p, G, bs, false);
     if (b_hh) add_bias_rows(gh_p, G, bs, G, b_hh);
-    at::parallel_for(0, bs, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const T* gx_row = gx_p + (row0 + b) * G;
         if (saved) {
@@ -87,7 +85,7 @@ void gru_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, const at::Te
   for (int64_t s = sched.steps - 1; s >= 0; --s) {
     const int64_t t = sched.time_at(s, reverse);
     const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
-    at::parallel_for(0, bs, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t row = row0 + b;
         const T* sr = s_p + row * 5 * H;
@@ -183,10 +181,10 @@ at::Tensor gru_step_fwd_cpu(const at::Tensor& x_in, const at::Tensor& h, const a
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_step_fwd_cpu", [&] {
     scalar_t* gx = gates.data_ptr<scalar_t>();
     scalar_t* gh = gx + B * 3 * H;
-    matmul_nt_pair(x.data_ptr<scalar_t>(), I, w_ih.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(),
-                   H, w_hh.data_ptr<scalar_t>(), gx, gh, B, 3 * H);
-    if (bi.defined()) add_bias_rows(gx, 3 * H, B, 3 * H, bi.data_ptr<scalar_t>());
-    if (bh.defined()) add_bias_rows(gh, 3 * H, B, 3 * H, bh.data_ptr<scalar_t>());
+    step_projections(x.data_ptr<scalar_t>(), I, w_ih.data_ptr<scalar_t>(),
+                     bi.defined() ? bi.data_ptr<scalar_t>() : nullptr, hc.data_ptr<scalar_t>(), H,
+                     w_hh.data_ptr<scalar_t>(), bh.defined() ? bh.data_ptr<scalar_t>() : nullptr,
+                     gx, gh, B, 3 * H);
     for (int64_t b = 0; b < B; ++b) {
       gru_row_fwd<scalar_t, false>(gx + b * 3 * H, gh + b * 3 * H, hc.data_ptr<scalar_t>() + b * H,
                                    h_new.data_ptr<scalar_t>() + b * H, nullptr, H);

@@ -22,13 +22,9 @@
 namespace fastcells::cpu {
 namespace {
 
-// Units (rows x hidden) below which the pointwise pass stays on one thread.
-constexpr int64_t kPointwiseGrain = 4096;
-
 struct LstmLayout {
   int64_t H, P;
   bool proj;
-  int64_t gates() const { return 0; }
   int64_t c_prev() const { return 4 * H; }
   int64_t tanh_c() const { return 5 * H; }
   int64_t h_prev() const { return 6 * H; }
@@ -53,8 +49,8 @@ inline void lstm_row_fwd(const T* gx, const T* gh, const T* c_prev, T* c_out, T*
       saved[H + j] = u.f;
       saved[2 * H + j] = u.g;
       saved[3 * H + j] = u.o;
-      saved[4 * H + j] = cp;
-      saved[5 * H + j] = u.tanh_c;
+      saved[L.c_prev() + j] = cp;
+      saved[L.tanh_c() + j] = u.tanh_c;
     }
     c_out[j] = u.c;
     h_out[j] = u.h;
@@ -88,7 +84,7 @@ void lstm_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, at::Tensor& 
         std::memcpy(s_p + (row0 + b) * S + L.h_prev(), h_p + b * P, P * sizeof(T));
     }
     T* h_dst = L.proj ? h_raw.data_ptr<T>() : h_p;
-    at::parallel_for(0, bs, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         if (s_p) {
           lstm_row_fwd<T, true>(gx_p + (row0 + b) * G, gh_p + b * G, c_p + b * H, c_p + b * H,
@@ -144,7 +140,7 @@ void lstm_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, at::Tensor&
     } else {
       std::memcpy(dhr_p, dh_p, bs * H * sizeof(T));
     }
-    at::parallel_for(0, bs, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const T* sr = s_p + (row0 + b) * S;
         const T* dhr = dhr_p + b * H;
@@ -268,10 +264,10 @@ std::tuple<at::Tensor, at::Tensor> lstm_step_fwd_cpu(
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_step_fwd_cpu", [&] {
     scalar_t* gx = gates.data_ptr<scalar_t>();
     scalar_t* gh = gx + B * 4 * H;
-    matmul_nt_pair(x.data_ptr<scalar_t>(), I, w_ih.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(),
-                   H, w_hh.data_ptr<scalar_t>(), gx, gh, B, 4 * H);
-    if (bi.defined()) add_bias_rows(gx, 4 * H, B, 4 * H, bi.data_ptr<scalar_t>());
-    if (bh.defined()) add_bias_rows(gh, 4 * H, B, 4 * H, bh.data_ptr<scalar_t>());
+    step_projections(x.data_ptr<scalar_t>(), I, w_ih.data_ptr<scalar_t>(),
+                     bi.defined() ? bi.data_ptr<scalar_t>() : nullptr, hc.data_ptr<scalar_t>(), H,
+                     w_hh.data_ptr<scalar_t>(), bh.defined() ? bh.data_ptr<scalar_t>() : nullptr,
+                     gx, gh, B, 4 * H);
     for (int64_t b = 0; b < B; ++b) {
       lstm_row_fwd<scalar_t, false>(gx + b * 4 * H, gh + b * 4 * H, cc.data_ptr<scalar_t>() + b * H,
                                     c_new.data_ptr<scalar_t>() + b * H,

@@ -116,6 +116,9 @@ inline void add_bias_rows(T* out, int64_t ldo, int64_t m, int64_t n, const T* bi
   }
 }
 
+// Grain (in batch rows) of the pointwise pass over rows of H units: one thread below 4096 units.
+inline int64_t pointwise_grain(int64_t H) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, H)); }
+
 // Grain (in rows of the weight) so that each thread gets at least kParallelWork multiply-adds.
 inline int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, work_per_item));
@@ -169,24 +172,26 @@ void matmul_nn(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t
   });
 }
 
-// Two independent products in one pass over the rows of both weights, for the cell step:
-// gx (m, n) = x (m, kx) @ w_ih (n, kx)^T and gh (m, n) = h (m, kh) @ w_hh (n, kh)^T.
-// One parallel region instead of two, and each thread keeps the same weight rows on every call.
+// The two projections of a cell step, with their biases (nullptr: none), in one pass over the rows
+// of both weights: gx (m, n) = x (m, kx) @ w_ih (n, kx)^T + b_ih and gh (m, n) = h (m, kh) @
+// w_hh (n, kh)^T + b_hh. One parallel region instead of two, and each thread keeps the same weight
+// rows on every call.
 template <typename T>
-void matmul_nt_pair(const T* x, int64_t kx, const T* w_ih, const T* h, int64_t kh, const T* w_hh,
-                    T* gx, T* gh, int64_t m, int64_t n) {
+void step_projections(const T* x, int64_t kx, const T* w_ih, const T* b_ih, const T* h, int64_t kh,
+                      const T* w_hh, const T* b_hh, T* gx, T* gh, int64_t m, int64_t n) {
   if (m > kSmallRows) {
     matmul_nt(x, kx, w_ih, kx, gx, n, m, n, kx, false);
     matmul_nt(h, kh, w_hh, kh, gh, n, m, n, kh, false);
-    return;
+  } else if (m > 0 && n > 0) {
+    at::parallel_for(0, n, grain_for(m * (kx + kh)), [&](int64_t begin, int64_t end) {
+      for (int64_t i = 0; i < m; ++i) {
+        matvec_rows(w_ih, kx, x + i * kx, kx, gx + i * n, begin, end, false);
+        matvec_rows(w_hh, kh, h + i * kh, kh, gh + i * n, begin, end, false);
+      }
+    });
   }
-  if (m == 0 || n == 0) return;
-  at::parallel_for(0, n, grain_for(m * (kx + kh)), [&](int64_t begin, int64_t end) {
-    for (int64_t i = 0; i < m; ++i) {
-      matvec_rows(w_ih, kx, x + i * kx, kx, gx + i * n, begin, end, false);
-      matvec_rows(w_hh, kh, h + i * kh, kh, gh + i * n, begin, end, false);
-    }
-  });
+  if (b_ih) add_bias_rows(gx, n, m, n, b_ih);
+  if (b_hh) add_bias_rows(gh, n, m, n, b_hh);
 }
 
 }  // namespace fastcells::cpu

@@ -20,8 +20,6 @@
 namespace fastcells::cpu {
 namespace {
 
-constexpr int64_t kPointwiseGrain = 4096;
-
 // One row: h = act(gx + gh). kSave and kRelu are template arguments so the loop has no branch.
 template <typename T, bool kSave, bool kRelu>
 inline void rnn_row_fwd(const T* gx, const T* gh, const T* h_prev, T* h_out, T* saved, int64_t H) {
@@ -62,7 +60,7 @@ void rnn_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, const at::Ten
     const int64_t t = sched.time_at(s, reverse);
     const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
     recurrent.run(h_p, H, gh_p, H, bs, false);
-    at::parallel_for(0, bs, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         rnn_row_fwd<T>(gx_p + (row0 + b) * H, gh_p + b * H, h_p + b * H, h_p + b * H,
                        saved ? saved + (row0 + b) * 2 * H : nullptr, H, relu);
@@ -84,7 +82,7 @@ void rnn_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, const at::Te
   for (int64_t s = sched.steps - 1; s >= 0; --s) {
     const int64_t t = sched.time_at(s, reverse);
     const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
-    at::parallel_for(0, bs, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t row = row0 + b;
         const T* h = s_p + row * 2 * H;
@@ -162,10 +160,10 @@ at::Tensor rnn_step_fwd_cpu(const at::Tensor& x_in, const at::Tensor& h, const a
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_step_fwd_cpu", [&] {
     scalar_t* gx = gates.data_ptr<scalar_t>();
     scalar_t* gh = gx + B * H;
-    matmul_nt_pair(x.data_ptr<scalar_t>(), I, w_ih.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(),
-                   H, w_hh.data_ptr<scalar_t>(), gx, gh, B, H);
-    if (bi.defined()) add_bias_rows(gx, H, B, H, bi.data_ptr<scalar_t>());
-    if (bh.defined()) add_bias_rows(gh, H, B, H, bh.data_ptr<scalar_t>());
+    step_projections(x.data_ptr<scalar_t>(), I, w_ih.data_ptr<scalar_t>(),
+                     bi.defined() ? bi.data_ptr<scalar_t>() : nullptr, hc.data_ptr<scalar_t>(), H,
+                     w_hh.data_ptr<scalar_t>(), bh.defined() ? bh.data_ptr<scalar_t>() : nullptr,
+                     gx, gh, B, H);
     for (int64_t b = 0; b < B; ++b) {
       rnn_row_fwd<scalar_t>(gx + b * H, gh + b * H, hc.data_ptr<scalar_t>() + b * H,
                             h_new.data_ptr<scalar_t>() + b * H, nullptr, H, relu);
