@@ -1,6 +1,8 @@
 # Two commands do all set-up from a fresh clone:
 #   make test    create .venv if missing, build fastcells._C, run the whole test suite
-#   make bench   the same set-up, then a CPU comparison of fastcells vs torch.nn vs the naive loop
+#   make bench   the same set-up, then the quick CPU benchmark report (python -m fastcells bench --quick)
+#   make gpu     on a GPU machine with a preinstalled CUDA torch: build, tests, check, full GPU
+#                benchmark, all into one results folder (bench/gpu.sh; uses python3, not .venv)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +10,7 @@ DEPS_STAMP := $(VENV)/.deps-installed
 BUILD_STAMP := $(VENV)/.fastcells-built
 SOURCES := $(wildcard setup.py csrc/*.cpp csrc/*.h csrc/include/fastcells/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*)
 
-.PHONY: test bench build clean
+.PHONY: test bench gpu build clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +31,10 @@ test: $(BUILD_STAMP)
 	$(PY) -m pytest tests
 
 bench: $(BUILD_STAMP)
-	$(PY) bench/compare_cpu.py
+	$(PY) -m fastcells bench --quick --device cpu
+
+gpu:
+	PYTHON=$(PYTHON) bash bench/gpu.sh $(RESULTS)
 
 clean:
 	rm -rf build *.egg-info fastcells/_C*.so $(BUILD_STAMP)

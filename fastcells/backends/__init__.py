@@ -1,9 +1,9 @@
 """Backend registry and choice.
 
-A backend is a module with ``NAME``, ``unusable_reason(device_type)`` and the layer and step functions
-(see ``reference.py`` for their shapes). Choice: the ``backend=`` argument, else the environment variable
-``FASTCELLS_BACKEND``, else ``auto``: the first usable backend in preference order for the tensors'
-device, falling back to ``reference`` with one logged warning.
+A backend is a module with ``NAME``, ``unusable_reason(device_type, dtype=None)`` and the layer and
+step functions (see ``reference.py`` for their shapes). Choice: the ``backend=`` argument, else the
+environment variable ``FASTCELLS_BACKEND``, else ``auto``: the first usable backend in preference
+order for the tensors' device, falling back to ``reference`` with one logged warning.
 """
 
 import logging
@@ -34,6 +34,11 @@ def available_backends(device_type="cpu", dtype=None):
     None) in this process, in preference order."""
     return [name for name, module in _BACKENDS.items()
             if module.unusable_reason(device_type, dtype) is None]
+
+
+def unusable_reason(name, device_type="cpu", dtype=None):
+    """Why backend ``name`` cannot run on ``device_type`` tensors (of ``dtype``), or None if it can."""
+    return _BACKENDS[check_name(name)].unusable_reason(device_type, dtype)
 
 
 def _auto(device_type, dtype):

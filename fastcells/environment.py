@@ -1,0 +1,81 @@
+"""What this process runs on: versions, the device's name, the git revision. Used by ``info`` and by
+the benchmark reports, so both describe a machine the same way."""
+
+import datetime
+import os
+import platform
+import re
+import subprocess
+
+import torch
+
+
+def cpu_name():
+    """The CPU's model name ("AMD EPYC 7B13"), from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device):
+    """A human-readable name of ``device`` (a torch.device or string)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
+
+
+def device_slug(device):
+    """``device_name`` as a folder name: "nvidia-h100-80gb-hbm3", "cpu-amd-epyc"."""
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu {cpu_name()}"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def triton_version():
+    """Triton's version, or None when it is not installed (importing it is cheap and safe on CPU)."""
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def versions():
+    """Versions of everything that decides what the kernels do, as strings (None: not present)."""
+    import fastcells
+
+    cudnn = None
+    if torch.backends.cudnn.is_available():
+        cudnn = str(torch.backends.cudnn.version())
+    return {
+        "fastcells": fastcells.__version__,
+        "torch": torch.__version__,
+        "triton": triton_version(),
+        "cuda": torch.version.cuda,
+        "cudnn": cudnn,
+        "python": platform.python_version(),
+    }
+
+
+def git_revision():
+    """The short git revision of the fastcells checkout (with "+dirty" for local changes), or None."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
+def now_utc():
+    """The current time as an ISO 8601 string in UTC, to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()

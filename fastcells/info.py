@@ -1,0 +1,44 @@
+"""``python -m fastcells info``: versions, devices, and each backend with "usable" or why it is not."""
+
+import torch
+
+from . import backends, environment
+
+
+def add_arguments(parser):
+    parser.add_argument("--device", action="append", choices=("cpu", "cuda"),
+                        help="device type(s) to report backends for (default: cpu, and cuda when present)")
+
+
+def device_types(requested=None):
+    """The device types to describe: those requested, else cpu plus cuda when a GPU is visible."""
+    if requested:
+        return list(dict.fromkeys(requested))
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def backend_status(device_type):
+    """(name, reason) for every backend on ``device_type`` tensors; reason None means usable."""
+    return [(name, backends.unusable_reason(name, device_type)) for name in backends.NAMES]
+
+
+def describe(device_types_):
+    """The report as lines of text."""
+    lines = ["versions:"]
+    for name, version in environment.versions().items():
+        lines.append(f"  {name:10} {version if version is not None else 'not present'}")
+    lines.append(f"  {'git':10} {environment.git_revision() or 'not a git checkout'}")
+    for device_type in device_types_:
+        if device_type == "cuda" and not torch.cuda.is_available():
+            lines.append("cuda: no CUDA device visible to torch"
+                         + ("" if torch.version.cuda else " (this torch build has no CUDA)"))
+        else:
+            lines.append(f"{device_type}: {environment.device_name(device_type)}")
+        for name, reason in backend_status(device_type):
+            lines.append(f"  {name:10} {'usable' if reason is None else 'not usable: ' + reason}")
+    return lines
+
+
+def run(args):
+    print("\n".join(describe(device_types(args.device))))
+    return 0
