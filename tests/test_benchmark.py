@@ -6,6 +6,9 @@ harness measures what it says, reports every provider, and writes well-formed ou
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -129,3 +132,14 @@ def test_bench_refuses_cuda_without_a_gpu(capsys):
         pytest.skip("a GPU is present")
     assert cli.main(["bench", "--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_gpu_script_refuses_a_machine_without_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: bench/gpu.sh would run for minutes")
+    script = os.path.join(os.path.dirname(__file__), "..", "bench", "gpu.sh")
+    done = subprocess.run(["bash", script, str(tmp_path / "results")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+    assert done.returncode == 2
+    assert "sees no CUDA GPU" in done.stderr
+    assert not (tmp_path / "results").exists()

@@ -24,7 +24,7 @@ def add_arguments(parser):
                         help="output folder (default: bench/results/<device name>/)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per case (default 5, quick 3)")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
-                        help="time per provider per round (default: cpu 0.3, cuda 0.1; quick 0.05)")
+                        help="time per provider per round (default: cpu 0.3, cuda 0.05; quick 0.05)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -44,7 +44,7 @@ def run(args):
     from .run import run_cases
 
     rounds = args.rounds or (3 if args.quick else 5)
-    budget = args.budget or (0.05 if args.quick else (0.3 if device == "cpu" else 0.1))
+    budget = args.budget or (0.3 if device == "cpu" and not args.quick else 0.05)
     cases = [case for case in cases_mod.make_cases(device, args.quick, args.cells, args.dtype, args.modes)
              if case.group in args.groups]
     out_dir = args.out or os.path.join("bench", "results", environment.device_slug(device))
