@@ -1,9 +1,11 @@
-"""Fake (meta) implementations and autograd for the compiled ops ``torch.ops.fastcells.*``.
+"""Fake (meta) implementations and autograd for the layer and step ops ``torch.ops.fastcells.*``.
 
-The schemas and the device implementations live in C++ (csrc/ops.cpp, csrc/cpu/register_cpu.cpp). The
-fake implementations give output shapes without computing, which is what lets
-``torch.compile(fullgraph=True)`` trace a fastcells model; the autograd formulas route each layer op's
-gradient to its backward op, which never re-runs the forward.
+Two families of ops share the schemas and the saved layouts: the compiled ops of fastcells._C
+(``lstm_layer_fwd``, ...; schemas in csrc/ops.cpp, CPU implementations in csrc/cpu) and the Triton
+backend's ``triton_lstm_layer_fwd``, ... (fastcells/triton_ops.py), which keep their saved activations
+in float32 for low-precision tensors. The fake implementations give output shapes without computing,
+which is what lets ``torch.compile(fullgraph=True)`` trace a fastcells model; the autograd formulas
+route each layer op's gradient to its backward op, which never re-runs the forward.
 
 Shapes: N rows, B batch, H hidden, P = proj_size or H (see csrc/ops.cpp).
 """
@@ -24,8 +26,13 @@ def rnn_saved_width(H):
     return 2 * H
 
 
-def _saved(gx, width, training):
-    return gx.new_empty((gx.shape[0], width) if training else (0,))
+def same_dtype(dtype):
+    """The saved dtype of the compiled ops: that of the input."""
+    return dtype
+
+
+def _saved(gx, width, training, saved_dtype):
+    return gx.new_empty((gx.shape[0], width) if training else (0,), dtype=saved_dtype(gx.dtype))
 
 
 def _empty_like_absent(t):
@@ -34,8 +41,32 @@ def _empty_like_absent(t):
 
 def register():
     """Registers fake implementations and autograd for the ops of fastcells._C (once, after loading it)."""
-    ops = torch.ops.fastcells
+    register_layer_ops("", same_dtype)
+    register_step_fakes()
+
+
+def register_step_fakes():
+    """Fakes of the compiled step ops (cells without autograd)."""
     lib = "fastcells::"
+
+    @torch.library.register_fake(lib + "lstm_step_fwd")
+    def _(x, h, c, w_ih, w_hh, b_ih, b_hh):
+        return torch.empty_like(h), torch.empty_like(c)
+
+    @torch.library.register_fake(lib + "gru_step_fwd")
+    def _(x, h, w_ih, w_hh, b_ih, b_hh):
+        return torch.empty_like(h)
+
+    @torch.library.register_fake(lib + "rnn_step_fwd")
+    def _(x, h, w_ih, w_hh, b_ih, b_hh, relu):
+        return torch.empty_like(h)
+
+
+def register_layer_ops(prefix, saved_dtype):
+    """Fakes and autograd of the layer ops ``fastcells::{prefix}lstm_layer_fwd``, ... whose saved
+    activations have dtype ``saved_dtype(input dtype)``."""
+    ops = torch.ops.fastcells
+    lib = "fastcells::" + prefix
 
     # ---- LSTM -----------------------------------------------------------------------------------
     @torch.library.register_fake(lib + "lstm_layer_fwd")
@@ -43,7 +74,7 @@ def register():
         H, P = c0.shape[1], h0.shape[1]
         width = lstm_saved_width(H, P, w_hr is not None)
         return (gx.new_empty((gx.shape[0], P)), torch.empty_like(h0), torch.empty_like(c0),
-                _saved(gx, width, training))
+                _saved(gx, width, training, saved_dtype))
 
     @torch.library.register_fake(lib + "lstm_layer_bwd")
     def _(dy, dhn, dcn, saved, w_hh, w_hr, batch_sizes, reverse):
@@ -51,10 +82,6 @@ def register():
         dw_hr = torch.empty_like(w_hr) if w_hr is not None else _empty_like_absent(dy)
         return (dy.new_empty((dy.shape[0], 4 * H)), torch.empty_like(dhn), torch.empty_like(dcn),
                 torch.empty_like(w_hh), dw_hr)
-
-    @torch.library.register_fake(lib + "lstm_step_fwd")
-    def _(x, h, c, w_ih, w_hh, b_ih, b_hh):
-        return torch.empty_like(h), torch.empty_like(c)
 
     def lstm_setup(ctx, inputs, output):
         gx, h0, c0, w_hh, w_hr, batch_sizes, reverse, training = inputs
@@ -65,11 +92,11 @@ def register():
     def lstm_backward(ctx, dy, dhn, dcn, _dsaved):
         saved, w_hh, w_hr, batch_sizes = ctx.saved_tensors
         y_shape = (saved.shape[0], w_hh.shape[1])
-        dy = dy if dy is not None else saved.new_zeros(y_shape)
+        dy = dy if dy is not None else w_hh.new_zeros(y_shape)
         H = w_hh.shape[0] // 4
-        dhn = dhn if dhn is not None else saved.new_zeros((ctx.batch, w_hh.shape[1]))
-        dcn = dcn if dcn is not None else saved.new_zeros((ctx.batch, H))
-        dgx, dh0, dc0, dw_hh, dw_hr = ops.lstm_layer_bwd(
+        dhn = dhn if dhn is not None else w_hh.new_zeros((ctx.batch, w_hh.shape[1]))
+        dcn = dcn if dcn is not None else w_hh.new_zeros((ctx.batch, H))
+        dgx, dh0, dc0, dw_hh, dw_hr = getattr(ops, prefix + "lstm_layer_bwd")(
             dy, dhn, dcn, saved, w_hh, w_hr, batch_sizes, ctx.reverse)
         return dgx, dh0, dc0, dw_hh, (dw_hr if w_hr is not None else None), None, None, None
 
@@ -80,17 +107,13 @@ def register():
     def _(gx, h0, w_hh, b_hh, batch_sizes, reverse, training):
         H = h0.shape[1]
         return (gx.new_empty((gx.shape[0], H)), torch.empty_like(h0),
-                _saved(gx, gru_saved_width(H), training))
+                _saved(gx, gru_saved_width(H), training, saved_dtype))
 
     @torch.library.register_fake(lib + "gru_layer_bwd")
     def _(dy, dhn, saved, w_hh, batch_sizes, reverse, has_bias):
         H = dhn.shape[1]
         db_hh = dy.new_empty((3 * H,)) if has_bias else _empty_like_absent(dy)
         return dy.new_empty((dy.shape[0], 3 * H)), torch.empty_like(dhn), torch.empty_like(w_hh), db_hh
-
-    @torch.library.register_fake(lib + "gru_step_fwd")
-    def _(x, h, w_ih, w_hh, b_ih, b_hh):
-        return torch.empty_like(h)
 
     def gru_setup(ctx, inputs, output):
         gx, h0, w_hh, b_hh, batch_sizes, reverse, training = inputs
@@ -101,9 +124,9 @@ def register():
     def gru_backward(ctx, dy, dhn, _dsaved):
         saved, w_hh, batch_sizes = ctx.saved_tensors
         H = w_hh.shape[1]
-        dy = dy if dy is not None else saved.new_zeros((saved.shape[0], H))
-        dhn = dhn if dhn is not None else saved.new_zeros((ctx.batch, H))
-        dgx, dh0, dw_hh, db_hh = ops.gru_layer_bwd(
+        dy = dy if dy is not None else w_hh.new_zeros((saved.shape[0], H))
+        dhn = dhn if dhn is not None else w_hh.new_zeros((ctx.batch, H))
+        dgx, dh0, dw_hh, db_hh = getattr(ops, prefix + "gru_layer_bwd")(
             dy, dhn, saved, w_hh, batch_sizes, ctx.reverse, ctx.has_bias)
         return dgx, dh0, dw_hh, (db_hh if ctx.has_bias else None), None, None, None
 
@@ -114,15 +137,11 @@ def register():
     def _(gx, h0, w_hh, batch_sizes, relu, reverse, training):
         H = h0.shape[1]
         return (gx.new_empty((gx.shape[0], H)), torch.empty_like(h0),
-                _saved(gx, rnn_saved_width(H), training))
+                _saved(gx, rnn_saved_width(H), training, saved_dtype))
 
     @torch.library.register_fake(lib + "rnn_layer_bwd")
     def _(dy, dhn, saved, w_hh, batch_sizes, relu, reverse):
         return torch.empty_like(dy), torch.empty_like(dhn), torch.empty_like(w_hh)
-
-    @torch.library.register_fake(lib + "rnn_step_fwd")
-    def _(x, h, w_ih, w_hh, b_ih, b_hh, relu):
-        return torch.empty_like(h)
 
     def rnn_setup(ctx, inputs, output):
         gx, h0, w_hh, batch_sizes, relu, reverse, training = inputs
@@ -133,9 +152,10 @@ def register():
     def rnn_backward(ctx, dy, dhn, _dsaved):
         saved, w_hh, batch_sizes = ctx.saved_tensors
         H = w_hh.shape[1]
-        dy = dy if dy is not None else saved.new_zeros((saved.shape[0], H))
-        dhn = dhn if dhn is not None else saved.new_zeros((ctx.batch, H))
-        dgx, dh0, dw_hh = ops.rnn_layer_bwd(dy, dhn, saved, w_hh, batch_sizes, ctx.relu, ctx.reverse)
+        dy = dy if dy is not None else w_hh.new_zeros((saved.shape[0], H))
+        dhn = dhn if dhn is not None else w_hh.new_zeros((ctx.batch, H))
+        dgx, dh0, dw_hh = getattr(ops, prefix + "rnn_layer_bwd")(
+            dy, dhn, saved, w_hh, batch_sizes, ctx.relu, ctx.reverse)
         return dgx, dh0, dw_hh, None, None, None, None
 
     torch.library.register_autograd(lib + "rnn_layer_fwd", rnn_backward, setup_context=rnn_setup)

@@ -5,14 +5,21 @@ Every comparison is against torch.nn computed in the same test on fresh seeded r
 """
 
 import contextlib
+import os
 
 import pytest
 import torch
+
+# Without a GPU, the triton backend's kernels run on CPU tensors through Triton's interpreter, which
+# must be switched on before the kernels are defined (when fastcells is first imported, below).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import fastcells
+import fastcells  # noqa: E402 - after TRITON_INTERPRET
 
 BACKENDS = fastcells.available_backends()
 

@@ -23,8 +23,9 @@ def _batch_sizes(padded):
     return torch.tensor(sizes, dtype=torch.long)
 
 
-def layer_fwd_args(family, dtype, reverse, training, padded=False):
-    """(op, args) for the family's layer forward op; tensors require grad when training."""
+def layer_fwd_args(family, dtype, reverse, training, padded=False, prefix=""):
+    """(op, args) for the family's layer forward op (``prefix`` "triton_": the triton backend's);
+    tensors require grad when training."""
     rg = training
     sizes = _batch_sizes(padded)
     rows = int(sizes.sum())
@@ -37,20 +38,20 @@ def layer_fwd_args(family, dtype, reverse, training, padded=False):
                 _randn(B, H, dtype=dtype, seed=3, requires_grad=rg),
                 _randn(4 * H, p, dtype=dtype, seed=4, requires_grad=rg) * 0.5,
                 w_hr, sizes, reverse, training)
-        return ops.lstm_layer_fwd, _fix_leaves(args)
+        return getattr(ops, prefix + "lstm_layer_fwd"), _fix_leaves(args)
     if family.startswith("gru"):
         b_hh = None if family == "gru_no_bias" else _randn(3 * H, dtype=dtype, seed=5, requires_grad=rg)
         args = (_randn(rows, 3 * H, dtype=dtype, seed=1, requires_grad=rg),
                 _randn(B, H, dtype=dtype, seed=2, requires_grad=rg),
                 _randn(3 * H, H, dtype=dtype, seed=4, requires_grad=rg),
                 b_hh, sizes, reverse, training)
-        return ops.gru_layer_fwd, _fix_leaves(args)
+        return getattr(ops, prefix + "gru_layer_fwd"), _fix_leaves(args)
     relu = family == "rnn_relu"
     args = (_randn(rows, H, dtype=dtype, seed=1, requires_grad=rg),
             _randn(B, H, dtype=dtype, seed=2, requires_grad=rg),
             _randn(H, H, dtype=dtype, seed=4, requires_grad=rg),
             sizes, relu, reverse, training)
-    return ops.rnn_layer_fwd, _fix_leaves(args)
+    return getattr(ops, prefix + "rnn_layer_fwd"), _fix_leaves(args)
 
 
 def _fix_leaves(args):
@@ -59,9 +60,9 @@ def _fix_leaves(args):
                  else a for a in args)
 
 
-def layer_bwd_args(family, dtype, reverse):
+def layer_bwd_args(family, dtype, reverse, prefix=""):
     """(op, args) for the family's layer backward op, with ``saved`` from a real training forward."""
-    fwd, fargs = layer_fwd_args(family, dtype, reverse, training=True)
+    fwd, fargs = layer_fwd_args(family, dtype, reverse, training=True, prefix=prefix)
     fargs = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in fargs)
     outputs = fwd(*fargs)
     saved = outputs[-1]
@@ -69,16 +70,16 @@ def layer_bwd_args(family, dtype, reverse):
         gx, h0, c0, w_hh, w_hr, sizes = fargs[:6]
         args = (_randn(N, h0.shape[1], dtype=dtype, seed=11), _randn(B, h0.shape[1], dtype=dtype, seed=12),
                 _randn(B, H, dtype=dtype, seed=13), saved, w_hh, w_hr, sizes, reverse)
-        return ops.lstm_layer_bwd, args
+        return getattr(ops, prefix + "lstm_layer_bwd"), args
     if family.startswith("gru"):
         gx, h0, w_hh, b_hh, sizes = fargs[:5]
         args = (_randn(N, H, dtype=dtype, seed=11), _randn(B, H, dtype=dtype, seed=12), saved, w_hh,
                 sizes, reverse, b_hh is not None)
-        return ops.gru_layer_bwd, args
+        return getattr(ops, prefix + "gru_layer_bwd"), args
     gx, h0, w_hh, sizes, relu = fargs[:5]
     args = (_randn(N, H, dtype=dtype, seed=11), _randn(B, H, dtype=dtype, seed=12), saved, w_hh,
             sizes, relu, reverse)
-    return ops.rnn_layer_bwd, args
+    return getattr(ops, prefix + "rnn_layer_bwd"), args
 
 
 def step_fwd_args(family, dtype, bias):

@@ -59,8 +59,10 @@ def test_without_grad(kind, shape, bias, with_hx, context, backend):
             got = fast(x, hx)
     # The cpu backend runs its fused step here: through torch.ops (recorded) or, eagerly, straight
     # through pybind11 (not seen by the dispatcher); never the layer op, which exists for autograd.
-    step_op = f"{kind.split('_')[0]}_step_fwd"
-    assert set(ops) <= ({step_op} if backend == "cpu" else set()), ops
+    # The triton backend runs a step as its layer op over one step (one fused kernel).
+    cell = kind.split("_")[0]
+    allowed = {"cpu": {f"{cell}_step_fwd"}, "triton": {f"triton_{cell}_layer_fwd"}}
+    assert set(ops) <= allowed.get(backend, set()), ops
     for a, b in zip(_flatten(got), _flatten(expected), strict=True):
         assert a.shape == b.shape
         assert not a.requires_grad
@@ -69,16 +71,18 @@ def test_without_grad(kind, shape, bias, with_hx, context, backend):
 
 @pytest.mark.parametrize("kind", CELL_KINDS)
 def test_with_grad_uses_layer_op(kind, backend):
-    """With autograd the cpu backend runs the layer op (which has a backward), never the step op."""
+    """With autograd the cpu and triton backends run their layer op (which has a backward), never a
+    step op; the reference backend runs no fastcells op at all."""
     ref, fast = make_cell_twins(kind, I, H, dtype=torch.float64, backend=backend)
     with record_fastcells_ops() as ops:
         out = fast(_input(3, torch.float64))
         sum(o.sum() for o in _flatten(out)).backward()
     name = kind.split("_")[0]
-    if backend == "cpu":
-        assert ops == [f"{name}_layer_fwd", f"{name}_layer_bwd"]
-    else:
+    prefix = {"cpu": "", "triton": "triton_"}.get(backend)
+    if prefix is None:
         assert ops == []
+    else:
+        assert ops == [f"{prefix}{name}_layer_fwd", f"{prefix}{name}_layer_bwd"]
 
 
 @pytest.mark.parametrize("kind", CELL_KINDS)

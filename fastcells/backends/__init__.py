@@ -9,12 +9,14 @@ order for the tensors' device, falling back to ``reference`` with one logged war
 import logging
 import os
 
-from . import cpu, reference
+from . import cpu, reference, triton
 
 logger = logging.getLogger("fastcells")
 
-# Preference order; later issues add "cuda" and "triton" in front.
-_BACKENDS = {module.NAME: module for module in (cpu, reference)}
+# Preference order (the cuda backend will come first). A backend with AUTO_DEVICE_TYPES is chosen by
+# "auto" only on those device types (the triton backend is usable on CPU tensors only through the slow
+# interpreter, for tests).
+_BACKENDS = {module.NAME: module for module in (cpu, triton, reference)}
 NAMES = tuple(_BACKENDS)
 ENV_VAR = "FASTCELLS_BACKEND"
 
@@ -41,13 +43,21 @@ def unusable_reason(name, device_type="cpu", dtype=None):
     return _BACKENDS[check_name(name)].unusable_reason(device_type, dtype)
 
 
+def meant_for(name, device_type):
+    """Whether backend ``name`` is meant to run real work on ``device_type`` tensors: ``auto`` and the
+    benchmarks skip the others (the triton backend on CPU tensors, which only its interpreter runs)."""
+    return device_type in getattr(_BACKENDS[name], "AUTO_DEVICE_TYPES", (device_type,))
+
+
 def _auto(device_type, dtype):
     chosen = _auto_choice.get((device_type, dtype))
     if chosen is None:
-        chosen = _BACKENDS[available_backends(device_type, dtype)[0]]
+        candidates = [name for name in available_backends(device_type, dtype)
+                      if meant_for(name, device_type)]
+        chosen = _BACKENDS[candidates[0]]
         if chosen is reference:
             reasons = "; ".join(
-                f"{name}: {module.unusable_reason(device_type, dtype)}"
+                f"{name}: {module.unusable_reason(device_type, dtype) or 'not chosen by auto here'}"
                 for name, module in _BACKENDS.items()
                 if module is not reference
             )

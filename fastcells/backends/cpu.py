@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _extension
+from .layer_ops import LayerOps, bias_sum, needs_grad, one_step
 
 NAME = "cpu"
 ops = torch.ops.fastcells
@@ -31,10 +32,6 @@ def unusable_reason(device_type, dtype=None):
     return None
 
 
-def _needs_grad(*tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _step_op(name):
     """The fused inference step op ``name``: fastcells._C's function called through pybind11 (it skips
     the dispatcher's ~5 µs), or the torch.ops op under torch.compile, which traces torch.ops only."""
@@ -43,51 +40,40 @@ def _step_op(name):
     return getattr(_extension.C, name + "_cpu")
 
 
-def _one_step(batch):
-    return torch.full((1,), batch, dtype=torch.long)
+_layers = LayerOps("") if _extension.load_error is None else None
 
 
 def lstm_layer(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-    training = _needs_grad(gx, h0, c0, w_hh, w_hr)
-    y, hn, cn, _ = ops.lstm_layer_fwd(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse, training)
-    return y, hn, cn
+    return _layers.lstm_layer(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse)
 
 
 def gru_layer(gx, h0, w_hh, b_hh, batch_sizes, reverse):
-    training = _needs_grad(gx, h0, w_hh, b_hh)
-    y, hn, _ = ops.gru_layer_fwd(gx, h0, w_hh, b_hh, batch_sizes, reverse, training)
-    return y, hn
+    return _layers.gru_layer(gx, h0, w_hh, b_hh, batch_sizes, reverse)
 
 
 def rnn_layer(gx, h0, w_hh, batch_sizes, relu, reverse):
-    training = _needs_grad(gx, h0, w_hh)
-    y, hn, _ = ops.rnn_layer_fwd(gx, h0, w_hh, batch_sizes, relu, reverse, training)
-    return y, hn
-
-
-def _bias_sum(b_ih, b_hh):
-    return None if b_ih is None else b_ih + b_hh
+    return _layers.rnn_layer(gx, h0, w_hh, batch_sizes, relu, reverse)
 
 
 def lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh):
-    if not _needs_grad(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    if not needs_grad(x, h, c, w_ih, w_hh, b_ih, b_hh):
         return _step_op("lstm_step_fwd")(x, h, c, w_ih, w_hh, b_ih, b_hh)
-    gx = F.linear(x, w_ih, _bias_sum(b_ih, b_hh))
-    _, hn, cn, _ = ops.lstm_layer_fwd(gx, h, c, w_hh, None, _one_step(x.shape[0]), False, True)
+    gx = F.linear(x, w_ih, bias_sum(b_ih, b_hh))
+    _, hn, cn, _ = ops.lstm_layer_fwd(gx, h, c, w_hh, None, one_step(x.shape[0]), False, True)
     return hn, cn
 
 
 def gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
-    if not _needs_grad(x, h, w_ih, w_hh, b_ih, b_hh):
+    if not needs_grad(x, h, w_ih, w_hh, b_ih, b_hh):
         return _step_op("gru_step_fwd")(x, h, w_ih, w_hh, b_ih, b_hh)
     gx = F.linear(x, w_ih, b_ih)
-    _, hn, _ = ops.gru_layer_fwd(gx, h, w_hh, b_hh, _one_step(x.shape[0]), False, True)
+    _, hn, _ = ops.gru_layer_fwd(gx, h, w_hh, b_hh, one_step(x.shape[0]), False, True)
     return hn
 
 
 def rnn_step(x, h, w_ih, w_hh, b_ih, b_hh, relu):
-    if not _needs_grad(x, h, w_ih, w_hh, b_ih, b_hh):
+    if not needs_grad(x, h, w_ih, w_hh, b_ih, b_hh):
         return _step_op("rnn_step_fwd")(x, h, w_ih, w_hh, b_ih, b_hh, relu)
-    gx = F.linear(x, w_ih, _bias_sum(b_ih, b_hh))
-    _, hn, _ = ops.rnn_layer_fwd(gx, h, w_hh, _one_step(x.shape[0]), relu, False, True)
+    gx = F.linear(x, w_ih, bias_sum(b_ih, b_hh))
+    _, hn, _ = ops.rnn_layer_fwd(gx, h, w_hh, one_step(x.shape[0]), relu, False, True)
     return hn

@@ -30,7 +30,7 @@ def providers_for(case, device):
     loop (and its compiled form on GPU, see COMPILED_GROUPS)."""
     device = torch.device(device)
     fused = [name for name in backends.available_backends(device.type, case.torch_dtype)
-             if name != NAIVE]
+             if name != NAIVE and backends.meant_for(name, device.type)]
     names = [TORCH] + fused + [NAIVE]
     if device.type == "cuda" and case.group in COMPILED_GROUPS and case.dtype in COMPILED_DTYPES:
         names.append(NAIVE_COMPILED)

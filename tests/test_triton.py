@@ -1,0 +1,135 @@
+"""The triton backend's own concerns: both of its modes (persistent sequence kernels and alternating
+GEMM + fused step kernel) against torch.nn, low-precision parity bounded by torch.nn's own error, and
+torch.compile. The shared parity suites (test_parity_*, test_packed, test_gradcheck, ...) run it too.
+
+Without a GPU the kernels run on CPU tensors through Triton's interpreter (conftest.py sets
+TRITON_INTERPRET=1), so shapes stay small.
+"""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fastcells
+from conftest import assert_same_results, forward_backward, make_layer_twins, random_layer_states
+
+if "triton" not in fastcells.available_backends("cuda" if torch.cuda.is_available() else "cpu"):
+    pytest.skip("the triton backend is not usable here", allow_module_level=True)
+
+from fastcells import triton_ops  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+MODES = ["persistent", "alternating"]
+
+
+@pytest.fixture(params=MODES)
+def mode(request, monkeypatch):
+    """Forces one of the two modes (alternating: no layer counts as small enough to be persistent)."""
+    if request.param == "alternating":
+        monkeypatch.setattr(triton_ops, "MAX_HIDDEN", {})
+    else:
+        monkeypatch.setattr(triton_ops, "MAX_HIDDEN", {dtype: 64 for dtype in triton_ops.MAX_HIDDEN})
+    return request.param
+
+
+def test_mode_choice_by_size_and_projection():
+    assert triton_ops._persistent(torch.float32, 32, projected=False)
+    assert not triton_ops._persistent(torch.float32, 33, projected=False)
+    assert triton_ops._persistent(torch.bfloat16, 64, projected=False)
+    assert not triton_ops._persistent(torch.float32, 8, projected=True)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_bidirectional_two_layers(kind, dtype, mode):
+    ref, fast = make_layer_twins(kind, 5, 7, 2, bidirectional=True, dtype=dtype, backend="triton",
+                                 device=DEVICE)
+    x = torch.randn(4, 3, 5, dtype=dtype, device=DEVICE)
+    hx = random_layer_states(ref, 3, dtype)
+    hx = tuple(h.to(DEVICE) for h in hx) if isinstance(hx, tuple) else hx.to(DEVICE)
+    assert_same_results(forward_backward(fast, x, hx), forward_backward(ref, x, hx), dtype)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("lengths", [(4, 1, 3), (1,), (2, 2)])
+def test_packed_unsorted(kind, lengths, mode):
+    dtype = torch.float64
+    ref, fast = make_layer_twins(kind, 3, 5, 1, bidirectional=True, dtype=dtype, backend="triton",
+                                 device=DEVICE)
+    x = torch.randn(max(lengths), len(lengths), 3, dtype=dtype, device=DEVICE)
+    pack = lambda t: pack_padded_sequence(t, torch.tensor(lengths), enforce_sorted=False)  # noqa: E731
+    assert_same_results(forward_backward(fast, x, prepare=pack),
+                        forward_backward(ref, x, prepare=pack), dtype)
+
+
+@pytest.mark.parametrize("hidden", [1, 17, 40])
+def test_odd_and_large_hidden_sizes(hidden):
+    """H=40 exceeds MAX_HIDDEN[float32]: the layer falls back to alternating mode by itself."""
+    dtype = torch.float32
+    ref, fast = make_layer_twins("lstm", 3, hidden, 1, dtype=dtype, backend="triton", device=DEVICE)
+    x = torch.randn(3, 2, 3, dtype=dtype, device=DEVICE)
+    assert_same_results(forward_backward(fast, x), forward_backward(ref, x), dtype)
+
+
+def _error(module, x, reference_out, reference_grads):
+    """Max relative error of ``module``'s output and input gradient against float64 results."""
+    leaf = x.detach().clone().requires_grad_()
+    out, _ = module(leaf)
+    out.float().sum().backward()
+    scale = lambda t: t.abs().max().item() or 1.0  # noqa: E731
+    return max((out.double() - reference_out).abs().max().item() / scale(reference_out),
+               (leaf.grad.double() - reference_grads).abs().max().item() / scale(reference_grads))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_low_precision_error_bounded_by_torch_own(kind, dtype, mode):
+    """In bf16/fp16 fastcells may be at most a small multiple of torch.nn's own error in that dtype,
+    both measured against torch.nn in float64 on the same (rounded) weights and input."""
+    if dtype == torch.float16 and DEVICE == "cpu":
+        pytest.skip("torch.nn's float16 RNNs do not run on CPU")
+    ref64, fast = make_layer_twins(kind, 8, 16, 1, dtype=torch.float64, backend="triton",
+                                   device=DEVICE)
+    with torch.no_grad():  # weights exactly representable in dtype, so only the computation differs
+        for p in ref64.parameters():
+            p.copy_(p.to(dtype).double())
+    ref_low = make_layer_twins(kind, 8, 16, 1, dtype=dtype, backend="triton", device=DEVICE)[0]
+    ref_low.load_state_dict(ref64.state_dict())
+    fast = fast.to(dtype)
+    fast.load_state_dict(ref64.state_dict())
+    x = torch.randn(6, 4, 8, device=DEVICE).to(dtype)
+    leaf = x.double().requires_grad_()
+    out64, _ = ref64(leaf)
+    out64.sum().backward()
+    torch_error = _error(ref_low, x, out64.detach(), leaf.grad)
+    fast_error = _error(fast, x, out64.detach(), leaf.grad)
+    assert fast_error <= max(4 * torch_error, 4 * torch.finfo(dtype).eps), (fast_error, torch_error)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
+def test_compile_fullgraph(kind):
+    dtype = torch.float32
+    ref, fast = make_layer_twins(kind, 4, 6, 2, bidirectional=True, dtype=dtype, backend="triton",
+                                 device=DEVICE)
+    compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")
+    x = torch.randn(3, 2, 4, dtype=dtype, device=DEVICE)
+    got = forward_backward(compiled, x)
+    got["grad_params"] = {name.removeprefix("_orig_mod."): grad
+                          for name, grad in got["grad_params"].items()}
+    assert_same_results(got, forward_backward(ref, x), dtype)
+
+
+def test_ops_pass_opcheck():
+    """torch.library.opcheck on the layer ops: schema, fake implementation, autograd registration."""
+    dtype = torch.float64
+    H, B, T = 5, 3, 4
+    gx = torch.randn(T * B, 4 * H, dtype=dtype, device=DEVICE, requires_grad=True)
+    h0 = torch.randn(B, H, dtype=dtype, device=DEVICE)
+    c0 = torch.randn(B, H, dtype=dtype, device=DEVICE)
+    w = torch.randn(4 * H, H, dtype=dtype, device=DEVICE, requires_grad=True)
+    sizes = torch.full((T,), B, dtype=torch.long)
+    for training in (False, True):
+        torch.library.opcheck(torch.ops.fastcells.triton_lstm_layer_fwd,
+                              (gx, h0, c0, w, None, sizes, False, training),
+                              test_utils=("test_schema", "test_faketensor",
+                                          "test_autograd_registration"))
