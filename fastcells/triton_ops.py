@@ -159,18 +159,27 @@ def lstm_layer_bwd(dy: Tensor, dhn: Tensor, dcn: Tensor, saved: Tensor, w_hh: Te
     return dg.to(dy.dtype), dh.to(dhn.dtype), dc.to(dcn.dtype), dw_hh.to(w_hh.dtype), dw_hr
 
 
+# ---- GRU and RNN: one state h, kept in COMPUTE precision -----------------------------------------
+
+
+def _single_state_buffers(gx, h0, saved_width, training):
+    """(gx contiguous, h (B, H) COMPUTE copy of h0, y (N, H), saved (N, saved_width) COMPUTE or an
+    empty tensor when not training)."""
+    compute = launch.compute_dtype(gx.dtype)
+    h = h0.to(compute, copy=True).contiguous()
+    y = gx.new_empty((gx.shape[0], h0.shape[1]))
+    saved = gx.new_empty((gx.shape[0], saved_width) if training else (0,), dtype=compute)
+    return gx.contiguous(), h, y, saved
+
+
 # ---- GRU ----------------------------------------------------------------------------------------
 
 
 @torch.library.custom_op("fastcells::triton_gru_layer_fwd", mutates_args=())
 def gru_layer_fwd(gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], batch_sizes: Tensor,
                   reverse: bool, training: bool) -> tuple[Tensor, Tensor, Tensor]:
-    N, H = gx.shape[0], h0.shape[1]
-    compute = launch.compute_dtype(gx.dtype)
-    gx = gx.contiguous()
-    h = h0.to(compute, copy=True).contiguous()
-    y = gx.new_empty((N, H))
-    saved = gx.new_empty((N, ops.gru_saved_width(H)) if training else (0,), dtype=compute)
+    H = h0.shape[1]
+    gx, h, y, saved = _single_state_buffers(gx, h0, ops.gru_saved_width(H), training)
     if _persistent(gx.dtype, H, False):
         bias = b_hh if b_hh is not None else w_hh  # any pointer when there is no bias
         _run_sequence(sequence.gru_sequence_fwd_kernel, gx, batch_sizes,
@@ -216,12 +225,8 @@ def gru_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, w_hh: Tensor, batch_si
 @torch.library.custom_op("fastcells::triton_rnn_layer_fwd", mutates_args=())
 def rnn_layer_fwd(gx: Tensor, h0: Tensor, w_hh: Tensor, batch_sizes: Tensor, relu: bool,
                   reverse: bool, training: bool) -> tuple[Tensor, Tensor, Tensor]:
-    N, H = gx.shape[0], h0.shape[1]
-    compute = launch.compute_dtype(gx.dtype)
-    gx = gx.contiguous()
-    h = h0.to(compute, copy=True).contiguous()
-    y = gx.new_empty((N, H))
-    saved = gx.new_empty((N, ops.rnn_saved_width(H)) if training else (0,), dtype=compute)
+    H = h0.shape[1]
+    gx, h, y, saved = _single_state_buffers(gx, h0, ops.rnn_saved_width(H), training)
     if _persistent(gx.dtype, H, False):
         _run_sequence(sequence.rnn_sequence_fwd_kernel, gx, batch_sizes,
                       (w_hh.contiguous(), h, y, saved), h.shape[0], H,

@@ -27,6 +27,17 @@ def _tile(rows, H, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
 
 
 @triton.jit
+def store_lstm_saved(row_ptr, H, mask, i, f, g, o, c_prev, tanh_c):
+    """Stores what LSTM backward needs at columns [0, 6H) of a saved row (row_ptr at unit 0)."""
+    tl.store(row_ptr, i, mask)
+    tl.store(row_ptr + H, f, mask)
+    tl.store(row_ptr + 2 * H, g, mask)
+    tl.store(row_ptr + 3 * H, o, mask)
+    tl.store(row_ptr + 4 * H, c_prev, mask)
+    tl.store(row_ptr + 5 * H, tanh_c, mask)
+
+
+@triton.jit
 def lstm_step_fwd_kernel(
     gx_ptr,  # (R, 4H) input projections with both biases
     gh_ptr,  # (R, 4H) h_prev @ W_hh^T
@@ -49,13 +60,7 @@ def lstm_step_fwd_kernel(
     tl.store(h_ptr + r * h_stride + j, h.to(h_ptr.dtype.element_ty), mask)
     tl.store(y_ptr + r * y_stride + j, h.to(y_ptr.dtype.element_ty), mask)
     if SAVE:
-        s = saved_ptr + r * saved_stride + j
-        tl.store(s, i, mask)
-        tl.store(s + H, f, mask)
-        tl.store(s + 2 * H, gg, mask)
-        tl.store(s + 3 * H, o, mask)
-        tl.store(s + 4 * H, c_prev, mask)
-        tl.store(s + 5 * H, tanh_c, mask)
+        store_lstm_saved(saved_ptr + r * saved_stride + j, H, mask, i, f, gg, o, c_prev, tanh_c)
 
 
 @triton.jit
@@ -87,6 +92,18 @@ def lstm_step_bwd_kernel(
 
 
 # ---- GRU ----------------------------------------------------------------------------------------
+
+
+@triton.jit
+def store_gru_grads(dgx_row, dgh_row, H, mask, dr, dz, dn, dhn):
+    """Stores the gradients of the input projections (r, z, n) and of the hidden ones (r, z, h_n) of a
+    row (pointers at unit 0 of the row)."""
+    tl.store(dgx_row, dr, mask)
+    tl.store(dgx_row + H, dz, mask)
+    tl.store(dgx_row + 2 * H, dn, mask)
+    tl.store(dgh_row, dr, mask)
+    tl.store(dgh_row + H, dz, mask)
+    tl.store(dgh_row + 2 * H, dhn, mask)
 
 
 @triton.jit
@@ -138,13 +155,7 @@ def gru_step_bwd_kernel(
     h_prev = tl.load(s + 4 * H, mask)
     dh = tl.load(dh_ptr + r * H + j, mask) + tl.load(dy_ptr + r * H + j, mask).to(dh_ptr.dtype.element_ty)
     dr, dz, dn, dhn, dh_direct = gru_cell_bwd(rr, z, n, h_n, h_prev, dh)
-    g = r * 3 * H + j
-    tl.store(dgx_ptr + g, dr, mask)
-    tl.store(dgx_ptr + g + H, dz, mask)
-    tl.store(dgx_ptr + g + 2 * H, dn, mask)
-    tl.store(dgh_ptr + g, dr, mask)
-    tl.store(dgh_ptr + g + H, dz, mask)
-    tl.store(dgh_ptr + g + 2 * H, dhn, mask)
+    store_gru_grads(dgx_ptr + r * 3 * H + j, dgh_ptr + r * 3 * H + j, H, mask, dr, dz, dn, dhn)
     tl.store(dh_ptr + r * H + j, dh_direct, mask)
 
 

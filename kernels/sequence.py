@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from .gate_math import gru_cell, gru_cell_bwd, lstm_cell, lstm_cell_bwd, rnn_cell, rnn_cell_bwd
+from .pointwise import store_gru_grads, store_lstm_saved
 
 
 @triton.jit
@@ -91,12 +92,7 @@ def lstm_sequence_fwd_kernel(
         tl.store(y_ptr + (first + b) * H + j, h_new.to(y_ptr.dtype.element_ty), mask)
         if SAVE:
             sv = saved_ptr + (first + b) * saved_stride + j
-            tl.store(sv, i, mask)
-            tl.store(sv + H, f, mask)
-            tl.store(sv + 2 * H, gg, mask)
-            tl.store(sv + 3 * H, o, mask)
-            tl.store(sv + 4 * H, c, mask)
-            tl.store(sv + 5 * H, tanh_c, mask)
+            store_lstm_saved(sv, H, mask, i, f, gg, o, c, tanh_c)
             tl.store(sv + 6 * H, h, mask)
         c = tl.where(active, c_new, c)
         h = tl.where(active, h_new, h)
@@ -228,12 +224,7 @@ def gru_sequence_bwd_kernel(
         dz = tl.where(mask, dz, 0.0)
         dhn = tl.where(mask, dhn, 0.0)
         g = (first + b) * 3 * H + j
-        tl.store(dgx_ptr + g, dr, mask)
-        tl.store(dgx_ptr + g + H, dz, mask)
-        tl.store(dgx_ptr + g + 2 * H, dn, mask)
-        tl.store(dgh_ptr + g, dr, mask)
-        tl.store(dgh_ptr + g + H, dz, mask)
-        tl.store(dgh_ptr + g + 2 * H, dhn, mask)
+        store_gru_grads(dgx_ptr + g, dgh_ptr + g, H, mask, dr, dz, dn, dhn)
         dh_prev = (dh_direct + _dot(dr, w_r, DOT, COMPUTE) + _dot(dz, w_z, DOT, COMPUTE)
                    + _dot(dhn, w_n, DOT, COMPUTE))
         dh = tl.where(active, dh_prev, dh)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _extension
-from .layer_ops import LayerOps, bias_sum, needs_grad, one_step
+from .layer_ops import bias_sum, layer_functions, needs_grad, one_step
 
 NAME = "cpu"
 ops = torch.ops.fastcells
@@ -40,19 +40,8 @@ def _step_op(name):
     return getattr(_extension.C, name + "_cpu")
 
 
-_layers = LayerOps("") if _extension.load_error is None else None
-
-
-def lstm_layer(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-    return _layers.lstm_layer(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-
-
-def gru_layer(gx, h0, w_hh, b_hh, batch_sizes, reverse):
-    return _layers.gru_layer(gx, h0, w_hh, b_hh, batch_sizes, reverse)
-
-
-def rnn_layer(gx, h0, w_hh, batch_sizes, relu, reverse):
-    return _layers.rnn_layer(gx, h0, w_hh, batch_sizes, relu, reverse)
+# Layer functions (shapes in backends/reference.py): one op call per layer and direction.
+lstm_layer, gru_layer, rnn_layer = layer_functions("")
 
 
 def lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh):

@@ -23,23 +23,28 @@ def bias_sum(b_ih, b_hh):
     return None if b_ih is None else b_ih + b_hh
 
 
-class LayerOps:
-    def __init__(self, prefix):
-        ops = torch.ops.fastcells
-        self._lstm = getattr(ops, prefix + "lstm_layer_fwd")
-        self._gru = getattr(ops, prefix + "gru_layer_fwd")
-        self._rnn = getattr(ops, prefix + "rnn_layer_fwd")
+def layer_functions(prefix):
+    """(lstm_layer, gru_layer, rnn_layer) over the ops ``fastcells::{prefix}*_layer_fwd``. The ops are
+    looked up at call time: a backend whose ops are not registered (extension not built, no Triton)
+    is never selected, so its functions are never called."""
+    ops = torch.ops.fastcells
 
-    def lstm_layer(self, gx, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+    def lstm_layer(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse):
         training = needs_grad(gx, h0, c0, w_hh, w_hr)
-        y, hn, cn, _ = self._lstm(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse, training)
+        y, hn, cn, _ = getattr(ops, prefix + "lstm_layer_fwd")(gx, h0, c0, w_hh, w_hr, batch_sizes,
+                                                               reverse, training)
         return y, hn, cn
 
-    def gru_layer(self, gx, h0, w_hh, b_hh, batch_sizes, reverse):
-        y, hn, _ = self._gru(gx, h0, w_hh, b_hh, batch_sizes, reverse,
-                             needs_grad(gx, h0, w_hh, b_hh))
+    def gru_layer(gx, h0, w_hh, b_hh, batch_sizes, reverse):
+        training = needs_grad(gx, h0, w_hh, b_hh)
+        y, hn, _ = getattr(ops, prefix + "gru_layer_fwd")(gx, h0, w_hh, b_hh, batch_sizes, reverse,
+                                                          training)
         return y, hn
 
-    def rnn_layer(self, gx, h0, w_hh, batch_sizes, relu, reverse):
-        y, hn, _ = self._rnn(gx, h0, w_hh, batch_sizes, relu, reverse, needs_grad(gx, h0, w_hh))
+    def rnn_layer(gx, h0, w_hh, batch_sizes, relu, reverse):
+        training = needs_grad(gx, h0, w_hh)
+        y, hn, _ = getattr(ops, prefix + "rnn_layer_fwd")(gx, h0, w_hh, batch_sizes, relu, reverse,
+                                                          training)
         return y, hn
+
+    return lstm_layer, gru_layer, rnn_layer

@@ -14,7 +14,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .layer_ops import LayerOps, bias_sum, one_step
+from .layer_ops import bias_sum, layer_functions, one_step
 
 NAME = "triton"
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -49,19 +49,8 @@ def unusable_reason(device_type, dtype=None):
     return None
 
 
-_layers = LayerOps("triton_") if import_error is None else None
-
-
-def lstm_layer(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-    return _layers.lstm_layer(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-
-
-def gru_layer(gx, h0, w_hh, b_hh, batch_sizes, reverse):
-    return _layers.gru_layer(gx, h0, w_hh, b_hh, batch_sizes, reverse)
-
-
-def rnn_layer(gx, h0, w_hh, batch_sizes, relu, reverse):
-    return _layers.rnn_layer(gx, h0, w_hh, batch_sizes, relu, reverse)
+# Layer functions (shapes in backends/reference.py): one op call per layer and direction.
+lstm_layer, gru_layer, rnn_layer = layer_functions("triton_")
 
 
 def lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh):
