@@ -1,9 +1,10 @@
 """The Triton backend's layer ops: ``torch.ops.fastcells.triton_{lstm,gru,rnn}_layer_{fwd,bwd}``.
 
-Same schemas, saved layouts and autograd as the compiled layer ops (fastcells/ops.py), but implemented
-in Python around the fused step kernels of ``fastcells.kernels``, in "alternating" mode: per time step
-one ``h @ W_hh^T`` product through torch (cuBLAS on GPU), then one fused kernel for everything else.
-Works for any hidden size.
+Same schemas, saved layouts and autograd as the compiled layer ops (fastcells/ops.py), implemented in
+Python around the kernels of ``fastcells.kernels`` in one of two modes, chosen by size (MAX_HIDDEN):
+  persistent   one launch of a sequence kernel (kernels/sequence.py) runs all T steps, W_hh on chip;
+  alternating  per time step one ``h @ W_hh^T`` product through torch (cuBLAS on GPU), then one fused
+               step kernel (kernels/pointwise.py) for everything else. Works for any hidden size.
 
 They are opaque ``torch.library.custom_op``s with fake implementations, so torch.compile(fullgraph=True)
 traces a model through them without a graph break. (``triton_op``/``wrap_triton`` would let inductor see
@@ -11,8 +12,9 @@ the kernels, but would unroll the Python time loop into the graph, and under TRI
 tensors reach the interpreter's launcher and fail.)
 
 Precision: states, gate math and saved activations are kept in float32 for float16/bfloat16 tensors
-(float64 for float64); the forward's recurrent product runs in the tensors' dtype as torch.nn's does,
-the backward's in float32.
+(float64 for float64). Recurrent products take operands in the tensors' dtype with float32
+accumulation, as torch.nn's do (float32 operands stay IEEE: no TF32), except the alternating
+backward's, which runs in float32.
 
 Shapes as in csrc/ops.cpp: N rows, B batch, H hidden, P = proj_size or H, G gate columns.
 """
@@ -21,8 +23,8 @@ import os
 from typing import Optional
 
 import torch
-import triton
 import torch.nn.functional as F
+import triton
 from torch import Tensor
 
 from . import ops
@@ -78,7 +80,7 @@ def _time_steps(batch_sizes, reverse):
     return [(offsets[t], sizes[t]) for t in order if sizes[t] > 0]
 
 
-def _meta(dtype, rows, hidden):
+def _meta(rows, hidden):
     grid, block_r, block_h = launch.tile(rows, hidden)
     return grid, {"BLOCK_R": block_r, "BLOCK_H": block_h}
 
@@ -108,7 +110,7 @@ def lstm_layer_fwd(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optio
         gh = torch.mm(h[:rows], w_hh.t())
         if training:
             saved[row0:row0 + rows, 6 * H:6 * H + P] = h[:rows]
-        grid, meta = _meta(gx.dtype, rows, H)
+        grid, meta = _meta(rows, H)
         # Without a projection the kernel writes h straight into the state and the output rows.
         h_dst, y_dst = (h_raw, h_raw) if w_hr is not None else (h, y[row0:])
         pointwise.lstm_step_fwd_kernel[grid](
@@ -149,7 +151,7 @@ def lstm_layer_bwd(dy: Tensor, dhn: Tensor, dcn: Tensor, saved: Tensor, w_hh: Te
         if w_r is not None:
             dh_rows[row0:row0 + rows] = dh_step
             dh_step = torch.mm(dh_step, w_r)
-        grid, meta = _meta(dy.dtype, rows, H)
+        grid, meta = _meta(rows, H)
         pointwise.lstm_step_bwd_kernel[grid](
             saved[row0:], dh_step.contiguous(), dc, dg[row0:], rows, H, saved.shape[1], **meta)
         torch.mm(dg[row0:row0 + rows], w, out=dh[:rows])
@@ -188,7 +190,7 @@ def gru_layer_fwd(gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], 
         return y, h.to(h0.dtype), saved
     for row0, rows in _time_steps(batch_sizes, reverse):
         gh = F.linear(h[:rows].to(gx.dtype), w_hh, b_hh).contiguous()
-        grid, meta = _meta(gx.dtype, rows, H)
+        grid, meta = _meta(rows, H)
         pointwise.gru_step_fwd_kernel[grid](
             gx[row0:], gh, h, y[row0:], saved[row0:] if training else saved, rows, H,
             SAVE=training, COMPUTE=launch.tl_compute_dtype(gx.dtype), **meta)
@@ -210,7 +212,7 @@ def gru_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, w_hh: Tensor, batch_si
                       (w_hh.contiguous(), saved, dh, dgx, dgh), dh.shape[0], H, REVERSE=reverse)
     else:
         for row0, rows in reversed(_time_steps(batch_sizes, reverse)):
-            grid, meta = _meta(dy.dtype, rows, H)
+            grid, meta = _meta(rows, H)
             pointwise.gru_step_bwd_kernel[grid](saved[row0:], dy[row0:], dh, dgx[row0:],
                                                 dgh[row0:], rows, H, **meta)
             dh[:rows].addmm_(dgh[row0:row0 + rows], w)
@@ -234,7 +236,7 @@ def rnn_layer_fwd(gx: Tensor, h0: Tensor, w_hh: Tensor, batch_sizes: Tensor, rel
         return y, h.to(h0.dtype), saved
     for row0, rows in _time_steps(batch_sizes, reverse):
         gh = torch.mm(h[:rows].to(gx.dtype), w_hh.t())
-        grid, meta = _meta(gx.dtype, rows, H)
+        grid, meta = _meta(rows, H)
         pointwise.rnn_step_fwd_kernel[grid](
             gx[row0:], gh, h, y[row0:], saved[row0:] if training else saved, rows, H,
             RELU=relu, SAVE=training, COMPUTE=launch.tl_compute_dtype(gx.dtype), **meta)
@@ -256,7 +258,7 @@ def rnn_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, w_hh: Tensor, batch_si
                       REVERSE=reverse, RELU=relu)
     else:
         for row0, rows in reversed(_time_steps(batch_sizes, reverse)):
-            grid, meta = _meta(dy.dtype, rows, H)
+            grid, meta = _meta(rows, H)
             pointwise.rnn_step_bwd_kernel[grid](saved[row0:], dy[row0:], dh, dpre[row0:], rows, H,
                                                 RELU=relu, **meta)
             torch.mm(dpre[row0:row0 + rows], w, out=dh[:rows])
