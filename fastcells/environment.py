@@ -37,6 +37,14 @@ def device_slug(device):
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def cuda_unavailable():
+    """Why torch cannot run on a CUDA device here, or None when it can."""
+    if torch.cuda.is_available():
+        return None
+    return "no CUDA device visible to torch" + ("" if torch.version.cuda else
+                                                " (this torch build has no CUDA)")
+
+
 def triton_version():
     """Triton's version, or None when it is not installed (importing it is cheap and safe on CPU)."""
     try:

@@ -29,9 +29,8 @@ def describe(device_types_):
         lines.append(f"  {name:10} {version if version is not None else 'not present'}")
     lines.append(f"  {'git':10} {environment.git_revision() or 'not a git checkout'}")
     for device_type in device_types_:
-        if device_type == "cuda" and not torch.cuda.is_available():
-            lines.append("cuda: no CUDA device visible to torch"
-                         + ("" if torch.version.cuda else " (this torch build has no CUDA)"))
+        if device_type == "cuda" and environment.cuda_unavailable():
+            lines.append(f"cuda: {environment.cuda_unavailable()}")
         else:
             lines.append(f"{device_type}: {environment.device_name(device_type)}")
         for name, reason in backend_status(device_type):

@@ -28,6 +28,7 @@ import triton
 from torch import Tensor
 
 from . import ops
+from .backends.reference import time_steps
 from .kernels import launch, pointwise, sequence
 
 # Largest hidden size run by the persistent sequence kernels (kernels/sequence.py), by dtype: one
@@ -70,14 +71,8 @@ def _run_sequence(kernel, rows_tensor, batch_sizes, tensors, batch, hidden, extr
 
 
 def _time_steps(batch_sizes, reverse):
-    """(first row, rows) of each step, in processing order; steps without rows left out."""
-    sizes = batch_sizes.tolist()
-    offsets, total = [], 0
-    for size in sizes:
-        offsets.append(total)
-        total += size
-    order = reversed(range(len(sizes))) if reverse else range(len(sizes))
-    return [(offsets[t], sizes[t]) for t in order if sizes[t] > 0]
+    """(first row, rows) of each step with rows, in processing order, as a list (walked both ways)."""
+    return [(first, rows) for _, first, rows in time_steps(batch_sizes, reverse) if rows > 0]
 
 
 def _meta(rows, hidden):
@@ -134,30 +129,29 @@ def lstm_layer_bwd(dy: Tensor, dhn: Tensor, dcn: Tensor, saved: Tensor, w_hh: Te
     compute = saved.dtype
     dh = dhn.to(compute, copy=True).contiguous()
     dc = dcn.to(compute, copy=True).contiguous()
-    dy_c = dy.to(compute)
-    w = w_hh.to(compute)
-    w_r = w_hr.to(compute) if w_hr is not None else None
     dg = torch.empty((N, 4 * H), dtype=compute, device=dy.device)
-    dh_rows = torch.empty((N, P), dtype=compute, device=dy.device) if w_hr is not None else None
+    dw_hr = dy.new_empty((0,))
     if _persistent(dy.dtype, H, w_hr is not None):
         _run_sequence(sequence.lstm_sequence_bwd_kernel, dy.contiguous(), batch_sizes,
                       (w_hh.contiguous(), saved, dh, dc, dg), dh.shape[0], H, (saved.shape[1],),
                       REVERSE=reverse)
-        dw_hh = torch.mm(dg.t(), saved[:, 6 * H:6 * H + P])
-        return (dg.to(dy.dtype), dh.to(dhn.dtype), dc.to(dcn.dtype), dw_hh.to(w_hh.dtype),
-                dy.new_empty((0,)))
-    for row0, rows in reversed(_time_steps(batch_sizes, reverse)):
-        dh_step = dh[:rows] + dy_c[row0:row0 + rows]
-        if w_r is not None:
-            dh_rows[row0:row0 + rows] = dh_step
-            dh_step = torch.mm(dh_step, w_r)
-        grid, meta = _meta(rows, H)
-        pointwise.lstm_step_bwd_kernel[grid](
-            saved[row0:], dh_step.contiguous(), dc, dg[row0:], rows, H, saved.shape[1], **meta)
-        torch.mm(dg[row0:row0 + rows], w, out=dh[:rows])
+    else:
+        dy_c = dy.to(compute)
+        w = w_hh.to(compute)
+        w_r = w_hr.to(compute) if w_hr is not None else None
+        dh_rows = torch.empty((N, P), dtype=compute, device=dy.device) if w_hr is not None else None
+        for row0, rows in reversed(_time_steps(batch_sizes, reverse)):
+            dh_step = dh[:rows] + dy_c[row0:row0 + rows]
+            if w_r is not None:
+                dh_rows[row0:row0 + rows] = dh_step
+                dh_step = torch.mm(dh_step, w_r)
+            grid, meta = _meta(rows, H)
+            pointwise.lstm_step_bwd_kernel[grid](
+                saved[row0:], dh_step, dc, dg[row0:], rows, H, saved.shape[1], **meta)
+            torch.mm(dg[row0:row0 + rows], w, out=dh[:rows])
+        if w_hr is not None:
+            dw_hr = torch.mm(dh_rows.t(), saved[:, 6 * H + P:]).to(w_hr.dtype)
     dw_hh = torch.mm(dg.t(), saved[:, 6 * H:6 * H + P])
-    dw_hr = (torch.mm(dh_rows.t(), saved[:, 6 * H + P:]).to(w_hr.dtype) if w_hr is not None
-             else dy.new_empty((0,)))
     return dg.to(dy.dtype), dh.to(dhn.dtype), dc.to(dcn.dtype), dw_hh.to(w_hh.dtype), dw_hr
 
 
@@ -203,7 +197,6 @@ def gru_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, w_hh: Tensor, batch_si
     N, H = dy.shape[0], dhn.shape[1]
     compute = saved.dtype
     dh = dhn.to(compute, copy=True).contiguous()
-    w = w_hh.to(compute)
     dgx = torch.empty((N, 3 * H), dtype=compute, device=dy.device)
     dgh = torch.empty((N, 3 * H), dtype=compute, device=dy.device)
     dy = dy.contiguous()
@@ -211,6 +204,7 @@ def gru_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, w_hh: Tensor, batch_si
         _run_sequence(sequence.gru_sequence_bwd_kernel, dy, batch_sizes,
                       (w_hh.contiguous(), saved, dh, dgx, dgh), dh.shape[0], H, REVERSE=reverse)
     else:
+        w = w_hh.to(compute)
         for row0, rows in reversed(_time_steps(batch_sizes, reverse)):
             grid, meta = _meta(rows, H)
             pointwise.gru_step_bwd_kernel[grid](saved[row0:], dy[row0:], dh, dgx[row0:],
@@ -249,7 +243,6 @@ def rnn_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, w_hh: Tensor, batch_si
     N, H = dy.shape[0], dhn.shape[1]
     compute = saved.dtype
     dh = dhn.to(compute, copy=True).contiguous()
-    w = w_hh.to(compute)
     dpre = torch.empty((N, H), dtype=compute, device=dy.device)
     dy = dy.contiguous()
     if _persistent(dy.dtype, H, False):
@@ -257,6 +250,7 @@ def rnn_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, w_hh: Tensor, batch_si
                       (w_hh.contiguous(), saved, dh, dpre), dh.shape[0], H,
                       REVERSE=reverse, RELU=relu)
     else:
+        w = w_hh.to(compute)
         for row0, rows in reversed(_time_steps(batch_sizes, reverse)):
             grid, meta = _meta(rows, H)
             pointwise.rnn_step_bwd_kernel[grid](saved[row0:], dy[row0:], dh, dpre[row0:], rows, H,

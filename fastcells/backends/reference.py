@@ -18,7 +18,7 @@ def unusable_reason(device_type, dtype=None):
     return None
 
 
-def _time_steps(batch_sizes, reverse):
+def time_steps(batch_sizes, reverse):
     """Yields (t, first_row, rows) in processing order."""
     sizes = batch_sizes.tolist()
     offsets = [0]
@@ -36,7 +36,7 @@ def _run_layer(cell, gx, states, batch_sizes, reverse):
     state, and in reverse direction sequences that have not started yet keep the initial state.
     """
     outputs = [None] * batch_sizes.numel()
-    for t, first, rows in _time_steps(batch_sizes, reverse):
+    for t, first, rows in time_steps(batch_sizes, reverse):
         y, *new_states = cell(gx[first : first + rows], *(s[:rows] for s in states))
         states = [torch.cat([new, old[rows:]]) for new, old in zip(new_states, states)]
         outputs[t] = y

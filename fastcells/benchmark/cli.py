@@ -30,9 +30,8 @@ def add_arguments(parser):
 
 def run(args):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        print("fastcells bench: --device cuda, but torch sees no CUDA device"
-              + ("" if torch.version.cuda else " (this torch build has no CUDA)"))
+    if device == "cuda" and environment.cuda_unavailable():
+        print(f"fastcells bench: --device cuda, but {environment.cuda_unavailable()}")
         return 2
     try:
         import matplotlib  # noqa: F401 - the report's plots

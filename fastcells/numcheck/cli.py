@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from .. import backends
+from .. import backends, environment
 from .compare import _dtype_name, build_case, check_backend, skipped
 from .configs import CELLS, DEFAULT_DTYPES, DTYPES, configs_for
 from .report import Table, summary, write_junit
@@ -47,9 +47,8 @@ def _selected_backends(requested, device_type):
 def run(args):
     """Runs the checks; returns 0 when none failed, 1 when one did, 2 on a usage problem."""
     device = args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        build = "" if torch.version.cuda else " (this torch build has no CUDA support)"
-        return _fail_usage(f"--device cuda: no CUDA device is visible to torch{build}")
+    if device == "cuda" and environment.cuda_unavailable():
+        return _fail_usage(f"--device cuda: {environment.cuda_unavailable()}")
     names, error = _selected_backends(args.backend, device)
     if error:
         return _fail_usage(error)
