@@ -1,6 +1,8 @@
 # Two commands do all set-up from a fresh clone:
 #   make test    create .venv if missing, build fastcells._C, run the whole test suite
 #   make bench   the same set-up, then the quick CPU benchmark report (python -m fastcells bench --quick)
+#   make cuda-check  compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90, warnings as errors
+#                (part of make test; skipped with a message where nvcc is missing)
 #   make gpu     on a GPU machine with a preinstalled CUDA torch: build, tests, check, full GPU
 #                benchmark, all into one results folder (bench/gpu.sh; uses python3, not .venv)
 PYTHON ?= python3
@@ -10,7 +12,7 @@ DEPS_STAMP := $(VENV)/.deps-installed
 BUILD_STAMP := $(VENV)/.fastcells-built
 SOURCES := $(wildcard setup.py csrc/*.cpp csrc/*.h csrc/include/fastcells/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*)
 
-.PHONY: test bench gpu build clean
+.PHONY: test bench gpu build clean cuda-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +29,26 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
 
 build: $(BUILD_STAMP)
 
-test: $(BUILD_STAMP)
+test: $(BUILD_STAMP) cuda-check
 	$(PY) -m pytest tests
+
+# The kernels include no torch header, so this needs nvcc only (seconds per file, nothing runs).
+NVCC ?= nvcc
+CUDA_ARCHS ?= 80 90
+# The -D flags are those torch's CUDA extension build adds (no implicit half/bfloat16 conversions).
+NVCC_FLAGS := -std=c++17 -Icsrc/include $(foreach arch,$(CUDA_ARCHS),-gencode arch=compute_$(arch),code=sm_$(arch)) \
+	-Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
+	-D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
+	-D__CUDA_NO_HALF2_OPERATORS__
+cuda-check:
+	@if command -v $(NVCC) >/dev/null; then \
+	  for source in csrc/cuda/*.cu; do \
+	    echo "cuda-check: $(NVCC) -c $$source (sm $(CUDA_ARCHS))"; \
+	    $(NVCC) -c $$source -o /dev/null $(NVCC_FLAGS) || exit 1; \
+	  done; \
+	else \
+	  echo "cuda-check: skipped (nvcc not found; the CUDA kernels are not compiled here)"; \
+	fi
 
 bench: $(BUILD_STAMP)
 	$(PY) -m fastcells bench --quick --device cpu

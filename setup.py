@@ -42,16 +42,28 @@ def extension():
     )
     cuda_sources = sources("csrc/cuda/*.cu") + sources("csrc/cuda/*.cpp")
     if cuda_sources and cuda_wanted():
+        # Ampere and Hopper by default; TORCH_CUDA_ARCH_LIST (read by torch's build) overrides.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         common["sources"] += cuda_sources
         return cpp_extension.CUDAExtension(
             **common,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+            define_macros=[("FASTCELLS_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
         )
     return cpp_extension.CppExtension(**common, extra_compile_args={"cxx": cxx_flags})
 
 
-# Two cores here: more parallel compile jobs only swap.
-os.environ.setdefault("MAX_JOBS", "2")
+def max_jobs():
+    """Parallel compile jobs: one per core, but at most one per 4 GiB of memory (an nvcc job against
+    torch's headers peaks near 3 GiB, and more jobs than memory allows only swap)."""
+    try:
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        memory_gib = 8
+    return max(1, min(os.cpu_count() or 1, int(memory_gib // 4)))
+
+
+os.environ.setdefault("MAX_JOBS", str(max_jobs()))
 
 setup(
     name="fastcells",

@@ -40,12 +40,12 @@ inline void check_bias(const c10::optional<at::Tensor>& bias, const char* name, 
 }
 
 // The arguments of a cell step op: x (B, I), h (B, H), w_ih (G, I), w_hh (G, H), biases (G), with
-// G = gates_per_unit * H; all of x's dtype (float32 or float64) and device. Returns H.
+// G = gates_per_unit * H; all of x's dtype and device (which dtypes are allowed is the device's
+// check). Returns H.
 inline int64_t check_step_args(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
                                const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                                const c10::optional<at::Tensor>& b_hh, int64_t gates_per_unit) {
   FC_CHECK_DIM(x, 2);
-  FC_CHECK_FLOATING(x);
   FC_CHECK_DIM(h, 2);
   const int64_t B = x.size(0), I = x.size(1), H = h.size(1), G = gates_per_unit * H;
   FC_CHECK_SHAPE(h, B, H);

@@ -47,7 +47,15 @@ TORCH_LIBRARY(fastcells, m) {
 // streaming LSTM step at H=64 took through torch.ops). Used eagerly only, never under torch.compile.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastcells compiled ops: see torch.ops.fastcells";
-  m.def("lstm_step_fwd_cpu", &fastcells::cpu::lstm_step_fwd_cpu);
-  m.def("gru_step_fwd_cpu", &fastcells::cpu::gru_step_fwd_cpu);
-  m.def("rnn_step_fwd_cpu", &fastcells::cpu::rnn_step_fwd_cpu);
+  // The GIL is released while a step runs, so other Python threads (an inference server's) go on.
+  using ReleaseGil = pybind11::call_guard<pybind11::gil_scoped_release>;
+  m.def("lstm_step_fwd_cpu", &fastcells::cpu::lstm_step_fwd_cpu, ReleaseGil());
+  m.def("gru_step_fwd_cpu", &fastcells::cpu::gru_step_fwd_cpu, ReleaseGil());
+  m.def("rnn_step_fwd_cpu", &fastcells::cpu::rnn_step_fwd_cpu, ReleaseGil());
+  // Whether the CUDA ops were compiled in (setup.py builds them where torch has CUDA and nvcc exists).
+#ifdef FASTCELLS_WITH_CUDA
+  m.def("has_cuda", [] { return true; });
+#else
+  m.def("has_cuda", [] { return false; });
+#endif
 }

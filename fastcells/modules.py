@@ -8,11 +8,13 @@ The layers subclass ``nn.RNNBase`` (which owns the parameter layout, ``all_weigh
 them would bring their graph breaks under torch.compile along.
 """
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends, functional
+from . import autocast, backends, functional
 
 _INPUT_DIM_MESSAGE = {
     "LSTM": "LSTM: Expected input to be 2D or 3D, got {}D instead",
@@ -23,8 +25,9 @@ _INPUT_DIM_MESSAGE = {
 
 
 def _check_state_like_input(name, state, input):
-    """torch.nn raises RuntimeError deep in its kernels for these; we say what is wrong."""
-    if state.dtype != input.dtype:
+    """torch.nn raises RuntimeError deep in its kernels for these; we say what is wrong. (Under autocast
+    dtypes may differ: both are cast to the dtype the module computes in.)"""
+    if state.dtype != input.dtype and not autocast.is_enabled(input.device.type):
         raise RuntimeError(f"{name} dtype ({state.dtype}) does not match input dtype ({input.dtype})")
     if state.device != input.device:
         raise RuntimeError(
@@ -99,12 +102,18 @@ class _FusedRNNBase(nn.RNNBase):
             rows = data.reshape(steps * mini_batch, data.size(2))
             batch_sizes = torch.full((steps,), mini_batch, dtype=torch.long)
 
-        backend = backends.select(self.backend, data.device.type, data.dtype)
-        y, hn, cn = functional.rnn(
-            backend, self.mode, rows, batch_sizes, hx, cx, self._flat_weights,
-            num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
-            proj=self.proj_size > 0, dropout=self.dropout, training=self.training,
-        )
+        device_type, flat_weights = data.device.type, self._flat_weights
+        dtype = autocast.compute_dtype(self.mode, device_type, flat_weights[0].dtype)
+        if dtype is not None:  # under autocast: compute in the dtype torch.nn would, autocast off inside
+            rows, hx, cx = (autocast.cast(t, dtype) for t in (rows, hx, cx))
+            flat_weights = [autocast.cast(w, dtype) for w in flat_weights]
+        with autocast.off(device_type) if dtype is not None else contextlib.nullcontext():
+            backend = backends.select(self.backend, device_type, rows.dtype)
+            y, hn, cn = functional.rnn(
+                backend, self.mode, rows, batch_sizes, hx, cx, flat_weights,
+                num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
+                proj=self.proj_size > 0, dropout=self.dropout, training=self.training,
+            )
 
         if unsorted_indices is not None:
             hn = hn.index_select(1, unsorted_indices)
@@ -134,6 +143,10 @@ class _FusedRNNBase(nn.RNNBase):
         dims = 3 if is_batched else 2
         kind = "batched 3-D" if is_batched else "unbatched 2-D"
         if is_lstm:
+            if isinstance(hx, torch.Tensor) and hx.dim() > 0 and hx.size(0) < 2:
+                # torch.nn reads hx[1] of a lone tensor here and fails with IndexError.
+                raise IndexError("LSTM expects hx as a tuple (h_0, c_0), got one tensor of shape "
+                                 f"{tuple(hx.shape)}")
             h, c = hx
             if h.dim() != dims or c.dim() != dims:
                 raise RuntimeError(f"For {kind} input, hx and cx should also be {dims}-D but got "
@@ -191,13 +204,16 @@ class RNN(_FusedRNNBase):
 
 
 def _check_cell_args(input, states, input_size, hidden_size, weight):
-    """The checks torch's cell kernels make (same messages), and dtype against the weights (torch only
-    says "mat1 and mat2 must have the same dtype"). Devices are checked by the backends' ops.
-    One ``shape`` read per tensor: this runs on every streaming step."""
+    """The checks torch's cell kernels make (same messages), dtype against the weights (torch only says
+    "mat1 and mat2 must have the same dtype") and states' devices against the input's (a state on the
+    meta device would otherwise send the op to its fake implementation). One ``shape`` read per
+    tensor: this runs on every streaming step."""
     batch, features = input.shape
     if features != input_size:
         raise RuntimeError(f"input has inconsistent input_size: got {features} expected {input_size}")
-    dtype = weight.dtype
+    dtype, on_cpu = weight.dtype, input.is_cpu
+    if input.dtype != dtype:
+        raise RuntimeError(f"input dtype ({input.dtype}) does not match weight dtype ({dtype})")
     for index, state in enumerate(states):
         shape = state.shape
         if shape != (batch, hidden_size):
@@ -208,13 +224,30 @@ def _check_cell_args(input, states, input_size, hidden_size, weight):
                                f"expected {hidden_size}")
         if state.dtype != dtype:
             raise RuntimeError(f"hidden{index} dtype ({state.dtype}) does not match weight dtype ({dtype})")
-    if input.dtype != dtype:
-        raise RuntimeError(f"input dtype ({input.dtype}) does not match weight dtype ({dtype})")
+        # is_cpu first: reading .device costs a streaming step more than the two flags.
+        if state.is_cpu != on_cpu or (not on_cpu and state.device != input.device):
+            raise RuntimeError(f"Input and hidden tensors are not at the same device, found input tensor "
+                               f"at {input.device} and hidden{index} tensor at {state.device}")
 
 
 class _FusedCellMixin:
+    """What the three cells share. Each defines ``_KIND`` (its torch.nn class name) and
+    ``_forward(input, hx, weights)``."""
+
     def _init_backend(self, backend):
         self.backend = backends.check_name(backend)
+
+    def forward(self, input, hx=None):
+        weights = self._weights()
+        if not (autocast.any_enabled() and isinstance(input, torch.Tensor)
+                and autocast.is_enabled(input.device.type)):
+            return self._forward(input, hx, weights)
+        # Under autocast: compute in the dtype torch.nn's cell would, autocast off inside.
+        device_type = input.device.type
+        dtype = autocast.compute_dtype(self._KIND, device_type, weights[0].dtype)
+        with autocast.off(device_type):
+            return self._forward(autocast.cast(input, dtype), autocast.cast(hx, dtype),
+                                 tuple(autocast.cast(w, dtype) for w in weights))
 
     def extra_repr(self):
         text = super().extra_repr()
@@ -226,11 +259,14 @@ class _FusedCellMixin:
         params = self._parameters
         return params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"]
 
-    def _batched(self, name, input, hx, count):
+    def _batched(self, name, input, hx, count, weight_ih):
         """Checks dims as torch.nn and returns (input (B, I), states [(B, H)] * count, is_batched)."""
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
+            if count == 2 and not isinstance(hx, (tuple, list)):
+                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0) of Tensors, not "
+                                f"{type(hx).__name__}")
             for index, value in enumerate(hx if count == 2 else (hx,)):
                 if value.dim() not in (1, 2):
                     label = f"hx[{index}]" if count == 2 else "hidden"
@@ -247,8 +283,7 @@ class _FusedCellMixin:
             states = list(hx) if count == 2 else [hx]
             if not is_batched:
                 states = [s.unsqueeze(0) for s in states]
-        _check_cell_args(input, states, self.input_size, self.hidden_size,
-                         self._parameters["weight_ih"])
+        _check_cell_args(input, states, self.input_size, self.hidden_size, weight_ih)
         return input, states, is_batched
 
 
@@ -256,45 +291,51 @@ class LSTMCell(_FusedCellMixin, nn.LSTMCell):
     """Drop-in ``torch.nn.LSTMCell``: ``LSTMCell(input_size, hidden_size, bias=True, device=None,
     dtype=None, *, backend="auto")``. input (B, I) or (I); hx (h, c) each (B, H) or (H)."""
 
+    _KIND = "LSTMCell"
+
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend="auto"):
         super().__init__(input_size, hidden_size, bias, device, dtype)
         self._init_backend(backend)
 
-    def forward(self, input, hx=None):
-        x, (h, c), is_batched = self._batched("LSTMCell", input, hx, 2)
+    def _forward(self, input, hx, weights):
+        x, (h, c), is_batched = self._batched("LSTMCell", input, hx, 2, weights[0])
         backend = backends.select(self.backend, x.device.type, x.dtype)
-        h, c = backend.lstm_step(x, h, c, *self._weights())
+        h, c = backend.lstm_step(x, h, c, *weights)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
 class GRUCell(_FusedCellMixin, nn.GRUCell):
     """Drop-in ``torch.nn.GRUCell``: input (B, I) or (I); hx (B, H) or (H)."""
 
+    _KIND = "GRUCell"
+
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend="auto"):
         super().__init__(input_size, hidden_size, bias, device, dtype)
         self._init_backend(backend)
 
-    def forward(self, input, hx=None):
-        x, (h,), is_batched = self._batched("GRUCell", input, hx, 1)
+    def _forward(self, input, hx, weights):
+        x, (h,), is_batched = self._batched("GRUCell", input, hx, 1, weights[0])
         backend = backends.select(self.backend, x.device.type, x.dtype)
-        h = backend.gru_step(x, h, *self._weights())
+        h = backend.gru_step(x, h, *weights)
         return h if is_batched else h.squeeze(0)
 
 
 class RNNCell(_FusedCellMixin, nn.RNNCell):
     """Drop-in ``torch.nn.RNNCell`` (tanh or relu): input (B, I) or (I); hx (B, H) or (H)."""
 
+    _KIND = "RNNCell"
+
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
                  dtype=None, *, backend="auto"):
         super().__init__(input_size, hidden_size, bias, nonlinearity, device, dtype)
         self._init_backend(backend)
 
-    def forward(self, input, hx=None):
-        x, (h,), is_batched = self._batched("RNNCell", input, hx, 1)
+    def _forward(self, input, hx, weights):
+        x, (h,), is_batched = self._batched("RNNCell", input, hx, 1, weights[0])
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         backend = backends.select(self.backend, x.device.type, x.dtype)
-        h = backend.rnn_step(x, h, *self._weights(), self.nonlinearity == "relu")
+        h = backend.rnn_step(x, h, *weights, self.nonlinearity == "relu")
         return h if is_batched else h.squeeze(0)

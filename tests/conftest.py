@@ -117,13 +117,15 @@ def _leaves(value):
 
 
 def _flat(value):
-    if value is None:
-        return []
+    """The tensors in ``value``: a tensor, a PackedSequence, nested tuples/lists of them; anything else
+    (None, a wrong-type argument a test passes on purpose) holds none."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, PackedSequence):
         return [value.data]
-    return [t for v in value for t in _flat(v)]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _flat(v)]
+    return []
 
 
 def forward_backward(module, x, hx=None, *, prepare=None, backward=True, seed=1234):
@@ -146,7 +148,8 @@ def forward_backward(module, x, hx=None, *, prepare=None, backward=True, seed=12
     if not backward:
         return record
     gen = torch.Generator().manual_seed(seed)
-    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype).to(o.device)).sum()
+               for o in outs)
     loss.backward()
     record["grad_x"] = x_leaf.grad
     record["grad_hx"] = [h.grad for h in _flat(hx_leaf)]
@@ -184,6 +187,52 @@ def assert_same_results(got, expected, dtype, **tol):
             continue
         assert a is not None, f"no gradient reached parameter {name}"
         assert_close(a, b, dtype, f"grad of {name}", **tol)
+
+
+def _relative_error(module, x, reference_out, reference_grad):
+    """Max relative error of ``module``'s output and input gradient against float64 results."""
+    leaf = x.detach().clone().requires_grad_()
+    out, _ = module(leaf)
+    out.float().sum().backward()
+    scale = lambda t: t.abs().max().item() or 1.0  # noqa: E731
+    return max((out.double() - reference_out).abs().max().item() / scale(reference_out),
+               (leaf.grad.double() - reference_grad).abs().max().item() / scale(reference_grad))
+
+
+def low_precision_errors(kind, dtype, backend, device):
+    """(fastcells error, torch.nn error) of a ``kind`` layer in ``dtype`` (bfloat16/float16), both
+    against torch.nn in float64 on the same weights and input, rounded to ``dtype`` first so that only
+    the computation differs. The parity rule: the first at most a small multiple of the second."""
+    ref64, fast = make_layer_twins(kind, 8, 16, 1, dtype=torch.float64, backend=backend, device=device)
+    with torch.no_grad():
+        for p in ref64.parameters():
+            p.copy_(p.to(dtype).double())
+    ref_low = make_layer_twins(kind, 8, 16, 1, dtype=dtype, backend=backend, device=device)[0]
+    ref_low.load_state_dict(ref64.state_dict())
+    fast = fast.to(dtype)
+    fast.load_state_dict(ref64.state_dict())
+    x = torch.randn(6, 4, 8, device=device).to(dtype)
+    leaf = x.double().requires_grad_()
+    out64, _ = ref64(leaf)
+    out64.sum().backward()
+    return (_relative_error(fast, x, out64.detach(), leaf.grad),
+            _relative_error(ref_low, x, out64.detach(), leaf.grad))
+
+
+def opcheck_lstm_layer_fwd(op, device, test_utils=None):
+    """torch.library.opcheck of an LSTM layer forward op (``torch.ops.fastcells.lstm_layer_fwd`` or a
+    backend's twin) on ``device`` tensors, inference and training: schema, fake implementation,
+    autograd registration (``test_utils`` narrows the checks)."""
+    dtype = torch.float64
+    H, B, T = 5, 3, 4
+    gx = torch.randn(T * B, 4 * H, dtype=dtype, device=device, requires_grad=True)
+    h0 = torch.randn(B, H, dtype=dtype, device=device)
+    c0 = torch.randn(B, H, dtype=dtype, device=device)
+    w = torch.randn(4 * H, H, dtype=dtype, device=device, requires_grad=True)
+    sizes = torch.full((T,), B, dtype=torch.long)  # batch_sizes stays on the CPU
+    kwargs = {} if test_utils is None else {"test_utils": test_utils}
+    for training in (False, True):
+        torch.library.opcheck(op, (gx, h0, c0, w, None, sizes, False, training), **kwargs)
 
 
 class OpRecorder(TorchDispatchMode):

@@ -44,6 +44,10 @@ def _compare_errors(ref, fast, args, must_mention):
     assert_unchanged(before, fast, *args)
 
 
+def _on_meta(states):
+    return tuple(s.to("meta") for s in states) if isinstance(states, tuple) else states.to("meta")
+
+
 # name -> (kinds it applies to, kind -> args, kind -> substrings the message must hold)
 P_OF = {"lstm_proj": 3}
 
@@ -99,6 +103,17 @@ LAYER_CASES = {
         LAYER_KINDS,
         lambda kind: (_x(T, I), _states(kind, (2, 1, _out(kind)), (2, 1, HID))),
         lambda kind: ["2-D", "3-D"]),
+    "input_int": (LAYER_KINDS, lambda kind: (torch.ones(T, BATCH, I, dtype=torch.int32),),
+                  lambda kind: ["dtype", "int32", "float32"]),
+    "input_complex": (LAYER_KINDS, lambda kind: (_x(T, BATCH, I).to(torch.complex64),),
+                      lambda kind: ["dtype", "complex64"]),
+    "input_not_tensor": (LAYER_KINDS, lambda kind: ("abc",), lambda kind: ["dim"]),
+    "hx_other_device": (
+        LAYER_KINDS,
+        lambda kind: (_x(T, BATCH, I), _on_meta(_states(kind, (2, BATCH, _out(kind)), (2, BATCH, HID)))),
+        lambda kind: ["same device", "meta"]),
+    "lstm_hx_not_tuple": (["lstm"], lambda kind: (_x(T, BATCH, I), _x(1, BATCH, HID)),
+                          lambda kind: ["tuple"]),
     "unbatched_hx_hidden": (
         LAYER_KINDS,
         lambda kind: (_x(T, I), _states(kind, (2, _out(kind) + 2), (2, HID))),
@@ -123,11 +138,11 @@ def test_packed_bad_hx_batch(kind, backend):
     _compare_errors(ref, fast, (packed, hx), ["Expected hidden", "(1, 3, 5)", "[1, 2, 5]"])
 
 
-def _cell_states(kind, shape, dtype=F32, dtype_c=None):
-    h = _x(*shape, dtype=dtype, seed=1)
+def _cell_states(kind, shape, dtype=F32, dtype_c=None, device="cpu"):
+    h = _x(*shape, dtype=dtype, seed=1).to(device)
     if kind != "lstm":
         return h
-    return h, _x(*shape, dtype=dtype_c or dtype, seed=2)
+    return h, _x(*shape, dtype=dtype_c or dtype, seed=2).to(device)
 
 
 CELL_CASES = {
@@ -142,6 +157,11 @@ CELL_CASES = {
                                  ["hidden_size", f"got {HID + 1}, expected {HID}"]),
     "hx_3d": lambda kind: ((_x(BATCH, I), _cell_states(kind, (1, BATCH, HID))), ["1D or 2D", "3D"]),
     "unbatched_with_batched_hx": lambda kind: ((_x(I), _cell_states(kind, (BATCH, HID))), ["hidden_size"]),
+    "input_int": lambda kind: ((torch.ones(BATCH, I, dtype=torch.int32),), ["input dtype", "int32"]),
+    "input_complex": lambda kind: ((_x(BATCH, I).to(torch.complex64),), ["input dtype", "complex64"]),
+    "input_not_tensor": lambda kind: (("abc",), ["dim"]),
+    "hx_other_device": lambda kind: ((_x(BATCH, I), _cell_states(kind, (BATCH, HID), device="meta")),
+                                     ["device", "meta"]),
 }
 
 

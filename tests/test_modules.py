@@ -315,8 +315,10 @@ def test_available_backends():
     triton_here = backends.unusable_reason("triton", "cpu") is None
     if _extension.load_error is None:
         assert names == ["cpu"] + (["triton"] if triton_here else []) + ["reference"]
+    assert "cuda" not in names  # CUDA tensors only
     if not torch.cuda.is_available():
         assert fastcells.available_backends("cuda") == ["reference"]
+        assert backends.unusable_reason("cuda", "cuda")  # says why: no CUDA build, or no GPU
 
 
 @pytest.mark.parametrize("name", ["cpu", "reference", "auto"])

@@ -11,7 +11,8 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastcells
-from conftest import assert_same_results, forward_backward, make_layer_twins, random_layer_states
+from conftest import (assert_same_results, forward_backward, low_precision_errors, make_layer_twins,
+                      opcheck_lstm_layer_fwd, random_layer_states)
 
 if "triton" not in fastcells.available_backends("cuda" if torch.cuda.is_available() else "cpu"):
     pytest.skip("the triton backend is not usable here", allow_module_level=True)
@@ -71,16 +72,6 @@ def test_odd_and_large_hidden_sizes(hidden):
     assert_same_results(forward_backward(fast, x), forward_backward(ref, x), dtype)
 
 
-def _error(module, x, reference_out, reference_grads):
-    """Max relative error of ``module``'s output and input gradient against float64 results."""
-    leaf = x.detach().clone().requires_grad_()
-    out, _ = module(leaf)
-    out.float().sum().backward()
-    scale = lambda t: t.abs().max().item() or 1.0  # noqa: E731
-    return max((out.double() - reference_out).abs().max().item() / scale(reference_out),
-               (leaf.grad.double() - reference_grads).abs().max().item() / scale(reference_grads))
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 def test_low_precision_error_bounded_by_torch_own(kind, dtype, mode):
@@ -88,21 +79,7 @@ def test_low_precision_error_bounded_by_torch_own(kind, dtype, mode):
     both measured against torch.nn in float64 on the same (rounded) weights and input."""
     if dtype == torch.float16 and DEVICE == "cpu":
         pytest.skip("torch.nn's float16 RNNs do not run on CPU")
-    ref64, fast = make_layer_twins(kind, 8, 16, 1, dtype=torch.float64, backend="triton",
-                                   device=DEVICE)
-    with torch.no_grad():  # weights exactly representable in dtype, so only the computation differs
-        for p in ref64.parameters():
-            p.copy_(p.to(dtype).double())
-    ref_low = make_layer_twins(kind, 8, 16, 1, dtype=dtype, backend="triton", device=DEVICE)[0]
-    ref_low.load_state_dict(ref64.state_dict())
-    fast = fast.to(dtype)
-    fast.load_state_dict(ref64.state_dict())
-    x = torch.randn(6, 4, 8, device=DEVICE).to(dtype)
-    leaf = x.double().requires_grad_()
-    out64, _ = ref64(leaf)
-    out64.sum().backward()
-    torch_error = _error(ref_low, x, out64.detach(), leaf.grad)
-    fast_error = _error(fast, x, out64.detach(), leaf.grad)
+    fast_error, torch_error = low_precision_errors(kind, dtype, "triton", DEVICE)
     assert fast_error <= max(4 * torch_error, 4 * torch.finfo(dtype).eps), (fast_error, torch_error)
 
 
@@ -120,16 +97,5 @@ def test_compile_fullgraph(kind):
 
 
 def test_ops_pass_opcheck():
-    """torch.library.opcheck on the layer ops: schema, fake implementation, autograd registration."""
-    dtype = torch.float64
-    H, B, T = 5, 3, 4
-    gx = torch.randn(T * B, 4 * H, dtype=dtype, device=DEVICE, requires_grad=True)
-    h0 = torch.randn(B, H, dtype=dtype, device=DEVICE)
-    c0 = torch.randn(B, H, dtype=dtype, device=DEVICE)
-    w = torch.randn(4 * H, H, dtype=dtype, device=DEVICE, requires_grad=True)
-    sizes = torch.full((T,), B, dtype=torch.long)
-    for training in (False, True):
-        torch.library.opcheck(torch.ops.fastcells.triton_lstm_layer_fwd,
-                              (gx, h0, c0, w, None, sizes, False, training),
-                              test_utils=("test_schema", "test_faketensor",
-                                          "test_autograd_registration"))
+    opcheck_lstm_layer_fwd(torch.ops.fastcells.triton_lstm_layer_fwd, DEVICE,
+                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))

@@ -1,6 +1,6 @@
 // GRU on the CPU: a whole layer (forward and backward through time) and one inference step.
 //
-// Shapes: N rows of the flattened sequence (see schedule_cpu.h), B batch, H hidden, G = 3H gates in
+// Shapes: N rows of the flattened sequence (see ../schedule.h), B batch, H hidden, G = 3H gates in
 // torch's order r, z, n. b_hh stays apart from gx because n = tanh(x_n + r * (W_hn h + b_hn)).
 // saved (N, 5H): [r z n (3H) | h_n = W_hn h + b_hn (H) | h_prev (H)]
 #include <ATen/ATen.h>
@@ -11,11 +11,12 @@
 #include <tuple>
 
 #include "../checks.h"
+#include "../layers.h"
 #include "fastcells/gate_math.h"
 #include "gemm_cpu.h"
 #include "matmul_cpu.h"
 #include "ops_cpu.h"
-#include "schedule_cpu.h"
+#include "../schedule.h"
 
 namespace fastcells::cpu {
 namespace {
@@ -118,14 +119,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd_cpu(
     const at::Tensor& gx_in, const at::Tensor& h0, const at::Tensor& w_hh_in,
     const c10::optional<at::Tensor>& b_hh_in, const at::Tensor& batch_sizes, bool reverse,
     bool training) {
-  FC_CHECK_DIM(gx_in, 2);
+  check_layer_fwd_args(gx_in, h0, w_hh_in, 3);
   FC_CHECK_FLOATING(gx_in);
-  FC_CHECK_DIM(h0, 2);
   const int64_t H = h0.size(1), N = gx_in.size(0);
-  FC_CHECK_SHAPE(gx_in, N, 3 * H);
-  FC_CHECK_SHAPE(w_hh_in, 3 * H, H);
-  FC_CHECK_LIKE(h0, gx_in);
-  FC_CHECK_LIKE(w_hh_in, gx_in);
   check_bias(b_hh_in, "b_hh", 3 * H, gx_in);
   const Schedule sched = make_schedule(batch_sizes, N, h0.size(0));
   at::Tensor gx = gx_in.contiguous(), w_hh = w_hh_in.contiguous();
@@ -144,16 +140,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_bwd_cpu(
     const at::Tensor& dy_in, const at::Tensor& dhn, const at::Tensor& saved_in,
     const at::Tensor& w_hh_in, const at::Tensor& batch_sizes, bool reverse, bool has_bias) {
-  FC_CHECK_DIM(dy_in, 2);
-  FC_CHECK_DIM(dhn, 2);
+  check_layer_bwd_args(dy_in, dhn, saved_in, w_hh_in, 3, kGruSavedPerUnit);
   FC_CHECK_FLOATING(dy_in);
   const int64_t H = dhn.size(1), N = dy_in.size(0);
-  FC_CHECK_SHAPE(dy_in, N, H);
-  FC_CHECK_SHAPE(saved_in, N, 5 * H);
-  FC_CHECK_SHAPE(w_hh_in, 3 * H, H);
-  FC_CHECK_LIKE(dhn, dy_in);
-  FC_CHECK_LIKE(saved_in, dy_in);
-  FC_CHECK_LIKE(w_hh_in, dy_in);
   const Schedule sched = make_schedule(batch_sizes, N, dhn.size(0));
   at::Tensor dy = dy_in.contiguous(), saved = saved_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor dh_state = dhn.clone(at::MemoryFormat::Contiguous);
@@ -170,6 +159,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_bwd_cpu(
 at::Tensor gru_step_fwd_cpu(const at::Tensor& x_in, const at::Tensor& h, const at::Tensor& w_ih_in,
                             const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& b_ih,
                             const c10::optional<at::Tensor>& b_hh) {
+  FC_CHECK_FLOATING(x_in);
   const int64_t H = check_step_args(x_in, h, w_ih_in, w_hh_in, b_ih, b_hh, 3);
   const int64_t B = x_in.size(0), I = x_in.size(1);
   at::Tensor x = x_in.contiguous(), hc = h.contiguous();

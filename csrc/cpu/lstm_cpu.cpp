@@ -1,9 +1,7 @@
 // LSTM on the CPU: a whole layer (forward and backward through time) and one inference step.
 //
-// Shapes: N rows of the flattened sequence (see schedule_cpu.h), B batch, H hidden, P = proj_size or H,
-// G = 4H gates in torch's order i, f, g, o.
-// saved (N, S), one row per sequence row, S = 6H + P (+ H with a projection):
-//   [gates i f g o (4H) | c_prev (H) | tanh(c) (H) | h_prev (P) | h before projection (H)]
+// Shapes: N rows of the flattened sequence (see ../schedule.h), B batch, H hidden, P = proj_size or H,
+// G = 4H gates in torch's order i, f, g, o; saved (N, S) as LstmLayout in ../layers.h.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -13,24 +11,15 @@
 #include <tuple>
 
 #include "../checks.h"
+#include "../layers.h"
 #include "fastcells/gate_math.h"
 #include "gemm_cpu.h"
 #include "matmul_cpu.h"
 #include "ops_cpu.h"
-#include "schedule_cpu.h"
+#include "../schedule.h"
 
 namespace fastcells::cpu {
 namespace {
-
-struct LstmLayout {
-  int64_t H, P;
-  bool proj;
-  int64_t c_prev() const { return 4 * H; }
-  int64_t tanh_c() const { return 5 * H; }
-  int64_t h_prev() const { return 6 * H; }
-  int64_t h_raw() const { return 6 * H + P; }
-  int64_t width() const { return 6 * H + P + (proj ? H : 0); }
-};
 
 // One row: pre-activations gx + gh, state update and, when kSave, what backward needs. No branch in
 // the loop, so it vectorizes.
@@ -162,34 +151,14 @@ void lstm_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, at::Tensor&
   }
 }
 
-void check_layer_args(const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& c0,
-                      const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr) {
-  FC_CHECK_DIM(gx, 2);
-  FC_CHECK_FLOATING(gx);
-  FC_CHECK_DIM(c0, 2);
-  const int64_t H = c0.size(1);
-  if (w_hr.has_value()) FC_CHECK_DIM((*w_hr), 2);
-  const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
-  TORCH_CHECK(gx.size(1) == 4 * H, "gx must have 4 * hidden_size = ", 4 * H, " columns, got ",
-              gx.size(1));
-  FC_CHECK_SHAPE(h0, c0.size(0), P);
-  FC_CHECK_SHAPE(w_hh, 4 * H, P);
-  FC_CHECK_LIKE(h0, gx);
-  FC_CHECK_LIKE(c0, gx);
-  FC_CHECK_LIKE(w_hh, gx);
-  if (w_hr.has_value()) {
-    FC_CHECK_SHAPE((*w_hr), P, H);  // (P was read from it: this checks its dims and H)
-    FC_CHECK_LIKE((*w_hr), gx);
-  }
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cpu(
     const at::Tensor& gx_in, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh_in,
     const c10::optional<at::Tensor>& w_hr_in, const at::Tensor& batch_sizes, bool reverse,
     bool training) {
-  check_layer_args(gx_in, h0, c0, w_hh_in, w_hr_in);
+  check_lstm_layer_fwd_args(gx_in, h0, c0, w_hh_in, w_hr_in);
+  FC_CHECK_FLOATING(gx_in);
   const LstmLayout L{c0.size(1), h0.size(1), w_hr_in.has_value()};
   const Schedule sched = make_schedule(batch_sizes, gx_in.size(0), h0.size(0));
   at::Tensor gx = gx_in.contiguous(), w_hh = w_hh_in.contiguous();
@@ -210,24 +179,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     const at::Tensor& dy_in, const at::Tensor& dhn, const at::Tensor& dcn,
     const at::Tensor& saved_in, const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& w_hr_in,
     const at::Tensor& batch_sizes, bool reverse) {
-  FC_CHECK_DIM(dy_in, 2);
-  FC_CHECK_DIM(dhn, 2);
-  FC_CHECK_DIM(dcn, 2);
+  const LstmLayout L = check_lstm_layer_bwd_args(dy_in, dhn, dcn, saved_in, w_hh_in, w_hr_in);
   FC_CHECK_FLOATING(dy_in);
-  const LstmLayout L{dcn.size(1), dhn.size(1), w_hr_in.has_value()};
   const int64_t N = dy_in.size(0), G = 4 * L.H;
-  FC_CHECK_SHAPE(dy_in, N, L.P);
-  FC_CHECK_SHAPE(dhn, dcn.size(0), L.P);
-  FC_CHECK_SHAPE(saved_in, N, L.width());
-  FC_CHECK_SHAPE(w_hh_in, G, L.P);
-  FC_CHECK_LIKE(dhn, dy_in);
-  FC_CHECK_LIKE(dcn, dy_in);
-  FC_CHECK_LIKE(saved_in, dy_in);
-  FC_CHECK_LIKE(w_hh_in, dy_in);
-  if (L.proj) {
-    FC_CHECK_SHAPE((*w_hr_in), L.P, L.H);
-    FC_CHECK_LIKE((*w_hr_in), dy_in);
-  }
   const Schedule sched = make_schedule(batch_sizes, N, dhn.size(0));
   at::Tensor dy = dy_in.contiguous(), saved = saved_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor w_hr = L.proj ? w_hr_in->contiguous() : at::Tensor();
@@ -239,10 +193,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     lstm_layer_bwd_impl<scalar_t>(dy, dh_state, dc_state, saved, w_hh, L.proj ? &w_hr : nullptr,
                                   sched, reverse, dgx, L.proj ? &dh_rows : nullptr, L);
   });
-  // Weight gradients: one GEMM each over all rows, after the time loop.
-  at::Tensor dw_hh = at::mm(dgx.t(), saved.narrow(1, L.h_prev(), L.P));
-  at::Tensor dw_hr = L.proj ? at::mm(dh_rows.t(), saved.narrow(1, L.h_raw(), L.H))
-                            : at::empty({0}, dy.options());
+  auto [dw_hh, dw_hr] = lstm_weight_grads(dgx, saved, dh_rows, L);
   return {dgx, dh_state, dc_state, dw_hh, dw_hr};
 }
 
@@ -250,6 +201,7 @@ std::tuple<at::Tensor, at::Tensor> lstm_step_fwd_cpu(
     const at::Tensor& x_in, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih_in,
     const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& b_ih,
     const c10::optional<at::Tensor>& b_hh) {
+  FC_CHECK_FLOATING(x_in);
   const int64_t H = check_step_args(x_in, h, w_ih_in, w_hh_in, b_ih, b_hh, 4);
   const int64_t B = x_in.size(0), I = x_in.size(1);
   FC_CHECK_SHAPE(c, B, H);

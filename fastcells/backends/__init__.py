@@ -9,14 +9,14 @@ order for the tensors' device, falling back to ``reference`` with one logged war
 import logging
 import os
 
-from . import cpu, reference, triton
+from . import cpu, cuda, reference, triton
 
 logger = logging.getLogger("fastcells")
 
-# Preference order (the cuda backend will come first). A backend with AUTO_DEVICE_TYPES is chosen by
+# Preference order. A backend with AUTO_DEVICE_TYPES is chosen by
 # "auto" only on those device types (the triton backend is usable on CPU tensors only through the slow
 # interpreter, for tests).
-_BACKENDS = {module.NAME: module for module in (cpu, triton, reference)}
+_BACKENDS = {module.NAME: module for module in (cuda, cpu, triton, reference)}
 NAMES = tuple(_BACKENDS)
 ENV_VAR = "FASTCELLS_BACKEND"
 

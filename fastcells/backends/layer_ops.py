@@ -1,11 +1,13 @@
 """Layer functions over a family of layer ops ``torch.ops.fastcells.{prefix}{lstm,gru,rnn}_layer_fwd``
-(the cpu backend's compiled ops, prefix "", and the triton backend's, prefix "triton_"): each asks
-its op to save what backward needs only when a gradient will be asked for.
+(the compiled ops of the cpu and cuda backends, prefix "", and the triton backend's, prefix
+"triton_"): each asks its op to save what backward needs only when a gradient will be asked for. And
+the cell step functions of the compiled backends.
 
 Shapes as in ``backends/reference.py``.
 """
 
 import torch
+import torch.nn.functional as F
 
 
 def needs_grad(*tensors):
@@ -48,3 +50,34 @@ def layer_functions(prefix):
         return y, hn
 
     return lstm_layer, gru_layer, rnn_layer
+
+
+def step_functions(step_op):
+    """(lstm_step, gru_step, rnn_step) of the compiled backends. ``step_op(name)`` gives the fused
+    inference step op ``name`` ("lstm_step_fwd", ...): both products, biases and gates in one call, the
+    streaming case. A step that needs gradients runs as a layer op over a one-step sequence, which has
+    autograd formulas (fastcells/ops.py)."""
+    ops = torch.ops.fastcells
+
+    def lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh):
+        if not needs_grad(x, h, c, w_ih, w_hh, b_ih, b_hh):
+            return step_op("lstm_step_fwd")(x, h, c, w_ih, w_hh, b_ih, b_hh)
+        gx = F.linear(x, w_ih, bias_sum(b_ih, b_hh))
+        _, hn, cn, _ = ops.lstm_layer_fwd(gx, h, c, w_hh, None, one_step(x.shape[0]), False, True)
+        return hn, cn
+
+    def gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
+        if not needs_grad(x, h, w_ih, w_hh, b_ih, b_hh):
+            return step_op("gru_step_fwd")(x, h, w_ih, w_hh, b_ih, b_hh)
+        gx = F.linear(x, w_ih, b_ih)
+        _, hn, _ = ops.gru_layer_fwd(gx, h, w_hh, b_hh, one_step(x.shape[0]), False, True)
+        return hn
+
+    def rnn_step(x, h, w_ih, w_hh, b_ih, b_hh, relu):
+        if not needs_grad(x, h, w_ih, w_hh, b_ih, b_hh):
+            return step_op("rnn_step_fwd")(x, h, w_ih, w_hh, b_ih, b_hh, relu)
+        gx = F.linear(x, w_ih, bias_sum(b_ih, b_hh))
+        _, hn, _ = ops.rnn_layer_fwd(gx, h, w_hh, one_step(x.shape[0]), relu, False, True)
+        return hn
+
+    return lstm_step, gru_step, rnn_step

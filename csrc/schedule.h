@@ -10,7 +10,7 @@
 
 #include <vector>
 
-namespace fastcells::cpu {
+namespace fastcells {
 
 struct Schedule {
   int64_t steps = 0;  // T
@@ -46,4 +46,4 @@ inline Schedule make_schedule(const at::Tensor& batch_sizes, int64_t rows, int64
   return s;
 }
 
-}  // namespace fastcells::cpu
+}  // namespace fastcells

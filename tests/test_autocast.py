@@ -1,0 +1,101 @@
+"""torch.autocast: fastcells computes in, and returns, the dtypes torch.nn would (CPU bfloat16 here; CUDA
+float16/bfloat16 on a GPU), its low-precision error bounded by a small multiple of the autocast dtype's
+rounding, against float64; gradients reach the float32 parameters; autocast stays as the caller set it.
+"""
+
+import logging
+
+import pytest
+import torch
+
+import fastcells
+from fastcells import autocast as fc_autocast
+
+from conftest import make_cell_twins, make_layer_twins
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+LAYERS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN_TANH", "rnn_relu": "RNN_RELU"}
+CELLS = {"lstm": "LSTMCell", "gru": "GRUCell", "rnn_tanh": "RNNCell"}
+
+
+def _autocast_dtypes(device):
+    return [torch.bfloat16] if device == "cpu" else [torch.float16, torch.bfloat16]
+
+
+def _outputs(result):
+    if isinstance(result, torch.Tensor):
+        return [result]
+    return [t for value in result for t in _outputs(value)]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_fallback(caplog):
+    """The cpu backend has no bfloat16 kernels: auto logs its fallback to reference once."""
+    caplog.set_level(logging.ERROR, logger="fastcells")
+
+
+def _case(family, kind, device):
+    twins = (make_layer_twins(kind, 4, 6, 2, dtype=torch.float32, device=device) if family == "layer"
+             else make_cell_twins(kind, 4, 6, dtype=torch.float32, device=device))
+    x = torch.randn((5, 3, 4) if family == "layer" else (3, 4), device=device)
+    expected_kind = LAYERS[kind] if family == "layer" else CELLS[kind]
+    return twins, x, expected_kind
+
+
+PARAMS = [("layer", kind) for kind in LAYERS] + [("cell", kind) for kind in CELLS]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("family,kind", PARAMS)
+def test_output_dtypes_and_error(family, kind, device):
+    (ref, fast), x, torch_kind = _case(family, kind, device)
+    for dtype in _autocast_dtypes(device):
+        with torch.autocast(device, dtype=dtype):
+            outs = _outputs(fast(x))
+            assert torch.is_autocast_enabled(device), "autocast must stay on for the caller"
+            expected = fc_autocast.compute_dtype(torch_kind, device, torch.float32)
+        torch_outs = None
+        try:  # torch.nn itself, where it runs (oneDNN's bf16 LSTM needs AVX-512 bf16 on the CPU)
+            with torch.autocast(device, dtype=dtype):
+                torch_outs = _outputs(ref(x))
+            expected = torch_outs[0].dtype
+        except RuntimeError:
+            pass
+        assert all(o.dtype == expected for o in outs), (torch_kind, [o.dtype for o in outs], expected)
+        reference = _outputs(ref.double()(x.double()))
+        ref.float()
+        error = lambda results: max((a.double() - b).abs().max().item()  # noqa: E731
+                                    for a, b in zip(results, reference, strict=True))
+        # Bounded by a small multiple of torch.nn's own error, or where torch.nn does not run, by a few
+        # dozen ulps of the dtype (inputs and weights rounded to it, rounding at every step).
+        bound = 4 * error(torch_outs) if torch_outs is not None else 32 * torch.finfo(expected).eps
+        bound = max(bound, 4 * torch.finfo(expected).eps)
+        assert error(outs) <= bound, (torch_kind, expected, error(outs), bound)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("family,kind", [("layer", "lstm"), ("layer", "rnn_tanh"), ("cell", "gru")])
+def test_gradients_reach_float32_parameters(family, kind, device):
+    (_, fast), x, _ = _case(family, kind, device)
+    with torch.autocast(device, dtype=_autocast_dtypes(device)[0]):
+        loss = sum(o.float().sum() for o in _outputs(fast(x)))
+    loss.backward()
+    for name, p in fast.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32, name
+        assert torch.isfinite(p.grad).all(), name
+
+
+def test_packed_sequence_under_autocast():
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    layer = fastcells.RNN(4, 6)
+    x = pack_padded_sequence(torch.randn(5, 3, 4), torch.tensor([5, 2, 4]), enforce_sorted=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, h = layer(x)
+    assert out.data.dtype == torch.bfloat16 and h.dtype == torch.bfloat16
+
+
+def test_without_autocast_nothing_is_cast():
+    layer = fastcells.GRU(4, 6)
+    out, h = layer(torch.randn(5, 3, 4))
+    assert out.dtype == h.dtype == torch.float32

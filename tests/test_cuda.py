@@ -1,0 +1,113 @@
+"""The cuda backend (csrc/cuda: cuBLAS GEMMs + fused pointwise kernels) on CUDA tensors, against torch.nn:
+parity forward and backward for every cell type in float64 and float32, packed sequences, odd sizes,
+cells, gradcheck, float16/bfloat16 error bounded by torch.nn's own, torch.compile and opcheck.
+
+Runs only where the extension was built with CUDA and a GPU is visible; everywhere else the module is
+skipped (the kernels are still compiled by `make cuda-check`, and the extension by .ci/cuda-build).
+"""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fastcells
+from conftest import (CELL_KINDS, LAYER_KINDS, assert_same_results, forward_backward,
+                      low_precision_errors, make_cell_twins, make_layer_twins, opcheck_lstm_layer_fwd,
+                      random_cell_states, random_layer_states)
+
+if "cuda" not in fastcells.available_backends("cuda"):
+    pytest.skip(f"the cuda backend is not usable here: {fastcells.backends.unusable_reason('cuda', 'cuda')}",
+                allow_module_level=True)
+
+DEVICE = "cuda"
+
+
+def _to_device(hx):
+    return tuple(h.to(DEVICE) for h in hx) if isinstance(hx, tuple) else hx.to(DEVICE)
+
+
+@pytest.mark.parametrize("kind", LAYER_KINDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_bidirectional_two_layers(kind, dtype):
+    ref, fast = make_layer_twins(kind, 5, 7, 2, bidirectional=True, dtype=dtype, backend="cuda",
+                                 device=DEVICE)
+    x = torch.randn(4, 3, 5, dtype=dtype, device=DEVICE)
+    hx = _to_device(random_layer_states(ref, 3, dtype))
+    assert_same_results(forward_backward(fast, x, hx), forward_backward(ref, x, hx), dtype)
+
+
+@pytest.mark.parametrize("kind", LAYER_KINDS)
+@pytest.mark.parametrize("lengths", [(4, 1, 3), (1,), (2, 2)])
+def test_packed_unsorted(kind, lengths):
+    dtype = torch.float64
+    ref, fast = make_layer_twins(kind, 3, 5, 1, bidirectional=True, dtype=dtype, backend="cuda",
+                                 device=DEVICE)
+    x = torch.randn(max(lengths), len(lengths), 3, dtype=dtype, device=DEVICE)
+    pack = lambda t: pack_padded_sequence(t, torch.tensor(lengths), enforce_sorted=False)  # noqa: E731
+    assert_same_results(forward_backward(fast, x, prepare=pack),
+                        forward_backward(ref, x, prepare=pack), dtype)
+
+
+@pytest.mark.parametrize("hidden", [1, 17, 300])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_odd_hidden_sizes_and_single_steps(kind, hidden):
+    dtype = torch.float32
+    ref, fast = make_layer_twins(kind, 3, hidden, 1, dtype=dtype, backend="cuda", device=DEVICE)
+    for steps, batch in ((1, 1), (5, 2)):
+        x = torch.randn(steps, batch, 3, dtype=dtype, device=DEVICE)
+        assert_same_results(forward_backward(fast, x), forward_backward(ref, x), dtype,
+                            atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("grad", [False, True])
+def test_cells(kind, grad):
+    dtype = torch.float64
+    ref, fast = make_cell_twins(kind, 4, 6, dtype=dtype, backend="cuda", device=DEVICE)
+    x = torch.randn(3, 4, dtype=dtype, device=DEVICE)
+    hx = _to_device(random_cell_states(ref, 3, dtype))
+    with torch.set_grad_enabled(grad):
+        assert_same_results(forward_backward(fast, x, hx, backward=grad),
+                            forward_backward(ref, x, hx, backward=grad), dtype)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "lstm_proj", "gru", "rnn_relu"])
+def test_gradcheck(kind):
+    layer = make_layer_twins(kind, 3, 4, 2, bidirectional=True, backend="cuda", device=DEVICE)[1]
+    x = torch.randn(3, 2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda inp: layer(inp)[0], (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_low_precision_error_bounded_by_torch_own(kind, dtype):
+    fast_error, torch_error = low_precision_errors(kind, dtype, "cuda", DEVICE)
+    assert fast_error <= max(4 * torch_error, 4 * torch.finfo(dtype).eps), (fast_error, torch_error)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
+def test_compile_fullgraph(kind):
+    dtype = torch.float32
+    ref, fast = make_layer_twins(kind, 4, 6, 2, bidirectional=True, dtype=dtype, backend="cuda",
+                                 device=DEVICE)
+    compiled = torch.compile(fast, fullgraph=True)
+    x = torch.randn(3, 2, 4, dtype=dtype, device=DEVICE)
+    got = forward_backward(compiled, x)
+    got["grad_params"] = {name.removeprefix("_orig_mod."): grad
+                          for name, grad in got["grad_params"].items()}
+    assert_same_results(got, forward_backward(ref, x), dtype, atol=1e-4, rtol=1e-4)
+
+
+def test_ops_pass_opcheck():
+    opcheck_lstm_layer_fwd(torch.ops.fastcells.lstm_layer_fwd, DEVICE)
+
+
+def test_bad_arguments_raise_instead_of_crashing():
+    h = torch.randn(2, 4, device=DEVICE)
+    with pytest.raises(RuntimeError, match="must be float32, float64, float16 or bfloat16"):
+        torch.ops.fastcells.rnn_layer_fwd(torch.ones(6, 4, dtype=torch.int32, device=DEVICE),
+                                          h.int(), torch.ones(4, 4, dtype=torch.int32, device=DEVICE),
+                                          torch.full((3,), 2), False, False, False)
+    with pytest.raises(RuntimeError, match="w_hh must be on"):
+        torch.ops.fastcells.rnn_layer_fwd(torch.randn(6, 4, device=DEVICE), h, torch.randn(4, 4),
+                                          torch.full((3,), 2), False, False, False)

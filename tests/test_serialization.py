@@ -1,0 +1,127 @@
+"""Serialization and module plumbing, for every module and backend: copy.deepcopy, pickle,
+torch.save/torch.load of whole modules and of state_dicts (both ways with torch.nn), .to(dtype),
+.double(), .half(), .train()/.eval(), flatten_parameters() and repr."""
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import fastcells
+
+from conftest import CELL_KINDS, LAYER_KINDS, make_cell_twins, make_layer_twins
+
+ALL_KINDS = [("layer", kind) for kind in LAYER_KINDS] + [("cell", kind) for kind in CELL_KINDS]
+
+
+def _twins(family, kind, backend, **kwargs):
+    if family == "layer":
+        return make_layer_twins(kind, 3, 4, 2, bidirectional=True, backend=backend, **kwargs)
+    return make_cell_twins(kind, 3, 4, backend=backend, **kwargs)
+
+
+def _input(family, dtype=torch.float64):
+    shape = (5, 2, 3) if family == "layer" else (2, 3)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+
+
+def _flat(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for value in out for t in _flat(value)]
+
+
+def _assert_same_outputs(a, b, x):
+    with torch.no_grad():
+        for got, expected in zip(_flat(a(x)), _flat(b(x)), strict=True):
+            assert torch.equal(got, expected)
+
+
+def _torch_roundtrip(obj):
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.parametrize("family,kind", ALL_KINDS)
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+def test_whole_module_copies(family, kind, how, backend):
+    fast = _twins(family, kind, backend)[1]
+    clone = {"deepcopy": copy.deepcopy,
+             "pickle": lambda m: pickle.loads(pickle.dumps(m)),
+             "torch.save": _torch_roundtrip}[how](fast)
+    assert type(clone) is type(fast) and clone.backend == backend
+    assert all(a is not b for a, b in zip(clone.parameters(), fast.parameters()))
+    _assert_same_outputs(clone, fast, _input(family))
+
+
+@pytest.mark.parametrize("family,kind", ALL_KINDS)
+def test_state_dict_through_torch_save_both_ways(family, kind, backend):
+    ref, fast = _twins(family, kind, backend, seed=1)
+    other_ref, other_fast = _twins(family, kind, backend, seed=2)  # different weights
+    other_fast.load_state_dict(_torch_roundtrip(ref.state_dict()))
+    other_ref.load_state_dict(_torch_roundtrip(fast.state_dict()))
+    x = _input(family)
+    with torch.no_grad():
+        for a, b in zip(_flat(other_fast(x)), _flat(other_ref(x)), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("family,kind", ALL_KINDS)
+def test_dtype_conversions_follow_torch(family, kind, backend):
+    ref, fast = _twins(family, kind, backend)
+    for convert in (lambda m: m.float(), lambda m: m.to(torch.float64), lambda m: m.double(),
+                    lambda m: m.half(), lambda m: m.to(dtype=torch.bfloat16)):
+        convert(ref)
+        convert(fast)
+        assert [p.dtype for p in fast.parameters()] == [p.dtype for p in ref.parameters()]
+        if family == "layer":  # the flat weight list the kernels read follows too
+            assert all(w.dtype == p.dtype for w, p in zip(fast._flat_weights, fast.parameters()))
+    fast.double()
+    ref.double()
+    x = _input(family)
+    with torch.no_grad():
+        for a, b in zip(_flat(fast(x)), _flat(ref(x)), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+
+
+def test_train_eval_switches_dropout(backend):
+    fast = fastcells.LSTM(3, 4, 3, dropout=0.5, dtype=torch.float64, backend=backend)
+    x = _input("layer")
+    fast.eval()
+    assert not fast.training
+    _assert_same_outputs(fast, fast, x)  # deterministic in eval mode
+    fast.train()
+    torch.manual_seed(0)
+    first = fast(x)[0]
+    torch.manual_seed(1)
+    second = fast(x)[0]
+    assert not torch.equal(first, second), "dropout between layers is off in training mode"
+
+
+@pytest.mark.parametrize("kind", LAYER_KINDS)
+def test_flatten_parameters_is_a_harmless_no_op(kind, backend):
+    ref, fast = _twins("layer", kind, backend)
+    before = [p.detach().clone() for p in fast.parameters()]
+    params = list(fast.parameters())
+    assert fast.flatten_parameters() is None
+    assert all(a is b for a, b in zip(params, fast.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, fast.parameters()))
+    _assert_same_outputs(fast, copy.deepcopy(fast), _input("layer"))
+
+
+@pytest.mark.parametrize("family,kind", ALL_KINDS)
+def test_repr_is_torch_repr_plus_backend(family, kind, backend):
+    ref, fast = _twins(family, kind, backend)
+    torch_text, our_text = repr(ref), repr(fast)
+    assert our_text == torch_text[:-1] + f", backend={backend!r})"
+
+
+def test_repr_inside_a_model_is_readable():
+    model = nn.Sequential(nn.Linear(3, 3), nn.GRU(3, 4))
+    fastcells.convert(model, backend="reference")
+    assert "GRU(3, 4, backend='reference')" in repr(model)
