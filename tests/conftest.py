@@ -49,6 +49,19 @@ def backend(request):
     return request.param
 
 
+# (device, backend): every backend on CPU tensors, and on a machine with a GPU every fused backend on
+# CUDA tensors too (the GPU variants of the device-independent suites; absent without a GPU).
+DEVICE_BACKENDS = [("cpu", name) for name in BACKENDS] + (
+    [("cuda", name) for name in fastcells.available_backends("cuda") if name != "reference"]
+    if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICE_BACKENDS, ids=[f"{d}-{b}" for d, b in DEVICE_BACKENDS])
+def device_backend(request):
+    """(device, backend) pairs: see DEVICE_BACKENDS."""
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _no_backend_env(monkeypatch):
     """Tests choose backends explicitly; a FASTCELLS_BACKEND in the caller's shell must not leak in."""

@@ -43,11 +43,12 @@ def _fastcells_ops(program):
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_export_layer_model(kind, backend):
+def test_export_layer_model(kind, device_backend):
+    device, backend = device_backend
     layer = make_layer_twins(kind, 3, 4, 1, bidirectional=True, dtype=torch.float32,
-                             backend=backend)[1]
-    model = Tagger(layer).eval()
-    x = torch.randn(5, 2, 3)
+                             backend=backend, device=device)[1]
+    model = Tagger(layer).to(device).eval()
+    x = torch.randn(5, 2, 3, device=device)
     program = torch.export.export(model, (x,))
     if backend != "reference":
         assert _fastcells_ops(program), "the exported graph lost the fastcells ops"
@@ -55,27 +56,30 @@ def test_export_layer_model(kind, backend):
         torch.testing.assert_close(program.module()(x), model(x), atol=1e-6, rtol=1e-6)
 
 
-def test_export_with_dynamic_batch_and_length(backend):
+def test_export_with_dynamic_batch_and_length(device_backend):
     """The fused backends run the time loop inside one op per layer, so the exported program takes any
     length; the reference backend's loop is Python, unrolled by export, so its length stays fixed."""
+    device, backend = device_backend
     layer = make_layer_twins("lstm", 3, 4, 2, bidirectional=True, dtype=torch.float32,
-                             backend=backend)[1]
-    model = Tagger(layer).eval()
+                             backend=backend, device=device)[1]
+    model = Tagger(layer).to(device).eval()
     batch = torch.export.Dim("batch", min=2, max=64)
     steps = torch.export.Dim("steps", min=2, max=64) if backend != "reference" else None
-    program = torch.export.export(model, (torch.randn(5, 3, 3),),
+    program = torch.export.export(model, (torch.randn(5, 3, 3, device=device),),
                                   dynamic_shapes=({0: steps, 1: batch},))
-    x = torch.randn(9 if steps is not None else 5, 4, 3)
+    x = torch.randn(9 if steps is not None else 5, 4, 3, device=device)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), model(x), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
-def test_export_cell_model(kind, backend):
-    cell = make_cell_twins(kind, 3, 4, dtype=torch.float32, backend=backend)[1]
+def test_export_cell_model(kind, device_backend):
+    device, backend = device_backend
+    cell = make_cell_twins(kind, 3, 4, dtype=torch.float32, backend=backend, device=device)[1]
     model = StreamingCell(cell).eval()
-    x = torch.randn(2, 3)
-    h = (torch.randn(2, 4), torch.randn(2, 4)) if kind == "lstm" else torch.randn(2, 4)
+    x = torch.randn(2, 3, device=device)
+    state = lambda: torch.randn(2, 4, device=device)  # noqa: E731
+    h = (state(), state()) if kind == "lstm" else state()
     program = torch.export.export(model, (x, h))
     with torch.no_grad():
         for got, expected in zip(_flat(program.module()(x, h)), _flat(model(x, h)), strict=True):

@@ -10,6 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from conftest import assert_same_results, forward_backward, make_layer_twins
 
 # Few examples through Triton's CPU interpreter (~3.5 ms per program instance); more elsewhere.
+# (Each backend on CPU tensors, and on a GPU machine each fused backend on CUDA tensors too.)
 EXAMPLES = {"triton": 8}
 DEFAULT_EXAMPLES = 40
 
@@ -37,20 +38,20 @@ def configurations(draw):
     return config
 
 
-def _check(config, backend):
+def _check(config, backend, device):
     kwargs = {key: config[key] for key in ("num_layers", "bidirectional", "batch_first", "bias")}
     if config["proj_size"]:
         kwargs["proj_size"] = config["proj_size"]
     ref, fast = make_layer_twins(config["kind"], config["input_size"], config["hidden_size"],
-                                 backend=backend, seed=config["seed"], **kwargs)
+                                 backend=backend, seed=config["seed"], device=device, **kwargs)
     gen = torch.Generator().manual_seed(config["seed"])
     steps, batch = config["steps"], config["batch"]
     prepare = None
     if config["input"] == "unbatched":
-        x = torch.randn(steps, config["input_size"], generator=gen, dtype=torch.float64)
+        x = torch.randn(steps, config["input_size"], generator=gen, dtype=torch.float64).to(device)
     else:
         shape = (batch, steps) if config["batch_first"] else (steps, batch)
-        x = torch.randn(*shape, config["input_size"], generator=gen, dtype=torch.float64)
+        x = torch.randn(*shape, config["input_size"], generator=gen, dtype=torch.float64).to(device)
         if config["input"] == "packed":
             lengths = torch.tensor(config["lengths"])
             prepare = lambda t: pack_padded_sequence(  # noqa: E731
@@ -59,11 +60,14 @@ def _check(config, backend):
                         forward_backward(ref, x, prepare=prepare), torch.float64)
 
 
-def test_random_configurations_match_torch(backend):
-    @settings(max_examples=EXAMPLES.get(backend, DEFAULT_EXAMPLES), deadline=None, derandomize=True,
+def test_random_configurations_match_torch(device_backend):
+    device, backend = device_backend
+    examples = EXAMPLES.get(backend, DEFAULT_EXAMPLES) if device == "cpu" else DEFAULT_EXAMPLES
+
+    @settings(max_examples=examples, deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow], database=None)
     @given(configurations())
     def run(config):
-        _check(config, backend)
+        _check(config, backend, device)
 
     run()

@@ -23,9 +23,9 @@ def _twins(family, kind, backend, **kwargs):
     return make_cell_twins(kind, 3, 4, backend=backend, **kwargs)
 
 
-def _input(family, dtype=torch.float64):
+def _input(family, dtype=torch.float64, device="cpu"):
     shape = (5, 2, 3) if family == "layer" else (2, 3)
-    return torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=dtype).to(device)
 
 
 def _flat(out):
@@ -49,14 +49,16 @@ def _torch_roundtrip(obj):
 
 @pytest.mark.parametrize("family,kind", ALL_KINDS)
 @pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
-def test_whole_module_copies(family, kind, how, backend):
-    fast = _twins(family, kind, backend)[1]
+def test_whole_module_copies(family, kind, how, device_backend):
+    device, backend = device_backend
+    fast = _twins(family, kind, backend, device=device)[1]
     clone = {"deepcopy": copy.deepcopy,
              "pickle": lambda m: pickle.loads(pickle.dumps(m)),
              "torch.save": _torch_roundtrip}[how](fast)
     assert type(clone) is type(fast) and clone.backend == backend
     assert all(a is not b for a, b in zip(clone.parameters(), fast.parameters()))
-    _assert_same_outputs(clone, fast, _input(family))
+    assert all(p.device == q.device for p, q in zip(clone.parameters(), fast.parameters()))
+    _assert_same_outputs(clone, fast, _input(family, device=device))
 
 
 @pytest.mark.parametrize("family,kind", ALL_KINDS)

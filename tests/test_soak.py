@@ -21,25 +21,33 @@ def _resident_bytes():
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _skip_interpreted_triton(backend):
-    if backend == "triton":
+def _gpu_bytes(device):
+    """Bytes the CUDA caching allocator has handed out (0 for CPU runs)."""
+    return torch.cuda.memory_allocated() if device == "cuda" else 0
+
+
+def _skip_interpreted_triton(backend, device="cpu"):
+    if backend == "triton" and device == "cpu":
         pytest.skip("through Triton's CPU interpreter this many steps take hours; runs on a GPU")
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_streaming_steps_keep_memory_flat(kind, backend):
-    _skip_interpreted_triton(backend)
-    cell = make_cell_twins(kind, 8, 16, dtype=torch.float32, backend=backend)[1]
-    x = torch.randn(1, 8)
-    state = (torch.zeros(1, 16), torch.zeros(1, 16)) if kind == "lstm" else torch.zeros(1, 16)
+def test_streaming_steps_keep_memory_flat(kind, device_backend):
+    device, backend = device_backend
+    _skip_interpreted_triton(backend, device)
+    cell = make_cell_twins(kind, 8, 16, dtype=torch.float32, backend=backend, device=device)[1]
+    x = torch.randn(1, 8, device=device)
+    zeros = lambda: torch.zeros(1, 16, device=device)  # noqa: E731
+    state = (zeros(), zeros()) if kind == "lstm" else zeros()
     with torch.inference_mode():
         for _ in range(5_000):  # warm-up: allocator pools and caches reach their steady size
             state = cell(x, state)
-        before = _resident_bytes()
+        before, before_gpu = _resident_bytes(), _gpu_bytes(device)
         for _ in range(STREAM_STEPS):
             state = cell(x, state)
         growth = _resident_bytes() - before
+        assert _gpu_bytes(device) == before_gpu, "GPU memory allocated grew over the steps"
     # A leak of even 20 bytes per step would show as 2 MB.
     assert growth < 2 * 2**20, f"resident memory grew {growth / 2**20:.1f} MiB over {STREAM_STEPS} steps"
     first = state[0] if kind == "lstm" else state
@@ -47,10 +55,11 @@ def test_streaming_steps_keep_memory_flat(kind, backend):
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_ten_thousand_steps_forward_and_backward(kind, backend):
-    _skip_interpreted_triton(backend)
-    ref, fast = make_layer_twins(kind, 3, 8, 1, dtype=torch.float64, backend=backend)
-    x = torch.randn(LONG_T, 2, 3, dtype=torch.float64)
+def test_ten_thousand_steps_forward_and_backward(kind, device_backend):
+    device, backend = device_backend
+    _skip_interpreted_triton(backend, device)
+    ref, fast = make_layer_twins(kind, 3, 8, 1, dtype=torch.float64, backend=backend, device=device)
+    x = torch.randn(LONG_T, 2, 3, dtype=torch.float64, device=device)
     results = []
     for module in (fast, ref):
         leaf = x.clone().requires_grad_()

@@ -18,9 +18,9 @@ THREADS = 8
 CALLS_PER_THREAD = 4
 
 
-def _inputs(count, shape, seed=0):
+def _inputs(count, shape, device, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=gen) for _ in range(count)]
+    return [torch.randn(shape, generator=gen).to(device) for _ in range(count)]
 
 
 def _outputs(module, x):
@@ -42,20 +42,22 @@ def _assert_concurrent_equals_sequential(module, inputs):
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_shared_layer_concurrent_forward(kind, backend):
-    if backend == "triton":
+def test_shared_layer_concurrent_forward(kind, device_backend):
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
         pytest.skip("concurrent launches fail in the Triton interpreter (it patches triton.language per launch)")
     module = make_layer_twins(kind, 6, 16, 2, bidirectional=True, dtype=torch.float32,
-                              backend=backend)[1]
-    _assert_concurrent_equals_sequential(module, _inputs(THREADS * CALLS_PER_THREAD, (7, 5, 6)))
+                              backend=backend, device=device)[1]
+    _assert_concurrent_equals_sequential(module, _inputs(THREADS * CALLS_PER_THREAD, (7, 5, 6), device))
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
-def test_shared_cell_concurrent_streaming(kind, backend):
-    if backend == "triton":
+def test_shared_cell_concurrent_streaming(kind, device_backend):
+    device, backend = device_backend
+    if backend == "triton" and device == "cpu":
         pytest.skip("concurrent launches fail in the Triton interpreter (it patches triton.language per launch)")
-    module = make_cell_twins(kind, 6, 32, dtype=torch.float32, backend=backend)[1]
-    _assert_concurrent_equals_sequential(module, _inputs(THREADS * CALLS_PER_THREAD, (1, 6)))
+    module = make_cell_twins(kind, 6, 32, dtype=torch.float32, backend=backend, device=device)[1]
+    _assert_concurrent_equals_sequential(module, _inputs(THREADS * CALLS_PER_THREAD, (1, 6), device))
 
 
 def _longest_pause_while(call):
