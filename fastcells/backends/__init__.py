@@ -13,9 +13,9 @@ from . import cpu, cuda, reference, triton
 
 logger = logging.getLogger("fastcells")
 
-# Preference order. A backend with AUTO_DEVICE_TYPES is chosen by
-# "auto" only on those device types (the triton backend is usable on CPU tensors only through the slow
-# interpreter, for tests).
+# Preference order: cuda (CUDA tensors), cpu (CPU tensors), triton, reference. A backend with
+# AUTO_DEVICE_TYPES is chosen by "auto" only on those device types (the triton backend is usable on CPU
+# tensors only through the slow interpreter, for tests).
 _BACKENDS = {module.NAME: module for module in (cuda, cpu, triton, reference)}
 NAMES = tuple(_BACKENDS)
 ENV_VAR = "FASTCELLS_BACKEND"

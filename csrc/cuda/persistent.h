@@ -1,0 +1,38 @@
+// Launcher of the persistent LSTM forward kernel of persistent.cu: one cooperative launch runs all T
+// steps of one layer and direction (inference, no projection, the same batch at every step).
+//
+// Each block owns a slice of the hidden units, keeps the four gates' rows of W_hh for that slice in
+// shared memory for the whole sequence, and meets the other blocks at a grid-wide barrier once per step
+// (the new h of every unit is needed by every block). State is float32 throughout. Framework-free like
+// pointwise.h. NOT YET RUN ON A GPU: the glue uses it only when FASTCELLS_CUDA_PERSISTENT=1.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "pointwise.h"
+
+namespace fastcells::cuda {
+
+struct LstmSequenceFwd {
+  const void* gx;    // (T * B, 4H) input projections with both biases, rows of step t at t * B
+  const void* w_hh;  // (4H, H)
+  const void* h0;    // (B, H)
+  const void* c0;    // (B, H)
+  void* y;           // (T * B, H) out
+  void* hn;          // (B, H) out
+  void* cn;          // (B, H) out
+  float* h_buffers;  // (2, B, H) float32 scratch: h of the previous and of the current step
+  int64_t steps, batch, H;
+  bool reverse;
+};
+
+// Whether the persistent kernel can run this shape in `dtype` on the current device (enough shared
+// memory for a block's W_hh slice, and every block resident at once, as a grid barrier needs).
+bool lstm_sequence_fwd_fits(DType dtype, int64_t batch, int64_t H);
+
+// Launches the kernel; returns the launch's error.
+cudaError_t lstm_sequence_fwd(DType dtype, const LstmSequenceFwd& args, cudaStream_t stream);
+
+}  // namespace fastcells::cuda
