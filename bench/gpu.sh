@@ -32,6 +32,9 @@ step info info.txt "$PY" -m fastcells info
 step tests tests.log "$PY" -m pytest tests -q -p no:cacheprovider --junit-xml "$DIR/tests.xml"
 step check check.txt "$PY" -m fastcells check --device cuda --junit-xml "$DIR/check.xml"
 step bench bench.log "$PY" -m fastcells bench --device cuda --out "$DIR" --no-progress
+# The cuda backend's persistent LSTM kernel is opt-in until measured: the LSTM cases again with it on.
+step bench-persistent bench-persistent.log env FASTCELLS_CUDA_PERSISTENT=1 \
+    "$PY" -m fastcells bench --device cuda --cells lstm --modes inference --out "$DIR/persistent" --no-progress
 
 echo "== results in $DIR"
 if ((${#failed[@]})); then

@@ -98,6 +98,21 @@ def test_compile_fullgraph(kind):
     assert_same_results(got, forward_backward(ref, x), dtype, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("hidden", [5, 17, 300])
+def test_persistent_lstm_inference(dtype, hidden, monkeypatch):
+    """The opt-in persistent kernel (FASTCELLS_CUDA_PERSISTENT=1; inference, no projection, full batch
+    at every step) against torch.nn, both directions."""
+    monkeypatch.setenv("FASTCELLS_CUDA_PERSISTENT", "1")
+    ref, fast = make_layer_twins("lstm", 6, hidden, 2, bidirectional=True, dtype=dtype, backend="cuda",
+                                 device=DEVICE)
+    x = torch.randn(7, 3, 6, dtype=dtype, device=DEVICE)
+    hx = _to_device(random_layer_states(ref, 3, dtype))
+    with torch.no_grad():
+        assert_same_results(forward_backward(fast, x, hx, backward=False),
+                            forward_backward(ref, x, hx, backward=False), dtype, atol=1e-5, rtol=1e-5)
+
+
 def test_ops_pass_opcheck():
     opcheck_lstm_layer_fwd(torch.ops.fastcells.lstm_layer_fwd, DEVICE)
 

@@ -10,11 +10,15 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <tuple>
 
 #include "../checks.h"
 #include "../layers.h"
 #include "../schedule.h"
+#include "persistent.h"
 #include "pointwise.h"
 
 namespace fastcells::cuda {
@@ -44,6 +48,18 @@ cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(
 
 at::Tensor one_step(int64_t batch) { return at::full({1}, batch, at::kLong); }
 
+// The persistent kernel (persistent.cu) is opt-in until it has run on a GPU: FASTCELLS_CUDA_PERSISTENT=1.
+bool persistent_requested() {
+  const char* value = std::getenv("FASTCELLS_CUDA_PERSISTENT");
+  return value != nullptr && std::strcmp(value, "1") == 0;
+}
+
+// Whether every step has the whole batch (padded input, or a packed one of equal lengths).
+bool full_batch_every_step(const Schedule& sched) {
+  return std::all_of(sched.sizes.begin(), sched.sizes.end(),
+                     [&](int64_t size) { return size == sched.batch; });
+}
+
 // b_ih + b_hh, or whichever is given, or none: the bias of an LSTM or RNN input projection.
 c10::optional<at::Tensor> summed_bias(const c10::optional<at::Tensor>& b_ih,
                                       const c10::optional<at::Tensor>& b_hh) {
@@ -69,6 +85,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cuda(
   at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
   at::Tensor y = at::empty({N, L.P}, gx.options());
   at::Tensor saved = training ? at::empty({N, L.width()}, gx.options()) : at::empty({0}, gx.options());
+  if (!training && !L.proj && sched.steps > 0 && persistent_requested() &&
+      full_batch_every_step(sched) && lstm_sequence_fwd_fits(dtype, B, L.H)) {
+    // One launch for the whole sequence; h_state and c_state hold h0 and c0 in and hn and cn out.
+    at::Tensor buffers = at::empty(
+        {2, B, L.H}, gx.options().dtype(gx.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+    const LstmSequenceFwd args{gx.data_ptr(),      w_hh.data_ptr(),    h_state.data_ptr(),
+                               c_state.data_ptr(), y.data_ptr(),       h_state.data_ptr(),
+                               c_state.data_ptr(), buffers.data_ptr(), sched.steps,
+                               B,                  L.H,                reverse};
+    C10_CUDA_CHECK(lstm_sequence_fwd(dtype, args, current_stream()));
+    return {y, h_state, c_state, saved};
+  }
   at::Tensor gh = at::empty({B, 4 * L.H}, gx.options());
   at::Tensor h_raw = L.proj ? at::empty({B, L.H}, gx.options()) : at::Tensor();
   for (int64_t s = 0; s < sched.steps; ++s) {

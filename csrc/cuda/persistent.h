@@ -3,7 +3,7 @@
 //
 // Each block owns a slice of the hidden units, keeps the four gates' rows of W_hh for that slice in
 // shared memory for the whole sequence, and meets the other blocks at a grid-wide barrier once per step
-// (the new h of every unit is needed by every block). State is float32 throughout. Framework-free like
+// (the new h of every unit is needed by every block). State is kept in float32 (float64 for float64). Framework-free like
 // pointwise.h. NOT YET RUN ON A GPU: the glue uses it only when FASTCELLS_CUDA_PERSISTENT=1.
 #pragma once
 
@@ -23,7 +23,8 @@ struct LstmSequenceFwd {
   void* y;           // (T * B, H) out
   void* hn;          // (B, H) out
   void* cn;          // (B, H) out
-  float* h_buffers;  // (2, B, H) float32 scratch: h of the previous and of the current step
+  void* h_buffers;   // (2, B, H) scratch in the math type (float64 for float64, else float32): h of
+                     // the previous and of the current step
   int64_t steps, batch, H;
   bool reverse;
 };
