@@ -16,6 +16,17 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import autocast, backends, functional
 
+_NOT_SCRIPTABLE = (
+    "torch.jit.script cannot compile fastcells.{name}: its forward picks a backend and calls "
+    "torch.library ops, which TorchScript does not parse. Use torch.export.export or torch.compile "
+    "(both keep the fused ops), or script torch.nn.{name} with this module's state_dict loaded.")
+
+
+def _refuse_scripting(module):
+    """torch.jit.script calls this first: a message that says what to do, instead of TorchScript's."""
+    raise RuntimeError(_NOT_SCRIPTABLE.format(name=type(module).__name__))
+
+
 _INPUT_DIM_MESSAGE = {
     "LSTM": "LSTM: Expected input to be 2D or 3D, got {}D instead",
     "GRU": "GRU: Expected input to be 2D or 3D, got {}D instead",
@@ -46,6 +57,8 @@ class _FusedRNNBase(nn.RNNBase):
     def extra_repr(self):
         text = super().extra_repr()
         return text if self.backend == "auto" else f"{text}, backend={self.backend!r}"
+
+    __prepare_scriptable__ = _refuse_scripting
 
     def flatten_parameters(self):
         """A no-op: fastcells kernels read the parameters where they are (no cuDNN weight buffer)."""
@@ -233,6 +246,8 @@ def _check_cell_args(input, states, input_size, hidden_size, weight):
 class _FusedCellMixin:
     """What the three cells share. Each defines ``_KIND`` (its torch.nn class name) and
     ``_forward(input, hx, weights)``."""
+
+    __prepare_scriptable__ = _refuse_scripting
 
     def _init_backend(self, backend):
         self.backend = backends.check_name(backend)

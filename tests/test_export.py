@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+import fastcells
+
 from conftest import make_cell_twins, make_layer_twins
 
 
@@ -84,3 +86,12 @@ def test_export_cell_model(kind, device_backend):
     with torch.no_grad():
         for got, expected in zip(_flat(program.module()(x, h)), _flat(model(x, h)), strict=True):
             torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("make", [lambda: fastcells.LSTM(3, 4), lambda: fastcells.GRUCell(3, 4)])
+def test_torchscript_refusal_says_what_to_do(make):
+    """TorchScript cannot parse our forward; its refusal names the exporters that work."""
+    module = make()
+    with pytest.raises(RuntimeError, match="torch.export.export or torch.compile") as error:
+        torch.jit.script(module)
+    assert type(module).__name__ in str(error.value)
