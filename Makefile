@@ -1,6 +1,6 @@
 # Two commands do all set-up from a fresh clone:
 #   make test    create .venv if missing, build fastcells._C, run the whole test suite
-#   make bench   the same set-up, then the quick CPU benchmark report (python -m fastcells bench --quick)
+#   make bench   the same set-up, then the quick CPU benchmark report into bench/results/local/cpu
 #   make cuda-check  compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90, warnings as errors
 #                (part of make test; skipped with a message where nvcc is missing)
 #   make gpu     on a GPU machine with a preinstalled CUDA torch: build, tests, check, full GPU
@@ -50,8 +50,10 @@ cuda-check:
 	  echo "cuda-check: skipped (nvcc not found; the CUDA kernels are not compiled here)"; \
 	fi
 
+# Into bench/results/local/ (not tracked), so a run never rewrites a committed report; to refresh one,
+# run python -m fastcells bench --quick --device cpu --out bench/results/<name>.
 bench: $(BUILD_STAMP)
-	$(PY) -m fastcells bench --quick --device cpu
+	$(PY) -m fastcells bench --quick --device cpu --out bench/results/local/cpu
 
 gpu:
 	PYTHON=$(PYTHON) bash bench/gpu.sh $(RESULTS)
