@@ -105,16 +105,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cuda(
     if (bs == 0) continue;
     at::Tensor h_rows = h_state.narrow(0, 0, bs), gh_rows = gh.narrow(0, 0, bs);
     at::mm_out(gh_rows, h_rows, w_hh.t());
-    if (training) saved.narrow(0, row0, bs).narrow(1, L.h_prev(), L.P).copy_(h_rows);
+    // Without a projection the kernel also writes y and saved h_prev; with one, h is P wide: copies.
+    if (training && L.proj) saved.narrow(0, row0, bs).narrow(1, L.h_prev(), L.P).copy_(h_rows);
     at::Tensor h_out = L.proj ? h_raw.narrow(0, 0, bs) : h_rows;
-    const LstmStepFwd args{row_ptr(gx, row0), gh.data_ptr(), c_state.data_ptr(), h_out.data_ptr(),
-                           training ? row_ptr(saved, row0) : nullptr, L.width(), bs, L.H};
+    const LstmStepFwd args{row_ptr(gx, row0),
+                           gh.data_ptr(),
+                           c_state.data_ptr(),
+                           h_out.data_ptr(),
+                           L.proj ? nullptr : row_ptr(y, row0),
+                           training ? row_ptr(saved, row0) : nullptr,
+                           L.width(),
+                           bs,
+                           L.H};
     C10_CUDA_CHECK(lstm_step_fwd(dtype, args, current_stream()));
     if (L.proj) {
       at::mm_out(h_rows, h_out, w_hr.t());
       if (training) saved.narrow(0, row0, bs).narrow(1, L.h_raw(), L.H).copy_(h_out);
+      y.narrow(0, row0, bs).copy_(h_rows);
     }
-    y.narrow(0, row0, bs).copy_(h_rows);
   }
   return {y, h_state, c_state, saved};
 }
@@ -180,10 +188,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd_cuda(
     if (bs == 0) continue;
     at::Tensor h_rows = h_state.narrow(0, 0, bs), gh_rows = gh.narrow(0, 0, bs);
     at::mm_out(gh_rows, h_rows, w_hh.t());
-    const GruStepFwd args{row_ptr(gx, row0), gh.data_ptr(), row_ptr(b_hh, 0), h_state.data_ptr(),
-                          training ? row_ptr(saved, row0) : nullptr, bs, H};
+    const GruStepFwd args{row_ptr(gx, row0), gh.data_ptr(),    row_ptr(b_hh, 0),
+                          h_state.data_ptr(), row_ptr(y, row0), training ? row_ptr(saved, row0) : nullptr,
+                          bs,                 H};
     C10_CUDA_CHECK(gru_step_fwd(dtype, args, current_stream()));
-    y.narrow(0, row0, bs).copy_(h_rows);
   }
   return {y, h_state, saved};
 }
@@ -234,10 +242,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_fwd_cuda(
     if (bs == 0) continue;
     at::Tensor h_rows = h_state.narrow(0, 0, bs), gh_rows = gh.narrow(0, 0, bs);
     at::mm_out(gh_rows, h_rows, w_hh.t());
-    const RnnStepFwd args{row_ptr(gx, row0), gh.data_ptr(), h_state.data_ptr(),
+    const RnnStepFwd args{row_ptr(gx, row0), gh.data_ptr(), h_state.data_ptr(), row_ptr(y, row0),
                           training ? row_ptr(saved, row0) : nullptr, bs, H, relu};
     C10_CUDA_CHECK(rnn_step_fwd(dtype, args, current_stream()));
-    y.narrow(0, row0, bs).copy_(h_rows);
   }
   return {y, h_state, saved};
 }

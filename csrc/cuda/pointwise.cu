@@ -41,9 +41,11 @@ __global__ void lstm_fwd_kernel(LstmStepFwd a) {
       store<T>(a.saved, s + 3 * H, u.o);
       store<T>(a.saved, s + 4 * H, c_prev);
       store<T>(a.saved, s + 5 * H, u.tanh_c);
+      if (a.y != nullptr) store<T>(a.saved, s + 6 * H, load<T>(a.h, unit));  // h_prev, before overwrite
     }
     store<T>(a.c, unit, u.c);
     store<T>(a.h, unit, u.h);
+    if (a.y != nullptr) store<T>(a.y, unit, u.h);
   });
 }
 
@@ -89,6 +91,7 @@ __global__ void gru_fwd_kernel(GruStepFwd a) {
       store<T>(a.saved, s + 4 * H, h_prev);
     }
     store<T>(a.h, unit, u.h);
+    store<T>(a.y, unit, u.h);
   });
 }
 
@@ -125,6 +128,7 @@ __global__ void rnn_fwd_kernel(RnnStepFwd a) {
       store<T>(a.saved, b * 2 * H + H + j, h_prev);
     }
     store<T>(a.h, unit, h);
+    store<T>(a.y, unit, h);
   });
 }
 

@@ -21,8 +21,10 @@ struct LstmStepFwd {
   const void* gx;  // (rows, 4H): input projections with both biases
   const void* gh;  // (rows, 4H): h_prev @ W_hh^T
   void* c;         // (rows, H): c_prev in, c out
-  void* h;         // (rows, H): h out (before any projection)
-  void* saved;     // null (inference), or (rows, saved_ld): gates i f g o | c_prev | tanh(c)
+  void* h;         // (rows, H): h out (before any projection); without a projection h_prev in
+  void* y;         // (rows, H) or null: h also written here, and when saving, h_prev (read from h
+                   // before it is overwritten) to saved column 6H; null with a projection (h is P wide)
+  void* saved;     // null (inference), or (rows, saved_ld): gates i f g o | c_prev | tanh(c) | ...
   int64_t saved_ld, rows, H;
 };
 
@@ -39,6 +41,7 @@ struct GruStepFwd {
   const void* gh;    // (rows, 3H): h_prev @ W_hh^T, without b_hh
   const void* b_hh;  // (3H) or null
   void* h;           // (rows, H): h_prev in, h out
+  void* y;           // (rows, H): h out again (the layer's output rows of this step)
   void* saved;       // null, or (rows, 5H): r z n | h_n = W_hn h_prev + b_hn | h_prev
   int64_t rows, H;
 };
@@ -56,6 +59,7 @@ struct RnnStepFwd {
   const void* gx;  // (rows, H): input projections with both biases
   const void* gh;  // (rows, H): h_prev @ W_hh^T
   void* h;         // (rows, H): h_prev in, h out
+  void* y;         // (rows, H): h out again (the layer's output rows of this step)
   void* saved;     // null, or (rows, 2H): h | h_prev
   int64_t rows, H;
   bool relu;
