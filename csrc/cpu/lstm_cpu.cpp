@@ -16,6 +16,7 @@
 #include "gemm_cpu.h"
 #include "matmul_cpu.h"
 #include "ops_cpu.h"
+#include "row_groups.h"
 #include "../schedule.h"
 
 namespace fastcells::cpu {
@@ -46,54 +47,68 @@ inline void lstm_row_fwd(const T* gx, const T* gh, const T* c_prev, T* c_out, T*
   }
 }
 
+// Weights read by each step of an LSTM layer: W_hh and, with a projection, W_hr.
+inline int64_t lstm_step_weight_bytes(const LstmLayout& L, int64_t element_size) {
+  return (4 * L.H * L.P + (L.proj ? L.P * L.H : 0)) * element_size;
+}
+
 template <typename T>
 void lstm_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, at::Tensor& c_state,
                          const at::Tensor& w_hh, const at::Tensor* w_hr, const Schedule& sched,
                          bool reverse, at::Tensor& y, at::Tensor* saved, const LstmLayout& L) {
   const int64_t H = L.H, P = L.P, G = 4 * H, B = sched.batch;
+  const RowGroups groups = split_rows(sched, lstm_step_weight_bytes(L, sizeof(T)));
   at::Tensor gh = at::empty({B, G}, gx.options());
   at::Tensor h_raw = L.proj ? at::empty({B, H}, gx.options()) : at::Tensor();
-  const int64_t max_rows = sched.steps ? sched.sizes[0] : 0;
+  const int64_t max_rows = groups.max_rows();
   const StepProduct<T> recurrent(w_hh, /*transposed=*/true, max_rows);
   std::optional<StepProduct<T>> projection;
   if (L.proj) projection.emplace(*w_hr, /*transposed=*/true, max_rows);
   const T* gx_p = gx.data_ptr<T>();
-  T* gh_p = gh.data_ptr<T>();
-  T* h_p = h_state.data_ptr<T>();
-  T* c_p = c_state.data_ptr<T>();
+  T* gh_all = gh.data_ptr<T>();
+  T* h_all = h_state.data_ptr<T>();
+  T* c_all = c_state.data_ptr<T>();
+  T* hr_all = L.proj ? h_raw.data_ptr<T>() : nullptr;
   T* y_p = y.data_ptr<T>();
   T* s_p = saved ? saved->data_ptr<T>() : nullptr;
   const int64_t S = L.width();
-  for (int64_t s = 0; s < sched.steps; ++s) {
-    const int64_t t = sched.time_at(s, reverse);
-    const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
-    recurrent.run(h_p, P, gh_p, G, bs, false);
-    if (s_p) {
-      for (int64_t b = 0; b < bs; ++b)
-        std::memcpy(s_p + (row0 + b) * S + L.h_prev(), h_p + b * P, P * sizeof(T));
-    }
-    T* h_dst = L.proj ? h_raw.data_ptr<T>() : h_p;
-    at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        if (s_p) {
-          lstm_row_fwd<T, true>(gx_p + (row0 + b) * G, gh_p + b * G, c_p + b * H, c_p + b * H,
-                                h_dst + b * H, s_p + (row0 + b) * S, L);
-        } else {
-          lstm_row_fwd<T, false>(gx_p + (row0 + b) * G, gh_p + b * G, c_p + b * H, c_p + b * H,
-                                 h_dst + b * H, nullptr, L);
-        }
-      }
-    });
-    if (L.proj) {
-      const T* hr = h_raw.data_ptr<T>();
-      projection->run(hr, H, h_p, P, bs, false);
+  // Rows [g0, g1) of the batch; at step t the rows [g0, min(g1, sizes[t])) are active.
+  for_each_group(groups, [&](int64_t g0, int64_t g1) {
+    T* gh_p = gh_all + g0 * G;
+    T* h_p = h_all + g0 * P;
+    T* c_p = c_all + g0 * H;
+    T* hr_p = L.proj ? hr_all + g0 * H : nullptr;
+    for (int64_t s = 0; s < sched.steps; ++s) {
+      const int64_t t = sched.time_at(s, reverse);
+      const int64_t bs = std::min(sched.sizes[t], g1) - g0, row0 = sched.offsets[t] + g0;
+      if (bs <= 0) continue;
+      recurrent.run(h_p, P, gh_p, G, bs, false);
       if (s_p) {
         for (int64_t b = 0; b < bs; ++b)
-          std::memcpy(s_p + (row0 + b) * S + L.h_raw(), hr + b * H, H * sizeof(T));
+          std::memcpy(s_p + (row0 + b) * S + L.h_prev(), h_p + b * P, P * sizeof(T));
       }
+      T* h_dst = L.proj ? hr_p : h_p;
+      at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          if (s_p) {
+            lstm_row_fwd<T, true>(gx_p + (row0 + b) * G, gh_p + b * G, c_p + b * H, c_p + b * H,
+                                  h_dst + b * H, s_p + (row0 + b) * S, L);
+          } else {
+            lstm_row_fwd<T, false>(gx_p + (row0 + b) * G, gh_p + b * G, c_p + b * H, c_p + b * H,
+                                   h_dst + b * H, nullptr, L);
+          }
+        }
+      });
+      if (L.proj) {
+        projection->run(hr_p, H, h_p, P, bs, false);
+        if (s_p) {
+          for (int64_t b = 0; b < bs; ++b)
+            std::memcpy(s_p + (row0 + b) * S + L.h_raw(), hr_p + b * H, H * sizeof(T));
+        }
+      }
+      std::memcpy(y_p + row0 * P, h_p, bs * P * sizeof(T));
     }
-    std::memcpy(y_p + row0 * P, h_p, bs * P * sizeof(T));
-  }
+  });
 }
 
 template <typename T>
@@ -102,53 +117,58 @@ void lstm_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, at::Tensor&
                          const Schedule& sched, bool reverse, at::Tensor& dgx, at::Tensor* dh_rows,
                          const LstmLayout& L) {
   const int64_t H = L.H, P = L.P, G = 4 * H, B = sched.batch, S = L.width();
+  const RowGroups groups = split_rows(sched, lstm_step_weight_bytes(L, sizeof(T)));
   at::Tensor dh_raw = at::empty({B, H}, dy.options());
-  const int64_t max_rows = sched.steps ? sched.sizes[0] : 0;
+  const int64_t max_rows = groups.max_rows();
   const StepProduct<T> recurrent(w_hh, /*transposed=*/false, max_rows);
   std::optional<StepProduct<T>> projection;
   if (L.proj) projection.emplace(*w_hr, /*transposed=*/false, max_rows);
   const T* dy_p = dy.data_ptr<T>();
   const T* s_p = saved.data_ptr<T>();
-  T* dh_p = dh_state.data_ptr<T>();
-  T* dc_p = dc_state.data_ptr<T>();
   T* dg_p = dgx.data_ptr<T>();
-  T* dhr_p = dh_raw.data_ptr<T>();
-  for (int64_t s = sched.steps - 1; s >= 0; --s) {
-    const int64_t t = sched.time_at(s, reverse);
-    const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
-    // dh = dy + gradient from the next step; through the projection when there is one.
-    for (int64_t b = 0; b < bs; ++b) {
-      const T* dyr = dy_p + (row0 + b) * P;
-      T* dhb = dh_p + b * P;
+  T* dh_rows_p = L.proj ? dh_rows->data_ptr<T>() : nullptr;
+  for_each_group(groups, [&](int64_t g0, int64_t g1) {
+    T* dh_p = dh_state.data_ptr<T>() + g0 * P;
+    T* dc_p = dc_state.data_ptr<T>() + g0 * H;
+    T* dhr_p = dh_raw.data_ptr<T>() + g0 * H;
+    for (int64_t s = sched.steps - 1; s >= 0; --s) {
+      const int64_t t = sched.time_at(s, reverse);
+      const int64_t bs = std::min(sched.sizes[t], g1) - g0, row0 = sched.offsets[t] + g0;
+      if (bs <= 0) continue;
+      // dh = dy + gradient from the next step; through the projection when there is one.
+      for (int64_t b = 0; b < bs; ++b) {
+        const T* dyr = dy_p + (row0 + b) * P;
+        T* dhb = dh_p + b * P;
 #pragma omp simd
-      for (int64_t j = 0; j < P; ++j) dhb[j] += dyr[j];
-    }
-    if (L.proj) {
-      std::memcpy(dh_rows->data_ptr<T>() + row0 * P, dh_p, bs * P * sizeof(T));
-      projection->run(dh_p, P, dhr_p, H, bs, false);
-    } else {
-      std::memcpy(dhr_p, dh_p, bs * H * sizeof(T));
-    }
-    at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const T* sr = s_p + (row0 + b) * S;
-        const T* dhr = dhr_p + b * H;
-        T* dcr = dc_p + b * H;
-        T* dgr = dg_p + (row0 + b) * G;
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          LstmUnitGrad<T> d = lstm_unit_bwd(sr[j], sr[H + j], sr[2 * H + j], sr[3 * H + j],
-                                            sr[L.c_prev() + j], sr[L.tanh_c() + j], dhr[j], dcr[j]);
-          dgr[j] = d.d_i;
-          dgr[H + j] = d.d_f;
-          dgr[2 * H + j] = d.d_g;
-          dgr[3 * H + j] = d.d_o;
-          dcr[j] = d.d_c_prev;
-        }
+        for (int64_t j = 0; j < P; ++j) dhb[j] += dyr[j];
       }
-    });
-    recurrent.run(dg_p + row0 * G, G, dh_p, P, bs, false);
-  }
+      if (L.proj) {
+        std::memcpy(dh_rows_p + row0 * P, dh_p, bs * P * sizeof(T));
+        projection->run(dh_p, P, dhr_p, H, bs, false);
+      } else {
+        std::memcpy(dhr_p, dh_p, bs * H * sizeof(T));
+      }
+      at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const T* sr = s_p + (row0 + b) * S;
+          const T* dhr = dhr_p + b * H;
+          T* dcr = dc_p + b * H;
+          T* dgr = dg_p + (row0 + b) * G;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) {
+            LstmUnitGrad<T> d = lstm_unit_bwd(sr[j], sr[H + j], sr[2 * H + j], sr[3 * H + j],
+                                              sr[L.c_prev() + j], sr[L.tanh_c() + j], dhr[j], dcr[j]);
+            dgr[j] = d.d_i;
+            dgr[H + j] = d.d_f;
+            dgr[2 * H + j] = d.d_g;
+            dgr[3 * H + j] = d.d_o;
+            dcr[j] = d.d_c_prev;
+          }
+        }
+      });
+      recurrent.run(dg_p + row0 * G, G, dh_p, P, bs, false);
+    }
+  });
 }
 
 }  // namespace
