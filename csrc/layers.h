@@ -52,6 +52,17 @@ inline void check_lstm_layer_fwd_args(const at::Tensor& gx, const at::Tensor& h0
   }
 }
 
+// The input side of lstm_layer_from_input_fwd: x (N, I), w_ih (4H, I), bias (4H) or none, with H
+// from c0 (B, H). The rest is checked by check_lstm_layer_fwd_args.
+inline void check_lstm_input_args(const at::Tensor& x, const at::Tensor& w_ih,
+                                  const c10::optional<at::Tensor>& bias, const at::Tensor& c0) {
+  FC_CHECK_DIM(x, 2);
+  FC_CHECK_DIM(c0, 2);
+  FC_CHECK_SHAPE(w_ih, 4 * c0.size(1), x.size(1));
+  FC_CHECK_LIKE(w_ih, x);
+  check_bias(bias, "bias", 4 * c0.size(1), x);
+}
+
 // dy (N, P), dhn (B, P), dcn (B, H), saved (N, width), w_hh (4H, P), w_hr (P, H) or none.
 inline LstmLayout check_lstm_layer_bwd_args(const at::Tensor& dy, const at::Tensor& dhn,
                                             const at::Tensor& dcn, const at::Tensor& saved,

@@ -15,6 +15,11 @@ TORCH_LIBRARY(fastcells, m) {
       "lstm_layer_fwd(Tensor gx, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, "
       "Tensor batch_sizes, bool reverse, bool training) -> (Tensor y, Tensor hn, Tensor cn, "
       "Tensor saved)");
+  // lstm_layer_fwd with the input projection done inside: gx = x @ w_ih^T + bias (CPU only).
+  m.def(
+      "lstm_layer_from_input_fwd(Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor c0, "
+      "Tensor w_hh, Tensor? w_hr, Tensor batch_sizes, bool reverse, bool training) -> (Tensor y, "
+      "Tensor hn, Tensor cn, Tensor saved)");
   m.def(
       "lstm_layer_bwd(Tensor dy, Tensor dhn, Tensor dcn, Tensor saved, Tensor w_hh, Tensor? w_hr, "
       "Tensor batch_sizes, bool reverse) -> (Tensor dgx, Tensor dh0, Tensor dc0, Tensor dw_hh, "

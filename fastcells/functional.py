@@ -28,6 +28,10 @@ def _run_direction(backend, mode, x, h0, c0, weights, batch_sizes, reverse):
         return y, hn, None
     # LSTM and RNN add b_hh straight to the gates: fold it into the input projection's GEMM.
     bias = None if b_ih is None else b_ih + b_hh
+    # A backend may take the input projection into its layer op (the cpu backend's LSTM does).
+    from_input = getattr(backend, "lstm_layer_from_input", None) if mode == "LSTM" else None
+    if from_input is not None:
+        return from_input(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
     gx = F.linear(x, w_ih, bias)
     if mode == "LSTM":
         return backend.lstm_layer(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse)

@@ -50,6 +50,7 @@ def _no_zero_gradients(ctx, saved):
 def register():
     """Registers fake implementations and autograd for the ops of fastcells._C (once, after loading it)."""
     register_layer_ops("", same_dtype)
+    register_lstm_from_input()
     register_step_fakes()
 
 
@@ -68,6 +69,50 @@ def register_step_fakes():
     @torch.library.register_fake(lib + "rnn_step_fwd")
     def _(x, h, w_ih, w_hh, b_ih, b_hh, relu):
         return torch.empty_like(h)
+
+
+def lstm_layer_grads(bwd_op, ctx, saved, w_hh, w_hr, batch_sizes, dy, dhn, dcn):
+    """(dgx, dh0, dc0, dw_hh, dw_hr or None) of an LSTM layer op from ``bwd_op``; gradients that
+    autograd passed as None (outputs that got none) count as zeros."""
+    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
+    dy = dy if dy is not None else w_hh.new_zeros((saved.shape[0], P))
+    dhn = dhn if dhn is not None else w_hh.new_zeros((ctx.batch, P))
+    dcn = dcn if dcn is not None else w_hh.new_zeros((ctx.batch, H))
+    dgx, dh0, dc0, dw_hh, dw_hr = bwd_op(dy, dhn, dcn, saved, w_hh, w_hr, batch_sizes, ctx.reverse)
+    return dgx, dh0, dc0, dw_hh, (dw_hr if w_hr is not None else None)
+
+
+def register_lstm_from_input():
+    """Fake and autograd of ``fastcells::lstm_layer_from_input_fwd``: lstm_layer_fwd with the input
+    projection gx = x @ w_ih^T + bias inside (CPU). Its backward is lstm_layer_bwd's, then the
+    products that F.linear's backward would make: dx = dgx @ w_ih, dw_ih = dgx^T @ x, dbias."""
+    ops = torch.ops.fastcells
+    name = "fastcells::lstm_layer_from_input_fwd"
+
+    @torch.library.register_fake(name)
+    def _(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse, training):
+        H, P = c0.shape[1], h0.shape[1]
+        width = lstm_saved_width(H, P, w_hr is not None)
+        return (x.new_empty((x.shape[0], P)), torch.empty_like(h0), torch.empty_like(c0),
+                _saved(x, width, training, same_dtype))
+
+    def setup(ctx, inputs, output):
+        x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse, training = inputs
+        _no_zero_gradients(ctx, output[3])
+        ctx.save_for_backward(output[3], x, w_ih, w_hh, w_hr, batch_sizes)
+        ctx.reverse, ctx.batch, ctx.has_bias = reverse, h0.shape[0], bias is not None
+
+    def backward(ctx, dy, dhn, dcn, _dsaved):
+        saved, x, w_ih, w_hh, w_hr, batch_sizes = ctx.saved_tensors
+        dgx, dh0, dc0, dw_hh, dw_hr = lstm_layer_grads(
+            ops.lstm_layer_bwd, ctx, saved, w_hh, w_hr, batch_sizes, dy, dhn, dcn)
+        need_x, need_w_ih, need_bias = ctx.needs_input_grad[:3]
+        dx = dgx.mm(w_ih) if need_x else None
+        dw_ih = dgx.t().mm(x) if need_w_ih else None
+        dbias = dgx.sum(0) if ctx.has_bias and need_bias else None
+        return dx, dw_ih, dbias, dh0, dc0, dw_hh, dw_hr, None, None, None
+
+    torch.library.register_autograd(name, backward, setup_context=setup)
 
 
 def register_layer_ops(prefix, saved_dtype):
@@ -99,14 +144,9 @@ def register_layer_ops(prefix, saved_dtype):
 
     def lstm_backward(ctx, dy, dhn, dcn, _dsaved):
         saved, w_hh, w_hr, batch_sizes = ctx.saved_tensors
-        y_shape = (saved.shape[0], w_hh.shape[1])
-        dy = dy if dy is not None else w_hh.new_zeros(y_shape)
-        H = w_hh.shape[0] // 4
-        dhn = dhn if dhn is not None else w_hh.new_zeros((ctx.batch, w_hh.shape[1]))
-        dcn = dcn if dcn is not None else w_hh.new_zeros((ctx.batch, H))
-        dgx, dh0, dc0, dw_hh, dw_hr = getattr(ops, prefix + "lstm_layer_bwd")(
-            dy, dhn, dcn, saved, w_hh, w_hr, batch_sizes, ctx.reverse)
-        return dgx, dh0, dc0, dw_hh, (dw_hr if w_hr is not None else None), None, None, None
+        dgx, dh0, dc0, dw_hh, dw_hr = lstm_layer_grads(
+            getattr(ops, prefix + "lstm_layer_bwd"), ctx, saved, w_hh, w_hr, batch_sizes, dy, dhn, dcn)
+        return dgx, dh0, dc0, dw_hh, dw_hr, None, None, None
 
     torch.library.register_autograd(lib + "lstm_layer_fwd", lstm_backward, setup_context=lstm_setup)
 

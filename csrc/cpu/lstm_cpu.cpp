@@ -52,19 +52,32 @@ inline int64_t lstm_step_weight_bytes(const LstmLayout& L, int64_t element_size)
   return (4 * L.H * L.P + (L.proj ? L.P * L.H : 0)) * element_size;
 }
 
+// Where each step's input projections come from: precomputed, gx (N, G), or computed step by step
+// from x (N, I): each thread multiplies its own rows of x_t by W_ih^T into the step's gate buffer, the
+// recurrent product accumulates onto them, and the pointwise pass adds the bias (G). Measured on the
+// 2-core EPYC (LSTM T=100, B=32, H=256): 26.4 against 33.8 ms for F.linear (MKL) then the layer op,
+// as the (N, 4H) gx (13 MB) never goes out to memory and back.
 template <typename T>
-void lstm_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, at::Tensor& c_state,
+struct StepInput {
+  const T* gx = nullptr;                  // precomputed (N, G), or else:
+  const T* x = nullptr;                   // (N, I)
+  int64_t I = 0;
+  const StepProduct<T>* w_ih = nullptr;   // W_ih (G, I), packed
+  const T* bias = nullptr;                // (G): b_ih + b_hh, or zeros
+};
+
+template <typename T>
+void lstm_layer_fwd_impl(const StepInput<T>& in, at::Tensor& h_state, at::Tensor& c_state,
                          const at::Tensor& w_hh, const at::Tensor* w_hr, const Schedule& sched,
-                         bool reverse, at::Tensor& y, at::Tensor* saved, const LstmLayout& L) {
+                         const RowGroups& groups, bool reverse, at::Tensor& y, at::Tensor* saved,
+                         const LstmLayout& L) {
   const int64_t H = L.H, P = L.P, G = 4 * H, B = sched.batch;
-  const RowGroups groups = split_rows(sched, lstm_step_weight_bytes(L, sizeof(T)));
-  at::Tensor gh = at::empty({B, G}, gx.options());
-  at::Tensor h_raw = L.proj ? at::empty({B, H}, gx.options()) : at::Tensor();
+  at::Tensor gh = at::empty({B, G}, y.options());
+  at::Tensor h_raw = L.proj ? at::empty({B, H}, y.options()) : at::Tensor();
   const int64_t max_rows = groups.max_rows();
   const StepProduct<T> recurrent(w_hh, /*transposed=*/true, max_rows);
   std::optional<StepProduct<T>> projection;
   if (L.proj) projection.emplace(*w_hr, /*transposed=*/true, max_rows);
-  const T* gx_p = gx.data_ptr<T>();
   T* gh_all = gh.data_ptr<T>();
   T* h_all = h_state.data_ptr<T>();
   T* c_all = c_state.data_ptr<T>();
@@ -82,7 +95,8 @@ void lstm_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, at::Tensor& 
       const int64_t t = sched.time_at(s, reverse);
       const int64_t bs = std::min(sched.sizes[t], g1) - g0, row0 = sched.offsets[t] + g0;
       if (bs <= 0) continue;
-      recurrent.run(h_p, P, gh_p, G, bs, false);
+      if (in.x) in.w_ih->run(in.x + row0 * in.I, in.I, gh_p, G, bs, false);
+      recurrent.run(h_p, P, gh_p, G, bs, /*accumulate=*/in.x != nullptr);
       if (s_p) {
         for (int64_t b = 0; b < bs; ++b)
           std::memcpy(s_p + (row0 + b) * S + L.h_prev(), h_p + b * P, P * sizeof(T));
@@ -90,12 +104,13 @@ void lstm_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, at::Tensor& 
       T* h_dst = L.proj ? hr_p : h_p;
       at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
+          const T* gx_row = in.x ? in.bias : in.gx + (row0 + b) * G;
           if (s_p) {
-            lstm_row_fwd<T, true>(gx_p + (row0 + b) * G, gh_p + b * G, c_p + b * H, c_p + b * H,
-                                  h_dst + b * H, s_p + (row0 + b) * S, L);
+            lstm_row_fwd<T, true>(gx_row, gh_p + b * G, c_p + b * H, c_p + b * H, h_dst + b * H,
+                                  s_p + (row0 + b) * S, L);
           } else {
-            lstm_row_fwd<T, false>(gx_p + (row0 + b) * G, gh_p + b * G, c_p + b * H, c_p + b * H,
-                                   h_dst + b * H, nullptr, L);
+            lstm_row_fwd<T, false>(gx_row, gh_p + b * G, c_p + b * H, c_p + b * H, h_dst + b * H,
+                                   nullptr, L);
           }
         }
       });
@@ -173,26 +188,78 @@ void lstm_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, at::Tensor&
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cpu(
-    const at::Tensor& gx_in, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh_in,
-    const c10::optional<at::Tensor>& w_hr_in, const at::Tensor& batch_sizes, bool reverse,
-    bool training) {
-  check_lstm_layer_fwd_args(gx_in, h0, c0, w_hh_in, w_hr_in);
-  FC_CHECK_FLOATING(gx_in);
+namespace {
+
+// The layer forward once the input side is settled: gx (N, 4H) given, or x with w_ih and bias.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_run(
+    const at::Tensor& gx, const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias,
+    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh_in,
+    const c10::optional<at::Tensor>& w_hr_in, const Schedule& sched, const RowGroups& groups,
+    bool reverse, bool training) {
   const LstmLayout L{c0.size(1), h0.size(1), w_hr_in.has_value()};
-  const Schedule sched = make_schedule(batch_sizes, gx_in.size(0), h0.size(0));
-  at::Tensor gx = gx_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const at::Tensor& rows = gx.defined() ? gx : x;
+  const int64_t N = rows.size(0);
+  at::Tensor w_hh = w_hh_in.contiguous();
   at::Tensor w_hr = L.proj ? w_hr_in->contiguous() : at::Tensor();
   at::Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
   at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
-  at::Tensor y = at::empty({gx.size(0), L.P}, gx.options());
-  at::Tensor saved = training ? at::empty({gx.size(0), L.width()}, gx.options())
-                              : at::empty({0}, gx.options());
-  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_layer_fwd_cpu", [&] {
-    lstm_layer_fwd_impl<scalar_t>(gx, h_state, c_state, w_hh, L.proj ? &w_hr : nullptr, sched,
-                                  reverse, y, training ? &saved : nullptr, L);
+  at::Tensor y = at::empty({N, L.P}, rows.options());
+  at::Tensor saved = training ? at::empty({N, L.width()}, rows.options())
+                              : at::empty({0}, rows.options());
+  AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "lstm_layer_fwd_cpu", [&] {
+    StepInput<scalar_t> in;
+    std::optional<StepProduct<scalar_t>> input_product;
+    if (gx.defined()) {
+      in.gx = gx.data_ptr<scalar_t>();
+    } else {
+      in.x = x.data_ptr<scalar_t>();
+      in.I = x.size(1);
+      input_product.emplace(w_ih, /*transposed=*/true, groups.max_rows());
+      in.w_ih = &*input_product;
+      in.bias = bias.data_ptr<scalar_t>();
+    }
+    lstm_layer_fwd_impl<scalar_t>(in, h_state, c_state, w_hh, L.proj ? &w_hr : nullptr, sched,
+                                  groups, reverse, y, training ? &saved : nullptr, L);
   });
   return {y, h_state, c_state, saved};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cpu(
+    const at::Tensor& gx_in, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& w_hr, const at::Tensor& batch_sizes, bool reverse,
+    bool training) {
+  check_lstm_layer_fwd_args(gx_in, h0, c0, w_hh, w_hr);
+  FC_CHECK_FLOATING(gx_in);
+  const LstmLayout L{c0.size(1), h0.size(1), w_hr.has_value()};
+  const Schedule sched = make_schedule(batch_sizes, gx_in.size(0), h0.size(0));
+  const RowGroups groups = split_rows(sched, lstm_step_weight_bytes(L, gx_in.element_size()));
+  return lstm_layer_fwd_run(gx_in.contiguous(), at::Tensor(), at::Tensor(), at::Tensor(), h0, c0,
+                            w_hh, w_hr, sched, groups, reverse, training);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_from_input_fwd_cpu(
+    const at::Tensor& x_in, const at::Tensor& w_ih_in, const c10::optional<at::Tensor>& bias_in,
+    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& w_hr, const at::Tensor& batch_sizes, bool reverse,
+    bool training) {
+  check_lstm_input_args(x_in, w_ih_in, bias_in, c0);
+  // The rest as for lstm_layer_fwd; an empty stand-in for gx carries x's dtype and device.
+  check_lstm_layer_fwd_args(x_in.new_empty({0, 4 * c0.size(1)}), h0, c0, w_hh, w_hr);
+  FC_CHECK_FLOATING(x_in);
+  const LstmLayout L{c0.size(1), h0.size(1), w_hr.has_value()};
+  const Schedule sched = make_schedule(batch_sizes, x_in.size(0), h0.size(0));
+  const RowGroups groups = split_rows(sched, lstm_step_weight_bytes(L, x_in.element_size()));
+  at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::zeros({4 * L.H}, x_in.options());
+  if (groups.count() == 1) {
+    // One group: the steps' products split their columns between threads, and a few rows per step
+    // make a poor GEMM; one GEMM over all N rows first does better.
+    at::Tensor gx = at::addmm(bias, x_in, w_ih_in.t());
+    return lstm_layer_fwd_cpu(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse, training);
+  }
+  return lstm_layer_fwd_run(at::Tensor(), x_in.contiguous(), w_ih_in.contiguous(), bias, h0, c0,
+                            w_hh, w_hr, sched, groups, reverse, training);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_bwd_cpu(

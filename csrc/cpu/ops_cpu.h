@@ -11,6 +11,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cpu(
     const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& w_hr, const at::Tensor& batch_sizes, bool reverse,
     bool training);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_from_input_fwd_cpu(
+    const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& bias,
+    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& w_hr, const at::Tensor& batch_sizes, bool reverse,
+    bool training);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_bwd_cpu(
     const at::Tensor& dy, const at::Tensor& dhn, const at::Tensor& dcn, const at::Tensor& saved,
     const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr, const at::Tensor& batch_sizes,

@@ -9,7 +9,7 @@ Shapes as in ``backends/reference.py``.
 import torch
 
 from .. import _extension
-from .layer_ops import layer_functions, step_functions
+from .layer_ops import layer_functions, needs_grad, step_functions
 
 NAME = "cpu"
 ops = torch.ops.fastcells
@@ -46,6 +46,16 @@ def _step_op(name):
 
 # Layer functions (shapes in backends/reference.py): one op call per layer and direction.
 lstm_layer, gru_layer, rnn_layer = layer_functions("")
+
+
+def lstm_layer_from_input(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+    """lstm_layer(x @ w_ih^T + bias, ...) with the input projection inside the op, where each thread
+    computes its own rows step by step (csrc/cpu/lstm_cpu.cpp, StepInput). x (N, I), bias (4H) or
+    None; the rest as lstm_layer."""
+    training = needs_grad(x, w_ih, bias, h0, c0, w_hh, w_hr)
+    y, hn, cn, _ = ops.lstm_layer_from_input_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes,
+                                                 reverse, training)
+    return y, hn, cn
 
 
 lstm_step, gru_step, rnn_step = step_functions(_step_op)
