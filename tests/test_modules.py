@@ -353,7 +353,7 @@ def test_backend_from_environment(monkeypatch, selected_backends):
     assert _backend_used(lstm, x, selected_backends) == "cpu"  # auto on CPU tensors
     with record_fastcells_ops() as names:
         lstm(x)
-    assert names == ["lstm_layer_fwd"]
+    assert names == ["lstm_layer_from_input_fwd"]
     monkeypatch.setenv("FASTCELLS_BACKEND", "reference")
     assert _backend_used(lstm, x, selected_backends) == "reference"
     assert _backend_used(cell, x[0], selected_backends) == "reference"

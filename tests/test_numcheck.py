@@ -60,13 +60,15 @@ def test_float64_errors_are_tiny(capsys):
 def test_broken_backend_is_detected(tmp_path, capsys, monkeypatch):
     """A cpu LSTM layer kernel off by 1e-3 relative fails every layer configuration, forward and
     backward, in both dtypes; the cells (which run lstm_step, not patched) still pass."""
-    original = cpu.lstm_layer
+    def off_by_a_little(original):
+        def layer(*args):
+            y, hn, cn = original(*args)
+            return y * (1 + 1e-3), hn, cn
+        return layer
 
-    def off_by_a_little(*args):
-        y, hn, cn = original(*args)
-        return y * (1 + 1e-3), hn, cn
-
-    monkeypatch.setattr(cpu, "lstm_layer", off_by_a_little)
+    # The cpu backend's LSTM layers run lstm_layer_from_input (the input projection inside the op).
+    for name in ("lstm_layer", "lstm_layer_from_input"):
+        monkeypatch.setattr(cpu, name, off_by_a_little(getattr(cpu, name)))
     junit = tmp_path / "broken.xml"
     status = _check("--cells", "lstm", "--backend", "cpu", "--junit-xml", str(junit))
     out = capsys.readouterr().out
