@@ -51,29 +51,24 @@ void gru_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, const at::Ten
   const StepProduct<T> recurrent(w_hh, /*transposed=*/true, groups.max_rows());
   const T* gx_p = gx.data_ptr<T>();
   T* y_p = y.data_ptr<T>();
-  // Rows [g0, g1) of the batch; at step t the rows [g0, min(g1, sizes[t])) are active.
-  for_each_group(groups, [&](int64_t g0, int64_t g1) {
+  for_each_group_step(groups, sched, reverse, /*backward=*/false,
+                      [&](int64_t g0, int64_t bs, int64_t row0) {
     T* gh_p = gh.data_ptr<T>() + g0 * G;
     T* h_p = h_state.data_ptr<T>() + g0 * H;
-    for (int64_t s = 0; s < sched.steps; ++s) {
-      const int64_t t = sched.time_at(s, reverse);
-      const int64_t bs = std::min(sched.sizes[t], g1) - g0, row0 = sched.offsets[t] + g0;
-      if (bs <= 0) continue;
-      recurrent.run(h_p, H, gh_p, G, bs, false);
-      if (b_hh) add_bias_rows(gh_p, G, bs, G, b_hh);
-      at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const T* gx_row = gx_p + (row0 + b) * G;
-          if (saved) {
-            gru_row_fwd<T, true>(gx_row, gh_p + b * G, h_p + b * H, h_p + b * H,
-                                 saved + (row0 + b) * 5 * H, H);
-          } else {
-            gru_row_fwd<T, false>(gx_row, gh_p + b * G, h_p + b * H, h_p + b * H, nullptr, H);
-          }
+    recurrent.run(h_p, H, gh_p, G, bs, false);
+    if (b_hh) add_bias_rows(gh_p, G, bs, G, b_hh);
+    at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* gx_row = gx_p + (row0 + b) * G;
+        if (saved) {
+          gru_row_fwd<T, true>(gx_row, gh_p + b * G, h_p + b * H, h_p + b * H,
+                               saved + (row0 + b) * 5 * H, H);
+        } else {
+          gru_row_fwd<T, false>(gx_row, gh_p + b * G, h_p + b * H, h_p + b * H, nullptr, H);
         }
-      });
-      std::memcpy(y_p + row0 * H, h_p, bs * H * sizeof(T));
-    }
+      }
+    });
+    std::memcpy(y_p + row0 * H, h_p, bs * H * sizeof(T));
   });
 }
 
@@ -89,37 +84,33 @@ void gru_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, const at::Te
   const T* s_p = saved.data_ptr<T>();
   T* dgx_p = dgx.data_ptr<T>();
   T* dgh_p = dgh.data_ptr<T>();
-  for_each_group(groups, [&](int64_t g0, int64_t g1) {
+  for_each_group_step(groups, sched, reverse, /*backward=*/true,
+                      [&](int64_t g0, int64_t bs, int64_t row0) {
     T* dh_p = dh_state.data_ptr<T>() + g0 * H;
-    for (int64_t s = sched.steps - 1; s >= 0; --s) {
-      const int64_t t = sched.time_at(s, reverse);
-      const int64_t bs = std::min(sched.sizes[t], g1) - g0, row0 = sched.offsets[t] + g0;
-      if (bs <= 0) continue;
-      at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t row = row0 + b;
-          const T* sr = s_p + row * 5 * H;
-          const T* dyr = dy_p + row * H;
-          T* dhb = dh_p + b * H;
-          T* dxr = dgx_p + row * G;
-          T* dhr = dgh_p + row * G;
+    at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t row = row0 + b;
+        const T* sr = s_p + row * 5 * H;
+        const T* dyr = dy_p + row * H;
+        T* dhb = dh_p + b * H;
+        T* dxr = dgx_p + row * G;
+        T* dhr = dgh_p + row * G;
 #pragma omp simd
-          for (int64_t j = 0; j < H; ++j) {
-            GruUnitGrad<T> d =
-                gru_unit_bwd(sr[j], sr[H + j], sr[2 * H + j], sr[3 * H + j], sr[4 * H + j],
-                             dyr[j] + dhb[j]);
-            dxr[j] = d.d_r;
-            dxr[H + j] = d.d_z;
-            dxr[2 * H + j] = d.d_n;
-            dhr[j] = d.d_r;
-            dhr[H + j] = d.d_z;
-            dhr[2 * H + j] = d.d_hn;
-            dhb[j] = d.d_h_prev;
-          }
+        for (int64_t j = 0; j < H; ++j) {
+          GruUnitGrad<T> d =
+              gru_unit_bwd(sr[j], sr[H + j], sr[2 * H + j], sr[3 * H + j], sr[4 * H + j],
+                           dyr[j] + dhb[j]);
+          dxr[j] = d.d_r;
+          dxr[H + j] = d.d_z;
+          dxr[2 * H + j] = d.d_n;
+          dhr[j] = d.d_r;
+          dhr[H + j] = d.d_z;
+          dhr[2 * H + j] = d.d_hn;
+          dhb[j] = d.d_h_prev;
         }
-      });
-      recurrent.run(dgh_p + row0 * G, G, dh_p, H, bs, true);
-    }
+      }
+    });
+    recurrent.run(dgh_p + row0 * G, G, dh_p, H, bs, true);
   });
 }
 

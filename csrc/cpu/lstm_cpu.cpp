@@ -85,44 +85,39 @@ void lstm_layer_fwd_impl(const StepInput<T>& in, at::Tensor& h_state, at::Tensor
   T* y_p = y.data_ptr<T>();
   T* s_p = saved ? saved->data_ptr<T>() : nullptr;
   const int64_t S = L.width();
-  // Rows [g0, g1) of the batch; at step t the rows [g0, min(g1, sizes[t])) are active.
-  for_each_group(groups, [&](int64_t g0, int64_t g1) {
+  for_each_group_step(groups, sched, reverse, /*backward=*/false,
+                      [&](int64_t g0, int64_t bs, int64_t row0) {
     T* gh_p = gh_all + g0 * G;
     T* h_p = h_all + g0 * P;
     T* c_p = c_all + g0 * H;
     T* hr_p = L.proj ? hr_all + g0 * H : nullptr;
-    for (int64_t s = 0; s < sched.steps; ++s) {
-      const int64_t t = sched.time_at(s, reverse);
-      const int64_t bs = std::min(sched.sizes[t], g1) - g0, row0 = sched.offsets[t] + g0;
-      if (bs <= 0) continue;
-      if (in.x) in.w_ih->run(in.x + row0 * in.I, in.I, gh_p, G, bs, false);
-      recurrent.run(h_p, P, gh_p, G, bs, /*accumulate=*/in.x != nullptr);
+    if (in.x) in.w_ih->run(in.x + row0 * in.I, in.I, gh_p, G, bs, false);
+    recurrent.run(h_p, P, gh_p, G, bs, /*accumulate=*/in.x != nullptr);
+    if (s_p) {
+      for (int64_t b = 0; b < bs; ++b)
+        std::memcpy(s_p + (row0 + b) * S + L.h_prev(), h_p + b * P, P * sizeof(T));
+    }
+    T* h_dst = L.proj ? hr_p : h_p;
+    at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* gx_row = in.x ? in.bias : in.gx + (row0 + b) * G;
+        if (s_p) {
+          lstm_row_fwd<T, true>(gx_row, gh_p + b * G, c_p + b * H, c_p + b * H, h_dst + b * H,
+                                s_p + (row0 + b) * S, L);
+        } else {
+          lstm_row_fwd<T, false>(gx_row, gh_p + b * G, c_p + b * H, c_p + b * H, h_dst + b * H,
+                                 nullptr, L);
+        }
+      }
+    });
+    if (L.proj) {
+      projection->run(hr_p, H, h_p, P, bs, false);
       if (s_p) {
         for (int64_t b = 0; b < bs; ++b)
-          std::memcpy(s_p + (row0 + b) * S + L.h_prev(), h_p + b * P, P * sizeof(T));
+          std::memcpy(s_p + (row0 + b) * S + L.h_raw(), hr_p + b * H, H * sizeof(T));
       }
-      T* h_dst = L.proj ? hr_p : h_p;
-      at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const T* gx_row = in.x ? in.bias : in.gx + (row0 + b) * G;
-          if (s_p) {
-            lstm_row_fwd<T, true>(gx_row, gh_p + b * G, c_p + b * H, c_p + b * H, h_dst + b * H,
-                                  s_p + (row0 + b) * S, L);
-          } else {
-            lstm_row_fwd<T, false>(gx_row, gh_p + b * G, c_p + b * H, c_p + b * H, h_dst + b * H,
-                                   nullptr, L);
-          }
-        }
-      });
-      if (L.proj) {
-        projection->run(hr_p, H, h_p, P, bs, false);
-        if (s_p) {
-          for (int64_t b = 0; b < bs; ++b)
-            std::memcpy(s_p + (row0 + b) * S + L.h_raw(), hr_p + b * H, H * sizeof(T));
-        }
-      }
-      std::memcpy(y_p + row0 * P, h_p, bs * P * sizeof(T));
     }
+    std::memcpy(y_p + row0 * P, h_p, bs * P * sizeof(T));
   });
 }
 
@@ -142,47 +137,43 @@ void lstm_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, at::Tensor&
   const T* s_p = saved.data_ptr<T>();
   T* dg_p = dgx.data_ptr<T>();
   T* dh_rows_p = L.proj ? dh_rows->data_ptr<T>() : nullptr;
-  for_each_group(groups, [&](int64_t g0, int64_t g1) {
+  for_each_group_step(groups, sched, reverse, /*backward=*/true,
+                      [&](int64_t g0, int64_t bs, int64_t row0) {
     T* dh_p = dh_state.data_ptr<T>() + g0 * P;
     T* dc_p = dc_state.data_ptr<T>() + g0 * H;
     T* dhr_p = dh_raw.data_ptr<T>() + g0 * H;
-    for (int64_t s = sched.steps - 1; s >= 0; --s) {
-      const int64_t t = sched.time_at(s, reverse);
-      const int64_t bs = std::min(sched.sizes[t], g1) - g0, row0 = sched.offsets[t] + g0;
-      if (bs <= 0) continue;
-      // dh = dy + gradient from the next step; through the projection when there is one.
-      for (int64_t b = 0; b < bs; ++b) {
-        const T* dyr = dy_p + (row0 + b) * P;
-        T* dhb = dh_p + b * P;
+    // dh = dy + gradient from the next step; through the projection when there is one.
+    for (int64_t b = 0; b < bs; ++b) {
+      const T* dyr = dy_p + (row0 + b) * P;
+      T* dhb = dh_p + b * P;
 #pragma omp simd
-        for (int64_t j = 0; j < P; ++j) dhb[j] += dyr[j];
-      }
-      if (L.proj) {
-        std::memcpy(dh_rows_p + row0 * P, dh_p, bs * P * sizeof(T));
-        projection->run(dh_p, P, dhr_p, H, bs, false);
-      } else {
-        std::memcpy(dhr_p, dh_p, bs * H * sizeof(T));
-      }
-      at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const T* sr = s_p + (row0 + b) * S;
-          const T* dhr = dhr_p + b * H;
-          T* dcr = dc_p + b * H;
-          T* dgr = dg_p + (row0 + b) * G;
-#pragma omp simd
-          for (int64_t j = 0; j < H; ++j) {
-            LstmUnitGrad<T> d = lstm_unit_bwd(sr[j], sr[H + j], sr[2 * H + j], sr[3 * H + j],
-                                              sr[L.c_prev() + j], sr[L.tanh_c() + j], dhr[j], dcr[j]);
-            dgr[j] = d.d_i;
-            dgr[H + j] = d.d_f;
-            dgr[2 * H + j] = d.d_g;
-            dgr[3 * H + j] = d.d_o;
-            dcr[j] = d.d_c_prev;
-          }
-        }
-      });
-      recurrent.run(dg_p + row0 * G, G, dh_p, P, bs, false);
+      for (int64_t j = 0; j < P; ++j) dhb[j] += dyr[j];
     }
+    if (L.proj) {
+      std::memcpy(dh_rows_p + row0 * P, dh_p, bs * P * sizeof(T));
+      projection->run(dh_p, P, dhr_p, H, bs, false);
+    } else {
+      std::memcpy(dhr_p, dh_p, bs * H * sizeof(T));
+    }
+    at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* sr = s_p + (row0 + b) * S;
+        const T* dhr = dhr_p + b * H;
+        T* dcr = dc_p + b * H;
+        T* dgr = dg_p + (row0 + b) * G;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          LstmUnitGrad<T> d = lstm_unit_bwd(sr[j], sr[H + j], sr[2 * H + j], sr[3 * H + j],
+                                            sr[L.c_prev() + j], sr[L.tanh_c() + j], dhr[j], dcr[j]);
+          dgr[j] = d.d_i;
+          dgr[H + j] = d.d_f;
+          dgr[2 * H + j] = d.d_g;
+          dgr[3 * H + j] = d.d_o;
+          dcr[j] = d.d_c_prev;
+        }
+      }
+    });
+    recurrent.run(dg_p + row0 * G, G, dh_p, P, bs, false);
   });
 }
 

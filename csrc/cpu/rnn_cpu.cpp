@@ -57,23 +57,18 @@ void rnn_layer_fwd_impl(const at::Tensor& gx, at::Tensor& h_state, const at::Ten
   const StepProduct<T> recurrent(w_hh, /*transposed=*/true, groups.max_rows());
   const T* gx_p = gx.data_ptr<T>();
   T* y_p = y.data_ptr<T>();
-  // Rows [g0, g1) of the batch; at step t the rows [g0, min(g1, sizes[t])) are active.
-  for_each_group(groups, [&](int64_t g0, int64_t g1) {
+  for_each_group_step(groups, sched, reverse, /*backward=*/false,
+                      [&](int64_t g0, int64_t bs, int64_t row0) {
     T* gh_p = gh.data_ptr<T>() + g0 * H;
     T* h_p = h_state.data_ptr<T>() + g0 * H;
-    for (int64_t s = 0; s < sched.steps; ++s) {
-      const int64_t t = sched.time_at(s, reverse);
-      const int64_t bs = std::min(sched.sizes[t], g1) - g0, row0 = sched.offsets[t] + g0;
-      if (bs <= 0) continue;
-      recurrent.run(h_p, H, gh_p, H, bs, false);
-      at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          rnn_row_fwd<T>(gx_p + (row0 + b) * H, gh_p + b * H, h_p + b * H, h_p + b * H,
-                         saved ? saved + (row0 + b) * 2 * H : nullptr, H, relu);
-        }
-      });
-      std::memcpy(y_p + row0 * H, h_p, bs * H * sizeof(T));
-    }
+    recurrent.run(h_p, H, gh_p, H, bs, false);
+    at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        rnn_row_fwd<T>(gx_p + (row0 + b) * H, gh_p + b * H, h_p + b * H, h_p + b * H,
+                       saved ? saved + (row0 + b) * 2 * H : nullptr, H, relu);
+      }
+    });
+    std::memcpy(y_p + row0 * H, h_p, bs * H * sizeof(T));
   });
 }
 
@@ -86,25 +81,21 @@ void rnn_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, const at::Te
   const T* dy_p = dy.data_ptr<T>();
   const T* s_p = saved.data_ptr<T>();
   T* dg_p = dgx.data_ptr<T>();
-  for_each_group(groups, [&](int64_t g0, int64_t g1) {
+  for_each_group_step(groups, sched, reverse, /*backward=*/true,
+                      [&](int64_t g0, int64_t bs, int64_t row0) {
     T* dh_p = dh_state.data_ptr<T>() + g0 * H;
-    for (int64_t s = sched.steps - 1; s >= 0; --s) {
-      const int64_t t = sched.time_at(s, reverse);
-      const int64_t bs = std::min(sched.sizes[t], g1) - g0, row0 = sched.offsets[t] + g0;
-      if (bs <= 0) continue;
-      at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t row = row0 + b;
-          const T* h = s_p + row * 2 * H;
-          const T* dyr = dy_p + row * H;
-          const T* dhb = dh_p + b * H;
-          T* dgr = dg_p + row * H;
+    at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t row = row0 + b;
+        const T* h = s_p + row * 2 * H;
+        const T* dyr = dy_p + row * H;
+        const T* dhb = dh_p + b * H;
+        T* dgr = dg_p + row * H;
 #pragma omp simd
-          for (int64_t j = 0; j < H; ++j) dgr[j] = rnn_unit_bwd(h[j], dyr[j] + dhb[j], relu);
-        }
-      });
-      recurrent.run(dg_p + row0 * H, H, dh_p, H, bs, false);
-    }
+        for (int64_t j = 0; j < H; ++j) dgr[j] = rnn_unit_bwd(h[j], dyr[j] + dhb[j], relu);
+      }
+    });
+    recurrent.run(dg_p + row0 * H, H, dh_p, H, bs, false);
   });
 }
 

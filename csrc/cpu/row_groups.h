@@ -83,17 +83,29 @@ inline RowGroups split_rows(const Schedule& sched, int64_t weight_bytes) {
   return split;
 }
 
-// Calls f(b0, b1) for each group, each group on its own thread. One group is called directly: inside
-// at::parallel_for, even on one thread, ATen marks the code as in a parallel region, and the step's
-// own parallel loops would then run on one thread.
+// Runs the time loop of each group, each group on its own thread: step(g0, bs, row0) for every step
+// in which the group has active rows, in time order, or reversed for backward. g0: the group's first
+// batch row; bs: its active rows at that step (rows g0 .. g0 + bs of the state buffers); row0: the
+// first of them in the flattened (N, ...) sequence. One group runs on the calling thread directly:
+// inside at::parallel_for, even on one thread, ATen marks the code as in a parallel region, and the
+// step's own parallel loops would then run on one thread.
 template <typename F>
-void for_each_group(const RowGroups& split, const F& f) {
+void for_each_group_step(const RowGroups& split, const Schedule& sched, bool reverse, bool backward,
+                         const F& step) {
+  auto run_group = [&](int64_t g0, int64_t g1) {
+    for (int64_t k = 0; k < sched.steps; ++k) {
+      const int64_t s = backward ? sched.steps - 1 - k : k;
+      const int64_t t = sched.time_at(s, reverse);
+      const int64_t bs = std::min(sched.sizes[t], g1) - g0;
+      if (bs > 0) step(g0, bs, sched.offsets[t] + g0);
+    }
+  };
   if (split.count() == 1) {
-    f(split.bounds[0], split.bounds[1]);
+    run_group(split.bounds[0], split.bounds[1]);
     return;
   }
   at::parallel_for(0, split.count(), 1, [&](int64_t q0, int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q) f(split.bounds[q], split.bounds[q + 1]);
+    for (int64_t q = q0; q < q1; ++q) run_group(split.bounds[q], split.bounds[q + 1]);
   });
 }
 
