@@ -22,6 +22,16 @@ struct Schedule {
   int64_t time_at(int64_t s, bool reverse) const { return reverse ? steps - 1 - s : s; }
 };
 
+// Calls step(bs, row0) for every step that has rows, in time order, or reversed for backward: bs
+// rows (state rows 0 .. bs), the first of them row0 of the flattened (N, ...) sequence.
+template <typename F>
+void for_each_step(const Schedule& sched, bool reverse, bool backward, const F& step) {
+  for (int64_t k = 0; k < sched.steps; ++k) {
+    const int64_t t = sched.time_at(backward ? sched.steps - 1 - k : k, reverse);
+    if (sched.sizes[t] > 0) step(sched.sizes[t], sched.offsets[t]);
+  }
+}
+
 inline Schedule make_schedule(const at::Tensor& batch_sizes, int64_t rows, int64_t batch) {
   TORCH_CHECK(batch_sizes.dim() == 1 && batch_sizes.scalar_type() == at::kLong &&
                   batch_sizes.device().is_cpu(),

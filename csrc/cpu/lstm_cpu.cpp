@@ -243,13 +243,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_from_input
   const LstmLayout L{c0.size(1), h0.size(1), w_hr.has_value()};
   const Schedule sched = make_schedule(batch_sizes, x_in.size(0), h0.size(0));
   const RowGroups groups = split_rows(sched, lstm_step_weight_bytes(L, x_in.element_size()));
-  at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::zeros({4 * L.H}, x_in.options());
   if (groups.count() == 1) {
     // One group: the steps' products split their columns between threads, and a few rows per step
     // make a poor GEMM; one GEMM over all N rows first does better.
-    at::Tensor gx = at::addmm(bias, x_in, w_ih_in.t());
-    return lstm_layer_fwd_cpu(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse, training);
+    at::Tensor gx = bias_in.has_value() ? at::addmm(*bias_in, x_in, w_ih_in.t())
+                                        : at::mm(x_in, w_ih_in.t());
+    return lstm_layer_fwd_run(gx, at::Tensor(), at::Tensor(), at::Tensor(), h0, c0, w_hh, w_hr,
+                              sched, groups, reverse, training);
   }
+  at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::zeros({4 * L.H}, x_in.options());
   return lstm_layer_fwd_run(at::Tensor(), x_in.contiguous(), w_ih_in.contiguous(), bias, h0, c0,
                             w_hh, w_hr, sched, groups, reverse, training);
 }

@@ -93,12 +93,10 @@ template <typename F>
 void for_each_group_step(const RowGroups& split, const Schedule& sched, bool reverse, bool backward,
                          const F& step) {
   auto run_group = [&](int64_t g0, int64_t g1) {
-    for (int64_t k = 0; k < sched.steps; ++k) {
-      const int64_t s = backward ? sched.steps - 1 - k : k;
-      const int64_t t = sched.time_at(s, reverse);
-      const int64_t bs = std::min(sched.sizes[t], g1) - g0;
-      if (bs > 0) step(g0, bs, sched.offsets[t] + g0);
-    }
+    for_each_step(sched, reverse, backward, [&](int64_t bs, int64_t row0) {
+      const int64_t group_rows = std::min(bs, g1) - g0;
+      if (group_rows > 0) step(g0, group_rows, row0 + g0);
+    });
   };
   if (split.count() == 1) {
     run_group(split.bounds[0], split.bounds[1]);

@@ -99,10 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cuda(
   }
   at::Tensor gh = at::empty({B, 4 * L.H}, gx.options());
   at::Tensor h_raw = L.proj ? at::empty({B, L.H}, gx.options()) : at::Tensor();
-  for (int64_t s = 0; s < sched.steps; ++s) {
-    const int64_t t = sched.time_at(s, reverse);
-    const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
-    if (bs == 0) continue;
+  for_each_step(sched, reverse, /*backward=*/false, [&](int64_t bs, int64_t row0) {
     at::Tensor h_rows = h_state.narrow(0, 0, bs), gh_rows = gh.narrow(0, 0, bs);
     at::mm_out(gh_rows, h_rows, w_hh.t());
     // Without a projection the kernel also writes y and saved h_prev; with one, h is P wide: copies.
@@ -123,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cuda(
       if (training) saved.narrow(0, row0, bs).narrow(1, L.h_raw(), L.H).copy_(h_out);
       y.narrow(0, row0, bs).copy_(h_rows);
     }
-  }
+  });
   return {y, h_state, c_state, saved};
 }
 
@@ -143,10 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   at::Tensor dgx = at::empty({N, 4 * L.H}, dy.options());
   at::Tensor dh_rows = L.proj ? at::empty({N, L.P}, dy.options()) : at::Tensor();
   at::Tensor dh_raw = L.proj ? at::empty({B, L.H}, dy.options()) : at::Tensor();
-  for (int64_t s = sched.steps - 1; s >= 0; --s) {
-    const int64_t t = sched.time_at(s, reverse);
-    const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
-    if (bs == 0) continue;
+  for_each_step(sched, reverse, /*backward=*/true, [&](int64_t bs, int64_t row0) {
     // dh = dy + the gradient from the next step; through the projection when there is one.
     at::Tensor dh = dh_state.narrow(0, 0, bs);
     dh.add_(dy.narrow(0, row0, bs));
@@ -160,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
                            row_ptr(dgx, row0), L.width(), bs, L.H};
     C10_CUDA_CHECK(lstm_step_bwd(dtype, args, current_stream()));
     at::mm_out(dh, dgx.narrow(0, row0, bs), w_hh);
-  }
+  });
   auto [dw_hh, dw_hr] = lstm_weight_grads(dgx, saved, dh_rows, L);
   return {dgx, dh_state, dc_state, dw_hh, dw_hr};
 }
@@ -182,17 +176,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd_cuda(
   at::Tensor saved = training ? at::empty({N, kGruSavedPerUnit * H}, gx.options())
                               : at::empty({0}, gx.options());
   at::Tensor gh = at::empty({B, 3 * H}, gx.options());
-  for (int64_t s = 0; s < sched.steps; ++s) {
-    const int64_t t = sched.time_at(s, reverse);
-    const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
-    if (bs == 0) continue;
+  for_each_step(sched, reverse, /*backward=*/false, [&](int64_t bs, int64_t row0) {
     at::Tensor h_rows = h_state.narrow(0, 0, bs), gh_rows = gh.narrow(0, 0, bs);
     at::mm_out(gh_rows, h_rows, w_hh.t());
     const GruStepFwd args{row_ptr(gx, row0), gh.data_ptr(),    row_ptr(b_hh, 0),
                           h_state.data_ptr(), row_ptr(y, row0), training ? row_ptr(saved, row0) : nullptr,
                           bs,                 H};
     C10_CUDA_CHECK(gru_step_fwd(dtype, args, current_stream()));
-  }
+  });
   return {y, h_state, saved};
 }
 
@@ -208,15 +199,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_bwd_cuda(
   at::Tensor dh_state = dhn.clone(at::MemoryFormat::Contiguous);
   at::Tensor dgx = at::empty({N, 3 * H}, dy.options());
   at::Tensor dgh = at::empty({N, 3 * H}, dy.options());
-  for (int64_t s = sched.steps - 1; s >= 0; --s) {
-    const int64_t t = sched.time_at(s, reverse);
-    const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
-    if (bs == 0) continue;
+  for_each_step(sched, reverse, /*backward=*/true, [&](int64_t bs, int64_t row0) {
     const GruStepBwd args{row_ptr(saved, row0), row_ptr(dy, row0), dh_state.data_ptr(),
                           row_ptr(dgx, row0), row_ptr(dgh, row0), bs, H};
     C10_CUDA_CHECK(gru_step_bwd(dtype, args, current_stream()));
     dh_state.narrow(0, 0, bs).addmm_(dgh.narrow(0, row0, bs), w_hh);
-  }
+  });
   at::Tensor dw_hh = at::mm(dgh.t(), saved.narrow(1, 4 * H, H));
   at::Tensor db_hh = has_bias ? dgh.sum(0) : at::empty({0}, dy.options());
   return {dgx, dh_state, dw_hh, db_hh};
@@ -236,16 +224,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_fwd_cuda(
   at::Tensor saved = training ? at::empty({N, kRnnSavedPerUnit * H}, gx.options())
                               : at::empty({0}, gx.options());
   at::Tensor gh = at::empty({B, H}, gx.options());
-  for (int64_t s = 0; s < sched.steps; ++s) {
-    const int64_t t = sched.time_at(s, reverse);
-    const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
-    if (bs == 0) continue;
+  for_each_step(sched, reverse, /*backward=*/false, [&](int64_t bs, int64_t row0) {
     at::Tensor h_rows = h_state.narrow(0, 0, bs), gh_rows = gh.narrow(0, 0, bs);
     at::mm_out(gh_rows, h_rows, w_hh.t());
     const RnnStepFwd args{row_ptr(gx, row0), gh.data_ptr(), h_state.data_ptr(), row_ptr(y, row0),
                           training ? row_ptr(saved, row0) : nullptr, bs, H, relu};
     C10_CUDA_CHECK(rnn_step_fwd(dtype, args, current_stream()));
-  }
+  });
   return {y, h_state, saved};
 }
 
@@ -260,16 +245,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_bwd_cuda(
   at::Tensor dy = dy_in.contiguous(), saved = saved_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor dh_state = dhn.clone(at::MemoryFormat::Contiguous);
   at::Tensor dgx = at::empty({N, H}, dy.options());
-  for (int64_t s = sched.steps - 1; s >= 0; --s) {
-    const int64_t t = sched.time_at(s, reverse);
-    const int64_t bs = sched.sizes[t], row0 = sched.offsets[t];
-    if (bs == 0) continue;
+  for_each_step(sched, reverse, /*backward=*/true, [&](int64_t bs, int64_t row0) {
     at::Tensor dh = dh_state.narrow(0, 0, bs);
     const RnnStepBwd args{row_ptr(saved, row0), row_ptr(dy, row0), dh.data_ptr(),
                           row_ptr(dgx, row0), bs, H, relu};
     C10_CUDA_CHECK(rnn_step_bwd(dtype, args, current_stream()));
     at::mm_out(dh, dgx.narrow(0, row0, bs), w_hh);
-  }
+  });
   at::Tensor dw_hh = at::mm(dgx.t(), saved.narrow(1, H, H));
   return {dgx, dh_state, dw_hh};
 }
