@@ -8,12 +8,12 @@ skipped (the kernels are still compiled by `make cuda-check`, and the extension 
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastcells
-from conftest import (CELL_KINDS, LAYER_KINDS, assert_same_results, forward_backward,
-                      low_precision_errors, make_cell_twins, make_layer_twins, opcheck_lstm_layer_fwd,
-                      random_cell_states, random_layer_states)
+from conftest import (CELL_KINDS, LAYER_KINDS, assert_packed_unsorted_matches_torch,
+                      assert_same_results, forward_backward, low_precision_errors, make_cell_twins,
+                      make_layer_twins, opcheck_lstm_layer_fwd, random_cell_states,
+                      random_layer_states)
 
 if "cuda" not in fastcells.available_backends("cuda"):
     pytest.skip(f"the cuda backend is not usable here: {fastcells.backends.unusable_reason('cuda', 'cuda')}",
@@ -39,13 +39,7 @@ def test_bidirectional_two_layers(kind, dtype):
 @pytest.mark.parametrize("kind", LAYER_KINDS)
 @pytest.mark.parametrize("lengths", [(4, 1, 3), (1,), (2, 2)])
 def test_packed_unsorted(kind, lengths):
-    dtype = torch.float64
-    ref, fast = make_layer_twins(kind, 3, 5, 1, bidirectional=True, dtype=dtype, backend="cuda",
-                                 device=DEVICE)
-    x = torch.randn(max(lengths), len(lengths), 3, dtype=dtype, device=DEVICE)
-    pack = lambda t: pack_padded_sequence(t, torch.tensor(lengths), enforce_sorted=False)  # noqa: E731
-    assert_same_results(forward_backward(fast, x, prepare=pack),
-                        forward_backward(ref, x, prepare=pack), dtype)
+    assert_packed_unsorted_matches_torch(kind, lengths, "cuda", DEVICE)
 
 
 @pytest.mark.parametrize("hidden", [1, 17, 300])

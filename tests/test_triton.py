@@ -8,11 +8,11 @@ TRITON_INTERPRET=1), so shapes stay small.
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastcells
-from conftest import (assert_same_results, forward_backward, low_precision_errors, make_layer_twins,
-                      opcheck_lstm_layer_fwd, random_layer_states)
+from conftest import (assert_packed_unsorted_matches_torch, assert_same_results, forward_backward,
+                      low_precision_errors, make_layer_twins, opcheck_lstm_layer_fwd,
+                      random_layer_states)
 
 if "triton" not in fastcells.available_backends("cuda" if torch.cuda.is_available() else "cpu"):
     pytest.skip("the triton backend is not usable here", allow_module_level=True)
@@ -54,13 +54,7 @@ def test_bidirectional_two_layers(kind, dtype, mode):
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("lengths", [(4, 1, 3), (1,), (2, 2)])
 def test_packed_unsorted(kind, lengths, mode):
-    dtype = torch.float64
-    ref, fast = make_layer_twins(kind, 3, 5, 1, bidirectional=True, dtype=dtype, backend="triton",
-                                 device=DEVICE)
-    x = torch.randn(max(lengths), len(lengths), 3, dtype=dtype, device=DEVICE)
-    pack = lambda t: pack_padded_sequence(t, torch.tensor(lengths), enforce_sorted=False)  # noqa: E731
-    assert_same_results(forward_backward(fast, x, prepare=pack),
-                        forward_backward(ref, x, prepare=pack), dtype)
+    assert_packed_unsorted_matches_torch(kind, lengths, "triton", DEVICE)
 
 
 @pytest.mark.parametrize("hidden", [1, 17, 40])
