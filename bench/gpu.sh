@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
 # One command for a machine with a CUDA GPU and a preinstalled CUDA build of torch, no network needed
-# (`make gpu`, or bench/gpu.sh [RESULTS_DIR]): builds fastcells in place (the CUDA extension too, once
-# csrc/cuda exists), then runs the test suite, the numerical check and the full GPU benchmark, leaving
-# every log and report in one results folder (default bench/results/<gpu name>/).
+# (`make gpu`, or bench/gpu.sh [RESULTS_DIR]): builds fastcells in place with its CUDA extension, then
+# runs the GPU tests, the benchmark cases of the issues' speed targets, the numerical check and the
+# benchmark sweeps, leaving every log and report in one results folder (default
+# bench/results/<gpu name>/).
+#
+# Rented GPU time is short, so the steps run in priority order inside a time budget
+# (GPU_TIME_BUDGET seconds, default 540): each step has a cap, and a step is skipped once the budget
+# is spent. GPU_ARCHIVE=FILE also packs the results folder into FILE (a .tgz) after every step, so
+# whatever finished survives a cut-off.
+#
+# The CPU test suite is CI's job; here only the tests that touch CUDA run (names with cuda or triton:
+# test_cuda.py, test_triton.py and the cuda variants of the shared suites), in parallel where
+# pytest-xdist is installed.
 #
 # It uses the python that holds the CUDA torch ($PYTHON, default python3), never the CPU-only .venv.
 # Every step runs even if an earlier one failed; the exit status is non-zero if any failed.
 set -uo pipefail
 PY=${PYTHON:-python3}
+BUDGET=${GPU_TIME_BUDGET:-540}
+RESERVE=15  # seconds kept back for the archive and the summary
 cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "bench/gpu.sh: $PY's torch sees no CUDA GPU; run this on a GPU machine" >&2
@@ -17,26 +30,59 @@ fi
 DIR=${1:-bench/results/$("$PY" -c "from fastcells.environment import device_slug; print(device_slug('cuda'))")}
 mkdir -p "$DIR"
 failed=()
+skipped=()
 
-step() {  # step NAME LOG COMMAND...: runs COMMAND, output to the terminal and to DIR/LOG
-    local name=$1 log=$2
-    shift 2
-    echo "== $name ($(date -u +%H:%M:%S))"
-    if ! "$@" 2>&1 | tee "$DIR/$log"; then
+step() {  # step NAME LOG CAP COMMAND...: runs COMMAND for at most CAP seconds, output also to DIR/LOG
+    local name=$1 log=$2 cap=$3 left status
+    shift 3
+    left=$((BUDGET - SECONDS - RESERVE))
+    if ((left < 20)); then
+        echo "== $name: skipped, the time budget is spent"
+        skipped+=("$name")
+        return
+    fi
+    ((cap > left)) && cap=$left
+    echo "== $name ($(date -u +%H:%M:%S), at most ${cap} s)"
+    timeout -k 10 "$cap" "$@" 2>&1 | tee "$DIR/$log"
+    status=${PIPESTATUS[0]}
+    if ((status == 124 || status == 137)); then
+        echo "== $name: stopped after ${cap} s" | tee -a "$DIR/$log"
+        failed+=("$name (timed out)")
+    elif ((status != 0)); then
         failed+=("$name")
     fi
+    if [ -n "${GPU_ARCHIVE:-}" ]; then tar czf "$GPU_ARCHIVE" -C "$DIR" .; fi
 }
 
-step build build.log "$PY" -m pip install --no-build-isolation --no-deps -e .
-step info info.txt "$PY" -m fastcells info
-step tests tests.log "$PY" -m pytest tests -q -p no:cacheprovider --junit-xml "$DIR/tests.xml"
-step check check.txt "$PY" -m fastcells check --device cuda --junit-xml "$DIR/check.xml"
-step bench bench.log "$PY" -m fastcells bench --device cuda --out "$DIR" --no-progress
-# The cuda backend's persistent LSTM kernel is opt-in until measured: the LSTM cases again with it on.
-step bench-persistent bench-persistent.log env FASTCELLS_CUDA_PERSISTENT=1 \
-    "$PY" -m fastcells bench --device cuda --cells lstm --modes inference --out "$DIR/persistent" --no-progress
+# Build for this GPU's architecture only (half the nvcc time of the default 8.0;9.0), one job a core.
+ARCH=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+step build build.log 300 env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$ARCH}" \
+    MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip install --no-build-isolation --no-deps -e .
+step info info.txt 60 sh -c "nvidia-smi; '$PY' -m fastcells info"
+
+PYTEST_OPTS=(-q -p no:cacheprovider --junit-xml "$DIR/tests.xml")
+"$PY" -c "import xdist" 2>/dev/null && PYTEST_OPTS+=(-n 8)
+"$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_OPTS+=(--timeout 300)
+step tests tests.log 240 "$PY" -m pytest tests -k "cuda or triton" "${PYTEST_OPTS[@]}"
+
+BENCH=("$PY" -m fastcells bench --device cuda --no-progress)
+FUSED=(--providers torch.nn cuda triton reference)
+# The issues' speed targets: FlashRNN's B=16 T=1024 H=768 and fastrnns' T=100 B=64 H=512.
+step bench-targets bench-targets.log 240 "${BENCH[@]}" --groups flashrnn fastrnns --cells lstm gru \
+    "${FUSED[@]}" --out "$DIR/targets"
+# The cuda backend's persistent LSTM kernel is opt-in until measured: its inference cases with it on.
+step bench-persistent bench-persistent.log 90 env FASTCELLS_CUDA_PERSISTENT=1 "${BENCH[@]}" \
+    --cells lstm --modes inference --groups step flashrnn fastrnns hidden batch \
+    --providers torch.nn cuda --out "$DIR/persistent"
+step check check.txt 180 "$PY" -m fastcells check --device cuda --junit-xml "$DIR/check.xml"
+step bench-sweeps bench-sweeps.log 600 "${BENCH[@]}" --groups step hidden batch "${FUSED[@]}" \
+    --out "$DIR/sweeps"
+# The naive loop under torch.compile (about a minute of compilation per case): last.
+step bench-compiled bench-compiled.log 600 "${BENCH[@]}" --groups fastrnns --dtype float32 \
+    --providers torch.nn cuda reference reference+compile --out "$DIR/compiled"
 
 echo "== results in $DIR"
+((${#skipped[@]})) && echo "skipped (time budget): ${skipped[*]}"
 if ((${#failed[@]})); then
     echo "failed steps: ${failed[*]}" >&2
     exit 1

@@ -6,6 +6,7 @@ import torch
 
 from .. import environment
 from . import cases as cases_mod
+from . import providers as providers_mod
 
 GROUPS = ("step", "fastrnns", "flashrnn", "hidden", "batch")
 
@@ -20,6 +21,9 @@ def add_arguments(parser):
                         help="dtypes (default: float32 on cpu; float32 and bfloat16 on cuda)")
     parser.add_argument("--modes", nargs="+", choices=cases_mod.MODES, default=list(cases_mod.MODES))
     parser.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS))
+    parser.add_argument("--providers", nargs="+", choices=providers_mod.NAMES, metavar="NAME",
+                        help="measure only these of the usable providers (default: all; "
+                        f"names: {', '.join(providers_mod.NAMES)}); ratios need torch.nn and reference")
     parser.add_argument("--out", metavar="DIR",
                         help="output folder (default: bench/results/<device name>/)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per case (default 5, quick 3)")
@@ -50,9 +54,10 @@ def run(args):
     meta = {"device": device, "device_name": environment.device_name(device),
             "versions": environment.versions(), "git": environment.git_revision(),
             "date": environment.now_utc(), "quick": args.quick, "rounds": rounds, "budget_s": budget,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "providers": args.providers or "all usable"}
     print(f"fastcells bench on {meta['device_name']}: {len(cases)} cases, {rounds} rounds")
-    rows = run_cases(cases, device, rounds, budget, progress=not args.no_progress)
+    rows = run_cases(cases, device, rounds, budget, progress=not args.no_progress,
+                     only=args.providers)
     paths = write_all(out_dir, meta, rows)
     print(f"wrote {len(paths)} files to {os.path.abspath(out_dir)}:")
     for path in paths:

@@ -21,6 +21,9 @@ NAIVE_COMPILED = "reference+compile"
 COMPILED_GROUPS = ("fastrnns",)
 COMPILED_DTYPES = ("float32",)
 
+# Every provider name a run can have (fused backends other than reference are named after them).
+NAMES = (TORCH,) + tuple(name for name in backends.NAMES if name != NAIVE) + (NAIVE, NAIVE_COMPILED)
+
 _TORCH_CLASSES = {"lstm": (nn.LSTM, nn.LSTMCell), "gru": (nn.GRU, nn.GRUCell),
                   "rnn": (nn.RNN, nn.RNNCell)}
 

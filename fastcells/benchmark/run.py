@@ -55,9 +55,11 @@ def speedups(rows):
     return rows
 
 
-def run_cases(cases, device, rounds, budget_s, progress=True):
-    """Measures every case on ``device``; returns the result rows (see report.py for the fields)."""
-    plan = [(case, providers_mod.providers_for(case, device)) for case in cases]
+def run_cases(cases, device, rounds, budget_s, progress=True, only=None):
+    """Measures every case on ``device``; returns the result rows (see report.py for the fields).
+    ``only`` (provider names) keeps just those of each case's providers."""
+    plan = [(case, [name for name in providers_mod.providers_for(case, device)
+                    if only is None or name in only]) for case in cases]
     total = sum(len(names) * rounds for _, names in plan)
     rows, dropped = [], {}
     with tqdm(total=total, disable=not progress, unit="round", dynamic_ncols=True) as bar:
