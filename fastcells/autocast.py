@@ -1,8 +1,10 @@
 """torch.autocast for fastcells modules: compute in, and return, the dtype torch.nn's twin would.
 
 Measured with torch 2.13 (CPU) and read from torch's autocast op lists (CUDA):
-- CUDA: every recurrent op is on autocast's lower-precision list (cuDNN's layers, and lstm_cell,
-  gru_cell, rnn_tanh_cell, rnn_relu_cell), so every module computes in the autocast dtype.
+- CUDA: the cells' ops (lstm_cell, gru_cell, rnn_tanh_cell, rnn_relu_cell) are on autocast's
+  lower-precision list, so the cells compute in the autocast dtype. cuDNN's layers are cast by their own
+  autocast rule, which casts to float16 whatever the autocast dtype: measured with torch 2.11 on an
+  H200, an nn.LSTM, GRU or RNN under bfloat16 autocast returns float16. The layers follow that.
 - CPU: oneDNN's LSTM layer (mkldnn_rnn_layer) is on the list; RNN and RNNCell run decomposed ops whose
   products are on it and return the autocast dtype; GRU, LSTMCell and GRUCell mix those products with
   float32 states and return float32, which fastcells computes in throughout.
@@ -15,6 +17,7 @@ import torch
 
 # Module kinds (RNNBase modes and cell class names) that torch.nn computes in the autocast dtype on CPU.
 _CPU_LOW_PRECISION = frozenset({"LSTM", "RNN_TANH", "RNN_RELU", "RNNCell"})
+_LAYERS = frozenset({"LSTM", "GRU", "RNN_TANH", "RNN_RELU"})
 
 
 # One cheap call to skip all autocast work when it is off everywhere (a streaming cell step feels the
@@ -36,7 +39,9 @@ def compute_dtype(kind, device_type, weight_dtype):
     where torch.nn uses it, else the weights' dtype. None when autocast is off there."""
     if not is_enabled(device_type):
         return None
-    if device_type == "cuda" or (device_type == "cpu" and kind in _CPU_LOW_PRECISION):
+    if device_type == "cuda":
+        return torch.float16 if kind in _LAYERS else torch.get_autocast_dtype(device_type)
+    if device_type == "cpu" and kind in _CPU_LOW_PRECISION:
         return torch.get_autocast_dtype(device_type)
     return weight_dtype
 

@@ -12,13 +12,16 @@ from .layer_ops import layer_functions, step_functions
 
 NAME = "cuda"
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# Asked once: modules ask unusable_reason at every forward, and Dynamo cannot trace a pybind function
+# (torch.compile(fullgraph=True) would stop there).
+_BUILT_WITH_CUDA = _extension.load_error is None and _extension.C.has_cuda()
 
 
 def unusable_reason(device_type, dtype=None):
     """Why this backend cannot run on ``device_type`` tensors of ``dtype`` (None: any), or None."""
     if _extension.load_error is not None:
         return f"the compiled extension fastcells._C did not load ({_extension.load_error})"
-    if not _extension.C.has_cuda():
+    if not _BUILT_WITH_CUDA:
         return ("fastcells._C was built without its CUDA ops (they are built where torch has CUDA and "
                 "nvcc is found at install time)")
     if device_type != "cuda":
