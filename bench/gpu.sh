@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One command for a machine with a CUDA GPU and a preinstalled CUDA build of torch, no network needed
 # (`make gpu`, or bench/gpu.sh [RESULTS_DIR]): builds fastcells in place with its CUDA extension, then
-# runs the GPU tests, the benchmark cases of the issues' speed targets, the numerical check and the
-# benchmark sweeps, leaving every log and report in one results folder (default
-# bench/results/<gpu name>/).
+# runs the GPU tests, compute-sanitizer over the cuda ops, the benchmark cases of the issues' speed
+# targets, the numerical check and the benchmark sweeps, leaving every log and report in one results
+# folder (default bench/results/<gpu name>/).
 #
 # Rented GPU time is short, so the steps run in priority order inside a time budget
 # (GPU_TIME_BUDGET seconds, default 540): each step has a cap, and a step is skipped once the budget
@@ -64,6 +64,15 @@ PYTEST_OPTS=(-q -p no:cacheprovider --junit-xml "$DIR/tests.xml")
 "$PY" -c "import xdist" 2>/dev/null && PYTEST_OPTS+=(-n 8)
 "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_OPTS+=(--timeout 300)
 step tests tests.log 240 "$PY" -m pytest tests -k "cuda or triton" "${PYTEST_OPTS[@]}"
+
+# compute-sanitizer over one call of every cuda-backend op (memcheck without torch's caching allocator,
+# so a read past a tensor is a read past an allocation; racecheck for the shared-memory kernels).
+if command -v compute-sanitizer >/dev/null; then
+    step memcheck memcheck.txt 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
+        --error-exitcode 9 "$PY" bench/cuda_sanitize.py
+    step racecheck racecheck.txt 90 compute-sanitizer --tool racecheck --error-exitcode 9 \
+        "$PY" bench/cuda_sanitize.py
+fi
 
 BENCH=("$PY" -m fastcells bench --device cuda --no-progress)
 FUSED=(--providers torch.nn cuda triton reference)

@@ -72,9 +72,11 @@ def versions():
 
 
 def git_revision():
-    """The short git revision of the fastcells checkout (with "+dirty" for local changes); where the
-    checkout has no .git (a copy of the tree, as on a rented GPU machine), FASTCELLS_GIT_REVISION, else
-    None."""
+    """FASTCELLS_GIT_REVISION where set (a copy of the tree, as on a rented GPU machine, may carry no
+    .git or a stale one), else the short git revision of the fastcells checkout (with "+dirty" for
+    local changes), else None."""
+    if os.environ.get("FASTCELLS_GIT_REVISION"):
+        return os.environ["FASTCELLS_GIT_REVISION"]
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
@@ -82,7 +84,7 @@ def git_revision():
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, check=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("FASTCELLS_GIT_REVISION")
+        return None
     return rev + ("+dirty" if dirty else "")
 
 

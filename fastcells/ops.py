@@ -47,6 +47,15 @@ def _no_zero_gradients(ctx, saved):
     ctx.set_materialize_grads(False)
 
 
+def _require_saved(ctx):
+    """Backward needs the saved activations, which a layer op called with training=False does not
+    keep. Raised here, before any backward op sees an empty ``saved`` (on the H200 that call to the
+    CUDA op crashed the process instead of raising; see bench/results/nvidia-h200/README.md)."""
+    if not ctx.training:
+        raise RuntimeError("fastcells: this layer op ran with training=False and saved nothing for "
+                           "backward; call it with training=True where gradients are needed")
+
+
 def register():
     """Registers fake implementations and autograd for the ops of fastcells._C (once, after loading it)."""
     register_layer_ops("", same_dtype)
@@ -98,11 +107,13 @@ def register_lstm_from_input():
 
     def setup(ctx, inputs, output):
         x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse, training = inputs
+        ctx.training = training
         _no_zero_gradients(ctx, output[3])
         ctx.save_for_backward(output[3], x, w_ih, w_hh, w_hr, batch_sizes)
         ctx.reverse, ctx.batch, ctx.has_bias = reverse, h0.shape[0], bias is not None
 
     def backward(ctx, dy, dhn, dcn, _dsaved):
+        _require_saved(ctx)
         saved, x, w_ih, w_hh, w_hr, batch_sizes = ctx.saved_tensors
         dgx, dh0, dc0, dw_hh, dw_hr = lstm_layer_grads(
             ops.lstm_layer_bwd, ctx, saved, w_hh, w_hr, batch_sizes, dy, dhn, dcn)
@@ -138,11 +149,13 @@ def register_layer_ops(prefix, saved_dtype):
 
     def lstm_setup(ctx, inputs, output):
         gx, h0, c0, w_hh, w_hr, batch_sizes, reverse, training = inputs
+        ctx.training = training
         _no_zero_gradients(ctx, output[3])
         ctx.save_for_backward(output[3], w_hh, w_hr, batch_sizes)
         ctx.reverse, ctx.batch = reverse, h0.shape[0]
 
     def lstm_backward(ctx, dy, dhn, dcn, _dsaved):
+        _require_saved(ctx)
         saved, w_hh, w_hr, batch_sizes = ctx.saved_tensors
         dgx, dh0, dc0, dw_hh, dw_hr = lstm_layer_grads(
             getattr(ops, prefix + "lstm_layer_bwd"), ctx, saved, w_hh, w_hr, batch_sizes, dy, dhn, dcn)
@@ -165,11 +178,13 @@ def register_layer_ops(prefix, saved_dtype):
 
     def gru_setup(ctx, inputs, output):
         gx, h0, w_hh, b_hh, batch_sizes, reverse, training = inputs
+        ctx.training = training
         _no_zero_gradients(ctx, output[2])
         ctx.save_for_backward(output[2], w_hh, batch_sizes)
         ctx.reverse, ctx.has_bias, ctx.batch = reverse, b_hh is not None, h0.shape[0]
 
     def gru_backward(ctx, dy, dhn, _dsaved):
+        _require_saved(ctx)
         saved, w_hh, batch_sizes = ctx.saved_tensors
         H = w_hh.shape[1]
         dy = dy if dy is not None else w_hh.new_zeros((saved.shape[0], H))
@@ -193,11 +208,13 @@ def register_layer_ops(prefix, saved_dtype):
 
     def rnn_setup(ctx, inputs, output):
         gx, h0, w_hh, batch_sizes, relu, reverse, training = inputs
+        ctx.training = training
         _no_zero_gradients(ctx, output[2])
         ctx.save_for_backward(output[2], w_hh, batch_sizes)
         ctx.relu, ctx.reverse, ctx.batch = relu, reverse, h0.shape[0]
 
     def rnn_backward(ctx, dy, dhn, _dsaved):
+        _require_saved(ctx)
         saved, w_hh, batch_sizes = ctx.saved_tensors
         H = w_hh.shape[1]
         dy = dy if dy is not None else w_hh.new_zeros((saved.shape[0], H))

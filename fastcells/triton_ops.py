@@ -121,11 +121,21 @@ def lstm_layer_fwd(gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optio
     return y, h, c.to(c0.dtype), saved
 
 
+def _checked_saved(saved, rows, width):
+    """``saved`` as the backward kernels read it, (rows, width) contiguous. They index it without
+    bounds, so a wrong one (e.g. the empty one of a training=False call) must raise, not be read past
+    its end (which crashed the process under the interpreter)."""
+    if tuple(saved.shape) != (rows, width):
+        raise RuntimeError(f"saved must have shape [{rows}, {width}], got {list(saved.shape)}")
+    return saved.contiguous()
+
+
 @torch.library.custom_op("fastcells::triton_lstm_layer_bwd", mutates_args=())
 def lstm_layer_bwd(dy: Tensor, dhn: Tensor, dcn: Tensor, saved: Tensor, w_hh: Tensor,
                    w_hr: Optional[Tensor], batch_sizes: Tensor, reverse: bool
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     N, H, P = dy.shape[0], dcn.shape[1], dhn.shape[1]
+    saved = _checked_saved(saved, N, ops.lstm_saved_width(H, P, w_hr is not None))
     compute = saved.dtype
     dh = dhn.to(compute, copy=True).contiguous()
     dc = dcn.to(compute, copy=True).contiguous()
@@ -195,6 +205,7 @@ def gru_layer_fwd(gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], 
 def gru_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, w_hh: Tensor, batch_sizes: Tensor,
                   reverse: bool, has_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     N, H = dy.shape[0], dhn.shape[1]
+    saved = _checked_saved(saved, N, ops.gru_saved_width(H))
     compute = saved.dtype
     dh = dhn.to(compute, copy=True).contiguous()
     dgx = torch.empty((N, 3 * H), dtype=compute, device=dy.device)
@@ -241,6 +252,7 @@ def rnn_layer_fwd(gx: Tensor, h0: Tensor, w_hh: Tensor, batch_sizes: Tensor, rel
 def rnn_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, w_hh: Tensor, batch_sizes: Tensor,
                   relu: bool, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
     N, H = dy.shape[0], dhn.shape[1]
+    saved = _checked_saved(saved, N, ops.rnn_saved_width(H))
     compute = saved.dtype
     dh = dhn.to(compute, copy=True).contiguous()
     dpre = torch.empty((N, H), dtype=compute, device=dy.device)

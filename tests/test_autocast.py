@@ -99,3 +99,14 @@ def test_without_autocast_nothing_is_cast():
     layer = fastcells.GRU(4, 6)
     out, h = layer(torch.randn(5, 3, 4))
     assert out.dtype == h.dtype == torch.float32
+
+
+def test_cuda_rule_layers_float16_cells_autocast_dtype(monkeypatch):
+    """The CUDA rule, checkable without a GPU: under bfloat16 autocast cuDNN's layers return float16
+    (measured on an H200 with torch 2.11), the cells the autocast dtype."""
+    monkeypatch.setattr(fc_autocast, "is_enabled", lambda device_type: True)
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.bfloat16)
+    for kind in LAYERS.values():
+        assert fc_autocast.compute_dtype(kind, "cuda", torch.float32) == torch.float16
+    for kind in CELLS.values():
+        assert fc_autocast.compute_dtype(kind, "cuda", torch.float32) == torch.bfloat16

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
+import fastcells
 from fastcells import _extension
 
 from conftest import (CELL_KINDS, LAYER_KINDS, assert_unchanged, make_cell_twins, make_layer_twins,
@@ -458,3 +459,33 @@ def test_op_errors_name_the_argument(kind, family, index, name, make_bad):
     message = str(error.value)
     first = message.split()[0]
     assert name in (first, first.removesuffix("_in")), f"the message does not name {name}: {message}"
+
+
+def _op_prefixes():
+    """The layer-op families callable here: the compiled ops, and the triton ones under the interpreter."""
+    prefixes = [] if _extension.load_error is not None else [""]
+    return prefixes + (["triton_"] if "triton" in fastcells.available_backends("cpu") else [])
+
+
+@pytest.mark.parametrize("prefix", _op_prefixes())
+@pytest.mark.parametrize("family", ["lstm", "gru", "rnn_tanh"])
+def test_backward_of_an_inference_call_raises(family, prefix):
+    """A layer op called with training=False keeps no activations: backward through it is a clear
+    RuntimeError raised before any backward op sees the empty saved tensor."""
+    op, args = layer_fwd_args(family, F64, reverse=False, training=True, prefix=prefix)
+    args = args[:-1] + (False,)
+    outputs = op(*args)
+    with pytest.raises(RuntimeError, match="training=False and saved nothing for backward"):
+        outputs[0].sum().backward()
+
+
+@pytest.mark.skipif("triton" not in fastcells.available_backends("cpu"),
+                    reason="the triton ops run on CPU tensors only under TRITON_INTERPRET=1")
+@pytest.mark.parametrize("family", ["lstm", "lstm_proj", "gru", "rnn_relu"])
+def test_triton_bwd_op_rejects_a_wrong_saved(family):
+    """The triton backward kernels index ``saved`` without bounds: a wrong shape raises first."""
+    op, args = layer_bwd_args(family, F64, reverse=False, prefix="triton_")
+    index = 3 if family.startswith("lstm") else 2
+    for bad in (torch.empty(0, dtype=F64), args[index][:, :-1], args[index][:-1]):
+        with pytest.raises(RuntimeError, match="saved must have shape"):
+            op(*_replace(args, index, bad))

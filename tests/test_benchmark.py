@@ -117,6 +117,27 @@ def test_a_failing_provider_is_reported_not_fatal(monkeypatch):
     assert all(row["time_s"] > 0 for row in rows if row["provider"] != "reference")
 
 
+def test_providers_option_keeps_only_the_named_providers(tmp_path):
+    args = ["bench", "--device", "cpu", "--cells", "gru", "--groups", "step", "--quick", "--rounds", "1",
+            "--budget", "0.001", "--no-progress", "--providers", "torch.nn", "reference",
+            "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    with open(tmp_path / "results.json") as f:
+        data = json.load(f)
+    assert {row["provider"] for row in data["results"]} == {"torch.nn", "reference"}
+    assert data["meta"]["providers"] == ["torch.nn", "reference"]
+
+
+def test_git_revision_prefers_the_variable(monkeypatch):
+    """A copy of the tree on a rented GPU machine may carry a stale .git: the variable wins."""
+    from fastcells import environment
+
+    monkeypatch.setenv("FASTCELLS_GIT_REVISION", "abc1234")
+    assert environment.git_revision() == "abc1234"
+    monkeypatch.delenv("FASTCELLS_GIT_REVISION")
+    assert environment.git_revision() != "abc1234"
+
+
 def test_cpu_peak_memory_sees_an_allocation():
     def run_once():
         a = torch.empty(1 << 20)  # 4 MiB

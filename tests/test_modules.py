@@ -321,6 +321,19 @@ def test_available_backends():
         assert backends.unusable_reason("cuda", "cuda")  # says why: no CUDA build, or no GPU
 
 
+@pytest.mark.skipif(_extension.load_error is not None, reason="fastcells._C not loaded")
+def test_backend_choice_makes_no_call_into_the_extension(monkeypatch):
+    """Modules choose their backend at every forward: a pybind call there stops torch.compile's
+    fullgraph trace (seen on an H200 with the cuda backend's has_cuda)."""
+    def planted():
+        raise AssertionError("fastcells._C.has_cuda called while choosing a backend")
+
+    monkeypatch.setattr(_extension.C, "has_cuda", planted)
+    for device_type in ("cpu", "cuda"):
+        for name in backends.NAMES:
+            backends.unusable_reason(name, device_type, torch.float32)
+
+
 @pytest.mark.parametrize("name", ["cpu", "reference", "auto"])
 def test_backend_argument_and_repr(name):
     if name == "cpu" and "cpu" not in fastcells.available_backends():

@@ -1,0 +1,51 @@
+"""Runs every op of the cuda backend once at small odd sizes, for compute-sanitizer (bench/gpu.sh):
+layers forward and backward (LSTM with and without projection, GRU, RNN relu; two layers,
+bidirectional; padded and packed), the three cells, and the opt-in persistent LSTM kernel, in float32
+and bfloat16.
+
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python bench/cuda_sanitize.py
+
+(Without the caching allocator every tensor is its own allocation, so memcheck sees reads past one.)
+"""
+
+import os
+
+import torch
+from torch.nn.utils.rnn import pack_sequence
+
+import fastcells
+
+DEVICE = "cuda"
+LAYERS = ((fastcells.LSTM, {}), (fastcells.LSTM, {"proj_size": 3}), (fastcells.GRU, {}),
+          (fastcells.RNN, {"nonlinearity": "relu"}))
+CELLS = (fastcells.LSTMCell, fastcells.GRUCell, fastcells.RNNCell)
+
+
+def run_layers(dtype):
+    for cls, kwargs in LAYERS:
+        layer = cls(5, 7, 2, bidirectional=True, backend="cuda", device=DEVICE, dtype=dtype, **kwargs)
+        x = torch.randn(6, 3, 5, device=DEVICE, dtype=dtype, requires_grad=True)
+        layer(x)[0].float().sum().backward()
+        packed = pack_sequence([torch.randn(n, 5, device=DEVICE, dtype=dtype) for n in (4, 3, 1)])
+        layer(packed)[0].data.float().sum().backward()
+
+
+def run_cells(dtype):
+    for cls in CELLS:
+        cls(5, 7, backend="cuda", device=DEVICE, dtype=dtype)(torch.randn(2, 5, device=DEVICE, dtype=dtype))
+
+
+def run_persistent():
+    os.environ["FASTCELLS_CUDA_PERSISTENT"] = "1"  # read at every call by the C++ layer op
+    with torch.no_grad():
+        for hidden in (5, 33):
+            fastcells.LSTM(4, hidden, backend="cuda", device=DEVICE)(torch.randn(7, 3, 4, device=DEVICE))
+
+
+if __name__ == "__main__":
+    for dtype in (torch.float32, torch.bfloat16):
+        run_layers(dtype)
+        run_cells(dtype)
+    run_persistent()
+    torch.cuda.synchronize()
+    print("cuda_sanitize: every cuda-backend op ran")
