@@ -243,9 +243,23 @@ def _check_cell_args(input, states, input_size, hidden_size, weight):
                                f"at {input.device} and hidden{index} tensor at {state.device}")
 
 
+_STREAMING_DTYPES = (torch.float32, torch.float64)
+
+
+def _streaming_call(input):
+    """Whether a cell call may take the streaming fast path: one fused step op of the cpu backend
+    called straight from forward, with none of the Python checks (the op checks every shape, dtype and
+    device itself; on any error the call goes the full way, which raises torch.nn's exception). Plain
+    batched CPU float tensors, no gradient, no autocast, not while torch.compile traces."""
+    return (not torch.compiler.is_compiling() and type(input) is torch.Tensor and input.is_cpu
+            and input.dtype in _STREAMING_DTYPES and input.dim() == 2
+            and not torch.is_grad_enabled() and not autocast.any_enabled())
+
+
 class _FusedCellMixin:
-    """What the three cells share. Each defines ``_KIND`` (its torch.nn class name) and
-    ``_forward(input, hx, weights)``."""
+    """What the three cells share. Each defines ``_KIND`` (its torch.nn class name), ``_forward(input,
+    hx, weights)``, and for the streaming fast path ``_STEP_OP`` (its cpu step op) and
+    ``_streaming_step(step_op, input, hx, weights)``."""
 
     __prepare_scriptable__ = _refuse_scripting
 
@@ -254,6 +268,13 @@ class _FusedCellMixin:
 
     def forward(self, input, hx=None):
         weights = self._weights()
+        if hx is not None and _streaming_call(input):
+            step_op = backends.cpu_streaming_step_op(self._STEP_OP, self.backend)
+            if step_op is not None:
+                try:
+                    return self._streaming_step(step_op, input, hx, weights)
+                except (RuntimeError, TypeError):
+                    pass  # the full path below raises torch.nn's exception for this call
         if not (autocast.any_enabled() and isinstance(input, torch.Tensor)
                 and autocast.is_enabled(input.device.type)):
             return self._forward(input, hx, weights)
@@ -307,11 +328,18 @@ class LSTMCell(_FusedCellMixin, nn.LSTMCell):
     dtype=None, *, backend="auto")``. input (B, I) or (I); hx (h, c) each (B, H) or (H)."""
 
     _KIND = "LSTMCell"
+    _STEP_OP = "lstm_step_fwd"
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend="auto"):
         super().__init__(input_size, hidden_size, bias, device, dtype)
         self._init_backend(backend)
+
+    @staticmethod
+    def _streaming_step(step_op, input, hx, weights):
+        if type(hx) is not tuple or len(hx) != 2:
+            raise TypeError("not an (h, c) tuple")  # the full path says what torch.nn says
+        return step_op(input, hx[0], hx[1], *weights)
 
     def _forward(self, input, hx, weights):
         x, (h, c), is_batched = self._batched("LSTMCell", input, hx, 2, weights[0])
@@ -324,11 +352,16 @@ class GRUCell(_FusedCellMixin, nn.GRUCell):
     """Drop-in ``torch.nn.GRUCell``: input (B, I) or (I); hx (B, H) or (H)."""
 
     _KIND = "GRUCell"
+    _STEP_OP = "gru_step_fwd"
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend="auto"):
         super().__init__(input_size, hidden_size, bias, device, dtype)
         self._init_backend(backend)
+
+    @staticmethod
+    def _streaming_step(step_op, input, hx, weights):
+        return step_op(input, hx, *weights)
 
     def _forward(self, input, hx, weights):
         x, (h,), is_batched = self._batched("GRUCell", input, hx, 1, weights[0])
@@ -341,11 +374,17 @@ class RNNCell(_FusedCellMixin, nn.RNNCell):
     """Drop-in ``torch.nn.RNNCell`` (tanh or relu): input (B, I) or (I); hx (B, H) or (H)."""
 
     _KIND = "RNNCell"
+    _STEP_OP = "rnn_step_fwd"
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
                  dtype=None, *, backend="auto"):
         super().__init__(input_size, hidden_size, bias, nonlinearity, device, dtype)
         self._init_backend(backend)
+
+    def _streaming_step(self, step_op, input, hx, weights):
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        return step_op(input, hx, *weights, self.nonlinearity == "relu")
 
     def _forward(self, input, hx, weights):
         x, (h,), is_batched = self._batched("RNNCell", input, hx, 1, weights[0])

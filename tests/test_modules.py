@@ -13,7 +13,7 @@ import fastcells
 from fastcells import _extension, backends
 
 from conftest import (CELL_KINDS, LAYER_KINDS, copy_weights, make_cell_twins, make_layer_twins,
-                      random_layer_states, record_fastcells_ops)
+                      random_cell_states, random_layer_states, record_fastcells_ops)
 
 DT = torch.float64
 TWINS = {nn.LSTM: fastcells.LSTM, nn.GRU: fastcells.GRU, nn.RNN: fastcells.RNN,
@@ -602,3 +602,40 @@ def test_extension_loads_where_it_was_built():
     if os.environ.get("FASTCELLS_ALLOW_NO_EXTENSION") == "1":
         pytest.skip("running without the compiled extension on purpose")
     assert _extension.load_error is None, _extension.load_error
+
+
+@pytest.mark.skipif(_extension.load_error is not None, reason="fastcells._C not loaded")
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_streaming_cell_step_skips_the_python_checks(kind, monkeypatch):
+    """An inference call with a state runs the fused step op straight from forward (the op checks its
+    arguments itself), with torch.nn's results; with gradients it takes the full path."""
+    from fastcells import modules
+
+    ref, fast = make_cell_twins(kind, 4, 6, dtype=torch.float32, backend="cpu")
+    x = torch.randn(3, 4)
+    hx = random_cell_states(ref, 3, torch.float32)
+
+    def planted(*args):
+        raise AssertionError("the full path ran")
+
+    monkeypatch.setattr(modules, "_check_cell_args", planted)
+    with torch.inference_mode():
+        got, expected = fast(x, hx), ref(x, hx)
+    for a, b in zip(got if isinstance(got, tuple) else (got,),
+                    expected if isinstance(expected, tuple) else (expected,)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    with pytest.raises(AssertionError, match="the full path ran"):
+        fast(x, hx)  # gradients enabled
+
+
+@pytest.mark.skipif(_extension.load_error is not None, reason="fastcells._C not loaded")
+@pytest.mark.parametrize("requested,env,fast", [("auto", None, True), ("cpu", None, True),
+                                                ("auto", "reference", False), ("reference", None, False),
+                                                ("auto", "cpu", True), ("cpu", "reference", True)])
+def test_streaming_step_only_where_the_cpu_backend_is_chosen(requested, env, fast, monkeypatch):
+    if env is None:
+        monkeypatch.delenv("FASTCELLS_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("FASTCELLS_BACKEND", env)
+    op = backends.cpu_streaming_step_op("gru_step_fwd", requested)
+    assert (op is not None) == fast

@@ -36,6 +36,12 @@ _DIRECT_STEP_OPS = ({} if _extension.C is None else
                      for name in ("lstm_step_fwd", "gru_step_fwd", "rnn_step_fwd")})
 
 
+def direct_step_op(name):
+    """fastcells._C's pybind11 function for the inference step op ``name`` ("lstm_step_fwd", ...), or
+    None when the extension did not load."""
+    return _DIRECT_STEP_OPS.get(name)
+
+
 def _step_op(name):
     """The fused inference step op ``name``: fastcells._C's function called through pybind11 (it skips
     the dispatcher's ~5 µs), or the torch.ops op under torch.compile, which traces torch.ops only."""
