@@ -14,6 +14,7 @@ from conftest import (CELL_KINDS, LAYER_KINDS, assert_packed_unsorted_matches_to
                       assert_same_results, float64_results, forward_backward, low_precision_errors,
                       make_cell_twins, make_layer_twins, opcheck_lstm_layer_fwd, random_cell_states,
                       random_layer_states)
+from op_args import B, H, layer_bwd_args, layer_fwd_args
 
 if "cuda" not in fastcells.available_backends("cuda"):
     pytest.skip(f"the cuda backend is not usable here: {fastcells.backends.unusable_reason('cuda', 'cuda')}",
@@ -120,3 +121,28 @@ def test_bad_arguments_raise_instead_of_crashing():
     with pytest.raises(RuntimeError, match="w_hh must be on"):
         torch.ops.fastcells.rnn_layer_fwd(torch.randn(6, 4, device=DEVICE), h, torch.randn(4, 4),
                                           torch.full((3,), 2), False, False, False)
+
+
+def _to_device_except(args, cpu_index):
+    """``args`` with every tensor moved to the GPU but the one at ``cpu_index`` (batch_sizes)."""
+    return tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) and i != cpu_index else a
+                 for i, a in enumerate(args))
+
+
+@pytest.mark.parametrize("family", ["lstm", "gru", "rnn_tanh"])
+def test_shape_errors_raise_instead_of_crashing(family):
+    """A wrong shape is a RuntimeError naming the argument, as on the CPU. On an H200 the backward op
+    given the empty saved of a training=False forward crashed the process instead (see
+    bench/results/nvidia-h200/README.md)."""
+    lstm = family == "lstm"
+    op, args = layer_bwd_args(family, torch.float64, reverse=False)
+    saved_index, sizes_index = (3, 6) if lstm else (2, 4)
+    args = _to_device_except(args, sizes_index)
+    empty = torch.empty(0, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(RuntimeError, match="saved must have shape"):
+        op(*args[:saved_index], empty, *args[saved_index + 1:])
+    op, args = layer_fwd_args(family, torch.float64, reverse=False, training=False)
+    args = _to_device_except(args, {"lstm": 5, "gru": 4}.get(family, 3))
+    wide_h0 = torch.randn(B, H + 1, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(RuntimeError, match="must have shape"):
+        op(args[0], wide_h0, *args[2:])
