@@ -84,8 +84,12 @@ step bench-persistent bench-persistent.log 90 env FASTCELLS_CUDA_PERSISTENT=1 "$
     --cells lstm --modes inference --groups step flashrnn fastrnns hidden batch \
     --providers torch.nn cuda --out "$DIR/persistent"
 step check check.txt 180 "$PY" -m fastcells check --device cuda --junit-xml "$DIR/check.xml"
-step bench-sweeps bench-sweeps.log 600 "${BENCH[@]}" --groups step hidden batch "${FUSED[@]}" \
-    --out "$DIR/sweeps"
+# The sweeps, one group a step: a report is written only when its run ends, so a cut-off loses one
+# group, not all three.
+for group in step hidden batch; do
+    step "bench-$group" "bench-$group.log" 300 "${BENCH[@]}" --groups "$group" "${FUSED[@]}" \
+        --out "$DIR/$group"
+done
 # The naive loop under torch.compile (about a minute of compilation per case): last.
 step bench-compiled bench-compiled.log 600 "${BENCH[@]}" --groups fastrnns --dtype float32 \
     --providers torch.nn cuda reference reference+compile --out "$DIR/compiled"
