@@ -381,15 +381,18 @@ class RNNCell(_FusedCellMixin, nn.RNNCell):
         super().__init__(input_size, hidden_size, bias, nonlinearity, device, dtype)
         self._init_backend(backend)
 
-    def _streaming_step(self, step_op, input, hx, weights):
+    def _relu(self):
+        """Whether the nonlinearity is relu (else tanh); torch.nn's error for any other."""
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        return step_op(input, hx, *weights, self.nonlinearity == "relu")
+        return self.nonlinearity == "relu"
+
+    def _streaming_step(self, step_op, input, hx, weights):
+        return step_op(input, hx, *weights, self._relu())
 
     def _forward(self, input, hx, weights):
         x, (h,), is_batched = self._batched("RNNCell", input, hx, 1, weights[0])
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        relu = self._relu()
         backend = backends.select(self.backend, x.device.type, x.dtype)
-        h = backend.rnn_step(x, h, *weights, self.nonlinearity == "relu")
+        h = backend.rnn_step(x, h, *weights, relu)
         return h if is_batched else h.squeeze(0)

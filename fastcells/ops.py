@@ -39,12 +39,15 @@ def _empty_like_absent(t):
     return t.new_empty((0,))
 
 
-def _no_zero_gradients(ctx, saved):
-    """Marks ``saved`` as an output with no gradient, and has autograd pass None (not zeros) for the
-    gradient of any output that got none: zeros the size of ``saved`` (N x 7H for an LSTM) cost 9.6 of
-    ~115 ms in an LSTM T=100 B=32 H=256 training step here. The backward formulas handle None."""
+def _setup_saved(ctx, saved, training):
+    """What every layer op's setup_context does with its ``saved`` output: marks it as an output with
+    no gradient, has autograd pass None (not zeros) for the gradient of any output that got none (zeros
+    the size of ``saved``, N x 7H for an LSTM, cost 9.6 of ~115 ms in an LSTM T=100 B=32 H=256 training
+    step here; the backward formulas handle None), and remembers whether it holds anything
+    (``_require_saved``)."""
     ctx.mark_non_differentiable(saved)
     ctx.set_materialize_grads(False)
+    ctx.training = training
 
 
 def _require_saved(ctx):
@@ -107,8 +110,7 @@ def register_lstm_from_input():
 
     def setup(ctx, inputs, output):
         x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse, training = inputs
-        ctx.training = training
-        _no_zero_gradients(ctx, output[3])
+        _setup_saved(ctx, output[3], training)
         ctx.save_for_backward(output[3], x, w_ih, w_hh, w_hr, batch_sizes)
         ctx.reverse, ctx.batch, ctx.has_bias = reverse, h0.shape[0], bias is not None
 
@@ -149,8 +151,7 @@ def register_layer_ops(prefix, saved_dtype):
 
     def lstm_setup(ctx, inputs, output):
         gx, h0, c0, w_hh, w_hr, batch_sizes, reverse, training = inputs
-        ctx.training = training
-        _no_zero_gradients(ctx, output[3])
+        _setup_saved(ctx, output[3], training)
         ctx.save_for_backward(output[3], w_hh, w_hr, batch_sizes)
         ctx.reverse, ctx.batch = reverse, h0.shape[0]
 
@@ -178,8 +179,7 @@ def register_layer_ops(prefix, saved_dtype):
 
     def gru_setup(ctx, inputs, output):
         gx, h0, w_hh, b_hh, batch_sizes, reverse, training = inputs
-        ctx.training = training
-        _no_zero_gradients(ctx, output[2])
+        _setup_saved(ctx, output[2], training)
         ctx.save_for_backward(output[2], w_hh, batch_sizes)
         ctx.reverse, ctx.has_bias, ctx.batch = reverse, b_hh is not None, h0.shape[0]
 
@@ -208,8 +208,7 @@ def register_layer_ops(prefix, saved_dtype):
 
     def rnn_setup(ctx, inputs, output):
         gx, h0, w_hh, batch_sizes, relu, reverse, training = inputs
-        ctx.training = training
-        _no_zero_gradients(ctx, output[2])
+        _setup_saved(ctx, output[2], training)
         ctx.save_for_backward(output[2], w_hh, batch_sizes)
         ctx.relu, ctx.reverse, ctx.batch = relu, reverse, h0.shape[0]
 
