@@ -35,8 +35,9 @@ test: $(BUILD_STAMP) cuda-check
 # The kernels include no torch header, so this needs nvcc only (seconds per file, nothing runs).
 NVCC ?= nvcc
 CUDA_ARCHS ?= 80 90
-# The -D flags are those torch's CUDA extension build adds (no implicit half/bfloat16 conversions).
-NVCC_FLAGS := -std=c++17 -Icsrc/include $(foreach arch,$(CUDA_ARCHS),-gencode arch=compute_$(arch),code=sm_$(arch)) \
+# The -D flags are those torch's CUDA extension build adds (no implicit half/bfloat16 conversions);
+# -std is setup.py's (CXX_STANDARD).
+NVCC_FLAGS := -std=c++20 -Icsrc/include $(foreach arch,$(CUDA_ARCHS),-gencode arch=compute_$(arch),code=sm_$(arch)) \
 	-Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
 	-D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
 	-D__CUDA_NO_HALF2_OPERATORS__

@@ -26,10 +26,17 @@ def cuda_wanted():
     return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
 
 
+# One C++ standard for every compiler of the project (also CMakeLists.txt and make cuda-check): C++20.
+# torch 2.13's headers use C++20 features (in C++17 GCC takes them only as extensions, with a warning
+# per file) and its extension build picks C++20 by itself; given here so that every torch we support
+# (2.11 and newer) and nvcc build the same way.
+CXX_STANDARD = "-std=c++20"
+
+
 def extension():
     # -fno-trapping-math lets the compiler if-convert the clamps and floor of the gate math, so the
     # pointwise loops vectorize (results are unchanged: it only drops FP-exception side effects).
-    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
+    cxx_flags = [CXX_STANDARD, "-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
     # The extension is built on the machine that runs it (an editable install), so tune for its CPU;
     # FASTCELLS_PORTABLE=1 builds for any x86-64 instead.
     if os.environ.get("FASTCELLS_PORTABLE") != "1":
@@ -48,7 +55,7 @@ def extension():
         return cpp_extension.CUDAExtension(
             **common,
             define_macros=[("FASTCELLS_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", CXX_STANDARD]},
         )
     return cpp_extension.CppExtension(**common, extra_compile_args={"cxx": cxx_flags})
 

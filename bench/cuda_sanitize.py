@@ -14,6 +14,7 @@ import torch
 from torch.nn.utils.rnn import pack_sequence
 
 import fastcells
+from fastcells.backends import cuda as cuda_backend
 
 DEVICE = "cuda"
 LAYERS = ((fastcells.LSTM, {}), (fastcells.LSTM, {"proj_size": 3}), (fastcells.GRU, {}),
@@ -36,7 +37,7 @@ def run_cells(dtype):
 
 
 def run_persistent():
-    os.environ["FASTCELLS_CUDA_PERSISTENT"] = "1"  # read at every call by the C++ layer op
+    cuda_backend.use_persistent(True)
     with torch.no_grad():
         for hidden in (5, 33):
             fastcells.LSTM(4, hidden, backend="cuda", device=DEVICE)(torch.randn(7, 3, 4, device=DEVICE))

@@ -1,8 +1,10 @@
-// What the layer ops of every device share: saved-activation layouts, argument checks, weight gradients.
+// What the layer ops of every device share: argument checks, the input side of a layer (its bias
+// and its gradients), weight gradients. The saved-activation layouts are in fastcells/saved_layout.h.
 //
-// Shapes: N rows of the flattened sequence (see schedule.h), B batch, H hidden, P = proj_size or H.
-// The checks cover shapes, and dtype and device agreement between arguments; which dtypes a device
-// computes in is checked by its own implementation (FC_CHECK_FLOATING on the CPU).
+// Shapes: N rows of the flattened sequence (see schedule.h), I input features, B batch, H hidden,
+// P = proj_size or H, G gate columns (4H LSTM, 3H GRU, H RNN). The checks cover shapes, and dtype and
+// device agreement between arguments; which dtypes a device computes in is checked by its own
+// implementation (FC_CHECK_FLOATING on the CPU).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -10,64 +12,68 @@
 #include <utility>
 
 #include "checks.h"
+#include "fastcells/saved_layout.h"
 
 namespace fastcells {
 
-// LSTM saved (N, width()), one row per sequence row, G = 4H gates in torch's order i, f, g, o:
-//   [gates i f g o (4H) | c_prev (H) | tanh(c) (H) | h_prev (P) | h before projection (H, proj only)]
-struct LstmLayout {
-  int64_t H, P;
-  bool proj;
-  int64_t c_prev() const { return 4 * H; }
-  int64_t tanh_c() const { return 5 * H; }
-  int64_t h_prev() const { return 6 * H; }
-  int64_t h_raw() const { return 6 * H + P; }
-  int64_t width() const { return 6 * H + P + (proj ? H : 0); }
-};
+// The input side of a layer op: x (N, I), w_ih (G, I), b_ih and b_hh (G) or none.
+inline void check_input_args(const at::Tensor& x, const at::Tensor& w_ih,
+                             const c10::optional<at::Tensor>& b_ih,
+                             const c10::optional<at::Tensor>& b_hh, int64_t G) {
+  FC_CHECK_DIM(x, 2);
+  FC_CHECK_SHAPE(w_ih, G, x.size(1));
+  FC_CHECK_LIKE(w_ih, x);
+  check_bias(b_ih, "b_ih", G, x);
+  check_bias(b_hh, "b_hh", G, x);
+}
 
-// GRU saved (N, 5H): [r z n (3H) | h_n = W_hn h + b_hn (H) | h_prev (H)].
-constexpr int64_t kGruSavedPerUnit = 5;
-// RNN saved (N, 2H): [h (H) | h_prev (H)].
-constexpr int64_t kRnnSavedPerUnit = 2;
-
-// gx (N, 4H), h0 (B, P), c0 (B, H), w_hh (4H, P), w_hr (P, H) or none.
-inline void check_lstm_layer_fwd_args(const at::Tensor& gx, const at::Tensor& h0,
-                                      const at::Tensor& c0, const at::Tensor& w_hh,
-                                      const c10::optional<at::Tensor>& w_hr) {
-  FC_CHECK_DIM(gx, 2);
+// LSTM forward: x, w_ih, b_ih, b_hh as above (G = 4H), h0 (B, P), c0 (B, H), w_hh (4H, P),
+// w_hr (P, H) or none.
+inline LstmLayout check_lstm_layer_fwd_args(const at::Tensor& x, const at::Tensor& w_ih,
+                                            const c10::optional<at::Tensor>& b_ih,
+                                            const c10::optional<at::Tensor>& b_hh,
+                                            const at::Tensor& h0, const at::Tensor& c0,
+                                            const at::Tensor& w_hh,
+                                            const c10::optional<at::Tensor>& w_hr) {
   FC_CHECK_DIM(c0, 2);
   const int64_t H = c0.size(1);
   if (w_hr.has_value()) FC_CHECK_DIM((*w_hr), 2);
-  const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
-  TORCH_CHECK(gx.size(1) == 4 * H, "gx must have 4 * hidden_size = ", 4 * H, " columns, got ",
-              gx.size(1));
-  FC_CHECK_SHAPE(h0, c0.size(0), P);
-  FC_CHECK_SHAPE(w_hh, 4 * H, P);
-  FC_CHECK_LIKE(h0, gx);
-  FC_CHECK_LIKE(c0, gx);
-  FC_CHECK_LIKE(w_hh, gx);
-  if (w_hr.has_value()) {
-    FC_CHECK_SHAPE((*w_hr), P, H);  // (P was read from it: this checks its dims and H)
-    FC_CHECK_LIKE((*w_hr), gx);
+  const LstmLayout L{H, w_hr.has_value() ? w_hr->size(0) : H, w_hr.has_value()};
+  check_input_args(x, w_ih, b_ih, b_hh, 4 * H);
+  FC_CHECK_SHAPE(h0, c0.size(0), L.P);
+  FC_CHECK_SHAPE(w_hh, 4 * H, L.P);
+  FC_CHECK_LIKE(h0, x);
+  FC_CHECK_LIKE(c0, x);
+  FC_CHECK_LIKE(w_hh, x);
+  if (L.proj) {
+    FC_CHECK_SHAPE((*w_hr), L.P, H);  // (P was read from it: this checks its dims and H)
+    FC_CHECK_LIKE((*w_hr), x);
   }
+  return L;
 }
 
-// The input side of lstm_layer_from_input_fwd: x (N, I), w_ih (4H, I), bias (4H) or none, with H
-// from c0 (B, H). The rest is checked by check_lstm_layer_fwd_args.
-inline void check_lstm_input_args(const at::Tensor& x, const at::Tensor& w_ih,
-                                  const c10::optional<at::Tensor>& bias, const at::Tensor& c0) {
-  FC_CHECK_DIM(x, 2);
-  FC_CHECK_DIM(c0, 2);
-  FC_CHECK_SHAPE(w_ih, 4 * c0.size(1), x.size(1));
-  FC_CHECK_LIKE(w_ih, x);
-  check_bias(bias, "bias", 4 * c0.size(1), x);
+// GRU (gates_per_unit 3) and RNN (1) forward: x, w_ih, b_ih, b_hh as above (G = gates_per_unit * H),
+// h0 (B, H), w_hh (G, H). Returns H.
+inline int64_t check_layer_fwd_args(const at::Tensor& x, const at::Tensor& w_ih,
+                                    const c10::optional<at::Tensor>& b_ih,
+                                    const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+                                    const at::Tensor& w_hh, int64_t gates_per_unit) {
+  FC_CHECK_DIM(h0, 2);
+  const int64_t H = h0.size(1), G = gates_per_unit * H;
+  check_input_args(x, w_ih, b_ih, b_hh, G);
+  FC_CHECK_SHAPE(w_hh, G, H);
+  FC_CHECK_LIKE(h0, x);
+  FC_CHECK_LIKE(w_hh, x);
+  return H;
 }
 
-// dy (N, P), dhn (B, P), dcn (B, H), saved (N, width), w_hh (4H, P), w_hr (P, H) or none.
-inline LstmLayout check_lstm_layer_bwd_args(const at::Tensor& dy, const at::Tensor& dhn,
-                                            const at::Tensor& dcn, const at::Tensor& saved,
-                                            const at::Tensor& w_hh,
-                                            const c10::optional<at::Tensor>& w_hr) {
+// LSTM backward: dy (N, P), dhn (B, P), dcn (B, H), saved (N, width), x, w_ih, b_ih, b_hh as the
+// forward's, w_hh (4H, P), w_hr (P, H) or none.
+inline LstmLayout check_lstm_layer_bwd_args(
+    const at::Tensor& dy, const at::Tensor& dhn, const at::Tensor& dcn, const at::Tensor& saved,
+    const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
+    const c10::optional<at::Tensor>& b_hh, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& w_hr) {
   FC_CHECK_DIM(dy, 2);
   FC_CHECK_DIM(dhn, 2);
   FC_CHECK_DIM(dcn, 2);
@@ -85,34 +91,75 @@ inline LstmLayout check_lstm_layer_bwd_args(const at::Tensor& dy, const at::Tens
     FC_CHECK_SHAPE((*w_hr), L.P, L.H);
     FC_CHECK_LIKE((*w_hr), dy);
   }
+  FC_CHECK_LIKE(x, dy);
+  check_input_args(x, w_ih, b_ih, b_hh, 4 * L.H);
+  FC_CHECK_SHAPE(x, N, x.size(1));
   return L;
 }
 
-// GRU (gates_per_unit 3, b_hh (3H) or none) and RNN (1, no bias): gx (N, G), h0 (B, H), w_hh (G, H).
-inline void check_layer_fwd_args(const at::Tensor& gx, const at::Tensor& h0,
-                                 const at::Tensor& w_hh, int64_t gates_per_unit) {
-  FC_CHECK_DIM(gx, 2);
-  FC_CHECK_DIM(h0, 2);
-  const int64_t H = h0.size(1), G = gates_per_unit * H;
-  FC_CHECK_SHAPE(gx, gx.size(0), G);
-  FC_CHECK_SHAPE(w_hh, G, H);
-  FC_CHECK_LIKE(h0, gx);
-  FC_CHECK_LIKE(w_hh, gx);
-}
-
-// GRU and RNN backward: dy (N, H), dhn (B, H), saved (N, saved_per_unit * H), w_hh (G, H).
-inline void check_layer_bwd_args(const at::Tensor& dy, const at::Tensor& dhn,
-                                 const at::Tensor& saved, const at::Tensor& w_hh,
-                                 int64_t gates_per_unit, int64_t saved_per_unit) {
+// GRU and RNN backward: dy (N, H), dhn (B, H), saved (N, saved_per_unit * H), x, w_ih, b_ih, b_hh
+// as the forward's, w_hh (G, H). Returns H.
+inline int64_t check_layer_bwd_args(const at::Tensor& dy, const at::Tensor& dhn,
+                                    const at::Tensor& saved, const at::Tensor& x,
+                                    const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
+                                    const c10::optional<at::Tensor>& b_hh, const at::Tensor& w_hh,
+                                    int64_t gates_per_unit, int64_t saved_per_unit) {
   FC_CHECK_DIM(dy, 2);
   FC_CHECK_DIM(dhn, 2);
-  const int64_t H = dhn.size(1), N = dy.size(0);
+  const int64_t H = dhn.size(1), N = dy.size(0), G = gates_per_unit * H;
   FC_CHECK_SHAPE(dy, N, H);
   FC_CHECK_SHAPE(saved, N, saved_per_unit * H);
-  FC_CHECK_SHAPE(w_hh, gates_per_unit * H, H);
+  FC_CHECK_SHAPE(w_hh, G, H);
   FC_CHECK_LIKE(dhn, dy);
   FC_CHECK_LIKE(saved, dy);
   FC_CHECK_LIKE(w_hh, dy);
+  FC_CHECK_LIKE(x, dy);
+  check_input_args(x, w_ih, b_ih, b_hh, G);
+  FC_CHECK_SHAPE(x, N, x.size(1));
+  return H;
+}
+
+// The bias of a layer's input projection x @ w_ih^T + bias. LSTM and RNN add b_hh to the same
+// pre-activations (adds_b_hh): it is folded in here, whichever of the two biases is given. GRU keeps
+// b_hh apart (n = tanh(W_in x + b_in + r * (W_hn h + b_hn))): its bias is b_ih alone.
+inline c10::optional<at::Tensor> input_bias(const c10::optional<at::Tensor>& b_ih,
+                                            const c10::optional<at::Tensor>& b_hh, bool adds_b_hh) {
+  if (!adds_b_hh || !b_hh.has_value()) return b_ih;
+  if (!b_ih.has_value()) return b_hh;
+  return *b_ih + *b_hh;
+}
+
+// gx (N, G) = x (N, I) @ w_ih^T + bias: the input projections of all rows, one GEMM.
+inline at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih,
+                                   const c10::optional<at::Tensor>& bias) {
+  return bias.has_value() ? at::addmm(*bias, x, w_ih.t()) : at::mm(x, w_ih.t());
+}
+
+// The gradients of a layer's input side, one GEMM or sum each over all rows after the time loop,
+// from dgx (N, G), the gradient of the input pre-activations: dx (N, I; empty unless need_dx),
+// dw_ih (G, I), db_ih and db_hh (G; empty when that bias is absent). dgh_bias is the gradient of
+// the pre-activations b_hh is added to: GRU's W_hh h + b_hh; undefined for LSTM and RNN, where that
+// is dgx itself.
+struct InputGrads {
+  at::Tensor dx, dw_ih, db_ih, db_hh;
+};
+
+inline InputGrads input_grads(const at::Tensor& dgx, const at::Tensor& x, const at::Tensor& w_ih,
+                              const c10::optional<at::Tensor>& b_ih,
+                              const c10::optional<at::Tensor>& b_hh, const at::Tensor& dgh_bias,
+                              bool need_dx) {
+  // Fresh tensors throughout: an op's outputs must not alias each other.
+  const auto absent = [&] { return at::empty({0}, dgx.options()); };
+  InputGrads g{need_dx ? at::mm(dgx, w_ih) : absent(), at::mm(dgx.t(), x), absent(), absent()};
+  if (b_ih.has_value()) g.db_ih = dgx.sum(0);
+  if (b_hh.has_value()) {
+    if (dgh_bias.defined()) {
+      g.db_hh = dgh_bias.sum(0);
+    } else {
+      g.db_hh = b_ih.has_value() ? g.db_ih.clone() : dgx.sum(0);  // one sum over the N rows, not two
+    }
+  }
+  return g;
 }
 
 // The LSTM weight gradients, one GEMM each over all rows after the time loop: dw_hh (4H, P) from the

@@ -1,65 +1,95 @@
 // The fastcells op schemas (one per op, for every device) and the Python module fastcells._C.
 //
-// Layer ops run one layer and one direction over a whole sequence; step ops run one inference step of
-// a cell. Shapes (N rows of the flattened sequence, B batch, H hidden, P = proj_size or H):
-//   gx (N, G) input projections, h0 (B, P), c0 (B, H), w_hh (G, P), w_hr (P, H), batch_sizes (T) int64 CPU
-//   with G = 4H (LSTM), 3H (GRU), H (RNN). LSTM and RNN gx include both biases; GRU gx includes b_ih.
-// Backward ops return an empty tensor for a gradient whose input was absent (w_hr, b_hh).
+// Layer ops run one layer and one direction over a whole sequence, from the layer's input and all its
+// weights: where the input projection runs (one GEMM up front, per group of rows, or inside a
+// persistent kernel) is each device's choice. Step ops run one inference step of a cell. Shapes
+// (N rows of the flattened sequence, I input features, B batch, H hidden, P = proj_size or H):
+//   x (N, I), w_ih (G, I), b_ih and b_hh (G) or none, h0 (B, P), c0 (B, H), w_hh (G, P), w_hr (P, H),
+//   batch_sizes (T) int64 CPU, with G = 4H (LSTM), 3H (GRU), H (RNN).
+// saved: what backward needs, (N, width) as in fastcells/saved_layout.h; empty when not training.
+// Backward ops take the forward's inputs again and return the gradients of the forward's tensor
+// inputs in the order (dx, states..., dw_ih, db_ih, db_hh, weights...); an empty tensor stands for the
+// gradient of an absent input (b_ih, b_hh, w_hr), and for dx when need_dx is false (the first layer's
+// input seldom needs one: its GEMM is skipped).
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <map>
+#include <string>
+
 #include "cpu/ops_cpu.h"
+#include "fastcells/saved_layout.h"
+#ifdef FASTCELLS_WITH_CUDA
+#include "cuda/layers_cuda.h"
+#endif
 
 TORCH_LIBRARY(fastcells, m) {
   m.def(
-      "lstm_layer_fwd(Tensor gx, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, "
-      "Tensor batch_sizes, bool reverse, bool training) -> (Tensor y, Tensor hn, Tensor cn, "
-      "Tensor saved)");
-  // lstm_layer_fwd with the input projection done inside: gx = x @ w_ih^T + bias (CPU only).
-  m.def(
-      "lstm_layer_from_input_fwd(Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor c0, "
+      "lstm_layer_fwd(Tensor x, Tensor w_ih, Tensor? b_ih, Tensor? b_hh, Tensor h0, Tensor c0, "
       "Tensor w_hh, Tensor? w_hr, Tensor batch_sizes, bool reverse, bool training) -> (Tensor y, "
       "Tensor hn, Tensor cn, Tensor saved)");
   m.def(
-      "lstm_layer_bwd(Tensor dy, Tensor dhn, Tensor dcn, Tensor saved, Tensor w_hh, Tensor? w_hr, "
-      "Tensor batch_sizes, bool reverse) -> (Tensor dgx, Tensor dh0, Tensor dc0, Tensor dw_hh, "
+      "lstm_layer_bwd(Tensor dy, Tensor dhn, Tensor dcn, Tensor saved, Tensor x, Tensor w_ih, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor w_hh, Tensor? w_hr, Tensor batch_sizes, bool reverse, "
+      "bool need_dx) -> "
+      "(Tensor dx, Tensor dh0, Tensor dc0, Tensor dw_ih, Tensor db_ih, Tensor db_hh, Tensor dw_hh, "
       "Tensor dw_hr)");
   m.def(
       "lstm_step_fwd(Tensor x, Tensor h, Tensor c, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
       "Tensor? b_hh) -> (Tensor h_new, Tensor c_new)");
   m.def(
-      "gru_layer_fwd(Tensor gx, Tensor h0, Tensor w_hh, Tensor? b_hh, Tensor batch_sizes, "
-      "bool reverse, bool training) -> (Tensor y, Tensor hn, Tensor saved)");
+      "gru_layer_fwd(Tensor x, Tensor w_ih, Tensor? b_ih, Tensor? b_hh, Tensor h0, Tensor w_hh, "
+      "Tensor batch_sizes, bool reverse, bool training) -> (Tensor y, Tensor hn, Tensor saved)");
   m.def(
-      "gru_layer_bwd(Tensor dy, Tensor dhn, Tensor saved, Tensor w_hh, Tensor batch_sizes, "
-      "bool reverse, bool has_bias) -> (Tensor dgx, Tensor dh0, Tensor dw_hh, Tensor db_hh)");
+      "gru_layer_bwd(Tensor dy, Tensor dhn, Tensor saved, Tensor x, Tensor w_ih, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor w_hh, Tensor batch_sizes, bool reverse, bool need_dx) -> (Tensor dx, "
+      "Tensor dh0, "
+      "Tensor dw_ih, Tensor db_ih, Tensor db_hh, Tensor dw_hh)");
   m.def(
       "gru_step_fwd(Tensor x, Tensor h, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) "
       "-> Tensor h_new");
   m.def(
-      "rnn_layer_fwd(Tensor gx, Tensor h0, Tensor w_hh, Tensor batch_sizes, bool relu, "
-      "bool reverse, bool training) -> (Tensor y, Tensor hn, Tensor saved)");
+      "rnn_layer_fwd(Tensor x, Tensor w_ih, Tensor? b_ih, Tensor? b_hh, Tensor h0, Tensor w_hh, "
+      "Tensor batch_sizes, bool relu, bool reverse, bool training) -> (Tensor y, Tensor hn, "
+      "Tensor saved)");
   m.def(
-      "rnn_layer_bwd(Tensor dy, Tensor dhn, Tensor saved, Tensor w_hh, Tensor batch_sizes, "
-      "bool relu, bool reverse) -> (Tensor dgx, Tensor dh0, Tensor dw_hh)");
+      "rnn_layer_bwd(Tensor dy, Tensor dhn, Tensor saved, Tensor x, Tensor w_ih, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor w_hh, Tensor batch_sizes, bool relu, bool reverse, bool need_dx) -> "
+      "(Tensor dx, "
+      "Tensor dh0, Tensor dw_ih, Tensor db_ih, Tensor db_hh, Tensor dw_hh)");
   m.def(
       "rnn_step_fwd(Tensor x, Tensor h, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
       "bool relu) -> Tensor h_new");
 }
 
-// Importing fastcells._C registers the ops above. The module also exposes the CPU step ops directly:
+// Importing fastcells._C registers the ops above. The module also exposes the CPU step ops directly,
+// under the ops' names (so fastcells._C and torch.ops.fastcells serve the cpu backend alike):
 // a call through pybind11 skips the dispatcher's boxing of seven arguments (~5 µs of the ~10 µs a
 // streaming LSTM step at H=64 took through torch.ops). Used eagerly only, never under torch.compile.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastcells compiled ops: see torch.ops.fastcells";
   // The GIL is released while a step runs, so other Python threads (an inference server's) go on.
   using ReleaseGil = pybind11::call_guard<pybind11::gil_scoped_release>;
-  m.def("lstm_step_fwd_cpu", &fastcells::cpu::lstm_step_fwd_cpu, ReleaseGil());
-  m.def("gru_step_fwd_cpu", &fastcells::cpu::gru_step_fwd_cpu, ReleaseGil());
-  m.def("rnn_step_fwd_cpu", &fastcells::cpu::rnn_step_fwd_cpu, ReleaseGil());
+  m.def("lstm_step_fwd", &fastcells::cpu::lstm_step_fwd_cpu, ReleaseGil());
+  m.def("gru_step_fwd", &fastcells::cpu::gru_step_fwd_cpu, ReleaseGil());
+  m.def("rnn_step_fwd", &fastcells::cpu::rnn_step_fwd_cpu, ReleaseGil());
+  // The saved layouts of fastcells/saved_layout.h for H hidden units and P = proj_size (LSTM), as
+  // {name: column offset or width}: what tests/test_saved_layout.py checks the Python mirror against.
+  m.def("saved_layouts", [](int64_t H, int64_t P) {
+    const fastcells::LstmLayout lstm{H, P, true};
+    const fastcells::GruLayout gru{H};
+    const fastcells::RnnLayout rnn{H};
+    return std::map<std::string, std::map<std::string, int64_t>>{
+        {"lstm", {{"c_prev", lstm.c_prev()}, {"tanh_c", lstm.tanh_c()}, {"h_prev", lstm.h_prev()},
+                  {"h_raw", lstm.h_raw()}, {"width", lstm.width()},
+                  {"width_no_proj", fastcells::LstmLayout{H, H, false}.width()}}},
+        {"gru", {{"h_n", gru.h_n()}, {"h_prev", gru.h_prev()}, {"width", gru.width()}}},
+        {"rnn", {{"h", rnn.h()}, {"h_prev", rnn.h_prev()}, {"width", rnn.width()}}}};
+  });
   // Whether the CUDA ops were compiled in (setup.py builds them where torch has CUDA and nvcc exists).
 #ifdef FASTCELLS_WITH_CUDA
   m.def("has_cuda", [] { return true; });
+  m.def("set_cuda_persistent", &fastcells::cuda::set_persistent);
 #else
   m.def("has_cuda", [] { return false; });
 #endif

@@ -1,36 +1,24 @@
 """``fastcells.convert(model)``: swap torch.nn recurrent modules for their fastcells twins in place."""
 
-from torch import nn
+from . import backends
+from .cells import TWINS
 
-from . import backends, modules
+# The constructor arguments of the torch.nn recurrent modules, read back from their attributes (each
+# class has the ones its constructor takes, except that every layer has proj_size).
+_ARGUMENTS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+              "bidirectional", "proj_size", "nonlinearity")
 
 
 def _twin_of(module, backend):
     """A fastcells module configured like ``module`` and sharing its parameter tensors, or None."""
-    meta = {"device": "meta", "dtype": None}  # built without memory; the real parameters come next
-    if type(module) is nn.LSTM:
-        twin = modules.LSTM(module.input_size, module.hidden_size, module.num_layers, module.bias,
-                            module.batch_first, module.dropout, module.bidirectional,
-                            module.proj_size, backend=backend, **meta)
-    elif type(module) is nn.GRU:
-        twin = modules.GRU(module.input_size, module.hidden_size, module.num_layers, module.bias,
-                           module.batch_first, module.dropout, module.bidirectional,
-                           backend=backend, **meta)
-    elif type(module) is nn.RNN:
-        twin = modules.RNN(module.input_size, module.hidden_size, module.num_layers,
-                           module.nonlinearity, module.bias, module.batch_first, module.dropout,
-                           module.bidirectional, backend=backend, **meta)
-    elif type(module) is nn.LSTMCell:
-        twin = modules.LSTMCell(module.input_size, module.hidden_size, module.bias,
-                                backend=backend, **meta)
-    elif type(module) is nn.GRUCell:
-        twin = modules.GRUCell(module.input_size, module.hidden_size, module.bias,
-                               backend=backend, **meta)
-    elif type(module) is nn.RNNCell:
-        twin = modules.RNNCell(module.input_size, module.hidden_size, module.bias,
-                               module.nonlinearity, backend=backend, **meta)
-    else:
+    twin_cls = TWINS.get(type(module))
+    if twin_cls is None:
         return None
+    kwargs = {name: getattr(module, name) for name in _ARGUMENTS if hasattr(module, name)}
+    if not kwargs.get("proj_size"):
+        kwargs.pop("proj_size", None)  # GRU and RNN take none
+    # built without memory; the real parameters come next
+    twin = twin_cls(**kwargs, backend=backend, device="meta", dtype=None)
     for name, parameter in module.named_parameters(recurse=False):
         setattr(twin, name, parameter)  # RNNBase.__setattr__ keeps _flat_weights in step
     twin.train(module.training)

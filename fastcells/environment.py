@@ -2,6 +2,7 @@
 the benchmark reports, so both describe a machine the same way."""
 
 import datetime
+import importlib.metadata
 import os
 import platform
 import re
@@ -46,12 +47,12 @@ def cuda_unavailable():
 
 
 def triton_version():
-    """Triton's version, or None when it is not installed (importing it is cheap and safe on CPU)."""
+    """Triton's installed version, or None: read from its package metadata, without importing it
+    (about 0.3 s)."""
     try:
-        import triton
-    except ImportError:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
         return None
-    return triton.__version__
 
 
 def versions():

@@ -20,22 +20,17 @@ def _layer_weights(flat_weights, index, bias, proj):
 
 
 def _run_direction(backend, mode, x, h0, c0, weights, batch_sizes, reverse):
-    """One layer, one direction. x (N, I), h0 (B, P), c0 (B, H) or None -> y (N, P), hn, cn or None."""
+    """One layer, one direction. x (N, I), h0 (B, P), c0 (B, H) or None -> y (N, P), hn, cn or None.
+    The backend's layer op takes the input and all the weights: where the input projection runs is
+    its choice."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
-    if mode == "GRU":
-        gx = F.linear(x, w_ih, b_ih)
-        y, hn = backend.gru_layer(gx, h0, w_hh, b_hh, batch_sizes, reverse)
-        return y, hn, None
-    # LSTM and RNN add b_hh straight to the gates: fold it into the input projection's GEMM.
-    bias = None if b_ih is None else b_ih + b_hh
-    # A backend may take the input projection into its layer op (the cpu backend's LSTM does).
-    from_input = getattr(backend, "lstm_layer_from_input", None) if mode == "LSTM" else None
-    if from_input is not None:
-        return from_input(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-    gx = F.linear(x, w_ih, bias)
     if mode == "LSTM":
-        return backend.lstm_layer(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-    y, hn = backend.rnn_layer(gx, h0, w_hh, batch_sizes, mode == "RNN_RELU", reverse)
+        return backend.lstm_layer(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+    if mode == "GRU":
+        y, hn = backend.gru_layer(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, reverse)
+    else:
+        y, hn = backend.rnn_layer(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, mode == "RNN_RELU",
+                                  reverse)
     return y, hn, None
 
 
@@ -43,7 +38,7 @@ def rnn(backend, mode, x, batch_sizes, hx, cx, flat_weights, *, num_layers, bidi
         proj, dropout, training):
     """Runs a stacked recurrent network over the flattened sequence.
 
-    backend: a backend module; mode: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU".
+    backend: a backend's functions (backends.resolve); mode: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU".
     x: (N, I) rows; batch_sizes: (T) int64 CPU, non-increasing, summing to N.
     hx: (L * D, B, P) initial hidden states; cx: (L * D, B, H) initial cell states (LSTM) or None.
     Returns y (N, D * P) from the last layer, hn (L * D, B, P) and cn (L * D, B, H) or None, with

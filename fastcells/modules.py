@@ -121,7 +121,7 @@ class _FusedRNNBase(nn.RNNBase):
             rows, hx, cx = (autocast.cast(t, dtype) for t in (rows, hx, cx))
             flat_weights = [autocast.cast(w, dtype) for w in flat_weights]
         with autocast.off(device_type) if dtype is not None else contextlib.nullcontext():
-            backend = backends.select(self.backend, device_type, rows.dtype)
+            backend = backends.resolve(self.backend, device_type, rows.dtype)
             y, hn, cn = functional.rnn(
                 backend, self.mode, rows, batch_sizes, hx, cx, flat_weights,
                 num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
@@ -258,8 +258,8 @@ def _streaming_call(input):
 
 class _FusedCellMixin:
     """What the three cells share. Each defines ``_KIND`` (its torch.nn class name), ``_forward(input,
-    hx, weights)``, and for the streaming fast path ``_STEP_OP`` (its cpu step op) and
-    ``_streaming_step(step_op, input, hx, weights)``."""
+    hx, weights)``, and for the streaming fast path ``_streaming_step(steps, input, hx, weights)``,
+    which calls its op in the backend's ``streaming_steps``."""
 
     __prepare_scriptable__ = _refuse_scripting
 
@@ -269,10 +269,10 @@ class _FusedCellMixin:
     def forward(self, input, hx=None):
         weights = self._weights()
         if hx is not None and _streaming_call(input):
-            step_op = backends.cpu_streaming_step_op(self._STEP_OP, self.backend)
-            if step_op is not None:
+            steps = backends.resolve(self.backend, "cpu", input.dtype).streaming_steps
+            if steps is not None:
                 try:
-                    return self._streaming_step(step_op, input, hx, weights)
+                    return self._streaming_step(steps, input, hx, weights)
                 except (RuntimeError, TypeError):
                     pass  # the full path below raises torch.nn's exception for this call
         if not (autocast.any_enabled() and isinstance(input, torch.Tensor)
@@ -328,7 +328,6 @@ class LSTMCell(_FusedCellMixin, nn.LSTMCell):
     dtype=None, *, backend="auto")``. input (B, I) or (I); hx (h, c) each (B, H) or (H)."""
 
     _KIND = "LSTMCell"
-    _STEP_OP = "lstm_step_fwd"
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend="auto"):
@@ -336,14 +335,14 @@ class LSTMCell(_FusedCellMixin, nn.LSTMCell):
         self._init_backend(backend)
 
     @staticmethod
-    def _streaming_step(step_op, input, hx, weights):
+    def _streaming_step(steps, input, hx, weights):
         if type(hx) is not tuple or len(hx) != 2:
             raise TypeError("not an (h, c) tuple")  # the full path says what torch.nn says
-        return step_op(input, hx[0], hx[1], *weights)
+        return steps.lstm_step_fwd(input, hx[0], hx[1], *weights)
 
     def _forward(self, input, hx, weights):
         x, (h, c), is_batched = self._batched("LSTMCell", input, hx, 2, weights[0])
-        backend = backends.select(self.backend, x.device.type, x.dtype)
+        backend = backends.resolve(self.backend, x.device.type, x.dtype)
         h, c = backend.lstm_step(x, h, c, *weights)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
@@ -352,7 +351,6 @@ class GRUCell(_FusedCellMixin, nn.GRUCell):
     """Drop-in ``torch.nn.GRUCell``: input (B, I) or (I); hx (B, H) or (H)."""
 
     _KIND = "GRUCell"
-    _STEP_OP = "gru_step_fwd"
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend="auto"):
@@ -360,12 +358,12 @@ class GRUCell(_FusedCellMixin, nn.GRUCell):
         self._init_backend(backend)
 
     @staticmethod
-    def _streaming_step(step_op, input, hx, weights):
-        return step_op(input, hx, *weights)
+    def _streaming_step(steps, input, hx, weights):
+        return steps.gru_step_fwd(input, hx, *weights)
 
     def _forward(self, input, hx, weights):
         x, (h,), is_batched = self._batched("GRUCell", input, hx, 1, weights[0])
-        backend = backends.select(self.backend, x.device.type, x.dtype)
+        backend = backends.resolve(self.backend, x.device.type, x.dtype)
         h = backend.gru_step(x, h, *weights)
         return h if is_batched else h.squeeze(0)
 
@@ -374,7 +372,6 @@ class RNNCell(_FusedCellMixin, nn.RNNCell):
     """Drop-in ``torch.nn.RNNCell`` (tanh or relu): input (B, I) or (I); hx (B, H) or (H)."""
 
     _KIND = "RNNCell"
-    _STEP_OP = "rnn_step_fwd"
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
                  dtype=None, *, backend="auto"):
@@ -387,12 +384,12 @@ class RNNCell(_FusedCellMixin, nn.RNNCell):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         return self.nonlinearity == "relu"
 
-    def _streaming_step(self, step_op, input, hx, weights):
-        return step_op(input, hx, *weights, self._relu())
+    def _streaming_step(self, steps, input, hx, weights):
+        return steps.rnn_step_fwd(input, hx, *weights, self._relu())
 
     def _forward(self, input, hx, weights):
         x, (h,), is_batched = self._batched("RNNCell", input, hx, 1, weights[0])
         relu = self._relu()
-        backend = backends.select(self.backend, x.device.type, x.dtype)
+        backend = backends.resolve(self.backend, x.device.type, x.dtype)
         h = backend.rnn_step(x, h, *weights, relu)
         return h if is_batched else h.squeeze(0)

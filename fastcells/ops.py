@@ -1,29 +1,20 @@
-"""Fake (meta) implementations and autograd for the layer and step ops ``torch.ops.fastcells.*``.
+"""Fake (meta) implementations and autograd of the layer ops, and the fakes of the step ops.
 
-Two families of ops share the schemas and the saved layouts: the compiled ops of fastcells._C
-(``lstm_layer_fwd``, ...; schemas in csrc/ops.cpp, CPU implementations in csrc/cpu) and the Triton
-backend's ``triton_lstm_layer_fwd``, ... (fastcells/triton_ops.py), which keep their saved activations
-in float32 for low-precision tensors. The fake implementations give output shapes without computing,
-which is what lets ``torch.compile(fullgraph=True)`` trace a fastcells model; the autograd formulas
-route each layer op's gradient to its backward op, which never re-runs the forward.
+Two families of layer ops share the schemas and the saved layouts: the compiled ops of fastcells._C
+(``torch.ops.fastcells.lstm_layer_fwd``, ...; schemas in csrc/ops.cpp, CPU implementations in
+csrc/cpu, CUDA ones in csrc/cuda) and the triton backend's ``triton_lstm_layer_fwd``, ...
+(fastcells/kernels/{lstm,gru,rnn}.py), which keep their saved activations in float32 for
+low-precision tensors. A fake gives the output shapes without computing (what lets
+``torch.compile(fullgraph=True)`` trace a fastcells model) and checks the shapes it reads with
+``torch._check``; an autograd formula routes a layer op's gradient to its backward op, which never
+re-runs the forward.
 
-Shapes: N rows, B batch, H hidden, P = proj_size or H (see csrc/ops.cpp).
+Shapes as in csrc/ops.cpp: N rows, I input features, B batch, H hidden, P = proj_size or H.
 """
 
 import torch
 
-
-# Width of the per-row ``saved`` tensor of each layer op (mirrors the layouts in csrc/cpu/*_cpu.cpp).
-def lstm_saved_width(H, P, has_proj):
-    return 6 * H + P + (H if has_proj else 0)
-
-
-def gru_saved_width(H):
-    return 5 * H
-
-
-def rnn_saved_width(H):
-    return 2 * H
+from .saved_layout import gru_saved_width, lstm_saved_width, rnn_saved_width
 
 
 def same_dtype(dtype):
@@ -31,20 +22,35 @@ def same_dtype(dtype):
     return dtype
 
 
-def _saved(gx, width, training, saved_dtype):
-    return gx.new_empty((gx.shape[0], width) if training else (0,), dtype=saved_dtype(gx.dtype))
+def _check_shape(tensor, shape, name):
+    torch._check(tuple(tensor.shape) == tuple(shape),
+                 lambda: f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
 
 
-def _empty_like_absent(t):
-    return t.new_empty((0,))
+def _check_input_side(x, w_ih, b_ih, b_hh, gates):
+    """x (N, I), w_ih (G, I), biases (G) or None, with G = ``gates``."""
+    torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
+    _check_shape(w_ih, (gates, x.shape[1]), "w_ih")
+    for bias, name in ((b_ih, "b_ih"), (b_hh, "b_hh")):
+        if bias is not None:
+            _check_shape(bias, (gates,), name)
+
+
+def _saved(x, width, training, saved_dtype):
+    return x.new_empty((x.shape[0], width) if training else (0,), dtype=saved_dtype(x.dtype))
+
+
+def _grad_or_absent(tensor, like, present=True):
+    """An empty tensor like ``like`` for the gradient of ``tensor``, or the (0,) stand-in of an absent
+    one."""
+    return torch.empty_like(tensor) if tensor is not None and present else like.new_empty((0,))
 
 
 def _setup_saved(ctx, saved, training):
     """What every layer op's setup_context does with its ``saved`` output: marks it as an output with
     no gradient, has autograd pass None (not zeros) for the gradient of any output that got none (zeros
     the size of ``saved``, N x 7H for an LSTM, cost 9.6 of ~115 ms in an LSTM T=100 B=32 H=256 training
-    step here; the backward formulas handle None), and remembers whether it holds anything
-    (``_require_saved``)."""
+    step here; the backward formulas handle None), and remembers whether it holds anything."""
     ctx.mark_non_differentiable(saved)
     ctx.set_materialize_grads(False)
     ctx.training = training
@@ -59,167 +65,148 @@ def _require_saved(ctx):
                            "backward; call it with training=True where gradients are needed")
 
 
-def register():
-    """Registers fake implementations and autograd for the ops of fastcells._C (once, after loading it)."""
-    register_layer_ops("", same_dtype)
-    register_lstm_from_input()
-    register_step_fakes()
+def _or_zeros(grad, like, shape):
+    """A gradient autograd passed as None (the output got none) counts as zeros."""
+    return grad if grad is not None else like.new_zeros(shape)
 
 
-def register_step_fakes():
-    """Fakes of the compiled step ops (cells without autograd)."""
-    lib = "fastcells::"
-
-    @torch.library.register_fake(lib + "lstm_step_fwd")
-    def _(x, h, c, w_ih, w_hh, b_ih, b_hh):
-        return torch.empty_like(h), torch.empty_like(c)
-
-    @torch.library.register_fake(lib + "gru_step_fwd")
-    def _(x, h, w_ih, w_hh, b_ih, b_hh):
-        return torch.empty_like(h)
-
-    @torch.library.register_fake(lib + "rnn_step_fwd")
-    def _(x, h, w_ih, w_hh, b_ih, b_hh, relu):
-        return torch.empty_like(h)
+def _present(grad, tensor):
+    return grad if tensor is not None else None
 
 
-def lstm_layer_grads(bwd_op, ctx, saved, w_hh, w_hr, batch_sizes, dy, dhn, dcn):
-    """(dgx, dh0, dc0, dw_hh, dw_hr or None) of an LSTM layer op from ``bwd_op``; gradients that
-    autograd passed as None (outputs that got none) count as zeros."""
-    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
-    dy = dy if dy is not None else w_hh.new_zeros((saved.shape[0], P))
-    dhn = dhn if dhn is not None else w_hh.new_zeros((ctx.batch, P))
-    dcn = dcn if dcn is not None else w_hh.new_zeros((ctx.batch, H))
-    dgx, dh0, dc0, dw_hh, dw_hr = bwd_op(dy, dhn, dcn, saved, w_hh, w_hr, batch_sizes, ctx.reverse)
-    return dgx, dh0, dc0, dw_hh, (dw_hr if w_hr is not None else None)
+# ---- LSTM ---------------------------------------------------------------------------------------
 
 
-def register_lstm_from_input():
-    """Fake and autograd of ``fastcells::lstm_layer_from_input_fwd``: lstm_layer_fwd with the input
-    projection gx = x @ w_ih^T + bias inside (CPU). Its backward is lstm_layer_bwd's, then the
-    products that F.linear's backward would make: dx = dgx @ w_ih, dw_ih = dgx^T @ x, dbias."""
-    ops = torch.ops.fastcells
-    name = "fastcells::lstm_layer_from_input_fwd"
+def lstm_fwd_fake(saved_dtype):
+    """The fake of an LSTM layer forward op whose saved activations have dtype saved_dtype(x dtype)."""
 
-    @torch.library.register_fake(name)
-    def _(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse, training):
+    def fake(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse, training):
         H, P = c0.shape[1], h0.shape[1]
+        _check_input_side(x, w_ih, b_ih, b_hh, 4 * H)
+        _check_shape(w_hh, (4 * H, P), "w_hh")
+        if w_hr is not None:
+            _check_shape(w_hr, (P, H), "w_hr")
         width = lstm_saved_width(H, P, w_hr is not None)
         return (x.new_empty((x.shape[0], P)), torch.empty_like(h0), torch.empty_like(c0),
-                _saved(x, width, training, same_dtype))
+                _saved(x, width, training, saved_dtype))
+
+    return fake
+
+
+def lstm_bwd_fake(dy, dhn, dcn, saved, x, w_ih, b_ih, b_hh, w_hh, w_hr, batch_sizes, reverse,
+                  need_dx):
+    _check_shape(saved, (dy.shape[0], lstm_saved_width(dcn.shape[1], dhn.shape[1], w_hr is not None)),
+                 "saved")
+    return (_grad_or_absent(x, dy, need_dx), torch.empty_like(dhn), torch.empty_like(dcn),
+            torch.empty_like(w_ih), _grad_or_absent(b_ih, dy), _grad_or_absent(b_hh, dy),
+            torch.empty_like(w_hh), _grad_or_absent(w_hr, dy))
+
+
+def lstm_autograd(bwd_op):
+    """(backward, setup_context) of an LSTM layer forward op whose backward op is ``bwd_op``."""
 
     def setup(ctx, inputs, output):
-        x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse, training = inputs
+        x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse, training = inputs
         _setup_saved(ctx, output[3], training)
-        ctx.save_for_backward(output[3], x, w_ih, w_hh, w_hr, batch_sizes)
-        ctx.reverse, ctx.batch, ctx.has_bias = reverse, h0.shape[0], bias is not None
+        ctx.save_for_backward(output[3], x, w_ih, b_ih, b_hh, w_hh, w_hr, batch_sizes)
+        ctx.reverse, ctx.batch = reverse, h0.shape[0]
 
     def backward(ctx, dy, dhn, dcn, _dsaved):
         _require_saved(ctx)
-        saved, x, w_ih, w_hh, w_hr, batch_sizes = ctx.saved_tensors
-        dgx, dh0, dc0, dw_hh, dw_hr = lstm_layer_grads(
-            ops.lstm_layer_bwd, ctx, saved, w_hh, w_hr, batch_sizes, dy, dhn, dcn)
-        need_x, need_w_ih, need_bias = ctx.needs_input_grad[:3]
-        dx = dgx.mm(w_ih) if need_x else None
-        dw_ih = dgx.t().mm(x) if need_w_ih else None
-        dbias = dgx.sum(0) if ctx.has_bias and need_bias else None
-        return dx, dw_ih, dbias, dh0, dc0, dw_hh, dw_hr, None, None, None
+        saved, x, w_ih, b_ih, b_hh, w_hh, w_hr, batch_sizes = ctx.saved_tensors
+        H, P = w_hh.shape[0] // 4, w_hh.shape[1]
+        dy = _or_zeros(dy, w_hh, (saved.shape[0], P))
+        dhn = _or_zeros(dhn, w_hh, (ctx.batch, P))
+        dcn = _or_zeros(dcn, w_hh, (ctx.batch, H))
+        need_dx = ctx.needs_input_grad[0]
+        dx, dh0, dc0, dw_ih, db_ih, db_hh, dw_hh, dw_hr = bwd_op(
+            dy, dhn, dcn, saved, x, w_ih, b_ih, b_hh, w_hh, w_hr, batch_sizes, ctx.reverse, need_dx)
+        return (dx if need_dx else None, dw_ih, _present(db_ih, b_ih), _present(db_hh, b_hh), dh0, dc0,
+                dw_hh, _present(dw_hr, w_hr), None, None, None)
 
-    torch.library.register_autograd(name, backward, setup_context=setup)
+    return backward, setup
 
 
-def register_layer_ops(prefix, saved_dtype):
-    """Fakes and autograd of the layer ops ``fastcells::{prefix}lstm_layer_fwd``, ... whose saved
-    activations have dtype ``saved_dtype(input dtype)``."""
-    ops = torch.ops.fastcells
-    lib = "fastcells::" + prefix
+# ---- GRU and RNN: one state; RNN has a ``relu`` flag between batch_sizes and reverse ---------------
 
-    # ---- LSTM -----------------------------------------------------------------------------------
-    @torch.library.register_fake(lib + "lstm_layer_fwd")
-    def _(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse, training):
-        H, P = c0.shape[1], h0.shape[1]
-        width = lstm_saved_width(H, P, w_hr is not None)
-        return (gx.new_empty((gx.shape[0], P)), torch.empty_like(h0), torch.empty_like(c0),
-                _saved(gx, width, training, saved_dtype))
 
-    @torch.library.register_fake(lib + "lstm_layer_bwd")
-    def _(dy, dhn, dcn, saved, w_hh, w_hr, batch_sizes, reverse):
-        H = dcn.shape[1]
-        dw_hr = torch.empty_like(w_hr) if w_hr is not None else _empty_like_absent(dy)
-        return (dy.new_empty((dy.shape[0], 4 * H)), torch.empty_like(dhn), torch.empty_like(dcn),
-                torch.empty_like(w_hh), dw_hr)
+def single_state_fwd_fake(gates, saved_width, saved_dtype):
+    """The fake of a GRU (gates 3) or RNN (1) layer forward op; ``saved_width(H)`` its saved width."""
 
-    def lstm_setup(ctx, inputs, output):
-        gx, h0, c0, w_hh, w_hr, batch_sizes, reverse, training = inputs
-        _setup_saved(ctx, output[3], training)
-        ctx.save_for_backward(output[3], w_hh, w_hr, batch_sizes)
-        ctx.reverse, ctx.batch = reverse, h0.shape[0]
-
-    def lstm_backward(ctx, dy, dhn, dcn, _dsaved):
-        _require_saved(ctx)
-        saved, w_hh, w_hr, batch_sizes = ctx.saved_tensors
-        dgx, dh0, dc0, dw_hh, dw_hr = lstm_layer_grads(
-            getattr(ops, prefix + "lstm_layer_bwd"), ctx, saved, w_hh, w_hr, batch_sizes, dy, dhn, dcn)
-        return dgx, dh0, dc0, dw_hh, dw_hr, None, None, None
-
-    torch.library.register_autograd(lib + "lstm_layer_fwd", lstm_backward, setup_context=lstm_setup)
-
-    # ---- GRU ------------------------------------------------------------------------------------
-    @torch.library.register_fake(lib + "gru_layer_fwd")
-    def _(gx, h0, w_hh, b_hh, batch_sizes, reverse, training):
+    def fake(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, *flags_and_training):
         H = h0.shape[1]
-        return (gx.new_empty((gx.shape[0], H)), torch.empty_like(h0),
-                _saved(gx, gru_saved_width(H), training, saved_dtype))
+        _check_input_side(x, w_ih, b_ih, b_hh, gates * H)
+        _check_shape(w_hh, (gates * H, H), "w_hh")
+        return (x.new_empty((x.shape[0], H)), torch.empty_like(h0),
+                _saved(x, saved_width(H), flags_and_training[-1], saved_dtype))
 
-    @torch.library.register_fake(lib + "gru_layer_bwd")
-    def _(dy, dhn, saved, w_hh, batch_sizes, reverse, has_bias):
-        H = dhn.shape[1]
-        db_hh = dy.new_empty((3 * H,)) if has_bias else _empty_like_absent(dy)
-        return dy.new_empty((dy.shape[0], 3 * H)), torch.empty_like(dhn), torch.empty_like(w_hh), db_hh
+    return fake
 
-    def gru_setup(ctx, inputs, output):
-        gx, h0, w_hh, b_hh, batch_sizes, reverse, training = inputs
+
+def single_state_bwd_fake(saved_width):
+    def fake(dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, *flags_and_need_dx):
+        _check_shape(saved, (dy.shape[0], saved_width(dhn.shape[1])), "saved")
+        return (_grad_or_absent(x, dy, flags_and_need_dx[-1]), torch.empty_like(dhn),
+                torch.empty_like(w_ih), _grad_or_absent(b_ih, dy), _grad_or_absent(b_hh, dy),
+                torch.empty_like(w_hh))
+
+    return fake
+
+
+def single_state_autograd(bwd_op):
+    """(backward, setup_context) of a GRU or RNN layer forward op whose backward op is ``bwd_op``: the
+    flags after batch_sizes (RNN's relu, reverse) pass through to it."""
+
+    def setup(ctx, inputs, output):
+        x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, *flags, training = inputs
         _setup_saved(ctx, output[2], training)
-        ctx.save_for_backward(output[2], w_hh, batch_sizes)
-        ctx.reverse, ctx.has_bias, ctx.batch = reverse, b_hh is not None, h0.shape[0]
+        ctx.save_for_backward(output[2], x, w_ih, b_ih, b_hh, w_hh, batch_sizes)
+        ctx.flags, ctx.batch = tuple(flags), h0.shape[0]
 
-    def gru_backward(ctx, dy, dhn, _dsaved):
+    def backward(ctx, dy, dhn, _dsaved):
         _require_saved(ctx)
-        saved, w_hh, batch_sizes = ctx.saved_tensors
+        saved, x, w_ih, b_ih, b_hh, w_hh, batch_sizes = ctx.saved_tensors
         H = w_hh.shape[1]
-        dy = dy if dy is not None else w_hh.new_zeros((saved.shape[0], H))
-        dhn = dhn if dhn is not None else w_hh.new_zeros((ctx.batch, H))
-        dgx, dh0, dw_hh, db_hh = getattr(ops, prefix + "gru_layer_bwd")(
-            dy, dhn, saved, w_hh, batch_sizes, ctx.reverse, ctx.has_bias)
-        return dgx, dh0, dw_hh, (db_hh if ctx.has_bias else None), None, None, None
+        dy = _or_zeros(dy, w_hh, (saved.shape[0], H))
+        dhn = _or_zeros(dhn, w_hh, (ctx.batch, H))
+        need_dx = ctx.needs_input_grad[0]
+        dx, dh0, dw_ih, db_ih, db_hh, dw_hh = bwd_op(dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh,
+                                                     batch_sizes, *ctx.flags, need_dx)
+        return ((dx if need_dx else None, dw_ih, _present(db_ih, b_ih), _present(db_hh, b_hh), dh0,
+                 dw_hh, None) + (None,) * len(ctx.flags) + (None,))
 
-    torch.library.register_autograd(lib + "gru_layer_fwd", gru_backward, setup_context=gru_setup)
+    return backward, setup
 
-    # ---- RNN ------------------------------------------------------------------------------------
-    @torch.library.register_fake(lib + "rnn_layer_fwd")
-    def _(gx, h0, w_hh, batch_sizes, relu, reverse, training):
-        H = h0.shape[1]
-        return (gx.new_empty((gx.shape[0], H)), torch.empty_like(h0),
-                _saved(gx, rnn_saved_width(H), training, saved_dtype))
 
-    @torch.library.register_fake(lib + "rnn_layer_bwd")
-    def _(dy, dhn, saved, w_hh, batch_sizes, relu, reverse):
-        return torch.empty_like(dy), torch.empty_like(dhn), torch.empty_like(w_hh)
+def register_layer_op(fwd_name, bwd_name, fwd_fake, bwd_fake, autograd):
+    """Registers the fakes of a layer op pair ``fastcells::{fwd_name}`` / ``{bwd_name}`` and the
+    forward's autograd; ``autograd(bwd_op)`` gives (backward, setup_context)."""
+    torch.library.register_fake("fastcells::" + fwd_name)(fwd_fake)
+    torch.library.register_fake("fastcells::" + bwd_name)(bwd_fake)
+    backward, setup = autograd(getattr(torch.ops.fastcells, bwd_name))
+    torch.library.register_autograd("fastcells::" + fwd_name, backward, setup_context=setup)
 
-    def rnn_setup(ctx, inputs, output):
-        gx, h0, w_hh, batch_sizes, relu, reverse, training = inputs
-        _setup_saved(ctx, output[2], training)
-        ctx.save_for_backward(output[2], w_hh, batch_sizes)
-        ctx.relu, ctx.reverse, ctx.batch = relu, reverse, h0.shape[0]
 
-    def rnn_backward(ctx, dy, dhn, _dsaved):
-        _require_saved(ctx)
-        saved, w_hh, batch_sizes = ctx.saved_tensors
-        H = w_hh.shape[1]
-        dy = dy if dy is not None else w_hh.new_zeros((saved.shape[0], H))
-        dhn = dhn if dhn is not None else w_hh.new_zeros((ctx.batch, H))
-        dgx, dh0, dw_hh = getattr(ops, prefix + "rnn_layer_bwd")(
-            dy, dhn, saved, w_hh, batch_sizes, ctx.relu, ctx.reverse)
-        return dgx, dh0, dw_hh, None, None, None, None
+def register():
+    """Registers fakes and autograd of the ops of fastcells._C (once, after loading it)."""
+    register_layer_op("lstm_layer_fwd", "lstm_layer_bwd", lstm_fwd_fake(same_dtype), lstm_bwd_fake,
+                      lstm_autograd)
+    register_layer_op("gru_layer_fwd", "gru_layer_bwd",
+                      single_state_fwd_fake(3, gru_saved_width, same_dtype),
+                      single_state_bwd_fake(gru_saved_width), single_state_autograd)
+    register_layer_op("rnn_layer_fwd", "rnn_layer_bwd",
+                      single_state_fwd_fake(1, rnn_saved_width, same_dtype),
+                      single_state_bwd_fake(rnn_saved_width), single_state_autograd)
 
-    torch.library.register_autograd(lib + "rnn_layer_fwd", rnn_backward, setup_context=rnn_setup)
+    # The step ops: inference only (a step that needs gradients runs as a one-step layer op).
+    @torch.library.register_fake("fastcells::lstm_step_fwd")
+    def _(x, h, c, w_ih, w_hh, b_ih, b_hh):
+        return torch.empty_like(h), torch.empty_like(c)
+
+    @torch.library.register_fake("fastcells::gru_step_fwd")
+    def _(x, h, w_ih, w_hh, b_ih, b_hh):
+        return torch.empty_like(h)
+
+    @torch.library.register_fake("fastcells::rnn_step_fwd")
+    def _(x, h, w_ih, w_hh, b_ih, b_hh, relu):
+        return torch.empty_like(h)

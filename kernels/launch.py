@@ -1,8 +1,13 @@
-"""Launch geometry shared by the kernels: one program covers a BLOCK_R x BLOCK_H tile of (rows, units)."""
+"""Launch geometry shared by the kernels (one program of a per-step kernel covers a BLOCK_R x BLOCK_H
+tile of (rows, units)), and what the triton layer ops of lstm.py, gru.py and rnn.py share."""
+
+import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ..backends.reference import time_steps
 
 # Programs cover up to this many (row, unit) pairs: enough work per program on a GPU, and few programs
 # in Triton's interpreter (about 3.5 ms each on a CPU), where small test shapes fit in one.
@@ -35,3 +40,76 @@ def tile(rows, hidden):
     block_r = min(triton.next_power_of_2(max(rows, 1)), max(1, TILE_ELEMENTS // block_h))
     grid = (triton.cdiv(rows, block_r), triton.cdiv(hidden, block_h))
     return grid, block_r, block_h
+
+
+# ---- What the triton layer ops (lstm.py, gru.py, rnn.py) share ----------------------------------
+
+# Largest hidden size run by the persistent sequence kernels (sequence.py), by dtype: one program keeps
+# the four (BLOCK_H x BLOCK_H) gate tiles of W_hh in registers, 4 x 64 x 64 x 2 bytes = 32 KiB for
+# 16-bit weights, twice that for float32. Larger layers, and layers with a projection, run in
+# alternating mode (per step a torch GEMM for h @ W_hh^T, then one fused step kernel of pointwise.py).
+MAX_HIDDEN = {torch.float16: 64, torch.bfloat16: 64, torch.float32: 32, torch.float64: 32}
+
+
+def persistent(dtype, hidden, projected):
+    """Whether a layer runs as one launch of a persistent sequence kernel."""
+    return not projected and hidden <= MAX_HIDDEN.get(dtype, 0)
+
+
+def _sequence_meta(dtype, batch, hidden):
+    """Grid and block sizes of a persistent kernel: tiles of batch rows, all hidden units. tl.dot
+    wants blocks of at least 16; the interpreter cannot run bf16/fp16 tl.dot correctly, so it gets
+    float32 operands there."""
+    block_h = max(16, triton.next_power_of_2(hidden))
+    block_b = max(16, min(64, triton.next_power_of_2(max(batch, 1))))
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    dot = tl_compute_dtype(dtype) if interpreted or dtype in (torch.float32, torch.float64) \
+        else tl_dtype(dtype)
+    meta = {"COMPUTE": tl_compute_dtype(dtype), "DOT": dot, "BLOCK_B": block_b, "BLOCK_H": block_h}
+    return (triton.cdiv(batch, block_b),), meta
+
+
+def run_sequence(kernel, rows_tensor, batch_sizes, tensors, batch, hidden, extra=(), **flags):
+    """Launches persistent ``kernel`` (sequence.py) over ``batch`` state rows. Its arguments:
+    ``rows_tensor`` (gx or dy), the steps' offsets and sizes, ``tensors``, then T, B, H, ``extra``,
+    then ``flags`` and the block sizes. Nothing to do for an empty batch or sequence."""
+    if batch == 0 or batch_sizes.numel() == 0:
+        return
+    sizes = batch_sizes.to(torch.long)
+    offsets = torch.cumsum(sizes, 0) - sizes
+    device = rows_tensor.device
+    grid, meta = _sequence_meta(rows_tensor.dtype, batch, hidden)
+    kernel[grid](rows_tensor, offsets.to(device), sizes.to(device), *tensors, batch_sizes.numel(),
+                 batch, hidden, *extra, **flags, **meta)
+
+
+def steps_with_rows(batch_sizes, reverse):
+    """(first row, rows) of each step with rows, in processing order, as a list (walked both ways)."""
+    return [(first, rows) for _, first, rows in time_steps(batch_sizes, reverse) if rows > 0]
+
+
+def step_meta(rows, hidden):
+    """Grid and block sizes of a per-step kernel of pointwise.py."""
+    grid, block_r, block_h = tile(rows, hidden)
+    return grid, {"BLOCK_R": block_r, "BLOCK_H": block_h}
+
+
+def checked_saved(saved, rows, width):
+    """``saved`` as the backward kernels read it, (rows, width) contiguous. They index it without
+    bounds, so a wrong one (e.g. the empty one of a training=False call) must raise, not be read past
+    its end (which crashed the process under the interpreter)."""
+    if tuple(saved.shape) != (rows, width):
+        raise RuntimeError(f"saved must have shape [{rows}, {width}], got {list(saved.shape)}")
+    return saved.contiguous()
+
+
+def input_grads(dgx, x, w_ih, b_ih, b_hh, need_dx, dgh_bias=None):
+    """(dx, dw_ih, db_ih, db_hh) of a layer's input side from dgx (N, G), the gradient of its input
+    pre-activations, as input_grads in csrc/layers.h: products in the tensors' dtype, an empty tensor
+    for an absent bias or an unwanted dx; ``dgh_bias`` is GRU's gradient of W_hh h + b_hh."""
+    dgx = dgx.to(x.dtype)
+    dx = dgx.mm(w_ih) if need_dx else x.new_empty((0,))  # fresh empties: outputs must not alias
+    db_ih = dgx.sum(0) if b_ih is not None else x.new_empty((0,))
+    dgh_bias = dgx if dgh_bias is None else dgh_bias.to(x.dtype)
+    db_hh = dgh_bias.sum(0) if b_hh is not None else x.new_empty((0,))
+    return dx, dgx.t().mm(x), db_ih, db_hh

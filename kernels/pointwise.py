@@ -112,8 +112,8 @@ def gru_step_fwd_kernel(
     gh_ptr,  # (R, 3H) h_prev @ W_hh^T + b_hh
     h_ptr,  # (B, H) COMPUTE: hidden state, rows < R updated in place
     y_ptr,  # (R, H) output rows
-    saved_ptr,  # (R, 5H) COMPUTE, when SAVE
-    rows, H,
+    saved_ptr,  # (R, saved_stride = 5H) COMPUTE, when SAVE
+    rows, H, saved_stride,
     SAVE: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     r, j, mask = _tile(rows, H, BLOCK_R, BLOCK_H)
@@ -127,7 +127,7 @@ def gru_step_fwd_kernel(
     tl.store(h_ptr + r * H + j, h, mask)
     tl.store(y_ptr + r * H + j, h.to(y_ptr.dtype.element_ty), mask)
     if SAVE:
-        s = saved_ptr + r * 5 * H + j
+        s = saved_ptr + r * saved_stride + j
         tl.store(s, rr, mask)
         tl.store(s + H, z, mask)
         tl.store(s + 2 * H, n, mask)
@@ -137,17 +137,17 @@ def gru_step_fwd_kernel(
 
 @triton.jit
 def gru_step_bwd_kernel(
-    saved_ptr,  # (R, 5H) COMPUTE
+    saved_ptr,  # (R, saved_stride = 5H) COMPUTE
     dy_ptr,  # (R, H): gradient of this step's output
     dh_ptr,  # (B, H) COMPUTE: gradient of this step's h from later steps; rows < R replaced by
     #          the direct part of the gradient of h_prev (the part through W_hh is added after)
     dgx_ptr,  # (R, 3H) COMPUTE out: gradients of the input projections r, z, n
     dgh_ptr,  # (R, 3H) COMPUTE out: gradients of the hidden projections r, z, n
-    rows, H,
+    rows, H, saved_stride,
     BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     r, j, mask = _tile(rows, H, BLOCK_R, BLOCK_H)
-    s = saved_ptr + r * 5 * H + j
+    s = saved_ptr + r * saved_stride + j
     rr = tl.load(s, mask)
     z = tl.load(s + H, mask)
     n = tl.load(s + 2 * H, mask)
@@ -168,8 +168,8 @@ def rnn_step_fwd_kernel(
     gh_ptr,  # (R, H) h_prev @ W_hh^T
     h_ptr,  # (B, H) COMPUTE: hidden state, rows < R updated in place
     y_ptr,  # (R, H) output rows
-    saved_ptr,  # (R, 2H) COMPUTE, when SAVE
-    rows, H,
+    saved_ptr,  # (R, saved_stride = 2H) COMPUTE, when SAVE
+    rows, H, saved_stride,
     RELU: tl.constexpr, SAVE: tl.constexpr, COMPUTE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
@@ -180,21 +180,21 @@ def rnn_step_fwd_kernel(
     tl.store(h_ptr + r * H + j, h, mask)
     tl.store(y_ptr + r * H + j, h.to(y_ptr.dtype.element_ty), mask)
     if SAVE:
-        s = saved_ptr + r * 2 * H + j
+        s = saved_ptr + r * saved_stride + j
         tl.store(s, h, mask)
         tl.store(s + H, h_prev, mask)
 
 
 @triton.jit
 def rnn_step_bwd_kernel(
-    saved_ptr,  # (R, 2H) COMPUTE
+    saved_ptr,  # (R, saved_stride = 2H) COMPUTE
     dy_ptr,  # (R, H): gradient of this step's output
     dh_ptr,  # (B, H) COMPUTE: gradient of this step's h from later steps
     dpre_ptr,  # (R, H) COMPUTE out: gradient of the pre-activation
-    rows, H,
+    rows, H, saved_stride,
     RELU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     r, j, mask = _tile(rows, H, BLOCK_R, BLOCK_H)
-    h = tl.load(saved_ptr + r * 2 * H + j, mask)
+    h = tl.load(saved_ptr + r * saved_stride + j, mask)
     dh = tl.load(dh_ptr + r * H + j, mask) + tl.load(dy_ptr + r * H + j, mask).to(dh_ptr.dtype.element_ty)
     tl.store(dpre_ptr + r * H + j, rnn_cell_bwd(h, dh, RELU), mask)

@@ -5,7 +5,7 @@ on chip (registers) for the whole sequence, and loops over time inside the kerne
 COMPUTE precision, doing the recurrent product with tl.dot. Programs never wait for each other (no
 grid-wide barrier, which Triton's interpreter, running programs one after another, could not run
 either). The cost is the size limit: the four W_g tiles (BLOCK_H x BLOCK_H each) must fit in the
-registers of one program, see MAX_HIDDEN in fastcells/triton_ops.py; larger layers use the
+registers of one program, see MAX_HIDDEN in launch.py; larger layers use the
 alternating mode (torch GEMM + fused step kernel).
 
 Rows of the flattened sequence: step t owns rows offsets[t] .. offsets[t] + sizes[t], sizes
@@ -156,8 +156,8 @@ def gru_sequence_fwd_kernel(
     bias_ptr,  # (3H,) b_hh when HAS_BIAS
     h_ptr,  # (B, H) COMPUTE in: h0, out: final h
     y_ptr,  # (N, H) output rows
-    saved_ptr,  # (N, 5H) COMPUTE when SAVE: r z n | h_n | h_prev
-    T, B, H,
+    saved_ptr,  # (N, saved_stride = 5H) COMPUTE when SAVE: r z n | h_n | h_prev
+    T, B, H, saved_stride,
     REVERSE: tl.constexpr, SAVE: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr,
     DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
@@ -183,7 +183,7 @@ def gru_sequence_fwd_kernel(
             _dot(h, w_z, DOT, COMPUTE) + b_z, h_n, h)
         tl.store(y_ptr + (first + b) * H + j, h_new.to(y_ptr.dtype.element_ty), mask)
         if SAVE:
-            sv = saved_ptr + (first + b) * 5 * H + j
+            sv = saved_ptr + (first + b) * saved_stride + j
             tl.store(sv, r, mask)
             tl.store(sv + H, z, mask)
             tl.store(sv + 2 * H, n, mask)
@@ -199,11 +199,11 @@ def gru_sequence_bwd_kernel(
     offsets_ptr,  # (T,) int64
     sizes_ptr,  # (T,) int64
     w_ptr,  # (3H, H) W_hh
-    saved_ptr,  # (N, 5H) COMPUTE
+    saved_ptr,  # (N, saved_stride = 5H) COMPUTE
     dh_ptr,  # (B, H) COMPUTE in: gradient of the final h, out: of h0
     dgx_ptr,  # (N, 3H) COMPUTE out: gradients of the input projections r, z, n
     dgh_ptr,  # (N, 3H) COMPUTE out: gradients of the hidden projections r, z, n
-    T, B, H,
+    T, B, H, saved_stride,
     REVERSE: tl.constexpr, COMPUTE: tl.constexpr, DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
@@ -214,7 +214,7 @@ def gru_sequence_bwd_kernel(
     dh = tl.load(dh_ptr + b * H + j, state_mask, other=0.0)
     for s in range(T):  # the forward's steps, last first
         first, active, mask = _step(offsets_ptr, sizes_ptr, s, T, b, j, H, not REVERSE)
-        sv = saved_ptr + (first + b) * 5 * H + j
+        sv = saved_ptr + (first + b) * saved_stride + j
         dh_t = dh + tl.load(dy_ptr + (first + b) * H + j, mask, other=0.0).to(COMPUTE)
         dr, dz, dn, dhn, dh_direct = gru_cell_bwd(
             tl.load(sv, mask, other=0.0), tl.load(sv + H, mask, other=0.0),
@@ -239,8 +239,8 @@ def rnn_sequence_fwd_kernel(
     w_ptr,  # (H, H) W_hh
     h_ptr,  # (B, H) COMPUTE in: h0, out: final h
     y_ptr,  # (N, H) output rows
-    saved_ptr,  # (N, 2H) COMPUTE when SAVE: h | h_prev
-    T, B, H,
+    saved_ptr,  # (N, saved_stride = 2H) COMPUTE when SAVE: h | h_prev
+    T, B, H, saved_stride,
     REVERSE: tl.constexpr, RELU: tl.constexpr, SAVE: tl.constexpr, COMPUTE: tl.constexpr,
     DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
@@ -253,7 +253,7 @@ def rnn_sequence_fwd_kernel(
         h_new = rnn_cell(gx + _dot(h, w, DOT, COMPUTE), RELU)
         tl.store(y_ptr + (first + b) * H + j, h_new.to(y_ptr.dtype.element_ty), mask)
         if SAVE:
-            sv = saved_ptr + (first + b) * 2 * H + j
+            sv = saved_ptr + (first + b) * saved_stride + j
             tl.store(sv, h_new, mask)
             tl.store(sv + H, h, mask)
         h = tl.where(active, h_new, h)
@@ -266,10 +266,10 @@ def rnn_sequence_bwd_kernel(
     offsets_ptr,  # (T,) int64
     sizes_ptr,  # (T,) int64
     w_ptr,  # (H, H) W_hh
-    saved_ptr,  # (N, 2H) COMPUTE
+    saved_ptr,  # (N, saved_stride = 2H) COMPUTE
     dh_ptr,  # (B, H) COMPUTE in: gradient of the final h, out: of h0
     dpre_ptr,  # (N, H) COMPUTE out: gradients of the pre-activations
-    T, B, H,
+    T, B, H, saved_stride,
     REVERSE: tl.constexpr, RELU: tl.constexpr, COMPUTE: tl.constexpr, DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
@@ -278,7 +278,7 @@ def rnn_sequence_bwd_kernel(
     dh = tl.load(dh_ptr + b * H + j, state_mask, other=0.0)
     for s in range(T):  # the forward's steps, last first
         first, active, mask = _step(offsets_ptr, sizes_ptr, s, T, b, j, H, not REVERSE)
-        h = tl.load(saved_ptr + (first + b) * 2 * H + j, mask, other=0.0)
+        h = tl.load(saved_ptr + (first + b) * saved_stride + j, mask, other=0.0)
         dh_t = dh + tl.load(dy_ptr + (first + b) * H + j, mask, other=0.0).to(COMPUTE)
         dpre = tl.where(mask, rnn_cell_bwd(h, dh_t, RELU), 0.0)
         tl.store(dpre_ptr + (first + b) * H + j, dpre, mask)

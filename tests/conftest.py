@@ -275,15 +275,18 @@ def opcheck_lstm_layer_fwd(op, device, test_utils=None):
     backend's twin) on ``device`` tensors, inference and training: schema, fake implementation,
     autograd registration (``test_utils`` narrows the checks)."""
     dtype = torch.float64
-    H, B, T = 5, 3, 4
-    gx = torch.randn(T * B, 4 * H, dtype=dtype, device=device, requires_grad=True)
+    H, B, T, I = 5, 3, 4, 6
+    x = torch.randn(T * B, I, dtype=dtype, device=device, requires_grad=True)
+    w_ih = torch.randn(4 * H, I, dtype=dtype, device=device, requires_grad=True)
+    b_ih = torch.randn(4 * H, dtype=dtype, device=device, requires_grad=True)
     h0 = torch.randn(B, H, dtype=dtype, device=device)
     c0 = torch.randn(B, H, dtype=dtype, device=device)
     w = torch.randn(4 * H, H, dtype=dtype, device=device, requires_grad=True)
     sizes = torch.full((T,), B, dtype=torch.long)  # batch_sizes stays on the CPU
     kwargs = {} if test_utils is None else {"test_utils": test_utils}
     for training in (False, True):
-        torch.library.opcheck(op, (gx, h0, c0, w, None, sizes, False, training), **kwargs)
+        torch.library.opcheck(op, (x, w_ih, b_ih, None, h0, c0, w, None, sizes, False, training),
+                              **kwargs)
 
 
 class OpRecorder(TorchDispatchMode):
@@ -308,19 +311,19 @@ def record_fastcells_ops():
 
 @pytest.fixture
 def selected_backends(monkeypatch):
-    """A list that records the NAME of every backend fastcells.backends.select returns (the modules
-    look select up on the backends package at each call, so this sees every choice)."""
+    """A list that records the NAME of every backend fastcells.backends.resolve returns (the modules
+    look resolve up on the backends package at each call, so this sees every choice)."""
     from fastcells import backends
 
     chosen = []
-    original = backends.select
+    original = backends.resolve
 
-    def spy(requested, device_type, dtype=None):
-        module = original(requested, device_type, dtype)
-        chosen.append(module.NAME)
-        return module
+    def spy(requested, device_type, dtype):
+        functions = original(requested, device_type, dtype)
+        chosen.append(functions.NAME)
+        return functions
 
-    monkeypatch.setattr(backends, "select", spy)
+    monkeypatch.setattr(backends, "resolve", spy)
     return chosen
 
 

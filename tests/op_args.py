@@ -9,7 +9,7 @@ B, H, P, I = 3, 5, 3, 4
 BATCH_SIZES = [3, 3, 2, 1]  # packed: non-increasing, sums to N rows
 N = sum(BATCH_SIZES)
 
-# LSTM without and with projection, GRU with and without b_hh (an op argument there), RNN tanh/relu.
+# LSTM without and with projection, GRU with and without biases, RNN tanh/relu.
 FAMILIES = ["lstm", "lstm_proj", "gru", "gru_no_bias", "rnn_tanh", "rnn_relu"]
 
 
@@ -23,35 +23,48 @@ def _batch_sizes(padded):
     return torch.tensor(sizes, dtype=torch.long)
 
 
-def layer_fwd_args(family, dtype, reverse, training, padded=False, prefix=""):
-    """(op, args) for the family's layer forward op (``prefix`` "triton_": the triton backend's);
-    tensors require grad when training."""
+def _input_side(gates, rows, dtype, rg, bias):
+    """x (rows, I), w_ih (G, I), b_ih, b_hh (G) for G = gates * H; ``bias``: "both", "ih", "hh" or
+    "none" (the op takes either bias alone, as torch.nn's modules never pass them)."""
+    G = gates * H
+    b_ih = _randn(G, dtype=dtype, seed=6, requires_grad=rg) if bias in ("both", "ih") else None
+    b_hh = _randn(G, dtype=dtype, seed=7, requires_grad=rg) if bias in ("both", "hh") else None
+    return (_randn(rows, I, dtype=dtype, seed=1, requires_grad=rg),
+            _randn(G, I, dtype=dtype, seed=8, requires_grad=rg) * 0.5, b_ih, b_hh)
+
+
+def layer_fwd_args(family, dtype, reverse, training, padded=False, triton=False, bias=None):
+    """(op, args) for the family's layer forward op (``triton``: the triton backend's); tensors
+    require grad when training. ``bias`` as _input_side, by default as the family says."""
     rg = training
     sizes = _batch_sizes(padded)
     rows = int(sizes.sum())
+    bias = bias or ("none" if family == "gru_no_bias" else "both")
     if family.startswith("lstm"):
         proj = family == "lstm_proj"
         p = P if proj else H
         w_hr = _randn(p, H, dtype=dtype, seed=5, requires_grad=rg) if proj else None
-        args = (_randn(rows, 4 * H, dtype=dtype, seed=1, requires_grad=rg),
+        args = (*_input_side(4, rows, dtype, rg, bias),
                 _randn(B, p, dtype=dtype, seed=2, requires_grad=rg),
                 _randn(B, H, dtype=dtype, seed=3, requires_grad=rg),
                 _randn(4 * H, p, dtype=dtype, seed=4, requires_grad=rg) * 0.5,
                 w_hr, sizes, reverse, training)
-        return getattr(ops, prefix + "lstm_layer_fwd"), _fix_leaves(args)
+        op = ops.triton_lstm_layer_fwd if triton else ops.lstm_layer_fwd
+        return op, _fix_leaves(args)
     if family.startswith("gru"):
-        b_hh = None if family == "gru_no_bias" else _randn(3 * H, dtype=dtype, seed=5, requires_grad=rg)
-        args = (_randn(rows, 3 * H, dtype=dtype, seed=1, requires_grad=rg),
+        args = (*_input_side(3, rows, dtype, rg, bias),
                 _randn(B, H, dtype=dtype, seed=2, requires_grad=rg),
-                _randn(3 * H, H, dtype=dtype, seed=4, requires_grad=rg),
-                b_hh, sizes, reverse, training)
-        return getattr(ops, prefix + "gru_layer_fwd"), _fix_leaves(args)
+                _randn(3 * H, H, dtype=dtype, seed=4, requires_grad=rg) * 0.5,
+                sizes, reverse, training)
+        op = ops.triton_gru_layer_fwd if triton else ops.gru_layer_fwd
+        return op, _fix_leaves(args)
     relu = family == "rnn_relu"
-    args = (_randn(rows, H, dtype=dtype, seed=1, requires_grad=rg),
+    args = (*_input_side(1, rows, dtype, rg, bias),
             _randn(B, H, dtype=dtype, seed=2, requires_grad=rg),
-            _randn(H, H, dtype=dtype, seed=4, requires_grad=rg),
+            _randn(H, H, dtype=dtype, seed=4, requires_grad=rg) * 0.5,
             sizes, relu, reverse, training)
-    return getattr(ops, prefix + "rnn_layer_fwd"), _fix_leaves(args)
+    op = ops.triton_rnn_layer_fwd if triton else ops.rnn_layer_fwd
+    return op, _fix_leaves(args)
 
 
 def _fix_leaves(args):
@@ -60,26 +73,26 @@ def _fix_leaves(args):
                  else a for a in args)
 
 
-def layer_bwd_args(family, dtype, reverse, prefix=""):
+def layer_bwd_args(family, dtype, reverse, triton=False, need_dx=True, bias=None):
     """(op, args) for the family's layer backward op, with ``saved`` from a real training forward."""
-    fwd, fargs = layer_fwd_args(family, dtype, reverse, training=True, prefix=prefix)
+    fwd, fargs = layer_fwd_args(family, dtype, reverse, training=True, triton=triton, bias=bias)
     fargs = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in fargs)
-    outputs = fwd(*fargs)
-    saved = outputs[-1]
+    saved = fwd(*fargs)[-1]
+    x, w_ih, b_ih, b_hh = fargs[:4]
     if family.startswith("lstm"):
-        gx, h0, c0, w_hh, w_hr, sizes = fargs[:6]
-        args = (_randn(N, h0.shape[1], dtype=dtype, seed=11), _randn(B, h0.shape[1], dtype=dtype, seed=12),
-                _randn(B, H, dtype=dtype, seed=13), saved, w_hh, w_hr, sizes, reverse)
-        return getattr(ops, prefix + "lstm_layer_bwd"), args
+        h0, c0, w_hh, w_hr, sizes = fargs[4:9]
+        p = h0.shape[1]
+        args = (_randn(N, p, dtype=dtype, seed=11), _randn(B, p, dtype=dtype, seed=12),
+                _randn(B, H, dtype=dtype, seed=13), saved, x, w_ih, b_ih, b_hh, w_hh, w_hr, sizes,
+                reverse, need_dx)
+        return (ops.triton_lstm_layer_bwd if triton else ops.lstm_layer_bwd), args
+    h0, w_hh, sizes = fargs[4:7]
+    head = (_randn(N, H, dtype=dtype, seed=11), _randn(B, H, dtype=dtype, seed=12), saved, x, w_ih,
+            b_ih, b_hh, w_hh, sizes)
     if family.startswith("gru"):
-        gx, h0, w_hh, b_hh, sizes = fargs[:5]
-        args = (_randn(N, H, dtype=dtype, seed=11), _randn(B, H, dtype=dtype, seed=12), saved, w_hh,
-                sizes, reverse, b_hh is not None)
-        return getattr(ops, prefix + "gru_layer_bwd"), args
-    gx, h0, w_hh, sizes, relu = fargs[:5]
-    args = (_randn(N, H, dtype=dtype, seed=11), _randn(B, H, dtype=dtype, seed=12), saved, w_hh,
-            sizes, relu, reverse)
-    return getattr(ops, prefix + "rnn_layer_bwd"), args
+        return (ops.triton_gru_layer_bwd if triton else ops.gru_layer_bwd), (*head, reverse, need_dx)
+    relu = family == "rnn_relu"
+    return (ops.triton_rnn_layer_bwd if triton else ops.rnn_layer_bwd), (*head, relu, reverse, need_dx)
 
 
 def step_fwd_args(family, dtype, bias):

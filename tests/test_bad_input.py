@@ -278,37 +278,55 @@ SIZES_MESSAGES = {"increasing": "non-increasing", "sum_too_large": "sum", "sum_t
                   "float": "int64", "2d": "1-D"}
 
 
+# Argument positions of the layer ops (schemas in csrc/ops.cpp).
+FWD_INDEX = {"lstm": {"x": 0, "w_ih": 1, "b_ih": 2, "b_hh": 3, "h0": 4, "c0": 5, "w_hh": 6, "w_hr": 7,
+                      "batch_sizes": 8},
+             "gru": {"x": 0, "w_ih": 1, "b_ih": 2, "b_hh": 3, "h0": 4, "w_hh": 5, "batch_sizes": 6}}
+FWD_INDEX["rnn"] = FWD_INDEX["gru"]
+BWD_INDEX = {"lstm": {"dy": 0, "dhn": 1, "dcn": 2, "saved": 3, "x": 4, "w_ih": 5, "b_ih": 6, "b_hh": 7,
+                      "w_hh": 8, "w_hr": 9, "batch_sizes": 10},
+             "gru": {"dy": 0, "dhn": 1, "saved": 2, "x": 3, "w_ih": 4, "b_ih": 5, "b_hh": 6, "w_hh": 7,
+                     "batch_sizes": 8}}
+BWD_INDEX["rnn"] = BWD_INDEX["gru"]
+
+
 def _bad_fwd_cases():
     cases = []
     for family in ("lstm", "lstm_proj", "gru", "gru_no_bias", "rnn_tanh", "rnn_relu"):
-        sizes_index = {"lstm": 5, "gru": 4, "rnn": 3}[family.split("_")[0]]
+        at = FWD_INDEX[family.split("_")[0]]
+        g = {"lstm": 20, "gru": 15, "rnn": 5}[family.split("_")[0]]
         for name in SIZES:
-            cases.append((family, f"batch_sizes_{name}", sizes_index, SIZES[name], SIZES_MESSAGES[name]))
-        cases.append((family, "gx_wrong_columns", 0, _x(9, 7, dtype=F64), "gx"))
-        cases.append((family, "gx_3d", 0, _x(9, 1, 20, dtype=F64), "gx"))
-        cases.append((family, "gx_int", 0, torch.ones(9, 20, dtype=torch.long), "gx"))
-        cases.append((family, "gx_half", 0, torch.ones(9, 20, dtype=torch.float16), "gx"))
-        cases.append((family, "h0_batch", 1, _x(2, 3 if family == "lstm_proj" else 5, dtype=F64),
+            cases.append((family, f"batch_sizes_{name}", at["batch_sizes"], SIZES[name],
+                          SIZES_MESSAGES[name]))
+        cases.append((family, "x_wrong_columns", at["x"], _x(9, 7, dtype=F64), "w_ih"))
+        cases.append((family, "x_3d", at["x"], _x(9, 1, 4, dtype=F64), "x"))
+        cases.append((family, "x_int", at["x"], torch.ones(9, 4, dtype=torch.long), "x"))
+        cases.append((family, "x_half", at["x"], torch.ones(9, 4, dtype=torch.float16), "x"))
+        cases.append((family, "w_ih_rows", at["w_ih"], _x(g + 1, 4, dtype=F64), "w_ih"))
+        cases.append((family, "w_ih_float32", at["w_ih"], _x(g, 4), "w_ih"))
+        cases.append((family, "b_ih_shape", at["b_ih"], _x(g - 1, dtype=F64), "b_ih"))
+        cases.append((family, "b_hh_float32", at["b_hh"], _x(g), "b_hh"))
+        cases.append((family, "h0_batch", at["h0"], _x(2, 3 if family == "lstm_proj" else 5, dtype=F64),
                       "h0 must have shape" if family.startswith("lstm") else "batch_sizes[0]"))
-        cases.append((family, "h0_width", 1, _x(3, 4, dtype=F64), "must have shape"))
-        cases.append((family, "h0_1d", 1, _x(5, dtype=F64), "h0"))
-        cases.append((family, "h0_float32", 1, _x(3, 3 if family == "lstm_proj" else 5), "h0"))
+        cases.append((family, "h0_width", at["h0"], _x(3, 4, dtype=F64), "must have shape"))
+        cases.append((family, "h0_1d", at["h0"], _x(5, dtype=F64), "h0"))
+        cases.append((family, "h0_float32", at["h0"], _x(3, 3 if family == "lstm_proj" else 5), "h0"))
+    at = FWD_INDEX["lstm"]
     for family in ("lstm", "lstm_proj"):
         p = 3 if family == "lstm_proj" else 5
-        cases.append((family, "c0_batch", 2, _x(2, 5, dtype=F64), "must have shape"))
-        cases.append((family, "c0_1d", 2, _x(5, dtype=F64), "c0"))
-        cases.append((family, "c0_float32", 2, _x(3, 5), "c0"))
-        cases.append((family, "w_hh_shape", 3, _x(4 * 5, p + 1, dtype=F64), "w_hh"))
-        cases.append((family, "w_hh_float32", 3, _x(4 * 5, p), "w_hh"))
-    cases.append(("lstm_proj", "w_hr_shape", 4, _x(3, 4, dtype=F64), "w_hr"))
-    cases.append(("lstm_proj", "w_hr_float32", 4, _x(3, 5), "w_hr"))
-    cases.append(("lstm", "w_hr_unexpected", 4, _x(5, 5, dtype=F64) * 0 + 1, ""))
+        cases.append((family, "c0_batch", at["c0"], _x(2, 5, dtype=F64), "must have shape"))
+        cases.append((family, "c0_1d", at["c0"], _x(5, dtype=F64), "c0"))
+        cases.append((family, "c0_float32", at["c0"], _x(3, 5), "c0"))
+        cases.append((family, "w_hh_shape", at["w_hh"], _x(4 * 5, p + 1, dtype=F64), "w_hh"))
+        cases.append((family, "w_hh_float32", at["w_hh"], _x(4 * 5, p), "w_hh"))
+    cases.append(("lstm_proj", "w_hr_shape", at["w_hr"], _x(3, 4, dtype=F64), "w_hr"))
+    cases.append(("lstm_proj", "w_hr_float32", at["w_hr"], _x(3, 5), "w_hr"))
+    cases.append(("lstm", "w_hr_unexpected", at["w_hr"], _x(5, 5, dtype=F64) * 0 + 1, ""))
     for family in ("gru", "rnn_tanh"):
         g = 3 if family == "gru" else 1
-        cases.append((family, "w_hh_shape", 2, _x(g * 5, 4, dtype=F64), "w_hh"))
-        cases.append((family, "w_hh_float32", 2, _x(g * 5, 5), "w_hh"))
-    cases.append(("gru", "b_hh_shape", 3, _x(14, dtype=F64), "b_hh"))
-    cases.append(("gru", "b_hh_float32", 3, _x(15), "b_hh"))
+        at = FWD_INDEX[family.split("_")[0]]
+        cases.append((family, "w_hh_shape", at["w_hh"], _x(g * 5, 4, dtype=F64), "w_hh"))
+        cases.append((family, "w_hh_float32", at["w_hh"], _x(g * 5, 5), "w_hh"))
     return cases
 
 
@@ -332,16 +350,15 @@ def _bad_bwd_cases():
     cases = []
     for family in ("lstm", "lstm_proj", "gru", "gru_no_bias", "rnn_tanh", "rnn_relu"):
         cell = family.split("_")[0]
+        at = BWD_INDEX[cell]
         p = 3 if family == "lstm_proj" else 5
-        saved_index = 3 if cell == "lstm" else 2
-        sizes_index = 6 if cell == "lstm" else 4
-        w_hh_index = saved_index + 1
         for name in ("increasing", "sum_too_large", "above_batch", "int32"):
-            cases.append((family, f"batch_sizes_{name}", sizes_index, SIZES[name], SIZES_MESSAGES[name]))
-        cases.append((family, "saved_from_inference", saved_index, torch.empty(0, dtype=F64), "saved"))
-        cases.append((family, "saved_width", saved_index, _x(9, 7, dtype=F64), "saved"))
-        cases.append((family, "saved_rows", saved_index, None, "saved"))  # derived in the test
-        cases.append((family, "saved_float32", saved_index, None, "dtype"))
+            cases.append((family, f"batch_sizes_{name}", at["batch_sizes"], SIZES[name],
+                          SIZES_MESSAGES[name]))
+        cases.append((family, "saved_from_inference", at["saved"], torch.empty(0, dtype=F64), "saved"))
+        cases.append((family, "saved_width", at["saved"], _x(9, 7, dtype=F64), "saved"))
+        cases.append((family, "saved_rows", at["saved"], None, "saved"))  # derived in the test
+        cases.append((family, "saved_float32", at["saved"], None, "dtype"))
         cases.append((family, "dy_rows", 0, _x(8, p, dtype=F64), "must have shape"))
         cases.append((family, "dy_width", 0, _x(9, p + 1, dtype=F64), "dy"))
         cases.append((family, "dy_int", 0, torch.ones(9, p, dtype=torch.long), "dy"))
@@ -349,15 +366,19 @@ def _bad_bwd_cases():
                       if cell != "lstm" else "must have shape"))
         cases.append((family, "dhn_float32", 1, _x(3, p), "dtype"))
         cases.append((family, "dhn_1d", 1, _x(p, dtype=F64), "dhn"))
-        cases.append((family, "w_hh_shape", w_hh_index, _x(7, p, dtype=F64), "w_hh"))
-        cases.append((family, "w_hh_float32", w_hh_index, None, "dtype"))
+        cases.append((family, "x_rows", at["x"], _x(8, 4, dtype=F64), "x"))
+        cases.append((family, "x_float32", at["x"], None, "dtype"))
+        cases.append((family, "w_ih_shape", at["w_ih"], _x(7, 4, dtype=F64), "w_ih"))
+        cases.append((family, "w_hh_shape", at["w_hh"], _x(7, p, dtype=F64), "w_hh"))
+        cases.append((family, "w_hh_float32", at["w_hh"], None, "dtype"))
+    at = BWD_INDEX["lstm"]
     for family in ("lstm", "lstm_proj"):
         cases.append((family, "dcn_batch", 2, _x(2, 5, dtype=F64), "must have shape"))
         cases.append((family, "dcn_1d", 2, _x(5, dtype=F64), "dcn"))
-    cases.append(("lstm_proj", "w_hr_shape_small", 5, _x(1, 1, dtype=F64), "w_hr"))
-    cases.append(("lstm_proj", "w_hr_shape_transposed", 5, _x(5, 3, dtype=F64), "w_hr"))
-    cases.append(("lstm_proj", "w_hr_float32", 5, _x(3, 5), "dtype"))
-    cases.append(("lstm_proj", "w_hr_missing", 5, "none", "saved"))
+    cases.append(("lstm_proj", "w_hr_shape_small", at["w_hr"], _x(1, 1, dtype=F64), "w_hr"))
+    cases.append(("lstm_proj", "w_hr_shape_transposed", at["w_hr"], _x(5, 3, dtype=F64), "w_hr"))
+    cases.append(("lstm_proj", "w_hr_float32", at["w_hr"], _x(3, 5), "dtype"))
+    cases.append(("lstm_proj", "w_hr_missing", at["w_hr"], "none", "saved"))
     return cases
 
 
@@ -420,11 +441,13 @@ def test_step_op_bad_arguments(family, name, index, value, mention):
 def test_ops_accept_empty_and_zero_steps(family):
     """Edge shapes that are valid: no time steps, and steps with no rows (batch_sizes of 0)."""
     op, args = _fwd(family)
-    sizes_index = {"lstm": 5, "gru": 4, "rnn": 3}[family.split("_")[0]]
-    empty = _replace(_replace(args, 0, args[0][:0]), sizes_index, torch.zeros(0, dtype=torch.long))
+    at = FWD_INDEX[family.split("_")[0]]
+    sizes_index = at["batch_sizes"]
+    empty = _replace(_replace(args, at["x"], args[at["x"]][:0]), sizes_index,
+                     torch.zeros(0, dtype=torch.long))
     out = op(*empty)
     assert out[0].shape[0] == 0
-    torch.testing.assert_close(out[1], args[1], atol=0, rtol=0)  # hn = h0 after no steps
+    torch.testing.assert_close(out[1], args[at["h0"]], atol=0, rtol=0)  # hn = h0 after no steps
     trailing_zero = _replace(args, sizes_index, torch.tensor([3, 3, 2, 1, 0]))
     with_zero = op(*trailing_zero)
     plain = op(*args)
@@ -437,7 +460,8 @@ NAMING_CASES = [
     # (op kind, family, argument index, argument name, builder of the bad value from the good one)
     ("bwd", "lstm", 1, "dhn", lambda good: good.float()),
     ("bwd", "lstm", 3, "saved", lambda good: good.float()),
-    ("bwd", "gru", 3, "w_hh", lambda good: good.float()),
+    ("bwd", "gru", 7, "w_hh", lambda good: good.float()),
+    ("bwd", "lstm", 5, "w_ih", lambda good: good.float()),
     ("bwd", "rnn_tanh", 1, "dhn", lambda good: good.float()),
     ("step", "lstm", 2, "c", lambda good: good.float()),
     ("step", "gru", 2, "w_ih", lambda good: good.float()),
@@ -461,18 +485,19 @@ def test_op_errors_name_the_argument(kind, family, index, name, make_bad):
     assert name in (first, first.removesuffix("_in")), f"the message does not name {name}: {message}"
 
 
-def _op_prefixes():
-    """The layer-op families callable here: the compiled ops, and the triton ones under the interpreter."""
-    prefixes = [] if _extension.load_error is not None else [""]
-    return prefixes + (["triton_"] if "triton" in fastcells.available_backends("cpu") else [])
+def _op_families():
+    """The layer-op families callable here: the compiled ops, and the triton ones under the interpreter
+    (the value of layer_fwd_args' ``triton``)."""
+    families = [] if _extension.load_error is not None else [False]
+    return families + ([True] if "triton" in fastcells.available_backends("cpu") else [])
 
 
-@pytest.mark.parametrize("prefix", _op_prefixes())
+@pytest.mark.parametrize("triton", _op_families(), ids=lambda t: "triton" if t else "compiled")
 @pytest.mark.parametrize("family", ["lstm", "gru", "rnn_tanh"])
-def test_backward_of_an_inference_call_raises(family, prefix):
+def test_backward_of_an_inference_call_raises(family, triton):
     """A layer op called with training=False keeps no activations: backward through it is a clear
     RuntimeError raised before any backward op sees the empty saved tensor."""
-    op, args = layer_fwd_args(family, F64, reverse=False, training=True, prefix=prefix)
+    op, args = layer_fwd_args(family, F64, reverse=False, training=True, triton=triton)
     args = args[:-1] + (False,)
     outputs = op(*args)
     with pytest.raises(RuntimeError, match="training=False and saved nothing for backward"):
@@ -484,8 +509,8 @@ def test_backward_of_an_inference_call_raises(family, prefix):
 @pytest.mark.parametrize("family", ["lstm", "lstm_proj", "gru", "rnn_relu"])
 def test_triton_bwd_op_rejects_a_wrong_saved(family):
     """The triton backward kernels index ``saved`` without bounds: a wrong shape raises first."""
-    op, args = layer_bwd_args(family, F64, reverse=False, prefix="triton_")
-    index = 3 if family.startswith("lstm") else 2
+    op, args = layer_bwd_args(family, F64, reverse=False, triton=True)
+    index = BWD_INDEX[family.split("_")[0]]["saved"]
     for bad in (torch.empty(0, dtype=F64), args[index][:, :-1], args[index][:-1]):
         with pytest.raises(RuntimeError, match="saved must have shape"):
             op(*_replace(args, index, bad))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import fastcells
+from fastcells.backends import cuda as cuda_backend
 from conftest import (CELL_KINDS, LAYER_KINDS, assert_packed_unsorted_matches_torch,
                       assert_same_results, float64_results, forward_backward, low_precision_errors,
                       make_cell_twins, make_layer_twins, opcheck_lstm_layer_fwd, random_cell_states,
@@ -95,10 +96,11 @@ def test_compile_fullgraph(kind):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("hidden", [5, 17, 300])
-def test_persistent_lstm_inference(dtype, hidden, monkeypatch):
-    """The opt-in persistent kernel (FASTCELLS_CUDA_PERSISTENT=1; inference, no projection, full batch
+def test_persistent_lstm_inference(dtype, hidden, request):
+    """The opt-in persistent kernel (backends.cuda.use_persistent; inference, no projection, full batch
     at every step) against torch.nn, both directions."""
-    monkeypatch.setenv("FASTCELLS_CUDA_PERSISTENT", "1")
+    cuda_backend.use_persistent(True)
+    request.addfinalizer(lambda: cuda_backend.use_persistent(False))
     ref, fast = make_layer_twins("lstm", 6, hidden, 2, bidirectional=True, dtype=dtype, backend="cuda",
                                  device=DEVICE)
     x = torch.randn(7, 3, 6, dtype=dtype, device=DEVICE)
@@ -114,13 +116,14 @@ def test_ops_pass_opcheck():
 
 def test_bad_arguments_raise_instead_of_crashing():
     h = torch.randn(2, 4, device=DEVICE)
+    ints = lambda *shape: torch.ones(*shape, dtype=torch.int32, device=DEVICE)  # noqa: E731
     with pytest.raises(RuntimeError, match="must be float32, float64, float16 or bfloat16"):
-        torch.ops.fastcells.rnn_layer_fwd(torch.ones(6, 4, dtype=torch.int32, device=DEVICE),
-                                          h.int(), torch.ones(4, 4, dtype=torch.int32, device=DEVICE),
+        torch.ops.fastcells.rnn_layer_fwd(ints(6, 3), ints(4, 3), None, None, h.int(), ints(4, 4),
                                           torch.full((3,), 2), False, False, False)
     with pytest.raises(RuntimeError, match="w_hh must be on"):
-        torch.ops.fastcells.rnn_layer_fwd(torch.randn(6, 4, device=DEVICE), h, torch.randn(4, 4),
-                                          torch.full((3,), 2), False, False, False)
+        torch.ops.fastcells.rnn_layer_fwd(torch.randn(6, 3, device=DEVICE),
+                                          torch.randn(4, 3, device=DEVICE), None, None, h,
+                                          torch.randn(4, 4), torch.full((3,), 2), False, False, False)
 
 
 def _to_device_except(args, cpu_index):
@@ -136,13 +139,13 @@ def test_shape_errors_raise_instead_of_crashing(family):
     bench/results/nvidia-h200/README.md)."""
     lstm = family == "lstm"
     op, args = layer_bwd_args(family, torch.float64, reverse=False)
-    saved_index, sizes_index = (3, 6) if lstm else (2, 4)
+    saved_index, sizes_index = (3, 10) if lstm else (2, 8)  # argument positions: csrc/ops.cpp
     args = _to_device_except(args, sizes_index)
     empty = torch.empty(0, dtype=torch.float64, device=DEVICE)
     with pytest.raises(RuntimeError, match="saved must have shape"):
         op(*args[:saved_index], empty, *args[saved_index + 1:])
     op, args = layer_fwd_args(family, torch.float64, reverse=False, training=False)
-    args = _to_device_except(args, {"lstm": 5, "gru": 4}.get(family, 3))
+    args = _to_device_except(args, 8 if lstm else 6)  # batch_sizes stays on the CPU
     wide_h0 = torch.randn(B, H + 1, dtype=torch.float64, device=DEVICE)
     with pytest.raises(RuntimeError, match="must have shape"):
-        op(args[0], wide_h0, *args[2:])
+        op(*args[:4], wide_h0, *args[5:])  # h0 is argument 4

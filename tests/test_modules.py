@@ -366,7 +366,7 @@ def test_backend_from_environment(monkeypatch, selected_backends):
     assert _backend_used(lstm, x, selected_backends) == "cpu"  # auto on CPU tensors
     with record_fastcells_ops() as names:
         lstm(x)
-    assert names == ["lstm_layer_from_input_fwd"]
+    assert names == ["lstm_layer_fwd"]
     monkeypatch.setenv("FASTCELLS_BACKEND", "reference")
     assert _backend_used(lstm, x, selected_backends) == "reference"
     assert _backend_used(cell, x[0], selected_backends) == "reference"
@@ -454,6 +454,7 @@ def test_backend_is_keyword_only(name):
 
 def test_unusable_backend_raises_and_says_why(monkeypatch):
     monkeypatch.setattr(_extension, "load_error", "ImportError: pretend the build is missing")
+    monkeypatch.setattr(backends, "_resolved", {})  # choices made before the pretence
     assert "cpu" not in fastcells.available_backends()
     for module, x in ((fastcells.LSTM(3, 4, backend="cpu"), torch.randn(2, 1, 3)),
                       (fastcells.GRUCell(3, 4, backend="cpu"), torch.randn(1, 3))):
@@ -472,7 +473,7 @@ def test_unusable_device_raises_and_says_why():
 
 def test_auto_falls_back_with_one_warning(monkeypatch, caplog, selected_backends):
     monkeypatch.setattr(_extension, "load_error", "ImportError: pretend the build is missing")
-    monkeypatch.setattr(backends, "_auto_choice", {})
+    monkeypatch.setattr(backends, "_resolved", {})
     torch.manual_seed(0)
     ref = nn.LSTM(3, 4, dtype=DT)
     fast = copy_weights(ref, fastcells.LSTM(3, 4, dtype=DT))
@@ -637,5 +638,5 @@ def test_streaming_step_only_where_the_cpu_backend_is_chosen(requested, env, fas
         monkeypatch.delenv("FASTCELLS_BACKEND", raising=False)
     else:
         monkeypatch.setenv("FASTCELLS_BACKEND", env)
-    op = backends.cpu_streaming_step_op("gru_step_fwd", requested)
-    assert (op is not None) == fast
+    steps = backends.resolve(requested, "cpu", torch.float32).streaming_steps
+    assert (steps is not None) == fast

@@ -17,7 +17,7 @@ from conftest import (assert_packed_unsorted_matches_torch, assert_same_results,
 if "triton" not in fastcells.available_backends("cuda" if torch.cuda.is_available() else "cpu"):
     pytest.skip("the triton backend is not usable here", allow_module_level=True)
 
-from fastcells import triton_ops  # noqa: E402
+from fastcells.kernels import launch  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODES = ["persistent", "alternating"]
@@ -27,17 +27,17 @@ MODES = ["persistent", "alternating"]
 def mode(request, monkeypatch):
     """Forces one of the two modes (alternating: no layer counts as small enough to be persistent)."""
     if request.param == "alternating":
-        monkeypatch.setattr(triton_ops, "MAX_HIDDEN", {})
+        monkeypatch.setattr(launch, "MAX_HIDDEN", {})
     else:
-        monkeypatch.setattr(triton_ops, "MAX_HIDDEN", {dtype: 64 for dtype in triton_ops.MAX_HIDDEN})
+        monkeypatch.setattr(launch, "MAX_HIDDEN", {dtype: 64 for dtype in launch.MAX_HIDDEN})
     return request.param
 
 
 def test_mode_choice_by_size_and_projection():
-    assert triton_ops._persistent(torch.float32, 32, projected=False)
-    assert not triton_ops._persistent(torch.float32, 33, projected=False)
-    assert triton_ops._persistent(torch.bfloat16, 64, projected=False)
-    assert not triton_ops._persistent(torch.float32, 8, projected=True)
+    assert launch.persistent(torch.float32, 32, projected=False)
+    assert not launch.persistent(torch.float32, 33, projected=False)
+    assert launch.persistent(torch.bfloat16, 64, projected=False)
+    assert not launch.persistent(torch.float32, 8, projected=True)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh", "rnn_relu"])

@@ -1,7 +1,7 @@
 // LSTM on the CPU: a whole layer (forward and backward through time) and one inference step.
 //
 // Shapes: N rows of the flattened sequence (see ../schedule.h), B batch, H hidden, P = proj_size or H,
-// G = 4H gates in torch's order i, f, g, o; saved (N, S) as LstmLayout in ../layers.h.
+// G = 4H gates in torch's order i, f, g, o; saved (N, S) as LstmLayout in fastcells/saved_layout.h.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -17,6 +17,7 @@
 #include "matmul_cpu.h"
 #include "ops_cpu.h"
 #include "row_groups.h"
+#include "step_input.h"
 #include "../schedule.h"
 
 namespace fastcells::cpu {
@@ -52,21 +53,6 @@ inline int64_t lstm_step_weight_bytes(const LstmLayout& L, int64_t element_size)
   return (4 * L.H * L.P + (L.proj ? L.P * L.H : 0)) * element_size;
 }
 
-// Where each step's input projections come from: precomputed, gx (N, G), or computed step by step
-// from x (N, I): each thread multiplies its own rows of x_t by W_ih^T into the step's gate buffer, the
-// recurrent product accumulates onto them, and the pointwise pass adds the bias (G). The (N, 4H) gx
-// (13 MB at T=100, B=32, H=256) then never goes out to memory and back. Measured on the 2-core EPYC,
-// float32 T=100, B=32, H=256 inference, best of 25 interleaved calls in two runs: 27.0 and 24.8 ms
-// against 27.8 and 34.1 ms for F.linear (MKL) then lstm_layer_fwd.
-template <typename T>
-struct StepInput {
-  const T* gx = nullptr;                  // precomputed (N, G), or else:
-  const T* x = nullptr;                   // (N, I)
-  int64_t I = 0;
-  const StepProduct<T>* w_ih = nullptr;   // W_ih (G, I), packed
-  const T* bias = nullptr;                // (G): b_ih + b_hh, or zeros
-};
-
 template <typename T>
 void lstm_layer_fwd_impl(const StepInput<T>& in, at::Tensor& h_state, at::Tensor& c_state,
                          const at::Tensor& w_hh, const at::Tensor* w_hr, const Schedule& sched,
@@ -92,8 +78,8 @@ void lstm_layer_fwd_impl(const StepInput<T>& in, at::Tensor& h_state, at::Tensor
     T* h_p = h_all + g0 * P;
     T* c_p = c_all + g0 * H;
     T* hr_p = L.proj ? hr_all + g0 * H : nullptr;
-    if (in.x) in.w_ih->run(in.x + row0 * in.I, in.I, gh_p, G, bs, false);
-    recurrent.run(h_p, P, gh_p, G, bs, /*accumulate=*/in.x != nullptr);
+    if (in.per_step()) in.project(bs, row0, gh_p, G, /*accumulate=*/false);
+    recurrent.run(h_p, P, gh_p, G, bs, /*accumulate=*/in.per_step());
     if (s_p) {
       for (int64_t b = 0; b < bs; ++b)
         std::memcpy(s_p + (row0 + b) * S + L.h_prev(), h_p + b * P, P * sizeof(T));
@@ -101,7 +87,7 @@ void lstm_layer_fwd_impl(const StepInput<T>& in, at::Tensor& h_state, at::Tensor
     T* h_dst = L.proj ? hr_p : h_p;
     at::parallel_for(0, bs, pointwise_grain(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const T* gx_row = in.x ? in.bias : in.gx + (row0 + b) * G;
+        const T* gx_row = in.row(row0 + b);
         if (s_p) {
           lstm_row_fwd<T, true>(gx_row, gh_p + b * G, c_p + b * H, c_p + b * H, h_dst + b * H,
                                 s_p + (row0 + b) * S, L);
@@ -180,87 +166,39 @@ void lstm_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, at::Tensor&
 
 }  // namespace
 
-namespace {
-
-// The layer forward once the input side is settled: gx (N, 4H) given, or x with w_ih and bias.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_run(
-    const at::Tensor& gx, const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias,
-    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh_in,
-    const c10::optional<at::Tensor>& w_hr_in, const Schedule& sched, const RowGroups& groups,
-    bool reverse, bool training) {
-  const LstmLayout L{c0.size(1), h0.size(1), w_hr_in.has_value()};
-  const at::Tensor& rows = gx.defined() ? gx : x;
-  const int64_t N = rows.size(0);
-  at::Tensor w_hh = w_hh_in.contiguous();
+LstmOutputs lstm_layer_fwd_cpu(
+    const at::Tensor& x_in, const at::Tensor& w_ih_in, const c10::optional<at::Tensor>& b_ih,
+    const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0, const at::Tensor& c0,
+    const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& w_hr_in,
+    const at::Tensor& batch_sizes, bool reverse, bool training) {
+  const LstmLayout L = check_lstm_layer_fwd_args(x_in, w_ih_in, b_ih, b_hh, h0, c0, w_hh_in, w_hr_in);
+  FC_CHECK_FLOATING(x_in);
+  const int64_t N = x_in.size(0);
+  const Schedule sched = make_schedule(batch_sizes, N, h0.size(0));
+  const RowGroups groups = split_rows(sched, lstm_step_weight_bytes(L, x_in.element_size()));
+  at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor w_hr = L.proj ? w_hr_in->contiguous() : at::Tensor();
   at::Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
   at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
-  at::Tensor y = at::empty({N, L.P}, rows.options());
-  at::Tensor saved = training ? at::empty({N, L.width()}, rows.options())
-                              : at::empty({0}, rows.options());
-  AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "lstm_layer_fwd_cpu", [&] {
-    StepInput<scalar_t> in;
-    std::optional<StepProduct<scalar_t>> input_product;
-    if (gx.defined()) {
-      in.gx = gx.data_ptr<scalar_t>();
-    } else {
-      in.x = x.data_ptr<scalar_t>();
-      in.I = x.size(1);
-      input_product.emplace(w_ih, /*transposed=*/true, groups.max_rows());
-      in.w_ih = &*input_product;
-      in.bias = bias.data_ptr<scalar_t>();
-    }
+  at::Tensor y = at::empty({N, L.P}, x.options());
+  at::Tensor saved = training ? at::empty({N, L.width()}, x.options()) : at::empty({0}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_layer_fwd_cpu", [&] {
+    const StepInput<scalar_t> in(x, w_ih, input_bias(b_ih, b_hh, /*adds_b_hh=*/true),
+                                    groups, project_per_step(groups, /*lstm=*/true, training));
     lstm_layer_fwd_impl<scalar_t>(in, h_state, c_state, w_hh, L.proj ? &w_hr : nullptr, sched,
                                   groups, reverse, y, training ? &saved : nullptr, L);
   });
   return {y, h_state, c_state, saved};
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cpu(
-    const at::Tensor& gx_in, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
-    const c10::optional<at::Tensor>& w_hr, const at::Tensor& batch_sizes, bool reverse,
-    bool training) {
-  check_lstm_layer_fwd_args(gx_in, h0, c0, w_hh, w_hr);
-  FC_CHECK_FLOATING(gx_in);
-  const LstmLayout L{c0.size(1), h0.size(1), w_hr.has_value()};
-  const Schedule sched = make_schedule(batch_sizes, gx_in.size(0), h0.size(0));
-  const RowGroups groups = split_rows(sched, lstm_step_weight_bytes(L, gx_in.element_size()));
-  return lstm_layer_fwd_run(gx_in.contiguous(), at::Tensor(), at::Tensor(), at::Tensor(), h0, c0,
-                            w_hh, w_hr, sched, groups, reverse, training);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_from_input_fwd_cpu(
-    const at::Tensor& x_in, const at::Tensor& w_ih_in, const c10::optional<at::Tensor>& bias_in,
-    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
-    const c10::optional<at::Tensor>& w_hr, const at::Tensor& batch_sizes, bool reverse,
-    bool training) {
-  check_lstm_input_args(x_in, w_ih_in, bias_in, c0);
-  // The rest as for lstm_layer_fwd; an empty stand-in for gx carries x's dtype and device.
-  check_lstm_layer_fwd_args(x_in.new_empty({0, 4 * c0.size(1)}), h0, c0, w_hh, w_hr);
-  FC_CHECK_FLOATING(x_in);
-  const LstmLayout L{c0.size(1), h0.size(1), w_hr.has_value()};
-  const Schedule sched = make_schedule(batch_sizes, x_in.size(0), h0.size(0));
-  const RowGroups groups = split_rows(sched, lstm_step_weight_bytes(L, x_in.element_size()));
-  if (groups.count() == 1) {
-    // One group: the steps' products split their columns between threads, and a few rows per step
-    // make a poor GEMM; one GEMM over all N rows first does better.
-    at::Tensor gx = bias_in.has_value() ? at::addmm(*bias_in, x_in, w_ih_in.t())
-                                        : at::mm(x_in, w_ih_in.t());
-    return lstm_layer_fwd_run(gx, at::Tensor(), at::Tensor(), at::Tensor(), h0, c0, w_hh, w_hr,
-                              sched, groups, reverse, training);
-  }
-  at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::zeros({4 * L.H}, x_in.options());
-  return lstm_layer_fwd_run(at::Tensor(), x_in.contiguous(), w_ih_in.contiguous(), bias, h0, c0,
-                            w_hh, w_hr, sched, groups, reverse, training);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_bwd_cpu(
-    const at::Tensor& dy_in, const at::Tensor& dhn, const at::Tensor& dcn,
-    const at::Tensor& saved_in, const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& w_hr_in,
-    const at::Tensor& batch_sizes, bool reverse) {
-  const LstmLayout L = check_lstm_layer_bwd_args(dy_in, dhn, dcn, saved_in, w_hh_in, w_hr_in);
+LstmGrads lstm_layer_bwd_cpu(const at::Tensor& dy_in, const at::Tensor& dhn, const at::Tensor& dcn,
+                             const at::Tensor& saved_in, const at::Tensor& x,
+                             const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
+                             const c10::optional<at::Tensor>& b_hh, const at::Tensor& w_hh_in,
+                             const c10::optional<at::Tensor>& w_hr_in,
+                             const at::Tensor& batch_sizes, bool reverse, bool need_dx) {
+  const LstmLayout L = check_lstm_layer_bwd_args(dy_in, dhn, dcn, saved_in, x, w_ih, b_ih, b_hh,
+                                                 w_hh_in, w_hr_in);
   FC_CHECK_FLOATING(dy_in);
   const int64_t N = dy_in.size(0), G = 4 * L.H;
   const Schedule sched = make_schedule(batch_sizes, N, dhn.size(0));
@@ -275,7 +213,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
                                   sched, reverse, dgx, L.proj ? &dh_rows : nullptr, L);
   });
   auto [dw_hh, dw_hr] = lstm_weight_grads(dgx, saved, dh_rows, L);
-  return {dgx, dh_state, dc_state, dw_hh, dw_hr};
+  const InputGrads in = input_grads(dgx, x, w_ih, b_ih, b_hh, at::Tensor(), need_dx);
+  return {in.dx, dh_state, dc_state, in.dw_ih, in.db_ih, in.db_hh, dw_hh, dw_hr};
 }
 
 std::tuple<at::Tensor, at::Tensor> lstm_step_fwd_cpu(

@@ -1,50 +1,57 @@
-// CPU implementations of the fastcells ops (schemas in ../ops.cpp). Shapes in the .cpp files.
+// CPU implementations of the fastcells ops (schemas and shapes in ../ops.cpp).
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <tuple>
 
+namespace fastcells {
+
+using Tensor = at::Tensor;
+using OptionalTensor = c10::optional<at::Tensor>;
+// Layer forward outputs: LSTM (y, hn, cn, saved); GRU and RNN (y, hn, saved).
+using LstmOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+using LayerOutputs = std::tuple<Tensor, Tensor, Tensor>;
+// Layer backward outputs: LSTM (dx, dh0, dc0, dw_ih, db_ih, db_hh, dw_hh, dw_hr); GRU and RNN
+// (dx, dh0, dw_ih, db_ih, db_hh, dw_hh).
+using LstmGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using LayerGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+}  // namespace fastcells
+
 namespace fastcells::cpu {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cpu(
-    const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
-    const c10::optional<at::Tensor>& w_hr, const at::Tensor& batch_sizes, bool reverse,
-    bool training);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_from_input_fwd_cpu(
-    const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& bias,
-    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
-    const c10::optional<at::Tensor>& w_hr, const at::Tensor& batch_sizes, bool reverse,
-    bool training);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_bwd_cpu(
-    const at::Tensor& dy, const at::Tensor& dhn, const at::Tensor& dcn, const at::Tensor& saved,
-    const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr, const at::Tensor& batch_sizes,
-    bool reverse);
-std::tuple<at::Tensor, at::Tensor> lstm_step_fwd_cpu(const at::Tensor& x, const at::Tensor& h,
-                                                     const at::Tensor& c, const at::Tensor& w_ih,
-                                                     const at::Tensor& w_hh,
-                                                     const c10::optional<at::Tensor>& b_ih,
-                                                     const c10::optional<at::Tensor>& b_hh);
+LstmOutputs lstm_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
+                               const OptionalTensor& b_hh, const Tensor& h0, const Tensor& c0,
+                               const Tensor& w_hh, const OptionalTensor& w_hr,
+                               const Tensor& batch_sizes, bool reverse, bool training);
+LstmGrads lstm_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& dcn,
+                             const Tensor& saved, const Tensor& x, const Tensor& w_ih,
+                             const OptionalTensor& b_ih, const OptionalTensor& b_hh,
+                             const Tensor& w_hh, const OptionalTensor& w_hr,
+                             const Tensor& batch_sizes, bool reverse, bool need_dx);
+std::tuple<Tensor, Tensor> lstm_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& c,
+                                             const Tensor& w_ih, const Tensor& w_hh,
+                                             const OptionalTensor& b_ih, const OptionalTensor& b_hh);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd_cpu(
-    const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& w_hh,
-    const c10::optional<at::Tensor>& b_hh, const at::Tensor& batch_sizes, bool reverse,
-    bool training);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_bwd_cpu(
-    const at::Tensor& dy, const at::Tensor& dhn, const at::Tensor& saved, const at::Tensor& w_hh,
-    const at::Tensor& batch_sizes, bool reverse, bool has_bias);
-at::Tensor gru_step_fwd_cpu(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
-                            const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-                            const c10::optional<at::Tensor>& b_hh);
+LayerOutputs gru_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
+                               const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
+                               const Tensor& batch_sizes, bool reverse, bool training);
+LayerGrads gru_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& saved,
+                             const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
+                             const OptionalTensor& b_hh, const Tensor& w_hh,
+                             const Tensor& batch_sizes, bool reverse, bool need_dx);
+Tensor gru_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
+                        const OptionalTensor& b_ih, const OptionalTensor& b_hh);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_fwd_cpu(
-    const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& w_hh,
-    const at::Tensor& batch_sizes, bool relu, bool reverse, bool training);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_bwd_cpu(
-    const at::Tensor& dy, const at::Tensor& dhn, const at::Tensor& saved, const at::Tensor& w_hh,
-    const at::Tensor& batch_sizes, bool relu, bool reverse);
-at::Tensor rnn_step_fwd_cpu(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
-                            const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-                            const c10::optional<at::Tensor>& b_hh, bool relu);
+LayerOutputs rnn_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
+                               const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
+                               const Tensor& batch_sizes, bool relu, bool reverse, bool training);
+LayerGrads rnn_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& saved,
+                             const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
+                             const OptionalTensor& b_hh, const Tensor& w_hh,
+                             const Tensor& batch_sizes, bool relu, bool reverse, bool need_dx);
+Tensor rnn_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
+                        const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool relu);
 
 }  // namespace fastcells::cpu

@@ -6,7 +6,6 @@
 TORCH_LIBRARY_IMPL(fastcells, CPU, m) {
   using namespace fastcells::cpu;
   m.impl("lstm_layer_fwd", &lstm_layer_fwd_cpu);
-  m.impl("lstm_layer_from_input_fwd", &lstm_layer_from_input_fwd_cpu);
   m.impl("lstm_layer_bwd", &lstm_layer_bwd_cpu);
   m.impl("lstm_step_fwd", &lstm_step_fwd_cpu);
   m.impl("gru_layer_fwd", &gru_layer_fwd_cpu);

@@ -42,6 +42,11 @@ struct RowGroups {
     for (int64_t q = 0; q < count(); ++q) most = std::max(most, bounds[q + 1] - bounds[q]);
     return most;
   }
+  int64_t min_rows() const {
+    int64_t least = bounds.back();
+    for (int64_t q = 0; q < count(); ++q) least = std::min(least, bounds[q + 1] - bounds[q]);
+    return least;
+  }
 };
 
 // One group per thread when the batch and the weights allow it (see above), else one group of all

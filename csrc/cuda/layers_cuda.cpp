@@ -1,9 +1,10 @@
 // CUDA implementations of the fastcells ops (schemas in ../ops.cpp), registered for the CUDA dispatch
 // key under the CPU backend's op names, so device dispatch is automatic.
 //
-// The time loop runs here in C++: per step one GEMM through ATen (cuBLAS) and one fused pointwise kernel
-// (pointwise.cu), all on the current stream. Shapes and saved layouts as in ../layers.h; packed
-// sequences shrink the rows of each step as on the CPU (../schedule.h).
+// The input projection runs as one GEMM before the time loop; the loop runs here in C++: per step one
+// GEMM through ATen (cuBLAS) and one fused pointwise kernel (pointwise.cu), all on the current stream.
+// Shapes as in ../ops.cpp, saved layouts in fastcells/saved_layout.h; packed sequences shrink the rows
+// of each step as on the CPU (../schedule.h). Cell steps run as one-step layers (from Python).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -11,9 +12,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <tuple>
+
+#include "../cpu/ops_cpu.h"
+#include "layers_cuda.h"
 
 #include "../checks.h"
 #include "../layers.h"
@@ -46,13 +51,15 @@ void* row_ptr(const at::Tensor& t, int64_t row) {
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
-at::Tensor one_step(int64_t batch) { return at::full({1}, batch, at::kLong); }
-
-// The persistent kernel (persistent.cu) is opt-in until it has run on a GPU: FASTCELLS_CUDA_PERSISTENT=1.
-bool persistent_requested() {
+// The persistent kernel (persistent.cu) is opt-in: on the H200 it beat cuDNN only at B <= 4
+// (bench/results/nvidia-h200/persistent). FASTCELLS_CUDA_PERSISTENT=1 in the environment when fastcells._C
+// loads turns it on; set_persistent switches it afterwards (no getenv per call).
+std::atomic<bool> persistent_on{[] {
   const char* value = std::getenv("FASTCELLS_CUDA_PERSISTENT");
   return value != nullptr && std::strcmp(value, "1") == 0;
-}
+}()};
+
+bool persistent_requested() { return persistent_on.load(std::memory_order_relaxed); }
 
 // Whether every step has the whole batch (padded input, or a packed one of equal lengths).
 bool full_batch_every_step(const Schedule& sched) {
@@ -60,26 +67,23 @@ bool full_batch_every_step(const Schedule& sched) {
                      [&](int64_t size) { return size == sched.batch; });
 }
 
-// b_ih + b_hh, or whichever is given, or none: the bias of an LSTM or RNN input projection.
-c10::optional<at::Tensor> summed_bias(const c10::optional<at::Tensor>& b_ih,
-                                      const c10::optional<at::Tensor>& b_hh) {
-  if (b_ih.has_value() && b_hh.has_value()) return *b_ih + *b_hh;
-  return b_ih.has_value() ? b_ih : b_hh;
-}
-
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cuda(
-    const at::Tensor& gx_in, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh_in,
-    const c10::optional<at::Tensor>& w_hr_in, const at::Tensor& batch_sizes, bool reverse,
-    bool training) {
-  check_lstm_layer_fwd_args(gx_in, h0, c0, w_hh_in, w_hr_in);
-  const DType dtype = dtype_of(gx_in, "gx");
-  const c10::cuda::CUDAGuard guard(gx_in.device());
-  const LstmLayout L{c0.size(1), h0.size(1), w_hr_in.has_value()};
-  const int64_t N = gx_in.size(0), B = h0.size(0);
+void set_persistent(bool enabled) { persistent_on.store(enabled); }
+
+LstmOutputs lstm_layer_fwd_cuda(const at::Tensor& x, const at::Tensor& w_ih,
+                                const c10::optional<at::Tensor>& b_ih,
+                                const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+                                const at::Tensor& c0, const at::Tensor& w_hh_in,
+                                const c10::optional<at::Tensor>& w_hr_in,
+                                const at::Tensor& batch_sizes, bool reverse, bool training) {
+  const LstmLayout L = check_lstm_layer_fwd_args(x, w_ih, b_ih, b_hh, h0, c0, w_hh_in, w_hr_in);
+  const DType dtype = dtype_of(x, "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = x.size(0), B = h0.size(0);
   const Schedule sched = make_schedule(batch_sizes, N, B);
-  at::Tensor gx = gx_in.contiguous(), w_hh = w_hh_in.contiguous();
+  at::Tensor gx = input_projection(x, w_ih, input_bias(b_ih, b_hh, /*adds_b_hh=*/true)).contiguous();
+  at::Tensor w_hh = w_hh_in.contiguous();
   at::Tensor w_hr = L.proj ? w_hr_in->contiguous() : at::Tensor();
   at::Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
   at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
@@ -124,11 +128,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cuda(
   return {y, h_state, c_state, saved};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_bwd_cuda(
-    const at::Tensor& dy_in, const at::Tensor& dhn, const at::Tensor& dcn,
-    const at::Tensor& saved_in, const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& w_hr_in,
-    const at::Tensor& batch_sizes, bool reverse) {
-  const LstmLayout L = check_lstm_layer_bwd_args(dy_in, dhn, dcn, saved_in, w_hh_in, w_hr_in);
+LstmGrads lstm_layer_bwd_cuda(const at::Tensor& dy_in, const at::Tensor& dhn, const at::Tensor& dcn,
+                              const at::Tensor& saved_in, const at::Tensor& x,
+                              const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
+                              const c10::optional<at::Tensor>& b_hh, const at::Tensor& w_hh_in,
+                              const c10::optional<at::Tensor>& w_hr_in,
+                              const at::Tensor& batch_sizes, bool reverse, bool need_dx) {
+  const LstmLayout L = check_lstm_layer_bwd_args(dy_in, dhn, dcn, saved_in, x, w_ih, b_ih, b_hh,
+                                                 w_hh_in, w_hr_in);
   const DType dtype = dtype_of(dy_in, "dy");
   const c10::cuda::CUDAGuard guard(dy_in.device());
   const int64_t N = dy_in.size(0), B = dhn.size(0);
@@ -156,24 +163,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     at::mm_out(dh, dgx.narrow(0, row0, bs), w_hh);
   });
   auto [dw_hh, dw_hr] = lstm_weight_grads(dgx, saved, dh_rows, L);
-  return {dgx, dh_state, dc_state, dw_hh, dw_hr};
+  const InputGrads in = input_grads(dgx, x, w_ih, b_ih, b_hh, at::Tensor(), need_dx);
+  return {in.dx, dh_state, dc_state, in.dw_ih, in.db_ih, in.db_hh, dw_hh, dw_hr};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd_cuda(
-    const at::Tensor& gx_in, const at::Tensor& h0, const at::Tensor& w_hh_in,
-    const c10::optional<at::Tensor>& b_hh_in, const at::Tensor& batch_sizes, bool reverse,
-    bool training) {
-  check_layer_fwd_args(gx_in, h0, w_hh_in, 3);
-  const DType dtype = dtype_of(gx_in, "gx");
-  const int64_t H = h0.size(1), N = gx_in.size(0), B = h0.size(0);
-  check_bias(b_hh_in, "b_hh", 3 * H, gx_in);
-  const c10::cuda::CUDAGuard guard(gx_in.device());
+LayerOutputs gru_layer_fwd_cuda(const at::Tensor& x, const at::Tensor& w_ih,
+                                const c10::optional<at::Tensor>& b_ih,
+                                const c10::optional<at::Tensor>& b_hh_in, const at::Tensor& h0,
+                                const at::Tensor& w_hh_in, const at::Tensor& batch_sizes,
+                                bool reverse, bool training) {
+  const int64_t H = check_layer_fwd_args(x, w_ih, b_ih, b_hh_in, h0, w_hh_in, 3);
+  const DType dtype = dtype_of(x, "x");
+  const int64_t N = x.size(0), B = h0.size(0);
+  const c10::cuda::CUDAGuard guard(x.device());
   const Schedule sched = make_schedule(batch_sizes, N, B);
-  at::Tensor gx = gx_in.contiguous(), w_hh = w_hh_in.contiguous();
+  at::Tensor gx = input_projection(x, w_ih, input_bias(b_ih, b_hh_in, /*adds_b_hh=*/false)).contiguous();
+  at::Tensor w_hh = w_hh_in.contiguous();
   at::Tensor b_hh = b_hh_in.has_value() ? b_hh_in->contiguous() : at::Tensor();
   at::Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
   at::Tensor y = at::empty({N, H}, gx.options());
-  at::Tensor saved = training ? at::empty({N, kGruSavedPerUnit * H}, gx.options())
+  at::Tensor saved = training ? at::empty({N, GruLayout{H}.width()}, gx.options())
                               : at::empty({0}, gx.options());
   at::Tensor gh = at::empty({B, 3 * H}, gx.options());
   for_each_step(sched, reverse, /*backward=*/false, [&](int64_t bs, int64_t row0) {
@@ -187,13 +196,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd_cuda(
   return {y, h_state, saved};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_bwd_cuda(
-    const at::Tensor& dy_in, const at::Tensor& dhn, const at::Tensor& saved_in,
-    const at::Tensor& w_hh_in, const at::Tensor& batch_sizes, bool reverse, bool has_bias) {
-  check_layer_bwd_args(dy_in, dhn, saved_in, w_hh_in, 3, kGruSavedPerUnit);
+LayerGrads gru_layer_bwd_cuda(const at::Tensor& dy_in, const at::Tensor& dhn,
+                              const at::Tensor& saved_in, const at::Tensor& x,
+                              const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
+                              const c10::optional<at::Tensor>& b_hh, const at::Tensor& w_hh_in,
+                              const at::Tensor& batch_sizes, bool reverse, bool need_dx) {
+  const int64_t H = check_layer_bwd_args(dy_in, dhn, saved_in, x, w_ih, b_ih, b_hh, w_hh_in, 3,
+                                         GruLayout{1}.width());
   const DType dtype = dtype_of(dy_in, "dy");
   const c10::cuda::CUDAGuard guard(dy_in.device());
-  const int64_t H = dhn.size(1), N = dy_in.size(0);
+  const int64_t N = dy_in.size(0);
   const Schedule sched = make_schedule(batch_sizes, N, dhn.size(0));
   at::Tensor dy = dy_in.contiguous(), saved = saved_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor dh_state = dhn.clone(at::MemoryFormat::Contiguous);
@@ -205,23 +217,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_bwd_cuda(
     C10_CUDA_CHECK(gru_step_bwd(dtype, args, current_stream()));
     dh_state.narrow(0, 0, bs).addmm_(dgh.narrow(0, row0, bs), w_hh);
   });
-  at::Tensor dw_hh = at::mm(dgh.t(), saved.narrow(1, 4 * H, H));
-  at::Tensor db_hh = has_bias ? dgh.sum(0) : at::empty({0}, dy.options());
-  return {dgx, dh_state, dw_hh, db_hh};
+  at::Tensor dw_hh = at::mm(dgh.t(), saved.narrow(1, GruLayout{H}.h_prev(), H));
+  const InputGrads in = input_grads(dgx, x, w_ih, b_ih, b_hh, dgh, need_dx);
+  return {in.dx, dh_state, in.dw_ih, in.db_ih, in.db_hh, dw_hh};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_fwd_cuda(
-    const at::Tensor& gx_in, const at::Tensor& h0, const at::Tensor& w_hh_in,
-    const at::Tensor& batch_sizes, bool relu, bool reverse, bool training) {
-  check_layer_fwd_args(gx_in, h0, w_hh_in, 1);
-  const DType dtype = dtype_of(gx_in, "gx");
-  const c10::cuda::CUDAGuard guard(gx_in.device());
-  const int64_t H = h0.size(1), N = gx_in.size(0), B = h0.size(0);
+LayerOutputs rnn_layer_fwd_cuda(const at::Tensor& x, const at::Tensor& w_ih,
+                                const c10::optional<at::Tensor>& b_ih,
+                                const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+                                const at::Tensor& w_hh_in, const at::Tensor& batch_sizes, bool relu,
+                                bool reverse, bool training) {
+  const int64_t H = check_layer_fwd_args(x, w_ih, b_ih, b_hh, h0, w_hh_in, 1);
+  const DType dtype = dtype_of(x, "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = x.size(0), B = h0.size(0);
   const Schedule sched = make_schedule(batch_sizes, N, B);
-  at::Tensor gx = gx_in.contiguous(), w_hh = w_hh_in.contiguous();
+  at::Tensor gx = input_projection(x, w_ih, input_bias(b_ih, b_hh, /*adds_b_hh=*/true)).contiguous();
+  at::Tensor w_hh = w_hh_in.contiguous();
   at::Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
   at::Tensor y = at::empty({N, H}, gx.options());
-  at::Tensor saved = training ? at::empty({N, kRnnSavedPerUnit * H}, gx.options())
+  at::Tensor saved = training ? at::empty({N, RnnLayout{H}.width()}, gx.options())
                               : at::empty({0}, gx.options());
   at::Tensor gh = at::empty({B, H}, gx.options());
   for_each_step(sched, reverse, /*backward=*/false, [&](int64_t bs, int64_t row0) {
@@ -234,13 +249,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_fwd_cuda(
   return {y, h_state, saved};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_bwd_cuda(
-    const at::Tensor& dy_in, const at::Tensor& dhn, const at::Tensor& saved_in,
-    const at::Tensor& w_hh_in, const at::Tensor& batch_sizes, bool relu, bool reverse) {
-  check_layer_bwd_args(dy_in, dhn, saved_in, w_hh_in, 1, kRnnSavedPerUnit);
+LayerGrads rnn_layer_bwd_cuda(const at::Tensor& dy_in, const at::Tensor& dhn,
+                              const at::Tensor& saved_in, const at::Tensor& x,
+                              const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
+                              const c10::optional<at::Tensor>& b_hh, const at::Tensor& w_hh_in,
+                              const at::Tensor& batch_sizes, bool relu, bool reverse,
+                              bool need_dx) {
+  const int64_t H = check_layer_bwd_args(dy_in, dhn, saved_in, x, w_ih, b_ih, b_hh, w_hh_in, 1,
+                                         RnnLayout{1}.width());
   const DType dtype = dtype_of(dy_in, "dy");
   const c10::cuda::CUDAGuard guard(dy_in.device());
-  const int64_t H = dhn.size(1), N = dy_in.size(0);
+  const int64_t N = dy_in.size(0);
   const Schedule sched = make_schedule(batch_sizes, N, dhn.size(0));
   at::Tensor dy = dy_in.contiguous(), saved = saved_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor dh_state = dhn.clone(at::MemoryFormat::Contiguous);
@@ -252,44 +271,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_bwd_cuda(
     C10_CUDA_CHECK(rnn_step_bwd(dtype, args, current_stream()));
     at::mm_out(dh, dgx.narrow(0, row0, bs), w_hh);
   });
-  at::Tensor dw_hh = at::mm(dgx.t(), saved.narrow(1, H, H));
-  return {dgx, dh_state, dw_hh};
-}
-
-// Cell steps: the input projection as one GEMM, then the layer op over a one-step sequence.
-std::tuple<at::Tensor, at::Tensor> lstm_step_fwd_cuda(
-    const at::Tensor& x, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-    const c10::optional<at::Tensor>& b_hh) {
-  const int64_t H = check_step_args(x, h, w_ih, w_hh, b_ih, b_hh, 4);
-  dtype_of(x, "x");
-  FC_CHECK_SHAPE(c, x.size(0), H);
-  FC_CHECK_LIKE(c, x);
-  const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor gx = at::linear(x, w_ih, summed_bias(b_ih, b_hh));
-  auto [y, hn, cn, saved] =
-      lstm_layer_fwd_cuda(gx, h, c, w_hh, c10::nullopt, one_step(x.size(0)), false, false);
-  return {hn, cn};
-}
-
-at::Tensor gru_step_fwd_cuda(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
-                             const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-                             const c10::optional<at::Tensor>& b_hh) {
-  check_step_args(x, h, w_ih, w_hh, b_ih, b_hh, 3);
-  dtype_of(x, "x");
-  const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor gx = at::linear(x, w_ih, b_ih);
-  return std::get<1>(gru_layer_fwd_cuda(gx, h, w_hh, b_hh, one_step(x.size(0)), false, false));
-}
-
-at::Tensor rnn_step_fwd_cuda(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
-                             const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-                             const c10::optional<at::Tensor>& b_hh, bool relu) {
-  check_step_args(x, h, w_ih, w_hh, b_ih, b_hh, 1);
-  dtype_of(x, "x");
-  const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor gx = at::linear(x, w_ih, summed_bias(b_ih, b_hh));
-  return std::get<1>(rnn_layer_fwd_cuda(gx, h, w_hh, one_step(x.size(0)), relu, false, false));
+  at::Tensor dw_hh = at::mm(dgx.t(), saved.narrow(1, RnnLayout{H}.h_prev(), H));
+  const InputGrads in = input_grads(dgx, x, w_ih, b_ih, b_hh, at::Tensor(), need_dx);
+  return {in.dx, dh_state, in.dw_ih, in.db_ih, in.db_hh, dw_hh};
 }
 
 }  // namespace fastcells::cuda
@@ -298,11 +282,8 @@ TORCH_LIBRARY_IMPL(fastcells, CUDA, m) {
   using namespace fastcells::cuda;
   m.impl("lstm_layer_fwd", &lstm_layer_fwd_cuda);
   m.impl("lstm_layer_bwd", &lstm_layer_bwd_cuda);
-  m.impl("lstm_step_fwd", &lstm_step_fwd_cuda);
   m.impl("gru_layer_fwd", &gru_layer_fwd_cuda);
   m.impl("gru_layer_bwd", &gru_layer_bwd_cuda);
-  m.impl("gru_step_fwd", &gru_step_fwd_cuda);
   m.impl("rnn_layer_fwd", &rnn_layer_fwd_cuda);
   m.impl("rnn_layer_bwd", &rnn_layer_bwd_cuda);
-  m.impl("rnn_step_fwd", &rnn_step_fwd_cuda);
 }

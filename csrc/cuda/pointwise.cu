@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "fastcells/gate_math.h"
+#include "fastcells/saved_layout.h"
 #include "pointwise.h"
 #include "types.cuh"
 
@@ -39,9 +40,10 @@ __global__ void lstm_fwd_kernel(LstmStepFwd a) {
       store<T>(a.saved, s + H, u.f);
       store<T>(a.saved, s + 2 * H, u.g);
       store<T>(a.saved, s + 3 * H, u.o);
-      store<T>(a.saved, s + 4 * H, c_prev);
-      store<T>(a.saved, s + 5 * H, u.tanh_c);
-      if (a.y != nullptr) store<T>(a.saved, s + 6 * H, load<T>(a.h, unit));  // h_prev, before overwrite
+      const LstmLayout L{H, H, false};  // the columns up to h_prev do not depend on P
+      store<T>(a.saved, s + L.c_prev(), c_prev);
+      store<T>(a.saved, s + L.tanh_c(), u.tanh_c);
+      if (a.y != nullptr) store<T>(a.saved, s + L.h_prev(), load<T>(a.h, unit));  // before overwrite
     }
     store<T>(a.c, unit, u.c);
     store<T>(a.h, unit, u.h);
@@ -57,7 +59,8 @@ __global__ void lstm_bwd_kernel(LstmStepBwd a) {
     const int64_t s = b * a.saved_ld + j, unit = b * H + j, gate = b * G + j;
     const LstmUnitGrad<M> d = lstm_unit_bwd<M>(
         load<T>(a.saved, s), load<T>(a.saved, s + H), load<T>(a.saved, s + 2 * H),
-        load<T>(a.saved, s + 3 * H), load<T>(a.saved, s + 4 * H), load<T>(a.saved, s + 5 * H),
+        load<T>(a.saved, s + 3 * H), load<T>(a.saved, s + LstmLayout{H, H, false}.c_prev()),
+        load<T>(a.saved, s + LstmLayout{H, H, false}.tanh_c()),
         load<T>(a.dh, unit), load<T>(a.dc, unit));
     store<T>(a.dgates, gate, d.d_i);
     store<T>(a.dgates, gate + H, d.d_f);
@@ -83,12 +86,13 @@ __global__ void gru_fwd_kernel(GruStepFwd a) {
     const GruUnit<M> u = gru_unit_fwd<M>(load<T>(a.gx, gate), load<T>(a.gx, gate + H),
                                          load<T>(a.gx, gate + 2 * H), h_r, h_z, h_n, h_prev);
     if (kSave) {
-      const int64_t s = b * 5 * H + j;
+      const GruLayout L{H};
+      const int64_t s = b * L.width() + j;
       store<T>(a.saved, s, u.r);
       store<T>(a.saved, s + H, u.z);
       store<T>(a.saved, s + 2 * H, u.n);
-      store<T>(a.saved, s + 3 * H, h_n);
-      store<T>(a.saved, s + 4 * H, h_prev);
+      store<T>(a.saved, s + L.h_n(), h_n);
+      store<T>(a.saved, s + L.h_prev(), h_prev);
     }
     store<T>(a.h, unit, u.h);
     store<T>(a.y, unit, u.h);
@@ -100,10 +104,11 @@ __global__ void gru_bwd_kernel(GruStepBwd a) {
   using M = typename MathType<T>::type;
   const int64_t H = a.H, G = 3 * H;
   for_each_unit(a.rows, H, [&](int64_t b, int64_t j) {
-    const int64_t s = b * 5 * H + j, unit = b * H + j, gate = b * G + j;
+    const GruLayout L{H};
+    const int64_t s = b * L.width() + j, unit = b * H + j, gate = b * G + j;
     const GruUnitGrad<M> d = gru_unit_bwd<M>(
         load<T>(a.saved, s), load<T>(a.saved, s + H), load<T>(a.saved, s + 2 * H),
-        load<T>(a.saved, s + 3 * H), load<T>(a.saved, s + 4 * H),
+        load<T>(a.saved, s + L.h_n()), load<T>(a.saved, s + L.h_prev()),
         load<T>(a.dy, unit) + load<T>(a.dh, unit));
     store<T>(a.dgx, gate, d.d_r);
     store<T>(a.dgx, gate + H, d.d_z);
@@ -124,8 +129,9 @@ __global__ void rnn_fwd_kernel(RnnStepFwd a) {
     const M h_prev = load<T>(a.h, unit);
     const M h = rnn_unit_fwd<M>(load<T>(a.gx, unit) + load<T>(a.gh, unit), a.relu);
     if (kSave) {
-      store<T>(a.saved, b * 2 * H + j, h);
-      store<T>(a.saved, b * 2 * H + H + j, h_prev);
+      const RnnLayout L{H};
+      store<T>(a.saved, b * L.width() + L.h() + j, h);
+      store<T>(a.saved, b * L.width() + L.h_prev() + j, h_prev);
     }
     store<T>(a.h, unit, h);
     store<T>(a.y, unit, h);
@@ -138,7 +144,7 @@ __global__ void rnn_bwd_kernel(RnnStepBwd a) {
   for_each_unit(a.rows, H, [&](int64_t b, int64_t j) {
     const int64_t unit = b * H + j;
     store<T>(a.dgates, unit,
-             rnn_unit_bwd(load<T>(a.saved, b * 2 * H + j), load<T>(a.dy, unit) + load<T>(a.dh, unit),
+             rnn_unit_bwd(load<T>(a.saved, b * RnnLayout{H}.width() + RnnLayout{H}.h() + j), load<T>(a.dy, unit) + load<T>(a.dh, unit),
                           a.relu));
   });
 }

@@ -1,12 +1,13 @@
 // Launchers of the fused per-step pointwise kernels of pointwise.cu, for LSTM, GRU and RNN.
 //
 // Framework-free on purpose (raw pointers, a dtype tag, a stream): nvcc checks the kernels in seconds
-// without torch's headers, and the glue (ops_cuda.cpp) does the GEMMs through ATen/cuBLAS. Each call
-// handles one time step: `rows` rows of the state (the batch entries still running at that step), one
-// GPU thread per (row, hidden unit). Pointers point at the step's first row; the stated shapes are
-// row-major with the leading dimension their width, except `saved` (leading dimension saved_ld).
-// Gate math is fp32 for float16/bfloat16 (values are rounded to the dtype when stored), and in the
-// dtype itself for float32/float64. Saved column layouts are those of ../layers.h.
+// without torch's headers (make cuda-check), and the glue (layers_cuda.cpp) does the GEMMs through
+// ATen/cuBLAS. Each call handles one time step: `rows` rows of the state (the batch entries still
+// running at that step), in a grid-stride loop over the (row, hidden unit) pairs: one GPU thread per
+// pair, up to 65535 blocks of 256 threads. Pointers point at the step's first row; the stated shapes
+// are row-major with the leading dimension their width, except the LSTM's `saved` (leading dimension
+// saved_ld). Gate math is fp32 for float16/bfloat16 (values are rounded to the dtype when stored), and
+// in the dtype itself for float32/float64. Saved column layouts are those of fastcells/saved_layout.h.
 #pragma once
 
 #include <cuda_runtime_api.h>

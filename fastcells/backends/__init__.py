@@ -1,9 +1,12 @@
 """Backend registry and choice.
 
-A backend is a module with ``NAME``, ``unusable_reason(device_type, dtype=None)`` and the layer and
-step functions (see ``reference.py`` for their shapes). Choice: the ``backend=`` argument, else the
-environment variable ``FASTCELLS_BACKEND``, else ``auto``: the first usable backend in preference
-order for the tensors' device, falling back to ``reference`` with one logged warning.
+A backend is a module with ``NAME``, ``unusable_reason(device_type, dtype=None)`` and ``functions()``,
+which gives its layer and step functions (shapes in ``reference.py``) and ``streaming_steps``. Choice:
+the ``backend=`` argument, else the environment variable ``FASTCELLS_BACKEND``, else ``auto``: the
+first usable backend in preference order for the tensors' device, falling back to ``reference`` with
+one logged warning. ``resolve`` makes the choice once per (requested name, FASTCELLS_BACKEND, device
+type, dtype) and keeps it: a module's forward asks it at every call for the price of a dict lookup.
+The triton backend imports Triton only once it is asked for on a device it can run on.
 """
 
 import logging
@@ -20,7 +23,7 @@ _BACKENDS = {module.NAME: module for module in (cuda, cpu, triton, reference)}
 NAMES = tuple(_BACKENDS)
 ENV_VAR = "FASTCELLS_BACKEND"
 
-_auto_choice = {}  # (device type, dtype) -> backend chosen by "auto"
+_resolved = {}  # (requested, FASTCELLS_BACKEND, device type, dtype) -> a backend's functions()
 
 
 def check_name(name):
@@ -50,33 +53,16 @@ def meant_for(name, device_type):
 
 
 def _auto(device_type, dtype):
-    chosen = _auto_choice.get((device_type, dtype))
-    if chosen is None:
-        candidates = [name for name in available_backends(device_type, dtype)
-                      if meant_for(name, device_type)]
-        chosen = _BACKENDS[candidates[0]]
-        if chosen is reference:
-            reasons = "; ".join(
-                f"{name}: {module.unusable_reason(device_type, dtype) or 'not chosen by auto here'}"
-                for name, module in _BACKENDS.items()
-                if module is not reference
-            )
-            logger.warning("fastcells: no fused backend for %s %s tensors, using 'reference' (%s)",
-                           device_type, dtype, reasons)
-        _auto_choice[(device_type, dtype)] = chosen
-    return chosen
-
-
-def cpu_streaming_step_op(name, requested):
-    """The cpu backend's inference step op ``name`` (a pybind11 function) when backend ``requested``
-    ("auto" or a name, as a module holds it) is the cpu backend for CPU float32/float64 tensors, else
-    None. The cells' streaming fast path asks this instead of select(), whose "auto" costs a streaming
-    step ~3 µs."""
-    if requested == "auto":
-        requested = os.environ.get(ENV_VAR) or "auto"  # "auto" picks cpu for such tensors when it loads
-    if requested not in ("auto", cpu.NAME):
-        return None
-    return cpu.direct_step_op(name)
+    for name, module in _BACKENDS.items():  # meant_for first: it imports nothing
+        if meant_for(name, device_type) and module.unusable_reason(device_type, dtype) is None:
+            break
+    if module is reference:
+        reasons = "; ".join(
+            f"{name}: {other.unusable_reason(device_type, dtype) or 'not chosen by auto here'}"
+            for name, other in _BACKENDS.items() if other is not reference)
+        logger.warning("fastcells: no fused backend for %s %s tensors, using 'reference' (%s)",
+                       device_type, dtype, reasons)
+    return module
 
 
 def select(requested, device_type, dtype=None):
@@ -94,3 +80,12 @@ def select(requested, device_type, dtype=None):
     if reason is not None:
         raise RuntimeError(f"fastcells backend {requested!r} is not usable: {reason}")
     return module
+
+
+def resolve(requested, device_type, dtype):
+    """The layer and step functions of the backend ``select`` picks, kept after the first call."""
+    key = (requested, os.environ.get(ENV_VAR), device_type, dtype)
+    functions = _resolved.get(key)
+    if functions is None:
+        functions = _resolved[key] = select(requested, device_type, dtype).functions()
+    return functions

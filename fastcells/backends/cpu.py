@@ -1,20 +1,15 @@
 """The cpu backend: fused C++ kernels (csrc/cpu) behind ``torch.ops.fastcells``.
 
-Layer functions run a whole sequence of one layer and direction in one op call; step functions run one
-cell step (see layer_ops.step_functions). The same ops run CUDA tensors in the cuda backend.
-
-Shapes as in ``backends/reference.py``.
+Layer functions run a whole sequence of one layer and direction in one op call; inference steps run
+the fused step ops. Shapes as in ``backends/reference.py``.
 """
 
 import torch
 
 from .. import _extension
-from .layer_ops import layer_functions, needs_grad, step_functions
+from .layer_ops import LayerOps
 
 NAME = "cpu"
-ops = torch.ops.fastcells
-
-
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -29,39 +24,22 @@ def unusable_reason(device_type, dtype=None):
     return None
 
 
-# name -> fastcells._C's pybind11 function for that step op, looked up once (a streaming step feels
-# the ~0.5 µs of a getattr on a built name).
-_DIRECT_STEP_OPS = ({} if _extension.C is None else
-                    {name: getattr(_extension.C, name + "_cpu")
-                     for name in ("lstm_step_fwd", "gru_step_fwd", "rnn_step_fwd")})
+def _step_ops():
+    """The fused inference step ops: fastcells._C's functions called through pybind11 (they skip the
+    dispatcher's ~5 µs), or the torch.ops ones under torch.compile, which traces torch.ops only."""
+    return torch.ops.fastcells if torch.compiler.is_compiling() else _extension.C
 
 
-def direct_step_op(name):
-    """fastcells._C's pybind11 function for the inference step op ``name`` ("lstm_step_fwd", ...), or
-    None when the extension did not load."""
-    return _DIRECT_STEP_OPS.get(name)
+_FUNCTIONS = None
 
 
-def _step_op(name):
-    """The fused inference step op ``name``: fastcells._C's function called through pybind11 (it skips
-    the dispatcher's ~5 µs), or the torch.ops op under torch.compile, which traces torch.ops only."""
-    if torch.compiler.is_compiling():
-        return getattr(ops, name)
-    return _DIRECT_STEP_OPS[name]
-
-
-# Layer functions (shapes in backends/reference.py): one op call per layer and direction.
-lstm_layer, gru_layer, rnn_layer = layer_functions("")
-
-
-def lstm_layer_from_input(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-    """lstm_layer(x @ w_ih^T + bias, ...) with the input projection inside the op, where each thread
-    computes its own rows step by step (csrc/cpu/lstm_cpu.cpp, StepInput). x (N, I), bias (4H) or
-    None; the rest as lstm_layer."""
-    training = needs_grad(x, w_ih, bias, h0, c0, w_hh, w_hr)
-    y, hn, cn, _ = ops.lstm_layer_from_input_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes,
-                                                 reverse, training)
-    return y, hn, cn
-
-
-lstm_step, gru_step, rnn_step = step_functions(_step_op)
+def functions():
+    """The backend's layer and step functions (call only when unusable_reason says it can run). Its
+    ``streaming_steps`` are fastcells._C's step functions, which the cells' streaming path calls
+    straight from forward (modules.py)."""
+    global _FUNCTIONS
+    if _FUNCTIONS is None:
+        ops = torch.ops.fastcells
+        _FUNCTIONS = LayerOps(NAME, ops.lstm_layer_fwd, ops.gru_layer_fwd, ops.rnn_layer_fwd, _step_ops,
+                              streaming_steps=_extension.C)
+    return _FUNCTIONS

@@ -1,19 +1,17 @@
-"""The cuda backend: the compiled ops of ``torch.ops.fastcells`` on CUDA tensors (csrc/cuda: per step a
-cuBLAS GEMM and one fused pointwise kernel, the time loop in C++).
-
-The ops are the cpu backend's, registered for the CUDA dispatch key, so the layer and step functions are
-the same; this module only says where they can run. Shapes as in ``backends/reference.py``.
+"""The cuda backend: the compiled layer ops of ``torch.ops.fastcells`` on CUDA tensors (csrc/cuda: the
+input projection as one GEMM, then per step a cuBLAS GEMM and one fused pointwise kernel, the time
+loop in C++). Cell steps run as one-step layers. Shapes as in ``backends/reference.py``.
 """
 
 import torch
 
 from .. import _extension
-from .layer_ops import layer_functions, step_functions
+from .layer_ops import LayerOps
 
 NAME = "cuda"
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-# Asked once: modules ask unusable_reason at every forward, and Dynamo cannot trace a pybind function
-# (torch.compile(fullgraph=True) would stop there).
+# Asked once: modules ask unusable_reason when they resolve a backend, and Dynamo cannot trace a
+# pybind function (torch.compile(fullgraph=True) would stop there).
 _BUILT_WITH_CUDA = _extension.load_error is None and _extension.C.has_cuda()
 
 
@@ -33,5 +31,20 @@ def unusable_reason(device_type, dtype=None):
     return None
 
 
-lstm_layer, gru_layer, rnn_layer = layer_functions("")
-lstm_step, gru_step, rnn_step = step_functions(lambda name: getattr(torch.ops.fastcells, name))
+def use_persistent(enabled):
+    """Whether an LSTM layer in inference runs the opt-in persistent kernel where it fits
+    (csrc/cuda/persistent.h); the default is FASTCELLS_CUDA_PERSISTENT=1 in the environment when
+    fastcells._C loads."""
+    _extension.C.set_cuda_persistent(bool(enabled))
+
+
+_FUNCTIONS = None
+
+
+def functions():
+    """The backend's layer and step functions (call only when unusable_reason says it can run)."""
+    global _FUNCTIONS
+    if _FUNCTIONS is None:
+        ops = torch.ops.fastcells
+        _FUNCTIONS = LayerOps(NAME, ops.lstm_layer_fwd, ops.gru_layer_fwd, ops.rnn_layer_fwd)
+    return _FUNCTIONS

@@ -1,13 +1,13 @@
-"""Layer functions over a family of layer ops ``torch.ops.fastcells.{prefix}{lstm,gru,rnn}_layer_fwd``
-(the compiled ops of the cpu and cuda backends, prefix "", and the triton backend's, prefix
-"triton_"): each asks its op to save what backward needs only when a gradient will be asked for. And
-the cell step functions of the compiled backends.
+"""The layer and step functions of the backends whose work runs in ops (cpu, cuda, triton), written
+once over any three layer forward ops. Shapes as in ``backends/reference.py``.
 
-Shapes as in ``backends/reference.py``.
+A layer function asks its op to save what backward needs only when a gradient will be asked for. A
+cell step that needs gradients, and every step of a backend without step ops, runs as the layer op
+over a one-step sequence, which has autograd formulas (fastcells/ops.py): this is the one place that
+says so.
 """
 
 import torch
-import torch.nn.functional as F
 
 
 def needs_grad(*tensors):
@@ -20,64 +20,59 @@ def one_step(batch):
     return torch.full((1,), batch, dtype=torch.long)
 
 
-def bias_sum(b_ih, b_hh):
-    """The bias folded into the input projection of LSTM and RNN (both biases; None without bias)."""
-    return None if b_ih is None else b_ih + b_hh
+def input_bias(b_ih, b_hh, adds_b_hh):
+    """The bias of a layer's input projection x @ w_ih^T + bias (the Python twin of ``input_bias`` in
+    csrc/layers.h). LSTM and RNN add b_hh to the same pre-activations (``adds_b_hh``): it is folded in,
+    whichever of the two is given. GRU keeps b_hh apart: its input bias is b_ih alone."""
+    if not adds_b_hh or b_hh is None:
+        return b_ih
+    return b_hh if b_ih is None else b_ih + b_hh
 
 
-def layer_functions(prefix):
-    """(lstm_layer, gru_layer, rnn_layer) over the ops ``fastcells::{prefix}*_layer_fwd``. The ops are
-    looked up at call time: a backend whose ops are not registered (extension not built, no Triton)
-    is never selected, so its functions are never called."""
-    ops = torch.ops.fastcells
+class LayerOps:
+    """Backend ``NAME``'s six functions over its layer forward ops ``lstm_fwd``, ``gru_fwd``, ``rnn_fwd``
+    (schemas in csrc/ops.cpp). ``step_ops()``, when given, returns a namespace with the fused inference
+    step ops ``lstm_step_fwd``, ``gru_step_fwd``, ``rnn_step_fwd`` for steps without gradients;
+    ``streaming_steps`` such a namespace that the cells' streaming path may call straight from forward
+    (modules.py), or None."""
 
-    def lstm_layer(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-        training = needs_grad(gx, h0, c0, w_hh, w_hr)
-        y, hn, cn, _ = getattr(ops, prefix + "lstm_layer_fwd")(gx, h0, c0, w_hh, w_hr, batch_sizes,
-                                                               reverse, training)
+    def __init__(self, NAME, lstm_fwd, gru_fwd, rnn_fwd, step_ops=None, streaming_steps=None):
+        self.NAME = NAME
+        self._lstm_fwd, self._gru_fwd, self._rnn_fwd = lstm_fwd, gru_fwd, rnn_fwd
+        self._step_ops = step_ops
+        self.streaming_steps = streaming_steps
+
+    def lstm_layer(self, x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+        training = needs_grad(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr)
+        y, hn, cn, _ = self._lstm_fwd(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse,
+                                      training)
         return y, hn, cn
 
-    def gru_layer(gx, h0, w_hh, b_hh, batch_sizes, reverse):
-        training = needs_grad(gx, h0, w_hh, b_hh)
-        y, hn, _ = getattr(ops, prefix + "gru_layer_fwd")(gx, h0, w_hh, b_hh, batch_sizes, reverse,
-                                                          training)
+    def gru_layer(self, x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, reverse):
+        training = needs_grad(x, w_ih, b_ih, b_hh, h0, w_hh)
+        y, hn, _ = self._gru_fwd(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, reverse, training)
         return y, hn
 
-    def rnn_layer(gx, h0, w_hh, batch_sizes, relu, reverse):
-        training = needs_grad(gx, h0, w_hh)
-        y, hn, _ = getattr(ops, prefix + "rnn_layer_fwd")(gx, h0, w_hh, batch_sizes, relu, reverse,
-                                                          training)
+    def rnn_layer(self, x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse):
+        training = needs_grad(x, w_ih, b_ih, b_hh, h0, w_hh)
+        y, hn, _ = self._rnn_fwd(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse, training)
         return y, hn
 
-    return lstm_layer, gru_layer, rnn_layer
+    def _fused_step(self, *tensors):
+        return self._step_ops is not None and not needs_grad(*tensors)
 
-
-def step_functions(step_op):
-    """(lstm_step, gru_step, rnn_step) of the compiled backends. ``step_op(name)`` gives the fused
-    inference step op ``name`` ("lstm_step_fwd", ...): both products, biases and gates in one call, the
-    streaming case. A step that needs gradients runs as a layer op over a one-step sequence, which has
-    autograd formulas (fastcells/ops.py)."""
-    ops = torch.ops.fastcells
-
-    def lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh):
-        if not needs_grad(x, h, c, w_ih, w_hh, b_ih, b_hh):
-            return step_op("lstm_step_fwd")(x, h, c, w_ih, w_hh, b_ih, b_hh)
-        gx = F.linear(x, w_ih, bias_sum(b_ih, b_hh))
-        _, hn, cn, _ = ops.lstm_layer_fwd(gx, h, c, w_hh, None, one_step(x.shape[0]), False, True)
+    def lstm_step(self, x, h, c, w_ih, w_hh, b_ih, b_hh):
+        if self._fused_step(x, h, c, w_ih, w_hh, b_ih, b_hh):
+            return self._step_ops().lstm_step_fwd(x, h, c, w_ih, w_hh, b_ih, b_hh)
+        _, hn, cn = self.lstm_layer(x, w_ih, b_ih, b_hh, h, c, w_hh, None, one_step(x.shape[0]), False)
         return hn, cn
 
-    def gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
-        if not needs_grad(x, h, w_ih, w_hh, b_ih, b_hh):
-            return step_op("gru_step_fwd")(x, h, w_ih, w_hh, b_ih, b_hh)
-        gx = F.linear(x, w_ih, b_ih)
-        _, hn, _ = ops.gru_layer_fwd(gx, h, w_hh, b_hh, one_step(x.shape[0]), False, True)
-        return hn
+    def gru_step(self, x, h, w_ih, w_hh, b_ih, b_hh):
+        if self._fused_step(x, h, w_ih, w_hh, b_ih, b_hh):
+            return self._step_ops().gru_step_fwd(x, h, w_ih, w_hh, b_ih, b_hh)
+        return self.gru_layer(x, w_ih, b_ih, b_hh, h, w_hh, one_step(x.shape[0]), False)[1]
 
-    def rnn_step(x, h, w_ih, w_hh, b_ih, b_hh, relu):
-        if not needs_grad(x, h, w_ih, w_hh, b_ih, b_hh):
-            return step_op("rnn_step_fwd")(x, h, w_ih, w_hh, b_ih, b_hh, relu)
-        gx = F.linear(x, w_ih, bias_sum(b_ih, b_hh))
-        _, hn, _ = ops.rnn_layer_fwd(gx, h, w_hh, one_step(x.shape[0]), relu, False, True)
-        return hn
-
-    return lstm_step, gru_step, rnn_step
+    def rnn_step(self, x, h, w_ih, w_hh, b_ih, b_hh, relu):
+        if self._fused_step(x, h, w_ih, w_hh, b_ih, b_hh):
+            return self._step_ops().rnn_step_fwd(x, h, w_ih, w_hh, b_ih, b_hh, relu)
+        return self.rnn_layer(x, w_ih, b_ih, b_hh, h, w_hh, one_step(x.shape[0]), relu, False)[1]

@@ -4,13 +4,26 @@ It is the ground truth in the tests and the "naive loop" in the benchmarks, so i
 not speed. Autograd differentiates it; it runs on any device and dtype.
 
 Layer functions take the flattened sequence layout shared by every backend (see ``functional.py``):
-``gx (N, G)`` holds the input projections of all N rows, ``batch_sizes (T)`` how many rows each time
-step owns (non-increasing); the state of batch entry ``b`` is row ``b`` of ``h0 (B, P)``.
+``x (N, I)`` holds the input rows of all N rows, ``batch_sizes (T)`` how many rows each time step owns
+(non-increasing); the state of batch entry ``b`` is row ``b`` of ``h0 (B, P)``. Weights as torch.nn's:
+``w_ih (G, I)``, ``b_ih`` and ``b_hh (G)`` or None, ``w_hh (G, P)``, with G = 4H (LSTM), 3H (GRU),
+H (RNN).
 """
 
+import sys
+
 import torch
+import torch.nn.functional as F
+
+from .layer_ops import input_bias
 
 NAME = "reference"
+streaming_steps = None  # no fused step ops for the cells' streaming path
+
+
+def functions():
+    """The backend's layer and step functions: this module's."""
+    return sys.modules[__name__]
 
 
 def unusable_reason(device_type, dtype=None):
@@ -65,9 +78,9 @@ def _rnn_cell(pre, relu):
     return torch.relu(pre) if relu else torch.tanh(pre)
 
 
-def lstm_layer(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-    """gx (N, 4H) with both biases, h0 (B, P), c0 (B, H), w_hh (4H, P), w_hr (P, H) or None
-    -> y (N, P), hn (B, P), cn (B, H)."""
+def lstm_layer(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+    """h0 (B, P), c0 (B, H), w_hr (P, H) or None -> y (N, P), hn (B, P), cn (B, H)."""
+    gx = F.linear(x, w_ih, input_bias(b_ih, b_hh, adds_b_hh=True))
 
     def step(gx_t, h, c):
         h_new, c_new = _lstm_cell(gx_t + h @ w_hh.t(), c, w_hr)
@@ -77,20 +90,21 @@ def lstm_layer(gx, h0, c0, w_hh, w_hr, batch_sizes, reverse):
     return y, hn, cn
 
 
-def gru_layer(gx, h0, w_hh, b_hh, batch_sizes, reverse):
-    """gx (N, 3H) with b_ih, h0 (B, H), w_hh (3H, H), b_hh (3H) or None -> y (N, H), hn (B, H)."""
+def gru_layer(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, reverse):
+    """h0 (B, H) -> y (N, H), hn (B, H)."""
+    gx = F.linear(x, w_ih, input_bias(b_ih, b_hh, adds_b_hh=False))
 
     def step(gx_t, h):
-        gh = torch.nn.functional.linear(h, w_hh, b_hh)
-        h_new = _gru_cell(gx_t, gh, h)
+        h_new = _gru_cell(gx_t, F.linear(h, w_hh, b_hh), h)
         return h_new, h_new
 
     y, (hn,) = _run_layer(step, gx, [h0], batch_sizes, reverse)
     return y, hn
 
 
-def rnn_layer(gx, h0, w_hh, batch_sizes, relu, reverse):
-    """gx (N, H) with both biases, h0 (B, H), w_hh (H, H) -> y (N, H), hn (B, H)."""
+def rnn_layer(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse):
+    """h0 (B, H) -> y (N, H), hn (B, H)."""
+    gx = F.linear(x, w_ih, input_bias(b_ih, b_hh, adds_b_hh=True))
 
     def step(gx_t, h):
         h_new = _rnn_cell(gx_t + h @ w_hh.t(), relu)
@@ -102,18 +116,18 @@ def rnn_layer(gx, h0, w_hh, batch_sizes, relu, reverse):
 
 def lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh):
     """x (B, I), h (B, H), c (B, H) -> (h', c')."""
-    gates = torch.nn.functional.linear(x, w_ih, b_ih) + torch.nn.functional.linear(h, w_hh, b_hh)
+    gates = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
     return _lstm_cell(gates, c, None)
 
 
 def gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
     """x (B, I), h (B, H) -> h'."""
-    gx = torch.nn.functional.linear(x, w_ih, b_ih)
-    gh = torch.nn.functional.linear(h, w_hh, b_hh)
+    gx = F.linear(x, w_ih, b_ih)
+    gh = F.linear(h, w_hh, b_hh)
     return _gru_cell(gx, gh, h)
 
 
 def rnn_step(x, h, w_ih, w_hh, b_ih, b_hh, relu):
     """x (B, I), h (B, H) -> h'."""
-    pre = torch.nn.functional.linear(x, w_ih, b_ih) + torch.nn.functional.linear(h, w_hh, b_hh)
+    pre = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
     return _rnn_cell(pre, relu)

@@ -6,10 +6,10 @@ forward + backward (training). All providers of a case share the same seeded wei
 """
 
 import torch
-from torch import nn
 
 import fastcells
 from fastcells import backends
+from fastcells.cells import FAMILIES
 
 TORCH = "torch.nn"
 NAIVE = "reference"  # the naive loop: plain PyTorch ops one step at a time
@@ -24,8 +24,6 @@ COMPILED_DTYPES = ("float32",)
 # Every provider name a run can have (fused backends other than reference are named after them).
 NAMES = (TORCH,) + tuple(name for name in backends.NAMES if name != NAIVE) + (NAIVE, NAIVE_COMPILED)
 
-_TORCH_CLASSES = {"lstm": (nn.LSTM, nn.LSTMCell), "gru": (nn.GRU, nn.GRUCell),
-                  "rnn": (nn.RNN, nn.RNNCell)}
 
 
 def providers_for(case, device):
@@ -42,9 +40,8 @@ def providers_for(case, device):
 
 def build_torch_module(case, device):
     """The torch.nn module of the case, with seeded weights, on ``device`` in the case's dtype."""
-    layer_cls, cell_cls = _TORCH_CLASSES[case.cell]
     torch.manual_seed(0)
-    module = (cell_cls if case.steps == 0 else layer_cls)(case.input_size, case.hidden)
+    module = FAMILIES[case.cell].classes(case.steps == 0, fast=False)(case.input_size, case.hidden)
     return module.to(device=device, dtype=case.torch_dtype)
 
 

@@ -1,12 +1,15 @@
 """How the cases are measured.
 
-Every provider of a case is built first, warmed up, and then timed in interleaved rounds (round r
-times provider 1, 2, ..., then round r + 1 starts again with provider 1), so that drift of the machine
-(clock boost, neighbours, thermal) hits all providers alike. A round times a batch of calls lasting
-about ``budget_s``; the reported time is the median over rounds of the median call.
+Every provider of a case is built first, warmed up, its peak memory of one call measured, and then
+timed in interleaved rounds (round r times provider 1, 2, ..., then round r + 1 starts again with
+provider 1), so that drift of the machine (clock boost, neighbours, thermal) hits all providers alike.
+A round first times one call to size its batch, then times a batch of calls lasting about
+``budget_s`` (at most 1000 calls); the reported time is the median over rounds of each round's time
+per call.
 
-CPU: wall clock (perf_counter) per call. CUDA: CUDA events around a batch of calls on the current
-stream, per call time = elapsed / calls (single calls are too short for event resolution).
+CPU: wall clock (perf_counter) around each call; a round's time is its median call. CUDA: CUDA events
+around the whole batch on the current stream; a round's time is elapsed / calls, the mean call (single
+calls are too short for event resolution).
 """
 
 import contextlib
@@ -53,7 +56,8 @@ def _cuda_call_times(run, budget_s, max_calls):
 
 
 def time_round(run, device, budget_s, max_calls=1000):
-    """Seconds per call of ``run``, from calls lasting about ``budget_s`` in all."""
+    """Seconds per call of ``run`` in one round of calls lasting about ``budget_s`` in all: the median
+    call on the CPU, the mean call (one pair of CUDA events around them all) on CUDA."""
     if torch.device(device).type == "cuda":
         return _cuda_call_times(run, budget_s, max_calls)
     return _cpu_call_times(run, budget_s, max_calls)
@@ -91,7 +95,8 @@ def _cpu_peak_bytes(run):
 
 def peak_bytes(run, device):
     """Peak memory one call of ``run`` allocates above what was allocated before it, in bytes
-    (CUDA: the caching allocator's peak; CPU: torch's CPU allocations, see _cpu_peak_bytes)."""
+    (CUDA: the caching allocator's peak of allocated tensor memory, ``max_memory_allocated``, not of
+    reserved memory; CPU: torch's CPU allocations, see _cpu_peak_bytes)."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from .configs import _CLASSES, TOLERANCES, WHATS
+from ..cells import FAMILIES
+from .configs import TOLERANCES, WHATS
 
 
 @dataclasses.dataclass
@@ -86,7 +87,7 @@ def _rounded(tensor, dtype):
 
 def _constructor(cell, config):
     """(args, kwargs) building the torch.nn and the fastcells module of ``cell`` for ``config``."""
-    kwargs = dict(_CLASSES[cell][4], bias=config.bias)
+    kwargs = dict(FAMILIES[cell].kwargs, bias=config.bias)
     if config.cell:
         return (config.input_size, config.hidden_size), kwargs
     kwargs.update(batch_first=config.batch_first, bidirectional=config.bidirectional)
@@ -98,10 +99,9 @@ def _constructor(cell, config):
 def _torch_module(cell, config, gen, dtype, device):
     """torch.nn's module in float64 on ``device``, parameters drawn from ``gen`` (uniform in
     +-1/sqrt(hidden), torch's own init range) and rounded to ``dtype``."""
-    torch_layer, _, torch_cell, _, _ = _CLASSES[cell]
     args, kwargs = _constructor(cell, config)
-    module = (torch_cell if config.cell else torch_layer)(*args, **kwargs, dtype=torch.float64,
-                                                        device=device)
+    module = FAMILIES[cell].classes(config.cell, fast=False)(*args, **kwargs, dtype=torch.float64,
+                                                             device=device)
     bound = 1.0 / math.sqrt(config.hidden_size)
     with torch.no_grad():
         for param in module.parameters():
@@ -113,15 +113,12 @@ def _torch_module(cell, config, gen, dtype, device):
 def _module_like(reference, cell, config, dtype, backend=None):
     """The module of ``cell`` for ``config`` in ``dtype`` with ``reference``'s weights (through
     load_state_dict): fastcells' on ``backend``, or torch.nn's own when ``backend`` is None."""
-    torch_layer, fast_layer, torch_cell, fast_cell, _ = _CLASSES[cell]
     args, kwargs = _constructor(cell, config)
     device = next(reference.parameters()).device
-    if backend is None:
-        module = (torch_cell if config.cell else torch_layer)(*args, **kwargs, dtype=dtype,
-                                                            device=device)
-    else:
-        module = (fast_cell if config.cell else fast_layer)(*args, **kwargs, dtype=dtype,
-                                                          device=device, backend=backend)
+    if backend is not None:
+        kwargs["backend"] = backend
+    module = FAMILIES[cell].classes(config.cell, fast=backend is not None)(
+        *args, **kwargs, dtype=dtype, device=device)
     module.load_state_dict(reference.state_dict())  # copies, converting float64 -> dtype
     return module
 

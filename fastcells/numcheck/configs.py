@@ -3,19 +3,10 @@
 import dataclasses
 
 import torch
-from torch import nn
 
-from ..modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
-# cell -> (torch.nn layer, fastcells layer, torch.nn cell, fastcells cell, extra constructor kwargs)
-_CLASSES = {
-    "lstm": (nn.LSTM, LSTM, nn.LSTMCell, LSTMCell, {}),
-    "gru": (nn.GRU, GRU, nn.GRUCell, GRUCell, {}),
-    "rnn_tanh": (nn.RNN, RNN, nn.RNNCell, RNNCell, {"nonlinearity": "tanh"}),
-    "rnn_relu": (nn.RNN, RNN, nn.RNNCell, RNNCell, {"nonlinearity": "relu"}),
-}
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16}

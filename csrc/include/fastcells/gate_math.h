@@ -1,9 +1,13 @@
 // Gate math of the LSTM, GRU and Elman RNN cells, one hidden unit at a time, forward and backward.
 //
-// Shared by the CPU kernels and (later) the CUDA kernels, so one definition of the math is tested
-// everywhere. Functions are branch-free and call no library function on the host, so the CPU loops
-// over hidden units that use them auto-vectorize (a scalar libm exp costs ~5 ns a call; the pointwise
-// pass of an LSTM step at B=32, H=256 makes ~40k of them).
+// Shared by the CPU kernels (csrc/cpu/) and the CUDA kernels (csrc/cuda/pointwise.cu and
+// persistent.cu), so the gate formulas are written once for both; only exp_ differs: the polynomial
+// below on the host, the CUDA math library's expf/exp on the device. (The Triton kernels have their
+// own copy, kernels/gate_math.py.) Functions have no data-dependent branches (clamps and relu are
+// selects) and call no library function on the host, so the CPU loops over hidden units that use them
+// auto-vectorize, given -fno-trapping-math (setup.py passes it) and a vector floor (SSE4.1 or later:
+// the default -march=native build, not the FASTCELLS_PORTABLE=1 baseline x86-64 one). A scalar libm
+// exp costs ~5 ns a call; the pointwise pass of an LSTM step at B=32, H=256 makes ~40k of them.
 //
 // Gate order is torch's: LSTM i, f, g, o; GRU r, z, n with n = tanh(x_n + r * (W_hn h + b_hn)).
 #pragma once

@@ -1,0 +1,79 @@
+// Where the CPU layer loops get each step's input pre-activations x_t @ W_ih^T + bias: one GEMM over all
+// N rows before the time loop, or, where the batch is split into row groups (row_groups.h), each
+// thread multiplying its own rows of x_t by W_ih^T step by step, so the (N, G) projections never go out
+// to memory and back (13 MB at T=100, B=32, H=256 for an LSTM). With one group, one GEMM up front always
+// does better: the steps' products split their columns between threads, and a few rows per step make
+// a poor GEMM. With several, it depends on the cell (project_per_step).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "../layers.h"
+#include "gemm_cpu.h"
+#include "matmul_cpu.h"
+#include "row_groups.h"
+
+namespace fastcells::cpu {
+
+// Whether the steps of a layer split into `groups` project their own input rows. Measured on the
+// 2-core EPYC (float32, H=256, medians of 7 interleaved rounds in one process; time per step
+// projection / time with one GEMM up front): LSTM gains with 8 rows a group (T=50 B=16: 0.96x
+// inference, 0.97x training) and 16 (T=100 B=32: 0.93x, 0.95x). GRU and RNN lose with 8 rows (1.09-1.16x)
+// and in training (1.03-1.07x with 16 rows), and gain in inference with 16 rows (0.88x GRU, 0.90x RNN):
+// so LSTM projects per step wherever there are groups (lstm = true), GRU and RNN only in inference with
+// at least 16 rows in every group.
+inline bool project_per_step(const RowGroups& groups, bool lstm, bool training) {
+  if (groups.count() == 1) return false;
+  return lstm || (!training && groups.min_rows() >= 16);
+}
+
+template <typename T>
+class StepInput {
+ public:
+  // x (N, I) contiguous, w_ih (G, I) contiguous, bias (G) or none: input_bias() of the cell;
+  // per_step: project_per_step().
+  StepInput(const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& bias,
+            const RowGroups& groups, bool per_step)
+      : G_(w_ih.size(0)), I_(x.size(1)) {
+    if (!per_step) {
+      gx_ = input_projection(x, w_ih, bias).contiguous();
+      return;
+    }
+    x_ = x;
+    bias_ = bias.has_value() ? bias->contiguous() : at::zeros({G_}, x.options());
+    w_ih_.emplace(w_ih, /*transposed=*/true, groups.max_rows());
+  }
+
+  // Whether the steps project their own rows (then project() writes products without the bias).
+  bool per_step() const { return !gx_.defined(); }
+
+  // Per step only: out (bs, G), row stride ldo, (+)= x rows row0 .. row0 + bs @ W_ih^T.
+  void project(int64_t bs, int64_t row0, T* out, int64_t ldo, bool accumulate) const {
+    w_ih_->run(x_.data_ptr<T>() + row0 * I_, I_, out, ldo, bs, accumulate);
+  }
+
+  // The input pre-activations with the bias of rows row0 .. row0 + bs, (bs, G) at row stride G: in
+  // gx, or per step computed into `scratch` (for GRU, whose input and hidden projections stay apart).
+  const T* rows(int64_t bs, int64_t row0, T* scratch) const {
+    if (!per_step()) return gx_.data_ptr<T>() + row0 * G_;
+    project(bs, row0, scratch, G_, /*accumulate=*/false);
+    add_bias_rows(scratch, G_, bs, G_, bias_.data_ptr<T>());
+    return scratch;
+  }
+
+  // What the pointwise pass adds for sequence row `row`: its gx row, or per step the bias alone
+  // (the products went into the gate buffer).
+  const T* row(int64_t row) const {
+    return per_step() ? bias_.data_ptr<T>() : gx_.data_ptr<T>() + row * G_;
+  }
+
+ private:
+  int64_t G_, I_;
+  at::Tensor gx_;                         // one GEMM up front: (N, G) with the bias, or else:
+  at::Tensor x_, bias_;                   // x (N, I) and the bias (G), zeros when absent
+  std::optional<StepProduct<T>> w_ih_;    // W_ih packed for the steps' products
+};
+
+}  // namespace fastcells::cpu
