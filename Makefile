@@ -1,8 +1,8 @@
 # Two commands do all set-up from a fresh clone:
 #   make test    create .venv if missing, build fastcells._C, run the whole test suite
 #   make bench   the same set-up, then the quick CPU benchmark report into bench/results/local/cpu
-#   make cuda-check  compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90, warnings as errors
-#                (part of make test; skipped with a message where nvcc is missing)
+#   make cuda-check  compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90, warnings as errors, and
+#                print each kernel's registers and spills (part of make test; skipped without nvcc)
 #   make gpu     on a GPU machine with a preinstalled CUDA torch: build, tests, check, full GPU
 #                benchmark, all into one results folder (bench/gpu.sh; uses python3, not .venv)
 PYTHON ?= python3
@@ -41,12 +41,12 @@ NVCC_FLAGS := -std=c++20 -Icsrc/include $(foreach arch,$(CUDA_ARCHS),-gencode ar
 	-Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
 	-D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
 	-D__CUDA_NO_HALF2_OPERATORS__
+# It prints every kernel's registers, stack and spills (ptxas -v) and fails where a persistent kernel
+# uses local memory (bench/cuda_resources.py; standard library only, so any python3 runs it).
 cuda-check:
 	@if command -v $(NVCC) >/dev/null; then \
-	  for source in csrc/cuda/*.cu; do \
-	    echo "cuda-check: $(NVCC) -c $$source (sm $(CUDA_ARCHS))"; \
-	    $(NVCC) -c $$source -o /dev/null $(NVCC_FLAGS) || exit 1; \
-	  done; \
+	  echo "cuda-check: $(NVCC) -c csrc/cuda/*.cu (sm $(CUDA_ARCHS))"; \
+	  $(PYTHON) bench/cuda_resources.py $(NVCC) $(NVCC_FLAGS) -- csrc/cuda/*.cu || exit 1; \
 	else \
 	  echo "cuda-check: skipped (nvcc not found; the CUDA kernels are not compiled here)"; \
 	fi
