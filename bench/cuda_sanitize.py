@@ -8,8 +8,6 @@ and bfloat16.
 (Without the caching allocator every tensor is its own allocation, so memcheck sees reads past one.)
 """
 
-import os
-
 import torch
 from torch.nn.utils.rnn import pack_sequence
 

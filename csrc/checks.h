@@ -39,22 +39,30 @@ inline void check_bias(const c10::optional<at::Tensor>& bias, const char* name, 
               bias->device());
 }
 
-// The arguments of a cell step op: x (B, I), h (B, H), w_ih (G, I), w_hh (G, H), biases (G), with
-// G = gates_per_unit * H; all of x's dtype and device (which dtypes are allowed is the device's
-// check). Returns H.
+// The input side of a layer or step op: x (N, I), w_ih (G, I), b_ih and b_hh (G) or none, all of
+// x's dtype and device (which dtypes are allowed is the device's check).
+inline void check_input_args(const at::Tensor& x, const at::Tensor& w_ih,
+                             const c10::optional<at::Tensor>& b_ih,
+                             const c10::optional<at::Tensor>& b_hh, int64_t G) {
+  FC_CHECK_DIM(x, 2);
+  FC_CHECK_SHAPE(w_ih, G, x.size(1));
+  FC_CHECK_LIKE(w_ih, x);
+  check_bias(b_ih, "b_ih", G, x);
+  check_bias(b_hh, "b_hh", G, x);
+}
+
+// The arguments of a cell step op: the input side as above, h (B, H), w_hh (G, H), with
+// G = gates_per_unit * H. Returns H.
 inline int64_t check_step_args(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
                                const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                                const c10::optional<at::Tensor>& b_hh, int64_t gates_per_unit) {
   FC_CHECK_DIM(x, 2);
   FC_CHECK_DIM(h, 2);
-  const int64_t B = x.size(0), I = x.size(1), H = h.size(1), G = gates_per_unit * H;
-  FC_CHECK_SHAPE(h, B, H);
-  FC_CHECK_SHAPE(w_ih, G, I);
-  FC_CHECK_SHAPE(w_hh, G, H);
+  const int64_t H = h.size(1), G = gates_per_unit * H;
+  FC_CHECK_SHAPE(h, x.size(0), H);
   FC_CHECK_LIKE(h, x);
-  FC_CHECK_LIKE(w_ih, x);
+  check_input_args(x, w_ih, b_ih, b_hh, G);
+  FC_CHECK_SHAPE(w_hh, G, H);
   FC_CHECK_LIKE(w_hh, x);
-  check_bias(b_ih, "b_ih", G, x);
-  check_bias(b_hh, "b_hh", G, x);
   return H;
 }

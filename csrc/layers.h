@@ -16,17 +16,6 @@
 
 namespace fastcells {
 
-// The input side of a layer op: x (N, I), w_ih (G, I), b_ih and b_hh (G) or none.
-inline void check_input_args(const at::Tensor& x, const at::Tensor& w_ih,
-                             const c10::optional<at::Tensor>& b_ih,
-                             const c10::optional<at::Tensor>& b_hh, int64_t G) {
-  FC_CHECK_DIM(x, 2);
-  FC_CHECK_SHAPE(w_ih, G, x.size(1));
-  FC_CHECK_LIKE(w_ih, x);
-  check_bias(b_ih, "b_ih", G, x);
-  check_bias(b_hh, "b_hh", G, x);
-}
-
 // LSTM forward: x, w_ih, b_ih, b_hh as above (G = 4H), h0 (B, P), c0 (B, H), w_hh (4H, P),
 // w_hr (P, H) or none.
 inline LstmLayout check_lstm_layer_fwd_args(const at::Tensor& x, const at::Tensor& w_ih,

@@ -110,6 +110,10 @@ def input_grads(dgx, x, w_ih, b_ih, b_hh, need_dx, dgh_bias=None):
     dgx = dgx.to(x.dtype)
     dx = dgx.mm(w_ih) if need_dx else x.new_empty((0,))  # fresh empties: outputs must not alias
     db_ih = dgx.sum(0) if b_ih is not None else x.new_empty((0,))
-    dgh_bias = dgx if dgh_bias is None else dgh_bias.to(x.dtype)
-    db_hh = dgh_bias.sum(0) if b_hh is not None else x.new_empty((0,))
+    if b_hh is None:
+        db_hh = x.new_empty((0,))
+    elif dgh_bias is not None:
+        db_hh = dgh_bias.to(x.dtype).sum(0)
+    else:  # the same pre-activations as b_ih: one sum over the N rows, not two
+        db_hh = db_ih.clone() if b_ih is not None else dgx.sum(0)
     return dx, dgx.t().mm(x), db_ih, db_hh
