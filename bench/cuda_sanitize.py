@@ -1,7 +1,7 @@
 """Runs every op of the cuda backend once at small odd sizes, for compute-sanitizer (bench/gpu.sh):
 layers forward and backward (LSTM with and without projection, GRU, RNN relu; two layers,
-bidirectional; padded and packed), the three cells, and the opt-in persistent LSTM kernel, in float32
-and bfloat16.
+bidirectional; padded and packed), the three cells, in float32 and bfloat16, and the opt-in persistent
+kernels (every cell, both block widths and both synchronizations, training and inference) in bfloat16.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python bench/cuda_sanitize.py
 
@@ -35,10 +35,20 @@ def run_cells(dtype):
 
 
 def run_persistent():
-    cuda_backend.use_persistent(True)
-    with torch.no_grad():
-        for hidden in (5, 33):
-            fastcells.LSTM(4, hidden, backend="cuda", device=DEVICE)(torch.randn(7, 3, 4, device=DEVICE))
+    for units in (8, 16):
+        for flag_sync in (True, False):
+            cuda_backend.use_persistent(True, units, flag_sync)
+            for cls, kwargs in LAYERS:
+                if "proj_size" in kwargs:
+                    continue
+                for hidden in (5, 33):
+                    layer = cls(4, hidden, bidirectional=True, backend="cuda", device=DEVICE,
+                                dtype=torch.bfloat16, **kwargs)
+                    x = torch.randn(7, 3, 4, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+                    layer(x)[0].float().sum().backward()
+                    with torch.no_grad():
+                        layer(x)
+    cuda_backend.use_persistent(False)
 
 
 if __name__ == "__main__":

@@ -65,12 +65,18 @@ PYTEST_OPTS=(-q -p no:cacheprovider --junit-xml "$DIR/tests.xml")
 "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_OPTS+=(--timeout 300)
 step tests tests.log 240 "$PY" -m pytest tests -k "cuda or triton" "${PYTEST_OPTS[@]}"
 
+# The persistent kernels' variant matrix (synchronization x units a block x dtype) against the per-step
+# path and torch.nn bfloat16 and float16, target shapes first; each case is saved as it finishes.
+step variants variants.log 150 "$PY" bench/persistent_variants.py --out "$DIR/variants"
+
 # compute-sanitizer over one call of every cuda-backend op (memcheck without torch's caching allocator,
 # so a read past a tensor is a read past an allocation; racecheck for the shared-memory kernels).
 if command -v compute-sanitizer >/dev/null; then
     step memcheck memcheck.txt 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
         --error-exitcode 9 "$PY" bench/cuda_sanitize.py
     step racecheck racecheck.txt 90 compute-sanitizer --tool racecheck --error-exitcode 9 \
+        "$PY" bench/cuda_sanitize.py
+    step synccheck synccheck.txt 90 compute-sanitizer --tool synccheck --error-exitcode 9 \
         "$PY" bench/cuda_sanitize.py
 fi
 
@@ -79,10 +85,6 @@ FUSED=(--providers torch.nn cuda triton reference)
 # The issues' speed targets: FlashRNN's B=16 T=1024 H=768 and fastrnns' T=100 B=64 H=512.
 step bench-targets bench-targets.log 240 "${BENCH[@]}" --groups flashrnn fastrnns --cells lstm gru \
     "${FUSED[@]}" --out "$DIR/targets"
-# The cuda backend's persistent LSTM kernel is opt-in until measured: its inference cases with it on.
-step bench-persistent bench-persistent.log 90 env FASTCELLS_CUDA_PERSISTENT=1 "${BENCH[@]}" \
-    --cells lstm --modes inference --groups step flashrnn fastrnns hidden batch \
-    --providers torch.nn cuda --out "$DIR/persistent"
 step check check.txt 180 "$PY" -m fastcells check --device cuda --junit-xml "$DIR/check.xml"
 # The sweeps, one group a step: a report is written only when its run ends, so a cut-off loses one
 # group, not all three.

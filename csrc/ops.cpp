@@ -19,6 +19,7 @@
 
 #include "cpu/ops_cpu.h"
 #include "fastcells/saved_layout.h"
+#include "plan_tables.h"
 #ifdef FASTCELLS_WITH_CUDA
 #include "cuda/layers_cuda.h"
 #endif
@@ -86,10 +87,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         {"gru", {{"h_n", gru.h_n()}, {"h_prev", gru.h_prev()}, {"width", gru.width()}}},
         {"rnn", {{"h", rnn.h()}, {"h_prev", rnn.h_prev()}, {"width", rnn.width()}}}};
   });
+  // The persistent CUDA kernels' partition as tables, for their CPU model (tests/persistent_model.py).
+  m.def("persistent_plan", &fastcells::persistent_plan_tables, pybind11::arg("gates"),
+        pybind11::arg("units"), pybind11::arg("H"), pybind11::arg("batch"), pybind11::arg("steps"),
+        pybind11::arg("reverse"));
   // Whether the CUDA ops were compiled in (setup.py builds them where torch has CUDA and nvcc exists).
 #ifdef FASTCELLS_WITH_CUDA
   m.def("has_cuda", [] { return true; });
-  m.def("set_cuda_persistent", &fastcells::cuda::set_persistent);
+  m.def("set_cuda_persistent", &fastcells::cuda::set_persistent, pybind11::arg("enabled"),
+        pybind11::arg("units") = 8, pybind11::arg("flag_sync") = true);
+  m.def("cuda_persistent_launches", &fastcells::cuda::persistent_launches);
 #else
   m.def("has_cuda", [] { return false; });
 #endif

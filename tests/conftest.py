@@ -250,19 +250,21 @@ def _relative_error(module, x, reference_out, reference_grad):
                (leaf.grad.double() - reference_grad).abs().max().item() / scale(reference_grad))
 
 
-def low_precision_errors(kind, dtype, backend, device):
-    """(fastcells error, torch.nn error) of a ``kind`` layer in ``dtype`` (bfloat16/float16), both
-    against torch.nn in float64 on the same weights and input, rounded to ``dtype`` first so that only
-    the computation differs. The parity rule: the first at most a small multiple of the second."""
-    ref64, fast = make_layer_twins(kind, 8, 16, 1, dtype=torch.float64, backend=backend, device=device)
+def low_precision_errors(kind, dtype, backend, device, hidden=16, batch=4, bidirectional=False):
+    """(fastcells error, torch.nn error) of a ``kind`` layer (input size 8, 6 steps) in ``dtype``
+    (bfloat16/float16), both against torch.nn in float64 on the same weights and input, rounded to
+    ``dtype`` first so that only the computation differs. The parity rule: the first at most a small
+    multiple of the second."""
+    shape = dict(bidirectional=bidirectional, backend=backend, device=device)
+    ref64, fast = make_layer_twins(kind, 8, hidden, 1, dtype=torch.float64, **shape)
     with torch.no_grad():
         for p in ref64.parameters():
             p.copy_(p.to(dtype).double())
-    ref_low = make_layer_twins(kind, 8, 16, 1, dtype=dtype, backend=backend, device=device)[0]
+    ref_low = make_layer_twins(kind, 8, hidden, 1, dtype=dtype, **shape)[0]
     ref_low.load_state_dict(ref64.state_dict())
     fast = fast.to(dtype)
     fast.load_state_dict(ref64.state_dict())
-    x = torch.randn(6, 4, 8, device=device).to(dtype)
+    x = torch.randn(6, batch, 8, device=device).to(dtype)
     leaf = x.double().requires_grad_()
     out64, _ = ref64(leaf)
     out64.sum().backward()

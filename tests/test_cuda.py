@@ -6,6 +6,8 @@ Runs only where the extension was built with CUDA and a GPU is visible; everywhe
 skipped (the kernels are still compiled by `make cuda-check`, and the extension by .ci/cuda-build).
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -94,20 +96,42 @@ def test_compile_fullgraph(kind):
     assert_same_results(got, forward_backward(ref, x), dtype, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("hidden", [5, 17, 300])
-def test_persistent_lstm_inference(dtype, hidden, request):
-    """The opt-in persistent kernel (backends.cuda.use_persistent; inference, no projection, full batch
-    at every step) against torch.nn, both directions."""
-    cuda_backend.use_persistent(True)
+def _flat_outputs(result):
+    """output, then the final states, of a layer's (output, hn) or (output, (hn, cn))."""
+    out, states = result
+    return [out, *(states if isinstance(states, tuple) else (states,))]
+
+
+# (H, B): a partial block and batch tile, two batch tiles, warps with two k tiles, the benchmark's
+# shape, the largest batch and hidden size the kernel takes.
+PERSISTENT_SHAPES = [(17, 3), (40, 9), (130, 2), (768, 16), (1024, 64)]
+
+
+@pytest.mark.parametrize("flag_sync", [True, False], ids=["flags", "grid"])
+@pytest.mark.parametrize("units", [8, 16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_persistent_layers(kind, dtype, units, flag_sync, request):
+    """The persistent tensor-core kernel (backends.cuda.use_persistent) in both directions, training
+    (its saved rows feed the per-step backward) and inference: error against float64 bounded by
+    torch.nn's own in the same dtype, as for the per-step path."""
+    cuda_backend.use_persistent(True, units, flag_sync)
     request.addfinalizer(lambda: cuda_backend.use_persistent(False))
-    ref, fast = make_layer_twins("lstm", 6, hidden, 2, bidirectional=True, dtype=dtype, backend="cuda",
-                                 device=DEVICE)
-    x = torch.randn(7, 3, 6, dtype=dtype, device=DEVICE)
-    hx = _to_device(random_layer_states(ref, 3, dtype))
-    with torch.no_grad():
-        assert_same_results(forward_backward(fast, x, hx, backward=False),
-                            forward_backward(ref, x, hx, backward=False), dtype, atol=1e-5, rtol=1e-5)
+    launches = fastcells._extension.C.cuda_persistent_launches()
+    for hidden, batch in PERSISTENT_SHAPES:
+        fast_error, torch_error = low_precision_errors(kind, dtype, "cuda", DEVICE, hidden=hidden,
+                                                       batch=batch, bidirectional=True)
+        assert fast_error <= max(4 * torch_error, 4 * torch.finfo(dtype).eps), (hidden, batch)
+        ref, fast = make_layer_twins(kind, 8, hidden, 1, bidirectional=True, dtype=dtype,
+                                     backend="cuda", device=DEVICE)
+        x = torch.randn(6, batch, 8, dtype=dtype, device=DEVICE)
+        with torch.no_grad():
+            got, torch_low = fast(x), ref(x)
+            exact = copy.deepcopy(ref).double()(x.double())
+        for a, b, c in zip(_flat_outputs(got), _flat_outputs(torch_low), _flat_outputs(exact)):
+            error = lambda t: ((t.double() - c).abs().max() / c.abs().max()).item()  # noqa: E731
+            assert error(a) <= max(4 * error(b), 4 * torch.finfo(dtype).eps), (hidden, batch)
+    assert fastcells._extension.C.cuda_persistent_launches() > launches, "the kernel never ran"
 
 
 def test_ops_pass_opcheck():

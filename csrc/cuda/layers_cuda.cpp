@@ -51,15 +51,16 @@ void* row_ptr(const at::Tensor& t, int64_t row) {
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
-// The persistent kernel (persistent.cu) is opt-in: on the H200 it beat cuDNN only at B <= 4
-// (bench/results/nvidia-h200/persistent). FASTCELLS_CUDA_PERSISTENT=1 in the environment when fastcells._C
-// loads turns it on; set_persistent switches it afterwards (no getenv per call).
+// The persistent kernels (persistent.cu) are opt-in until measured on a GPU: FASTCELLS_CUDA_PERSISTENT=1
+// in the environment when fastcells._C loads turns them on; set_persistent switches them and their
+// variant afterwards (no getenv per call).
 std::atomic<bool> persistent_on{[] {
   const char* value = std::getenv("FASTCELLS_CUDA_PERSISTENT");
   return value != nullptr && std::strcmp(value, "1") == 0;
 }()};
-
-bool persistent_requested() { return persistent_on.load(std::memory_order_relaxed); }
+std::atomic<int> persistent_units{8};
+std::atomic<bool> persistent_flag_sync{true};
+std::atomic<int64_t> persistent_launch_count{0};
 
 // Whether every step has the whole batch (padded input, or a packed one of equal lengths).
 bool full_batch_every_step(const Schedule& sched) {
@@ -67,9 +68,43 @@ bool full_batch_every_step(const Schedule& sched) {
                      [&](int64_t size) { return size == sched.batch; });
 }
 
+// Runs a layer's forward as one persistent kernel where it is switched on and fits; false where the
+// per-step path must run instead. gx: (N, G * H) input projections (b_hh folded in but for GRU), h0 and
+// c0 contiguous; y and saved allocated by the caller; hn and cn are set.
+bool persistent_fwd(Cell cell, DType dtype, const Schedule& sched, const at::Tensor& gx,
+                    const at::Tensor& w_hh, const at::Tensor& b_hh, const at::Tensor& h0,
+                    const at::Tensor& c0, const at::Tensor& y, const at::Tensor& saved, bool reverse,
+                    bool relu, at::Tensor& hn, at::Tensor& cn) {
+  const PersistentConfig config{persistent_units.load(std::memory_order_relaxed),
+                                persistent_flag_sync.load(std::memory_order_relaxed)};
+  const int64_t B = sched.batch, H = h0.size(1);
+  if (!persistent_on.load(std::memory_order_relaxed) || sched.steps == 0 ||
+      !full_batch_every_step(sched) || !sequence_fwd_fits(dtype, cell, B, H, config)) {
+    return false;
+  }
+  at::Tensor flags = at::empty({sequence_fwd_blocks(cell, H, config)}, gx.options().dtype(at::kInt));
+  hn = at::empty_like(h0);  // not h0 itself: other blocks may still read h0 when one writes hn
+  cn = c0.defined() ? at::empty_like(c0) : at::Tensor();
+  const SequenceFwd args{cell,           gx.data_ptr(),  w_hh.data_ptr(),   row_ptr(b_hh, 0),
+                         h0.data_ptr(),  row_ptr(c0, 0), y.data_ptr(),      hn.data_ptr(),
+                         row_ptr(cn, 0), row_ptr(saved, 0),
+                         static_cast<unsigned*>(flags.data_ptr()),          sched.steps,
+                         B,              H,              reverse,           relu};
+  C10_CUDA_CHECK(sequence_fwd(dtype, args, config, current_stream()));
+  persistent_launch_count.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
 }  // namespace
 
-void set_persistent(bool enabled) { persistent_on.store(enabled); }
+int64_t persistent_launches() { return persistent_launch_count.load(); }
+
+void set_persistent(bool enabled, int units, bool flag_sync) {
+  TORCH_CHECK(units == 8 || units == 16, "units must be 8 or 16, got ", units);
+  persistent_units.store(units);
+  persistent_flag_sync.store(flag_sync);
+  persistent_on.store(enabled);
+}
 
 LstmOutputs lstm_layer_fwd_cuda(const at::Tensor& x, const at::Tensor& w_ih,
                                 const c10::optional<at::Tensor>& b_ih,
@@ -89,17 +124,12 @@ LstmOutputs lstm_layer_fwd_cuda(const at::Tensor& x, const at::Tensor& w_ih,
   at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
   at::Tensor y = at::empty({N, L.P}, gx.options());
   at::Tensor saved = training ? at::empty({N, L.width()}, gx.options()) : at::empty({0}, gx.options());
-  if (!training && !L.proj && sched.steps > 0 && persistent_requested() &&
-      full_batch_every_step(sched) && lstm_sequence_fwd_fits(dtype, B, L.H)) {
-    // One launch for the whole sequence; h_state and c_state hold h0 and c0 in and hn and cn out.
-    at::Tensor buffers = at::empty(
-        {2, B, L.H}, gx.options().dtype(gx.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
-    const LstmSequenceFwd args{gx.data_ptr(),      w_hh.data_ptr(),    h_state.data_ptr(),
-                               c_state.data_ptr(), y.data_ptr(),       h_state.data_ptr(),
-                               c_state.data_ptr(), buffers.data_ptr(), sched.steps,
-                               B,                  L.H,                reverse};
-    C10_CUDA_CHECK(lstm_sequence_fwd(dtype, args, current_stream()));
-    return {y, h_state, c_state, saved};
+  if (!L.proj) {
+    at::Tensor hn, cn;
+    if (persistent_fwd(Cell::kLstm, dtype, sched, gx, w_hh, at::Tensor(), h_state, c_state, y, saved,
+                       reverse, /*relu=*/false, hn, cn)) {
+      return {y, hn, cn, saved};
+    }
   }
   at::Tensor gh = at::empty({B, 4 * L.H}, gx.options());
   at::Tensor h_raw = L.proj ? at::empty({B, L.H}, gx.options()) : at::Tensor();
@@ -184,6 +214,11 @@ LayerOutputs gru_layer_fwd_cuda(const at::Tensor& x, const at::Tensor& w_ih,
   at::Tensor y = at::empty({N, H}, gx.options());
   at::Tensor saved = training ? at::empty({N, GruLayout{H}.width()}, gx.options())
                               : at::empty({0}, gx.options());
+  at::Tensor hn, no_c;
+  if (persistent_fwd(Cell::kGru, dtype, sched, gx, w_hh, b_hh, h_state, at::Tensor(), y, saved, reverse,
+                     /*relu=*/false, hn, no_c)) {
+    return {y, hn, saved};
+  }
   at::Tensor gh = at::empty({B, 3 * H}, gx.options());
   for_each_step(sched, reverse, /*backward=*/false, [&](int64_t bs, int64_t row0) {
     at::Tensor h_rows = h_state.narrow(0, 0, bs), gh_rows = gh.narrow(0, 0, bs);
@@ -238,6 +273,11 @@ LayerOutputs rnn_layer_fwd_cuda(const at::Tensor& x, const at::Tensor& w_ih,
   at::Tensor y = at::empty({N, H}, gx.options());
   at::Tensor saved = training ? at::empty({N, RnnLayout{H}.width()}, gx.options())
                               : at::empty({0}, gx.options());
+  at::Tensor hn, no_c;
+  if (persistent_fwd(Cell::kRnn, dtype, sched, gx, w_hh, at::Tensor(), h_state, at::Tensor(), y, saved,
+                     reverse, relu, hn, no_c)) {
+    return {y, hn, saved};
+  }
   at::Tensor gh = at::empty({B, H}, gx.options());
   for_each_step(sched, reverse, /*backward=*/false, [&](int64_t bs, int64_t row0) {
     at::Tensor h_rows = h_state.narrow(0, 0, bs), gh_rows = gh.narrow(0, 0, bs);

@@ -1,18 +1,17 @@
-// Launcher of the persistent LSTM forward kernel of persistent.cu: one cooperative launch runs all T
-// steps of one layer and direction (inference, no projection, the same batch at every step).
+// Launcher of the persistent tensor-core forward kernels of persistent.cu: one cooperative launch runs
+// all T steps of one layer and direction of an LSTM, GRU or Elman RNN, in float16 or bfloat16 (fp32
+// accumulation, fp32 states), inference or training (then it also writes the saved rows that the
+// per-step backward reads, layouts in fastcells/saved_layout.h). The same batch at every step, no
+// projection. The partition is fastcells/persistent_plan.h.
 //
-// Each block owns a slice of the hidden units, keeps the four gates' rows of W_hh for that slice in
-// shared memory for the whole sequence, and meets the other blocks at a grid-wide barrier once per step
-// (the new h of every unit is needed by every block). State is kept in float32 (float64 for float64).
+// Synchronization between blocks, once per step, in one of two ways (PersistentConfig::flag_sync):
+//   - grid: cooperative groups' grid.sync() after every block has written its h_t;
+//   - flags: block j publishes "step s done" in flags[j] with a release store after writing its h_t, and
+//     each block waits (acquire loads) until every flag says the previous step is done. h_t is read from y
+//     itself, written once per step, so no buffer is reused and no second barrier is needed.
+// Which one is faster is measured on the GPU (bench/persistent_variants.py); both launch cooperatively,
+// so every block is resident or the launch fails.
 // Framework-free like pointwise.h.
-//
-// Run on an NVIDIA H200 (bench/results/nvidia-h200/): it matches torch.nn
-// (test_persistent_lstm_inference, float32 and float64) and compute-sanitizer finds no error or race
-// in it, but it pays only at tiny batches. In LSTM inference (persistent/report.md) it beats cuDNN at
-// B <= 4 (T=100, H=256: B=1 2.15x in float32 and 3.21x in bfloat16, B=4 1.25x and 1.45x) and runs at
-// 0.01-0.22x cuDNN wherever B >= 16: each block computes its 32 x B dot products per step with scalar
-// FMAs, one warp per dot product, no tensor cores. So the glue uses it only when asked
-// (FASTCELLS_CUDA_PERSISTENT=1).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -23,26 +22,41 @@
 
 namespace fastcells::cuda {
 
-struct LstmSequenceFwd {
-  const void* gx;    // (T * B, 4H) input projections with both biases, rows of step t at t * B
-  const void* w_hh;  // (4H, H)
+enum class Cell { kLstm, kGru, kRnn };
+
+struct SequenceFwd {
+  Cell cell;
+  const void* gx;    // (T * B, G * H) input projections: with b_ih, plus b_hh for LSTM and RNN
+  const void* w_hh;  // (G * H, H)
+  const void* b_hh;  // (G * H,) GRU only (kept apart: n = tanh(x_n + r * (W_hn h + b_hn))), or null
   const void* h0;    // (B, H)
-  const void* c0;    // (B, H)
-  void* y;           // (T * B, H) out
-  void* hn;          // (B, H) out
-  void* cn;          // (B, H) out
-  void* h_buffers;   // (2, B, H) scratch in the math type (float64 for float64, else float32): h of
-                     // the previous and of the current step
+  const void* c0;    // (B, H) LSTM only
+  void* y;           // (T * B, H) out; also how blocks read each other's h_{t-1}
+  void* hn;          // (B, H) out; must not alias h0 (other blocks may still read h0 at T = 1)
+  void* cn;          // (B, H) out, LSTM only
+  void* saved;       // (T * B, saved width) out in training, null in inference
+  unsigned* flags;   // (sequence_fwd_blocks,) scratch for flag synchronization (zeroed by the launcher)
   int64_t steps, batch, H;
-  bool reverse;
+  bool reverse, relu;
 };
 
-// Whether the persistent kernel can run this shape in `dtype` on the current device: 1 <= batch <= 64,
-// a device with cooperative launch, enough shared memory for a block's W_hh slice, and every block
-// resident at once, as a grid barrier needs.
-bool lstm_sequence_fwd_fits(DType dtype, int64_t batch, int64_t H);
+struct PersistentConfig {
+  int units = 8;          // hidden units per block: 8 or 16
+  bool flag_sync = true;  // per-block step flags; false: grid.sync()
+};
 
-// Launches the kernel; returns the launch's error (cudaSuccess without a launch when steps is 0).
-cudaError_t lstm_sequence_fwd(DType dtype, const LstmSequenceFwd& args, cudaStream_t stream);
+// Blocks of the launch (the length of SequenceFwd::flags).
+int64_t sequence_fwd_blocks(Cell cell, int64_t H, const PersistentConfig& config);
+
+// Whether the kernel can run this shape on the current device: dtype float16 or bfloat16,
+// 1 <= batch <= 64, H <= 1024 (LSTM with 16 units: H <= 512), units 8 or 16, a device with
+// cooperative launch, the block's shared memory within the device's limit, and every block resident
+// at once.
+bool sequence_fwd_fits(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config);
+
+// Launches the kernel (call only where sequence_fwd_fits); returns the launch's error (cudaSuccess
+// without a launch when steps is 0).
+cudaError_t sequence_fwd(DType dtype, const SequenceFwd& args, const PersistentConfig& config,
+                         cudaStream_t stream);
 
 }  // namespace fastcells::cuda

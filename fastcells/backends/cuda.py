@@ -31,11 +31,13 @@ def unusable_reason(device_type, dtype=None):
     return None
 
 
-def use_persistent(enabled):
-    """Whether an LSTM layer in inference runs the opt-in persistent kernel where it fits
-    (csrc/cuda/persistent.h); the default is FASTCELLS_CUDA_PERSISTENT=1 in the environment when
-    fastcells._C loads."""
-    _extension.C.set_cuda_persistent(bool(enabled))
+def use_persistent(enabled, units=8, flag_sync=True):
+    """Whether a layer's forward (LSTM, GRU, RNN; float16 or bfloat16, no projection, the whole batch
+    at every step) runs the opt-in persistent tensor-core kernel where it fits (csrc/cuda/persistent.h),
+    with ``units`` hidden units a block (8 or 16) and per-block step flags (``flag_sync``) or a grid
+    barrier between steps. The default is on where FASTCELLS_CUDA_PERSISTENT=1 in the environment when
+    fastcells._C loads, with 8 units and flags."""
+    _extension.C.set_cuda_persistent(bool(enabled), int(units), bool(flag_sync))
 
 
 _FUNCTIONS = None

@@ -1,0 +1,182 @@
+"""The persistent kernels' variant matrix on a CUDA GPU (issue 14): every variant of the cuda backend's
+persistent forward (8 or 16 hidden units a block x flag or grid synchronization) against its per-step
+path and torch.nn in bfloat16 and float16 (cuDNN: standard algorithm in bfloat16, its persistent one
+where torch picks it in float16), side by side in one process, inference (forward) and training
+(forward + backward), at the issue's target shape and over the H x B sweep.
+
+    python bench/persistent_variants.py --out DIR [--quick]
+
+Writes DIR/variants.json (every measurement: median and interquartile range of the rounds in ms, peak
+memory, and each fastcells path's largest difference from the per-step path's output, relative to the
+output's largest value) and DIR/variants.md (one table a case, ratios against torch.nn bfloat16).
+Each case is written as soon as it is measured, so a run cut short keeps what it measured.
+"""
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+
+import torch
+
+import fastcells
+from fastcells import _extension
+from fastcells.backends import cuda as cuda_backend
+
+VARIANTS = [(units, flags) for units in (8, 16) for flags in (True, False)]
+CLASSES = {"lstm": (fastcells.LSTM, {}), "gru": (fastcells.GRU, {}),
+           "rnn_tanh": (fastcells.RNN, {"nonlinearity": "tanh"})}
+
+
+def cases(quick):
+    """(cell, B, T, H, dtypes) to measure, most important first."""
+    targets = [(cell, 16, 1024, 768, ("bfloat16", "float16")) for cell in ("lstm", "gru", "rnn_tanh")]
+    if quick:
+        return targets[:2]
+    sweep = [(cell, B, 256, H, ("bfloat16",)) for cell in ("lstm", "gru")
+             for H in (256, 512, 768, 1024) for B in (1, 4, 16, 64)]
+    return targets + sweep
+
+
+def median_and_iqr(times):
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return q[1], q[2] - q[0]
+
+
+def time_ms(fn, rounds):
+    """Milliseconds of ``fn()`` per round (CUDA events), after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def measure(module, x, mode, rounds):
+    """(times, peak bytes, output) of one provider."""
+    weights = torch.randn_like(x[:1, :1, :1]).expand(x.shape[0], x.shape[1], module.hidden_size)
+
+    def call():
+        if mode == "inference":
+            with torch.no_grad():
+                return module(x)[0]
+        leaf = x.detach().requires_grad_()
+        out = module(leaf)[0]
+        (out * weights).sum().backward()
+        return out.detach()
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    times = time_ms(call, rounds)
+    peak = torch.cuda.max_memory_allocated() - base
+    return times, peak, call()
+
+
+def run_case(cell, B, T, H, dtype_name, mode, rounds):
+    dtype = getattr(torch, dtype_name)
+    cls, kwargs = CLASSES[cell]
+    torch.manual_seed(0)
+    fast = cls(H, H, backend="cuda", device="cuda", dtype=dtype, **kwargs)
+    ref = getattr(torch.nn, cls.__name__)(H, H, device="cuda", dtype=dtype, **kwargs)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(T, B, H, device="cuda", dtype=dtype)
+    rows = []
+
+    def add(provider, module):
+        times, peak, out = measure(module, x, mode, rounds)
+        median, iqr = median_and_iqr(times)
+        rows.append({"provider": provider, "median_ms": median, "iqr_ms": iqr, "peak_bytes": peak,
+                     "out": out})
+
+    add("torch.nn", ref)
+    other = torch.float16 if dtype == torch.bfloat16 else torch.bfloat16
+    add(f"torch.nn {str(other).removeprefix('torch.')}", _twin(ref, other))
+    cuda_backend.use_persistent(False)
+    add("cuda per-step", fast)
+    for units, flags in VARIANTS:
+        cuda_backend.use_persistent(True, units, flags)
+        launches = _extension.C.cuda_persistent_launches()
+        add(f"persistent {units} units, {'flags' if flags else 'grid'}", fast)
+        if _extension.C.cuda_persistent_launches() == launches:
+            rows[-1]["provider"] += " (did not fit: per-step ran)"
+    cuda_backend.use_persistent(False)
+
+    base_out = next(r["out"] for r in rows if r["provider"] == "cuda per-step").double()
+    scale = base_out.abs().max().item() or 1.0
+    for row in rows:
+        out = row.pop("out")
+        if out.dtype == dtype and not row["provider"].startswith("torch.nn "):
+            row["max_rel_diff_vs_per_step"] = (out.double() - base_out).abs().max().item() / scale
+    return rows
+
+
+def _twin(module, dtype):
+    """A copy of torch.nn ``module`` in ``dtype`` (the other 16-bit type: cuDNN's algorithm differs)."""
+    twin = type(module)(module.input_size, module.hidden_size, device="cuda", dtype=dtype,
+                        **({"nonlinearity": module.nonlinearity} if hasattr(module, "nonlinearity") else {}))
+    twin.load_state_dict(module.state_dict())
+
+    class Casting(torch.nn.Module):  # takes and returns the case's dtype, computes in ``dtype``
+        def __init__(self):
+            super().__init__()
+            self.inner, self.hidden_size = twin, module.hidden_size
+
+        def forward(self, x):
+            out, state = self.inner(x.to(dtype))
+            return out.to(x.dtype), state
+
+    return Casting()
+
+
+def markdown(results):
+    lines = ["# Persistent kernel variants", ""]
+    for case in results:
+        base = case["rows"][0]["median_ms"]
+        lines += [f"## {case['cell']} B={case['B']} T={case['T']} H={case['H']} {case['dtype']} "
+                  f"{case['mode']}", "", "| provider | ms (median) | IQR | vs torch.nn | peak MiB | "
+                  "max rel diff vs per-step |", "|---|---|---|---|---|---|"]
+        for row in case["rows"]:
+            diff = row.get("max_rel_diff_vs_per_step")
+            lines.append(f"| {row['provider']} | {row['median_ms']:.3f} | {row['iqr_ms']:.3f} | "
+                         f"{base / row['median_ms']:.2f}x | {row['peak_bytes'] / 2**20:.1f} | "
+                         f"{'' if diff is None else f'{diff:.1e}'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=pathlib.Path)
+    parser.add_argument("--quick", action="store_true", help="the target shape of LSTM and GRU only")
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("persistent_variants: no CUDA GPU visible")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for cell, B, T, H, dtypes in cases(args.quick):
+        for dtype in dtypes:
+            for mode in ("inference", "training"):
+                rows = run_case(cell, B, T, H, dtype, mode, args.rounds)
+                results.append({"cell": cell, "B": B, "T": T, "H": H, "dtype": dtype, "mode": mode,
+                                "rows": rows})
+                best = min(rows, key=lambda r: r["median_ms"])
+                print(f"{cell} B={B} T={T} H={H} {dtype} {mode}: torch.nn {rows[0]['median_ms']:.3f} ms, "
+                      f"best {best['provider']} {best['median_ms']:.3f} ms", flush=True)
+                (args.out / "variants.json").write_text(json.dumps(
+                    {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                     "cuda": torch.version.cuda, "results": results}, indent=1))
+                (args.out / "variants.md").write_text(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+// The partition of the persistent tensor-core kernels (csrc/cuda/persistent.cu): which block owns which
+// rows of W_hh, which warp holds which fragments, where each lane loads and stores, and the shared-memory
+// layout. Framework-free and host-callable, so the kernel and its CPU model use the same functions:
+// fastcells._C.persistent_plan tabulates them, and tests/persistent_model.py runs the kernel's steps on
+// the CPU with those tables, against the reference backend.
+//
+// The split (FlashRNN's and cuDNN's recipe, ../../../DESIGN.md "GPU kernels"):
+//   - block j owns hidden units [j * units, (j + 1) * units) and all their gate rows, so the pointwise
+//     update happens in place and c never leaves the block; its local row r is gate r / units of unit
+//     r % units; rows are padded to whole 16-row MMA tiles;
+//   - the block's 8 warps split K (the hidden size) by 16-wide k tiles, round robin: warp w holds tiles
+//     w, w + 8, w + 16, ... of every m tile as mma.sync A fragments in registers, for the whole sequence;
+//   - the batch is the N dimension of mma.sync.m16n8k16 (8 columns a tile);
+//   - each warp's partial products go to shared memory and are summed over the warps in a fixed order
+//     (deterministic), then one thread a (unit, batch entry) slot finishes the cell.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define FC_PLAN_FN __host__ __device__ __forceinline__ constexpr
+#else
+#define FC_PLAN_FN inline constexpr
+#endif
+
+namespace fastcells::persistent {
+
+inline constexpr int kWarps = 8;
+inline constexpr int kThreads = 32 * kWarps;
+inline constexpr int kTileM = 16, kTileN = 8, kTileK = 16;  // mma.sync.aligned.m16n8k16
+inline constexpr int64_t kMaxBatch = 64;
+inline constexpr int kHPad = 8;  // extra columns of a staged h row: row strides of 4 mod 32 words
+                                 // put the 8 batch rows of a B fragment load in different banks
+
+// Where lane `lane` of a warp puts register element e of an MMA fragment. These are the kernel's loads
+// and stores, written from the PTX ISA's fragment figures for m16n8k16 with 16-bit A and B and fp32 C
+// (element pairs 2i, 2i + 1 share one 32-bit register and are adjacent in k, or in n for C).
+// A (16 x 16, row major): e in 0..7.
+FC_PLAN_FN int a_row(int lane, int e) { return lane / 4 + 8 * ((e / 2) % 2); }
+FC_PLAN_FN int a_k(int lane, int e) { return (lane % 4) * 2 + e % 2 + 8 * (e / 4); }
+// B (16 x 8, k by batch column): e in 0..3.
+FC_PLAN_FN int b_k(int lane, int e) { return (lane % 4) * 2 + e % 2 + 8 * (e / 2); }
+FC_PLAN_FN int b_n(int lane) { return lane / 4; }
+// C and D (16 x 8, fp32): e in 0..3.
+FC_PLAN_FN int c_row(int lane, int e) { return lane / 4 + 8 * (e / 2); }
+FC_PLAN_FN int c_n(int lane, int e) { return (lane % 4) * 2 + e % 2; }
+
+struct Plan {
+  int gates;      // rows per hidden unit: LSTM 4 (i, f, g, o), GRU 3 (r, z, n), RNN 1
+  int units;      // hidden units per block
+  int64_t H;      // hidden size (= K of the recurrent product)
+  int64_t batch;  // B <= kMaxBatch
+
+  FC_PLAN_FN int rows() const { return gates * units; }
+  FC_PLAN_FN int m_tiles() const { return (rows() + kTileM - 1) / kTileM; }
+  FC_PLAN_FN int64_t k_tiles() const { return (H + kTileK - 1) / kTileK; }
+  FC_PLAN_FN int64_t n_tiles() const { return (batch + kTileN - 1) / kTileN; }
+  FC_PLAN_FN int64_t padded_batch() const { return n_tiles() * kTileN; }
+  FC_PLAN_FN int64_t blocks() const { return (H + units - 1) / units; }
+  // k tiles a warp holds: the kernel's register array is sized by a compile-time bound >= this.
+  FC_PLAN_FN int64_t k_tiles_per_warp() const { return (k_tiles() + kWarps - 1) / kWarps; }
+
+  // The k tile of warp w's j-th fragment column (round robin, so the warps' shares differ by <= 1).
+  FC_PLAN_FN int64_t k_tile(int warp, int j) const { return warp + int64_t{j} * kWarps; }
+  // The hidden unit of a block's local row r, or of pointwise slot unit u: block * units + u.
+  FC_PLAN_FN int64_t unit(int64_t block, int u) const { return block * units + u; }
+  // The W_hh row (gate * H + unit) of block-local row r; -1 for padding rows (beyond gates * units,
+  // or units past H in the last block), which hold zeros.
+  FC_PLAN_FN int64_t weight_row(int64_t block, int r) const {
+    const int64_t u = unit(block, r % units);
+    return (r < rows() && u < H) ? (r / units) * H + u : -1;
+  }
+  // The local row of gate g of unit slot u (inverse of weight_row within a block).
+  FC_PLAN_FN int local_row(int gate, int u) const { return gate * units + u; }
+
+  // Step s of `steps` runs time step time(s) (backwards in the reverse direction); it reads h_{t-1}
+  // from time step prev_time(s) of y, or from h0 where that is -1.
+  FC_PLAN_FN int64_t time(int64_t s, int64_t steps, bool reverse) const { return reverse ? steps - 1 - s : s; }
+  FC_PLAN_FN int64_t prev_time(int64_t s, int64_t steps, bool reverse) const {
+    return s == 0 ? -1 : time(s - 1, steps, reverse);
+  }
+  // Row of batch entry b at time step t in y, the input projections and saved (the whole batch at every
+  // step), and the column of gate g of a unit in a row of input projections (gates * H wide).
+  FC_PLAN_FN int64_t row(int64_t t, int64_t b) const { return t * batch + b; }
+  FC_PLAN_FN int64_t gate_column(int g, int64_t unit) const { return g * H + unit; }
+
+  // Pointwise slots: one (unit, batch entry) pair each, units fastest so a warp's stores of h are
+  // contiguous runs of `units` elements. A block has units * batch of them, threads take every
+  // kThreads-th.
+  FC_PLAN_FN int64_t slots() const { return units * batch; }
+  FC_PLAN_FN int slot_unit(int64_t slot) const { return static_cast<int>(slot % units); }
+  FC_PLAN_FN int64_t slot_batch(int64_t slot) const { return slot / units; }
+
+  // Shared memory, in this order (each part 16-byte aligned):
+  //   h_stage  (padded_batch, h_stride) 16-bit: h_{t-1} as the MMA's B operand, zero past H
+  //   partial  (kWarps, m_tiles * 16, padded_batch) fp32: each warp's partial products
+  //   state    (2, units, batch) fp32: c (LSTM) and h of the block's own units
+  FC_PLAN_FN int64_t h_stride() const { return k_tiles() * kTileK + kHPad; }
+  FC_PLAN_FN int64_t h_stage_bytes() const { return (padded_batch() * h_stride() * 2 + 15) / 16 * 16; }
+  FC_PLAN_FN int64_t partial_index(int warp, int row, int64_t n) const {
+    return (int64_t{warp} * m_tiles() * kTileM + row) * padded_batch() + n;
+  }
+  FC_PLAN_FN int64_t partial_bytes() const { return int64_t{kWarps} * m_tiles() * kTileM * padded_batch() * 4; }
+  FC_PLAN_FN int64_t state_bytes() const { return 2 * int64_t{units} * batch * 4; }
+  FC_PLAN_FN int64_t shared_bytes() const { return h_stage_bytes() + partial_bytes() + state_bytes(); }
+};
+
+}  // namespace fastcells::persistent
+
+#undef FC_PLAN_FN

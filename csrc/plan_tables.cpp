@@ -1,0 +1,65 @@
+#include "plan_tables.h"
+
+#include "fastcells/persistent_plan.h"
+
+namespace fastcells {
+
+std::map<std::string, std::vector<int64_t>> persistent_plan_tables(int gates, int units, int64_t H,
+                                                                    int64_t batch, int64_t steps,
+                                                                    bool reverse) {
+  using namespace persistent;
+  const Plan plan{gates, units, H, batch};
+  std::map<std::string, std::vector<int64_t>> t;
+  t["warps"] = {kWarps};
+  t["threads"] = {kThreads};
+  t["tile"] = {kTileM, kTileN, kTileK};
+  t["m_tiles"] = {plan.m_tiles()};
+  t["k_tiles"] = {plan.k_tiles()};
+  t["n_tiles"] = {plan.n_tiles()};
+  t["blocks"] = {plan.blocks()};
+  t["k_tiles_per_warp"] = {plan.k_tiles_per_warp()};
+  t["h_stride"] = {plan.h_stride()};
+  t["slots"] = {plan.slots()};
+  t["partial_size"] = {plan.partial_bytes() / 4};
+  for (int lane = 0; lane < 32; ++lane) {  // (32, 8), (32, 4), (32,)
+    for (int e = 0; e < 8; ++e) {
+      t["a_row"].push_back(a_row(lane, e));
+      t["a_k"].push_back(a_k(lane, e));
+    }
+    for (int e = 0; e < 4; ++e) {
+      t["b_k"].push_back(b_k(lane, e));
+      t["c_row"].push_back(c_row(lane, e));
+      t["c_n"].push_back(c_n(lane, e));
+    }
+    t["b_n"].push_back(b_n(lane));
+  }
+  const int rows = plan.m_tiles() * kTileM;
+  for (int64_t block = 0; block < plan.blocks(); ++block) {  // (blocks, rows), (blocks, units)
+    for (int r = 0; r < rows; ++r) t["weight_row"].push_back(plan.weight_row(block, r));
+    for (int u = 0; u < units; ++u) t["unit"].push_back(plan.unit(block, u));
+  }
+  for (int warp = 0; warp < kWarps; ++warp) {  // (warps, k_tiles_per_warp), (warps, rows, padded batch)
+    for (int j = 0; j < plan.k_tiles_per_warp(); ++j) t["k_tile"].push_back(plan.k_tile(warp, j));
+    for (int r = 0; r < rows; ++r) {
+      for (int64_t n = 0; n < plan.padded_batch(); ++n) t["partial_index"].push_back(plan.partial_index(warp, r, n));
+    }
+  }
+  for (int g = 0; g < gates; ++g) {  // (gates, units), (gates, H)
+    for (int u = 0; u < units; ++u) t["local_row"].push_back(plan.local_row(g, u));
+    for (int64_t unit = 0; unit < H; ++unit) t["gate_column"].push_back(plan.gate_column(g, unit));
+  }
+  for (int64_t slot = 0; slot < plan.slots(); ++slot) {  // (slots,)
+    t["slot_unit"].push_back(plan.slot_unit(slot));
+    t["slot_batch"].push_back(plan.slot_batch(slot));
+  }
+  for (int64_t s = 0; s < steps; ++s) {  // (steps,)
+    t["time"].push_back(plan.time(s, steps, reverse));
+    t["prev_time"].push_back(plan.prev_time(s, steps, reverse));
+  }
+  for (int64_t step = 0; step < steps; ++step) {  // (steps, batch)
+    for (int64_t b = 0; b < batch; ++b) t["row"].push_back(plan.row(step, b));
+  }
+  return t;
+}
+
+}  // namespace fastcells

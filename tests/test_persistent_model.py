@@ -1,0 +1,129 @@
+"""The persistent tensor-core kernel's partition (csrc/include/fastcells/persistent_plan.h), run on the
+CPU through its model (tests/persistent_model.py), against the reference backend in float64: every
+cell, both block widths, both directions, inference and training, odd sizes (a partial last block,
+batch and hidden sizes that are not whole tiles, warps holding two k tiles or none)."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastcells import _extension
+from fastcells.backends import reference
+
+import persistent_model
+
+pytestmark = pytest.mark.skipif(_extension.load_error is not None, reason="fastcells._C did not load")
+
+# (H, B): one partial block and tile; a batch of two n tiles; k tiles beyond the 8 warps (warps 0 and
+# 1 hold two); a hidden size below one k tile.
+SHAPES = [(17, 3), (40, 9), (130, 2), (5, 1)]
+STEPS = 3
+
+
+def _layer(family, H, B, seed=0):
+    """Random float64 weights and states of one layer (input size 7) and its input x (T * B, 7)."""
+    g = torch.Generator().manual_seed(seed)
+    G = persistent_model.GATES[family]
+    rand = lambda *shape: torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1  # noqa: E731
+    return {"x": rand(STEPS * B, 7), "w_ih": rand(G * H, 7), "b_ih": rand(G * H), "b_hh": rand(G * H),
+            "w_hh": rand(G * H, H) * 0.5, "h0": rand(B, H), "c0": rand(B, H) if family == "lstm" else None}
+
+
+def _expected(family, w, reverse, training):
+    """y, hn, cn of the reference backend; saved of the cpu backend's training forward (the layout the
+    per-step backward reads)."""
+    sizes = torch.full((STEPS,), w["h0"].shape[0], dtype=torch.int64)
+    args = (w["x"], w["w_ih"], w["b_ih"], w["b_hh"], w["h0"])
+    ops = torch.ops.fastcells
+    if family == "lstm":
+        y, hn, cn = reference.lstm_layer(*args, w["c0"], w["w_hh"], None, sizes, reverse)
+        saved = ops.lstm_layer_fwd(*args, w["c0"], w["w_hh"], None, sizes, reverse, True)[3]
+    elif family == "gru":
+        (y, hn), cn = reference.gru_layer(*args, w["w_hh"], sizes, reverse), None
+        saved = ops.gru_layer_fwd(*args, w["w_hh"], sizes, reverse, True)[2]
+    else:
+        relu = family == "rnn_relu"
+        (y, hn), cn = reference.rnn_layer(*args, w["w_hh"], sizes, relu, reverse), None
+        saved = ops.rnn_layer_fwd(*args, w["w_hh"], sizes, relu, reverse, True)[2]
+    return y, hn, cn, saved if training else None
+
+
+def _model(family, w, reverse, units, training, tables=None):
+    """The model's y, hn, cn, saved from the same layer (the input projection done here, as the kernel's
+    caller does: b_hh folded in but for GRU)."""
+    gru = family == "gru"
+    gx = w["x"] @ w["w_ih"].T + w["b_ih"] + (0 if gru else w["b_hh"])
+    numpy = lambda t: None if t is None else t.numpy()  # noqa: E731
+    return persistent_model.forward(family, gx.numpy(), w["w_hh"].numpy(), numpy(w["b_hh"]) if gru else None,
+                                    w["h0"].numpy(), numpy(w["c0"]), reverse, units, training, tables)
+
+
+def _assert_close(got, expected):
+    for name, a, b in zip(("y", "hn", "cn", "saved"), got, expected):
+        if b is None:
+            assert a is None, name
+        else:
+            np.testing.assert_allclose(a, b.numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("units", [8, 16])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"H{h}-B{b}" for h, b in SHAPES])
+@pytest.mark.parametrize("family", list(persistent_model.GATES))
+def test_model_of_the_kernel_equals_the_reference(family, shape, units, reverse, training):
+    w = _layer(family, *shape)
+    _assert_close(_model(family, w, reverse, units, training), _expected(family, w, reverse, training))
+
+
+def _swap_lanes(table, first, second):
+    table = table.copy()
+    table[[first, second]] = table[[second, first]]
+    return table
+
+
+# Single broken indices of the kind a kernel gets wrong: fragment halves swapped, one row off, the
+# warps' k tiles shifted, partial sums stored to the wrong batch column, gates of a unit mixed up.
+BROKEN = {
+    "a_k": lambda t: _swap_lanes(t["a_k"], 0, 1),
+    "a_row": lambda t: (t["a_row"] + 8 * (t["a_row"] < 8)) % 16,
+    "b_k": lambda t: t["b_k"][:, [2, 3, 0, 1]],
+    "weight_row": lambda t: np.roll(t["weight_row"], 1, axis=1),
+    "k_tile": lambda t: t["k_tile"] + 1,
+    "c_n": lambda t: t["c_n"][:, [1, 0, 3, 2]],
+    "local_row": lambda t: t["local_row"][::-1],
+    "row": lambda t: t["row"][::-1],
+}
+
+
+@pytest.mark.parametrize("table", list(BROKEN))
+def test_a_broken_index_fails_the_model(table):
+    """The comparison above can fail: one wrong index in the plan makes the model disagree."""
+    family, (H, B), units = "lstm", (40, 9), 8
+    w = _layer(family, H, B)
+    tables = persistent_model.plan(4, units, H, B, STEPS, False)
+    tables.tables[table] = BROKEN[table](tables.tables)
+    got = _model(family, w, False, units, True, tables)
+    expected = _expected(family, w, False, True)
+    with pytest.raises(AssertionError):
+        _assert_close(got, expected)
+
+
+def test_register_pairs_hold_neighbours():
+    """The kernel loads and packs the two 16-bit elements of a register as neighbours in k (one 32-bit
+    load of h, one pair of weights): the plan's element 2i + 1 must be element 2i's right neighbour."""
+    p = persistent_model.plan(4, 8, 40, 9, STEPS, False)
+    np.testing.assert_array_equal(p.a_k[:, 1::2], p.a_k[:, 0::2] + 1)
+    np.testing.assert_array_equal(p.a_row[:, 1::2], p.a_row[:, 0::2])
+    np.testing.assert_array_equal(p.b_k[:, 1::2], p.b_k[:, 0::2] + 1)
+
+
+def test_ptx_fragments_cover_each_tile_element_once():
+    """The model's MMA semantics: every element of A (16 x 16), B (16 x 8), C (16 x 8) is held by
+    exactly one (lane, register element)."""
+    fragments = [((16, 16), persistent_model.PTX_A), ((16, 8), persistent_model.PTX_B),
+                 ((16, 8), persistent_model.PTX_C)]
+    for tile, (rows, cols) in fragments:
+        counts = np.zeros(tile, dtype=int)
+        np.add.at(counts, (rows, cols), 1)
+        assert (counts == 1).all()
