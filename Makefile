@@ -5,6 +5,8 @@
 #                print each kernel's registers and spills (part of make test; skipped without nvcc)
 #   make gpu     on a GPU machine with a preinstalled CUDA torch: build, tests, check, full GPU
 #                benchmark, all into one results folder (bench/gpu.sh; uses python3, not .venv)
+#   make gpu-carry  download what bench/gpu.sh needs but a GPU machine without network lacks
+#                (compute-sanitizer's wheel) into .gpu-carry/, to send along with the working tree
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +14,7 @@ DEPS_STAMP := $(VENV)/.deps-installed
 BUILD_STAMP := $(VENV)/.fastcells-built
 SOURCES := $(wildcard setup.py csrc/*.cpp csrc/*.h csrc/include/fastcells/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*)
 
-.PHONY: test bench gpu build clean cuda-check
+.PHONY: test bench gpu gpu-carry build clean cuda-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +60,10 @@ bench: $(BUILD_STAMP)
 
 gpu:
 	PYTHON=$(PYTHON) bash bench/gpu.sh $(RESULTS)
+
+# compute-sanitizer of CUDA 13.0, the toolkit of the GPU machines' torch (14 MB).
+gpu-carry: | $(PY)
+	$(PY) -m pip download --quiet --no-deps -d .gpu-carry nvidia-cuda-sanitizer-api==13.0.85
 
 clean:
 	rm -rf build *.egg-info fastcells/_C*.so $(BUILD_STAMP)

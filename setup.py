@@ -77,6 +77,7 @@ setup(
     packages=find_packages(include=["fastcells", "fastcells.*"])
     + ["fastcells.kernels"],
     package_dir={"fastcells.kernels": "kernels"},
+    package_data={"fastcells": ["dispatch_tables/*.json"]},  # fastcells/dispatch.py's measured tables
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

@@ -48,7 +48,7 @@ def run_persistent():
                     layer(x)[0].float().sum().backward()
                     with torch.no_grad():
                         layer(x)
-    cuda_backend.use_persistent(False)
+    cuda_backend.use_persistent(None)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@
 # pytest-xdist is installed.
 #
 # It uses the python that holds the CUDA torch ($PYTHON, default python3), never the CPU-only .venv.
+# compute-sanitizer comes from PATH or from .gpu-carry/ (make gpu-carry beforehand, and send that
+# ignored folder along with the working tree).
 # Every step runs even if an earlier one failed; the exit status is non-zero if any failed.
 set -uo pipefail
 PY=${PYTHON:-python3}
@@ -71,13 +73,25 @@ step variants variants.log 150 "$PY" bench/persistent_variants.py --out "$DIR/va
 
 # compute-sanitizer over one call of every cuda-backend op (memcheck without torch's caching allocator,
 # so a read past a tensor is a read past an allocation; racecheck for the shared-memory kernels).
-if command -v compute-sanitizer >/dev/null; then
-    step memcheck memcheck.txt 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
+# compute-sanitizer: on PATH, else from the nvidia-cuda-sanitizer-api wheel carried in .gpu-carry/
+# (`make gpu-carry` on a machine with network; the GPU machines' image has none and no network).
+SANITIZER=$(command -v compute-sanitizer || true)
+wheel=$(ls .gpu-carry/nvidia_cuda_sanitizer_api-*.whl 2>/dev/null | head -n 1)
+if [ -z "$SANITIZER" ] && [ -n "$wheel" ]; then
+    "$PY" -m zipfile -e "$wheel" /tmp/fastcells-sanitizer &&
+        SANITIZER=$(ls /tmp/fastcells-sanitizer/nvidia/cu*/bin/compute-sanitizer | head -n 1) &&
+        chmod +x "$(dirname "$SANITIZER")"/* "$(dirname "$SANITIZER")"/../lib/*  # zipfile drops modes
+fi
+if [ -n "$SANITIZER" ]; then
+    step memcheck memcheck.txt 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck \
         --error-exitcode 9 "$PY" bench/cuda_sanitize.py
-    step racecheck racecheck.txt 90 compute-sanitizer --tool racecheck --error-exitcode 9 \
+    step racecheck racecheck.txt 90 "$SANITIZER" --tool racecheck --error-exitcode 9 \
         "$PY" bench/cuda_sanitize.py
-    step synccheck synccheck.txt 90 compute-sanitizer --tool synccheck --error-exitcode 9 \
+    step synccheck synccheck.txt 90 "$SANITIZER" --tool synccheck --error-exitcode 9 \
         "$PY" bench/cuda_sanitize.py
+else
+    echo "== compute-sanitizer: skipped (not on PATH and no wheel in .gpu-carry/: run make gpu-carry)"
+    skipped+=("compute-sanitizer")
 fi
 
 BENCH=("$PY" -m fastcells bench --device cuda --no-progress)
@@ -85,6 +99,10 @@ FUSED=(--providers torch.nn cuda triton reference)
 # The issues' speed targets: FlashRNN's B=16 T=1024 H=768 and fastrnns' T=100 B=64 H=512.
 step bench-targets bench-targets.log 240 "${BENCH[@]}" --groups flashrnn fastrnns --cells lstm gru \
     "${FUSED[@]}" --out "$DIR/targets"
+# The dispatch table of this GPU model from what was measured above (commit it into
+# fastcells/dispatch_tables/ to make `auto` use it).
+step dispatch-table dispatch-table.log 30 "$PY" bench/dispatch_table.py "$DIR/targets/results.csv" \
+    "$DIR/variants/variants.json" --out "$DIR/dispatch_tables"
 step check check.txt 180 "$PY" -m fastcells check --device cuda --junit-xml "$DIR/check.xml"
 # The sweeps, one group a step: a report is written only when its run ends, so a cut-off loses one
 # group, not all three.

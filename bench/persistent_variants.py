@@ -8,7 +8,10 @@ where torch picks it in float16), side by side in one process, inference (forwar
 
 Writes DIR/variants.json (every measurement: median and interquartile range of the rounds in ms, peak
 memory, and each fastcells path's largest difference from the per-step path's output, relative to the
-output's largest value) and DIR/variants.md (one table a case, ratios against torch.nn bfloat16).
+output's largest value) and DIR/variants.md (one table a case, ratios against torch.nn in the case's
+dtype). Providers are named as fastcells/dispatch.py names paths ("torch", "per-step", "persistent 8
+flags", ...; "torch float16" is torch.nn computing in the other 16-bit dtype), so bench/dispatch_table.py
+turns the JSON into a dispatch table as it is.
 Each case is written as soon as it is measured, so a run cut short keeps what it measured.
 """
 
@@ -97,24 +100,24 @@ def run_case(cell, B, T, H, dtype_name, mode, rounds):
         rows.append({"provider": provider, "median_ms": median, "iqr_ms": iqr, "peak_bytes": peak,
                      "out": out})
 
-    add("torch.nn", ref)
+    add("torch", ref)
     other = torch.float16 if dtype == torch.bfloat16 else torch.bfloat16
-    add(f"torch.nn {str(other).removeprefix('torch.')}", _twin(ref, other))
+    add(f"torch {str(other).removeprefix('torch.')}", _twin(ref, other))
     cuda_backend.use_persistent(False)
-    add("cuda per-step", fast)
+    add("per-step", fast)
     for units, flags in VARIANTS:
         cuda_backend.use_persistent(True, units, flags)
         launches = _extension.C.cuda_persistent_launches()
-        add(f"persistent {units} units, {'flags' if flags else 'grid'}", fast)
+        add(f"persistent {units} {'flags' if flags else 'grid'}", fast)
         if _extension.C.cuda_persistent_launches() == launches:
             rows[-1]["provider"] += " (did not fit: per-step ran)"
-    cuda_backend.use_persistent(False)
+    cuda_backend.use_persistent(None)
 
-    base_out = next(r["out"] for r in rows if r["provider"] == "cuda per-step").double()
+    base_out = next(r["out"] for r in rows if r["provider"] == "per-step").double()
     scale = base_out.abs().max().item() or 1.0
     for row in rows:
         out = row.pop("out")
-        if out.dtype == dtype and not row["provider"].startswith("torch.nn "):
+        if out.dtype == dtype and not row["provider"].startswith("torch "):
             row["max_rel_diff_vs_per_step"] = (out.double() - base_out).abs().max().item() / scale
     return rows
 

@@ -16,6 +16,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "cpu/ops_cpu.h"
 #include "fastcells/saved_layout.h"
@@ -90,12 +91,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // The persistent CUDA kernels' partition as tables, for their CPU model (tests/persistent_model.py).
   m.def("persistent_plan", &fastcells::persistent_plan_tables, pybind11::arg("gates"),
         pybind11::arg("units"), pybind11::arg("H"), pybind11::arg("batch"), pybind11::arg("steps"),
-        pybind11::arg("reverse"));
+        pybind11::arg("reverse"), pybind11::arg("backward"),
+        pybind11::arg("sizes") = std::vector<int64_t>{});
   // Whether the CUDA ops were compiled in (setup.py builds them where torch has CUDA and nvcc exists).
 #ifdef FASTCELLS_WITH_CUDA
   m.def("has_cuda", [] { return true; });
-  m.def("set_cuda_persistent", &fastcells::cuda::set_persistent, pybind11::arg("enabled"),
+  m.def("set_cuda_persistent", &fastcells::cuda::set_persistent, pybind11::arg("mode"),
         pybind11::arg("units") = 8, pybind11::arg("flag_sync") = true);
+  m.def("record_cuda_persistent_choice",
+        pybind11::overload_cast<const std::string&, const std::string&, int64_t, int64_t, bool, int, bool>(
+            &fastcells::cuda::record_persistent_choice));
   m.def("cuda_persistent_launches", &fastcells::cuda::persistent_launches);
 #else
   m.def("has_cuda", [] { return false; });

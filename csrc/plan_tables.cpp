@@ -6,9 +6,14 @@ namespace fastcells {
 
 std::map<std::string, std::vector<int64_t>> persistent_plan_tables(int gates, int units, int64_t H,
                                                                     int64_t batch, int64_t steps,
-                                                                    bool reverse) {
+                                                                    bool reverse, bool backward,
+                                                                    const std::vector<int64_t>& sizes) {
   using namespace persistent;
-  const Plan plan{gates, units, H, batch};
+  const Plan plan{gates, units, H, batch, backward};
+  std::vector<int64_t> offsets{0};
+  for (const int64_t size : sizes) offsets.push_back(offsets.back() + size);
+  const int64_t* sizes_ptr = sizes.empty() ? nullptr : sizes.data();
+  const int64_t* offsets_ptr = sizes.empty() ? nullptr : offsets.data();
   std::map<std::string, std::vector<int64_t>> t;
   t["warps"] = {kWarps};
   t["threads"] = {kThreads};
@@ -34,8 +39,11 @@ std::map<std::string, std::vector<int64_t>> persistent_plan_tables(int gates, in
     t["b_n"].push_back(b_n(lane));
   }
   const int rows = plan.m_tiles() * kTileM;
-  for (int64_t block = 0; block < plan.blocks(); ++block) {  // (blocks, rows), (blocks, units)
-    for (int r = 0; r < rows; ++r) t["weight_row"].push_back(plan.weight_row(block, r));
+  const int64_t depth = plan.k_tiles_per_warp() * kWarps * kTileK;  // every k some warp's tiles cover
+  for (int64_t block = 0; block < plan.blocks(); ++block) {  // (blocks, rows, depth), (blocks, units)
+    for (int r = 0; r < rows; ++r) {
+      for (int64_t k = 0; k < depth; ++k) t["weight_index"].push_back(plan.weight_index(block, r, k));
+    }
     for (int u = 0; u < units; ++u) t["unit"].push_back(plan.unit(block, u));
   }
   for (int warp = 0; warp < kWarps; ++warp) {  // (warps, k_tiles_per_warp), (warps, rows, padded batch)
@@ -52,12 +60,14 @@ std::map<std::string, std::vector<int64_t>> persistent_plan_tables(int gates, in
     t["slot_unit"].push_back(plan.slot_unit(slot));
     t["slot_batch"].push_back(plan.slot_batch(slot));
   }
-  for (int64_t s = 0; s < steps; ++s) {  // (steps,)
-    t["time"].push_back(plan.time(s, steps, reverse));
+  for (int64_t s = 0; s <= steps; ++s) {  // (steps,), (steps + 1,): the backward's phase after the loop
+    if (s < steps) t["time"].push_back(plan.time(s, steps, reverse));
     t["prev_time"].push_back(plan.prev_time(s, steps, reverse));
   }
-  for (int64_t step = 0; step < steps; ++step) {  // (steps, batch)
-    for (int64_t b = 0; b < batch; ++b) t["row"].push_back(plan.row(step, b));
+  for (int64_t time = 0; time < steps; ++time) {  // (steps,), (steps, batch): -1 past a step's batch
+    const int64_t step_batch = plan.step_batch(time, sizes_ptr);
+    t["step_batch"].push_back(step_batch);
+    for (int64_t b = 0; b < batch; ++b) t["row"].push_back(b < step_batch ? plan.row(time, b, offsets_ptr) : -1);
   }
   return t;
 }

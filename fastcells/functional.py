@@ -64,3 +64,25 @@ def rnn(backend, mode, x, batch_sizes, hx, cx, flat_weights, *, num_layers, bidi
     hn = torch.stack(h_finals)
     cn = torch.stack(c_finals) if cx is not None else None
     return layer_input, hn, cn
+
+
+_TORCH_RNN = {"LSTM": torch._VF.lstm, "GRU": torch._VF.gru, "RNN_TANH": torch._VF.rnn_tanh,
+              "RNN_RELU": torch._VF.rnn_relu}
+
+
+def torch_rnn(mode, x, batch_sizes, hx, cx, flat_weights, *, padded, num_layers, bidirectional, bias,
+              dropout, training):
+    """torch.nn's own implementation (cuDNN on CUDA) over the same flattened sequence, arguments as
+    ``rnn``: called as torch.nn calls it, padded (T, B, I) where ``padded`` (every step has the whole
+    batch of a padded input), else packed. Returns y (N, D * P), hn, cn or None."""
+    hidden = (hx, cx) if mode == "LSTM" else hx
+    if padded:
+        steps = batch_sizes.numel()
+        out = _TORCH_RNN[mode](x.view(steps, x.size(0) // steps, x.size(1)), hidden, flat_weights, bias,
+                               num_layers, dropout, training, bidirectional, False)
+        y = out[0].reshape(x.size(0), -1)
+    else:
+        out = _TORCH_RNN[mode](x, batch_sizes, hidden, flat_weights, bias, num_layers, dropout, training,
+                               bidirectional)
+        y = out[0]
+    return y, out[1], (out[2] if mode == "LSTM" else None)

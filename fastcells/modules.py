@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import autocast, backends, functional
+from . import autocast, backends, dispatch, functional
 
 _NOT_SCRIPTABLE = (
     "torch.jit.script cannot compile fastcells.{name}: its forward picks a backend and calls "
@@ -122,11 +122,18 @@ class _FusedRNNBase(nn.RNNBase):
             flat_weights = [autocast.cast(w, dtype) for w in flat_weights]
         with autocast.off(device_type) if dtype is not None else contextlib.nullcontext():
             backend = backends.resolve(self.backend, device_type, rows.dtype)
-            y, hn, cn = functional.rnn(
-                backend, self.mode, rows, batch_sizes, hx, cx, flat_weights,
-                num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
-                proj=self.proj_size > 0, dropout=self.dropout, training=self.training,
-            )
+            if dispatch.runs_torch(self, backend, rows, flat_weights, mini_batch):
+                y, hn, cn = functional.torch_rnn(
+                    self.mode, rows, batch_sizes, hx, cx, flat_weights, padded=not packed,
+                    num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
+                    dropout=self.dropout, training=self.training,
+                )
+            else:
+                y, hn, cn = functional.rnn(
+                    backend, self.mode, rows, batch_sizes, hx, cx, flat_weights,
+                    num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
+                    proj=self.proj_size > 0, dropout=self.dropout, training=self.training,
+                )
 
         if unsorted_indices is not None:
             hn = hn.index_select(1, unsorted_indices)
@@ -275,6 +282,8 @@ class _FusedCellMixin:
                     return self._streaming_step(steps, input, hx, weights)
                 except (RuntimeError, TypeError):
                     pass  # the full path below raises torch.nn's exception for this call
+        if dispatch.cell_runs_torch(self, input, weights):
+            return super().forward(input, hx)  # torch.nn's own step: no faster one measured on this GPU
         if not (autocast.any_enabled() and isinstance(input, torch.Tensor)
                 and autocast.is_enabled(input.device.type)):
             return self._forward(input, hx, weights)

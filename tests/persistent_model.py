@@ -1,4 +1,5 @@
-"""A CPU model of the persistent tensor-core forward kernel (csrc/cuda/persistent.cu), run step by step.
+"""A CPU model of the persistent tensor-core kernels (csrc/cuda/persistent.cu forward, persistent_bwd.cu
+backward), run step by step.
 
 Nothing executes CUDA here, so the kernel's indexing is checked through this model: every index it uses
 comes from the kernel's own partition functions (csrc/include/fastcells/persistent_plan.h, tabulated by
@@ -59,20 +60,37 @@ class Plan:
         return self.tables[name]
 
 
-def plan(gates, units, H, batch, steps, reverse):
-    raw = _extension.C.persistent_plan(gates, units, H, batch, steps, reverse)
+def plan(gates, units, H, batch, steps, reverse, backward=False, sizes=None):
+    raw = _extension.C.persistent_plan(gates, units, H, batch, steps, reverse, backward, list(sizes or []))
     t = {name: np.asarray(values, dtype=np.int64) for name, values in raw.items()}
     scalars = ("warps", "threads", "m_tiles", "k_tiles", "n_tiles", "blocks", "k_tiles_per_warp",
                "h_stride", "slots", "partial_size")
     t.update({name: int(t[name][0]) for name in scalars})
     rows, padded_batch = t["m_tiles"] * 16, t["n_tiles"] * 8
     shapes = {"a_row": (32, 8), "a_k": (32, 8), "b_k": (32, 4), "c_row": (32, 4), "c_n": (32, 4),
-              "weight_row": (t["blocks"], rows), "unit": (t["blocks"], units),
+              "weight_index": (t["blocks"], rows, -1), "unit": (t["blocks"], units),
               "k_tile": (t["warps"], t["k_tiles_per_warp"]),
               "partial_index": (t["warps"], rows, padded_batch), "local_row": (gates, units),
               "gate_column": (gates, H), "row": (steps, batch)}
     t.update({name: t[name].reshape(shape) for name, shape in shapes.items()})
     return Plan(t)
+
+
+def _load(values, index):
+    """values[index], zero where index is -1 (the kernel's padding)."""
+    return np.where(index >= 0, values[np.maximum(index, 0)], 0.0)
+
+
+def _weight_registers(p, w_flat):
+    """The A fragments every block's warps load once, (blocks, warps, m tiles, k tiles a warp, 32, 8)."""
+    w_regs = np.zeros((p.blocks, p.warps, p.m_tiles, p.k_tiles_per_warp, 32, 8))
+    for block in range(p.blocks):
+        for warp in range(p.warps):
+            for mt in range(p.m_tiles):
+                for j in range(p.k_tiles_per_warp):
+                    w_regs[block, warp, mt, j] = _load(w_flat, p.weight_index[
+                        block, mt * 16 + p.a_row, p.k_tile[warp, j] * 16 + p.a_k])
+    return w_regs
 
 
 def _cell(family, gx, pre, b_hh, h_prev, c_prev):
@@ -102,31 +120,24 @@ def _saved_columns(family, H):
     return saved_layout.gru_columns(H) if family == "gru" else saved_layout.rnn_columns(H)
 
 
-def forward(family, gx, w_hh, b_hh, h0, c0, reverse, units, training, tables=None):
-    """One layer and direction as the kernel computes it. gx (T * B, G * H) input projections (b_hh in
+def forward(family, gx, w_hh, b_hh, h0, c0, reverse, units, training, tables=None, sizes=None):
+    """One layer and direction as the kernel computes it. gx (N, G * H) input projections (b_hh in
     for LSTM and RNN), w_hh (G * H, H), b_hh (G * H) for GRU or None, h0 and c0 (B, H), all float64
-    numpy arrays. Returns y (T * B, H), hn, cn (None but for LSTM), saved (T * B, width) or None.
+    numpy arrays; ``sizes``: the steps' batch sizes of a packed sequence (None: B at each of the
+    N / B steps). Returns y (N, H), hn, cn (None but for LSTM), saved (N, width) or None.
     ``tables``: a plan to use instead of the kernel's (a test breaks one index with it)."""
     G, (B, H) = GATES[family], h0.shape
-    T = gx.shape[0] // B
-    p = tables or plan(G, units, H, B, T, reverse)
+    N = gx.shape[0]
+    T = len(sizes) if sizes is not None else N // B
+    p = tables or plan(G, units, H, B, T, reverse, sizes=sizes)
     gx_flat, w_flat = gx.reshape(-1), w_hh.reshape(-1)
-    y = np.full(T * B * H, np.nan)  # NaN where nothing was written: a missed store shows
+    y = np.full(N * H, np.nan)  # NaN where nothing was written: a missed store shows
     width = _saved_columns(family, H)["width"]
-    saved = np.full(T * B * width, np.nan) if training else None
+    saved = np.full(N * width, np.nan) if training else None
     hn, cn = np.full(B * H, np.nan), np.full(B * H, np.nan)
     columns = _saved_columns(family, H)
 
-    # Registers that hold each block's W_hh fragments for the whole sequence: (blocks, warps, m, j, 32, 8).
-    w_regs = np.zeros((p.blocks, p.warps, p.m_tiles, p.k_tiles_per_warp, 32, 8))
-    for block in range(p.blocks):
-        for warp in range(p.warps):
-            for mt in range(p.m_tiles):
-                for j in range(p.k_tiles_per_warp):
-                    rows = p.weight_row[block, mt * 16 + p.a_row]
-                    ks = p.k_tile[warp, j] * 16 + p.a_k
-                    valid = (rows >= 0) & (ks < H)
-                    w_regs[block, warp, mt, j] = np.where(valid, w_flat[np.where(valid, rows * H + ks, 0)], 0)
+    w_regs = _weight_registers(p, w_flat)
 
     # The fp32 states of each block's slots (the kernel's shared memory), from h0 and c0.
     u = p.slot_unit
@@ -135,14 +146,17 @@ def forward(family, gx, w_hh, b_hh, h0, c0, reverse, units, training, tables=Non
     live = units_of < H
     h0_flat, c0_flat = h0.reshape(-1), (c0.reshape(-1) if c0 is not None else None)
     h_state = np.where(live, h0_flat[np.where(live, batch_of * H + units_of, 0)], np.nan)
-    c_state = np.where(live, c0_flat[np.where(live, batch_of * H + units_of, 0)], np.nan) if c0 is not None else None
+    c_state = (np.where(live, c0_flat[np.where(live, batch_of * H + units_of, 0)], np.nan)
+               if c0 is not None else None)
 
     for s in range(T):
         t, t_prev = p.time[s], p.prev_time[s]
-        source = h0_flat if t_prev < 0 else y[p.row[t_prev, 0] * H:][: B * H]
+        bs, bs_prev = p.step_batch[t], (0 if t_prev < 0 else p.step_batch[t_prev])
+        b_idx, k_idx = np.divmod(np.arange(B * H), H)
+        y_prev = y[(0 if t_prev < 0 else p.row[t_prev, 0]) * H:]  # batch entry b at b * H, as h0
+        source = np.where(b_idx < bs_prev, y_prev[np.minimum(np.arange(B * H), y_prev.size - 1)], h0_flat)
         for block in range(p.blocks):
             stage = np.zeros(p.n_tiles * 8 * p.h_stride)
-            b_idx, k_idx = np.divmod(np.arange(B * H), H)
             stage[b_idx * p.h_stride + k_idx] = source
             partial = np.zeros(p.partial_size)
             for warp in range(p.warps):
@@ -158,7 +172,7 @@ def forward(family, gx, w_hh, b_hh, h0, c0, reverse, units, training, tables=Non
                     for mt in range(p.m_tiles):
                         partial[p.partial_index[warp, mt * 16 + p.c_row, nt * 8 + p.c_n]] = acc[mt]
 
-            keep = live[block]
+            keep = live[block] & (batch_of < bs)  # idle entries keep their state
             slot_units, slot_batch, slot_u = units_of[block][keep], batch_of[keep], u[keep]
             pre = np.stack([partial[p.partial_index[:, p.local_row[g, slot_u], slot_batch]].sum(axis=0)
                             for g in range(G)])
@@ -176,10 +190,118 @@ def forward(family, gx, w_hh, b_hh, h0, c0, reverse, units, training, tables=Non
             if c is not None:
                 c_state[block][keep] = c
             y[rows * H + slot_units] = h
-            if s == T - 1:
-                hn[slot_batch * H + slot_units] = h
-                if c is not None:
-                    cn[slot_batch * H + slot_units] = c
+    for block in range(p.blocks):  # final states from each block's states
+        keep = live[block]
+        hn[batch_of[keep] * H + units_of[block][keep]] = h_state[block][keep]
+        if c_state is not None:
+            cn[batch_of[keep] * H + units_of[block][keep]] = c_state[block][keep]
     shape = lambda a, cols: a.reshape(-1, cols)  # noqa: E731
     return (shape(y, H), shape(hn, H), shape(cn, H) if family == "lstm" else None,
             shape(saved, width) if training else None)
+
+
+def _cell_backward(family, saved, dh, dc):
+    """The cell's backward in float64 for a vector of slots, from its saved values (name: values).
+    Returns (dgx rows (gates, slots), dgh rows or None, dc_prev or None, the part of dh_prev carried
+    past the recurrent product)."""
+    if family == "lstm":
+        i, f, g, o = (saved[k] for k in range(4))
+        dc_total = dc + dh * o * (1 - saved["tanh_c"] ** 2)
+        d = np.stack([dc_total * g * i * (1 - i), dc_total * saved["c_prev"] * f * (1 - f),
+                      dc_total * i * (1 - g * g), dh * saved["tanh_c"] * o * (1 - o)])
+        return d, None, dc_total * f, np.zeros_like(dh)
+    if family == "gru":
+        r, z, n = (saved[k] for k in range(3))
+        dn = dh * (1 - z) * (1 - n * n)
+        dr, dz = dn * saved["h_n"] * r * (1 - r), dh * (saved["h_prev"] - n) * z * (1 - z)
+        return np.stack([dr, dz, dn]), np.stack([dr, dz, dn * r]), None, dh * z
+    h = saved["h"]
+    d = np.where(h > 0, dh, 0.0) if family == "rnn_relu" else dh * (1 - h * h)
+    return d[None], None, None, np.zeros_like(dh)
+
+
+_SAVED_NAMES = {"lstm": [0, 1, 2, 3, "c_prev", "tanh_c"], "gru": [0, 1, 2, "h_n", "h_prev"],
+                "rnn_tanh": ["h"], "rnn_relu": ["h"]}
+
+
+def backward(family, dy, saved, w_hh, dhn, dcn, reverse, units, tables=None, sizes=None):
+    """The sequential part of one layer's backward as the kernel computes it. dy (N, H), saved
+    (N, width) of the training forward, w_hh (G * H, H), dhn and dcn (B, H; dcn None but for LSTM),
+    float64 numpy arrays; ``reverse``: the forward ran backwards in time; ``sizes`` as in forward.
+    Returns dgx (N, G * H), dgh (GRU) or None, dh0, dc0 (LSTM) or None."""
+    G, (B, H) = GATES[family], dhn.shape
+    N, K = dy.shape[0], G * H
+    T = len(sizes) if sizes is not None else N // B
+    p = tables or plan(G, units, H, B, T, not reverse, backward=True, sizes=sizes)  # time runs backwards
+    w_flat, dy_flat, saved_flat = w_hh.reshape(-1), dy.reshape(-1), saved.reshape(-1)
+    width = _saved_columns(family, H)["width"]
+    columns = _saved_columns(family, H)
+    dgx = np.full(N * K, np.nan)  # NaN where nothing was written: a missed store shows
+    dgh = np.full(N * K, np.nan) if family == "gru" else None
+    exchange = dgh if family == "gru" else dgx
+    # dh and dc are in-out buffers: dhn and dcn in; entries a packed sequence never reaches keep them.
+    dh0 = dhn.reshape(-1).copy()
+    dc0 = dcn.reshape(-1).copy() if dcn is not None else np.full(B * H, np.nan)
+
+    w_regs = _weight_registers(p, w_flat)
+
+    u, batch_of = p.slot_unit, p.slot_batch
+    units_of = p.unit[:, u]
+    live = units_of < H
+    index = np.where(live, batch_of * H + units_of, 0)
+    carried = np.where(live, dhn.reshape(-1)[index], np.nan)
+    dc_state = np.where(live, dcn.reshape(-1)[index], np.nan) if dcn is not None else None
+
+    for s in range(T + 1):
+        last = s == T
+        t, t_before = (None if last else p.time[s]), p.prev_time[s]
+        bs = 0 if last else p.step_batch[t]
+        bs_before = 0 if t_before < 0 else p.step_batch[t_before]
+        for block in range(p.blocks):
+            partial = np.zeros(p.partial_size)
+            if t_before >= 0:
+                for warp in range(p.warps):
+                    for nt in range(p.n_tiles):
+                        n = nt * 8 + p.b_n
+                        rows = p.row[t_before, np.where(n < bs_before, n, 0)]
+                        acc = np.zeros((p.m_tiles, 32, 4))
+                        for j in range(p.k_tiles_per_warp):
+                            kt = p.k_tile[warp, j]
+                            if kt >= p.k_tiles:
+                                break
+                            k = kt * 16 + p.b_k
+                            valid = (n < bs_before)[:, None] & (k < K)
+                            b_regs = np.where(valid, exchange[np.where(valid, rows[:, None] * K + k, 0)], 0.0)
+                            for mt in range(p.m_tiles):
+                                acc[mt] = mma(w_regs[block, warp, mt, j], b_regs, acc[mt])
+                        for mt in range(p.m_tiles):
+                            partial[p.partial_index[warp, mt * 16 + p.c_row, nt * 8 + p.c_n]] = acc[mt]
+
+            keep = live[block] & ((batch_of < bs) | (batch_of < bs_before))  # idle in both: skipped
+            slot_units, slot_batch, slot_u = units_of[block][keep], batch_of[keep], u[keep]
+            dh = carried[block][keep].copy()
+            if t_before >= 0:
+                dh += partial[p.partial_index[:, p.local_row[0, slot_u], slot_batch]].sum(axis=0)
+            done = slot_batch >= bs  # the entry's first forward step was the step before: dh is its dh0
+            dh0[slot_batch[done] * H + slot_units[done]] = dh[done]
+            if dc_state is not None:
+                dc0[slot_batch[done] * H + slot_units[done]] = dc_state[block][keep][done]
+            keep[keep] = ~done
+            slot_units, slot_batch, slot_u, dh = (a[~done] for a in (slot_units, slot_batch, slot_u, dh))
+            if last or not keep.any():
+                continue
+            rows = p.row[t, slot_batch]
+            dh += dy_flat[rows * H + slot_units]
+            values = {name: saved_flat[rows * width + (name * H if isinstance(name, int) else columns[name])
+                                       + slot_units] for name in _SAVED_NAMES[family]}
+            dc = dc_state[block][keep] if dc_state is not None else None
+            d_x, d_h, dc_prev, carry = _cell_backward(family, values, dh, dc)
+            for g in range(G):
+                dgx[rows * K + p.gate_column[g, slot_units]] = d_x[g]
+                if d_h is not None:
+                    dgh[rows * K + p.gate_column[g, slot_units]] = d_h[g]
+            if dc_prev is not None:
+                dc_state[block][keep] = dc_prev
+            carried[block][keep] = carry
+    return (dgx.reshape(-1, K), None if dgh is None else dgh.reshape(-1, K), dh0.reshape(B, H),
+            dc0.reshape(B, H) if family == "lstm" else None)

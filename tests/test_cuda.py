@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_sequence
 
 import fastcells
 from fastcells.backends import cuda as cuda_backend
@@ -69,6 +70,30 @@ def test_cells(kind, grad):
                             forward_backward(ref, x, hx, backward=grad), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_fused_cell_step(kind, dtype):
+    """The fused inference step kernel (cell_step.cu) at odd sizes and over several 8-row batch tiles
+    (70 rows: 9 tiles, the last partial), against torch.nn: float64 and float32 to rounding, bfloat16
+    with its error against float64 bounded by torch.nn's own."""
+    for batch, inputs, hidden in ((1, 5, 17), (9, 33, 100), (70, 8, 256)):
+        ref, fast = make_cell_twins(kind, inputs, hidden, dtype=dtype, backend="cuda", device=DEVICE)
+        x = torch.randn(batch, inputs, dtype=dtype, device=DEVICE)
+        hx = _to_device(random_cell_states(ref, batch, dtype))
+        with torch.no_grad():
+            got, low = fast(x, hx), ref(x, hx)
+            exact = copy.deepcopy(ref).double()(x.double(), tuple(h.double() for h in hx)
+                                                if isinstance(hx, tuple) else hx.double())
+        flat = lambda out: list(out) if isinstance(out, tuple) else [out]  # noqa: E731
+        for a, b, c in zip(flat(got), flat(low), flat(exact)):
+            if dtype == torch.bfloat16:
+                error = lambda t: ((t.double() - c).abs().max() / c.abs().max()).item()  # noqa: E731
+                assert error(a) <= max(4 * error(b), 4 * torch.finfo(dtype).eps), (batch, hidden)
+            else:
+                torch.testing.assert_close(a.double(), c, atol=1e-5 if dtype == torch.float32 else 1e-12,
+                                           rtol=1e-5 if dtype == torch.float32 else 1e-12)
+
+
 @pytest.mark.parametrize("kind", ["lstm", "lstm_proj", "gru", "rnn_relu"])
 def test_gradcheck(kind):
     layer = make_layer_twins(kind, 3, 4, 2, bidirectional=True, backend="cuda", device=DEVICE)[1]
@@ -116,7 +141,7 @@ def test_persistent_layers(kind, dtype, units, flag_sync, request):
     (its saved rows feed the per-step backward) and inference: error against float64 bounded by
     torch.nn's own in the same dtype, as for the per-step path."""
     cuda_backend.use_persistent(True, units, flag_sync)
-    request.addfinalizer(lambda: cuda_backend.use_persistent(False))
+    request.addfinalizer(lambda: cuda_backend.use_persistent(None))
     launches = fastcells._extension.C.cuda_persistent_launches()
     for hidden, batch in PERSISTENT_SHAPES:
         fast_error, torch_error = low_precision_errors(kind, dtype, "cuda", DEVICE, hidden=hidden,
@@ -132,6 +157,57 @@ def test_persistent_layers(kind, dtype, units, flag_sync, request):
             error = lambda t: ((t.double() - c).abs().max() / c.abs().max()).item()  # noqa: E731
             assert error(a) <= max(4 * error(b), 4 * torch.finfo(dtype).eps), (hidden, batch)
     assert fastcells._extension.C.cuda_persistent_launches() > launches, "the kernel never ran"
+
+
+@pytest.mark.parametrize("flag_sync", [True, False], ids=["flags", "grid"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_persistent_layers_packed(kind, flag_sync, request):
+    """The persistent kernels on packed sequences (per-step batch sizes; late starters in the reverse
+    direction), forward and gradients, error against float64 bounded by torch.nn's own in bfloat16."""
+    cuda_backend.use_persistent(True, 8, flag_sync)
+    request.addfinalizer(lambda: cuda_backend.use_persistent(None))
+    dtype, launches = torch.bfloat16, fastcells._extension.C.cuda_persistent_launches()
+    ref, fast = make_layer_twins(kind, 8, 40, 1, bidirectional=True, dtype=dtype, backend="cuda",
+                                 device=DEVICE)
+    exact = copy.deepcopy(ref).double()
+    seqs = [torch.randn(n, 8, device=DEVICE) for n in (6, 4, 4, 1)]
+    results = []
+    for module, cast in ((fast, dtype), (ref, dtype), (exact, torch.float64)):
+        leaves = [s.to(cast).requires_grad_() for s in seqs]
+        out, _ = module(pack_sequence(leaves))
+        weights = torch.linspace(-1, 1, out.data.numel(), device=DEVICE).view_as(out.data)
+        (out.data.float() * weights).sum().backward()
+        results.append([out.data.double(), *(leaf.grad.double() for leaf in leaves)])
+    for got, low, want in zip(*results):
+        error = lambda t: ((t - want).abs().max() / want.abs().max()).item()  # noqa: E731
+        assert error(got) <= max(4 * error(low), 4 * torch.finfo(dtype).eps)
+    assert fastcells._extension.C.cuda_persistent_launches() >= launches + 4  # 2 directions, fwd and bwd
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_auto_runs_torch_where_the_table_has_it_faster(kind):
+    """Under backend "auto", a layer on CUDA tensors takes torch's own path where the dispatch table
+    (fastcells/dispatch.py) measured torch.nn faster, or has no entry: then it computes exactly what
+    torch.nn computes, and no fastcells kernel runs."""
+    ref, fast = make_layer_twins(kind, 8, 48, 1, dtype=torch.bfloat16, device=DEVICE)  # backend "auto"
+    x = torch.randn(5, 3, 8, dtype=torch.bfloat16, device=DEVICE)
+    launches = fastcells._extension.C.cuda_persistent_launches()
+    with torch.no_grad():
+        got, expected = fast(x), ref(x)
+    torch.testing.assert_close(_flat_outputs(got), _flat_outputs(expected), atol=0, rtol=0)
+    assert fastcells._extension.C.cuda_persistent_launches() == launches
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
+def test_auto_cells_run_torch_where_the_table_has_no_faster_step(kind):
+    """The same for cells: without a measured faster fused step, a cell on CUDA tensors under "auto"
+    runs torch.nn's own forward, and equals torch.nn exactly."""
+    ref, fast = make_cell_twins(kind, 6, 40, dtype=torch.bfloat16, device=DEVICE)
+    x = torch.randn(3, 6, dtype=torch.bfloat16, device=DEVICE)
+    with torch.no_grad():
+        got, expected = fast(x), ref(x)
+    flat = lambda out: list(out) if isinstance(out, tuple) else [out]  # noqa: E731
+    torch.testing.assert_close(flat(got), flat(expected), atol=0, rtol=0)
 
 
 def test_ops_pass_opcheck():

@@ -20,19 +20,22 @@ SHAPES = [(17, 3), (40, 9), (130, 2), (5, 1)]
 STEPS = 3
 
 
-def _layer(family, H, B, seed=0):
-    """Random float64 weights and states of one layer (input size 7) and its input x (T * B, 7)."""
+def _layer(family, H, B, sizes=None, seed=0):
+    """Random float64 weights and states of one layer (input size 7) and its input x (N, 7): STEPS
+    steps of B rows, or the steps' batch sizes ``sizes`` of a packed sequence."""
     g = torch.Generator().manual_seed(seed)
     G = persistent_model.GATES[family]
     rand = lambda *shape: torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1  # noqa: E731
-    return {"x": rand(STEPS * B, 7), "w_ih": rand(G * H, 7), "b_ih": rand(G * H), "b_hh": rand(G * H),
-            "w_hh": rand(G * H, H) * 0.5, "h0": rand(B, H), "c0": rand(B, H) if family == "lstm" else None}
+    sizes = torch.tensor(sizes) if sizes is not None else torch.full((STEPS,), B, dtype=torch.int64)
+    return {"x": rand(int(sizes.sum()), 7), "w_ih": rand(G * H, 7), "b_ih": rand(G * H), "b_hh": rand(G * H),
+            "w_hh": rand(G * H, H) * 0.5, "h0": rand(B, H), "c0": rand(B, H) if family == "lstm" else None,
+            "sizes": sizes, "packed": bool((sizes != B).any())}
 
 
 def _expected(family, w, reverse, training):
     """y, hn, cn of the reference backend; saved of the cpu backend's training forward (the layout the
     per-step backward reads)."""
-    sizes = torch.full((STEPS,), w["h0"].shape[0], dtype=torch.int64)
+    sizes = w["sizes"]
     args = (w["x"], w["w_ih"], w["b_ih"], w["b_hh"], w["h0"])
     ops = torch.ops.fastcells
     if family == "lstm":
@@ -55,7 +58,8 @@ def _model(family, w, reverse, units, training, tables=None):
     gx = w["x"] @ w["w_ih"].T + w["b_ih"] + (0 if gru else w["b_hh"])
     numpy = lambda t: None if t is None else t.numpy()  # noqa: E731
     return persistent_model.forward(family, gx.numpy(), w["w_hh"].numpy(), numpy(w["b_hh"]) if gru else None,
-                                    w["h0"].numpy(), numpy(w["c0"]), reverse, units, training, tables)
+                                    w["h0"].numpy(), numpy(w["c0"]), reverse, units, training, tables,
+                                    w["sizes"].tolist() if w["packed"] else None)
 
 
 def _assert_close(got, expected):
@@ -88,7 +92,7 @@ BROKEN = {
     "a_k": lambda t: _swap_lanes(t["a_k"], 0, 1),
     "a_row": lambda t: (t["a_row"] + 8 * (t["a_row"] < 8)) % 16,
     "b_k": lambda t: t["b_k"][:, [2, 3, 0, 1]],
-    "weight_row": lambda t: np.roll(t["weight_row"], 1, axis=1),
+    "weight_index": lambda t: np.roll(t["weight_index"], 1, axis=1),
     "k_tile": lambda t: t["k_tile"] + 1,
     "c_n": lambda t: t["c_n"][:, [1, 0, 3, 2]],
     "local_row": lambda t: t["local_row"][::-1],
@@ -103,10 +107,25 @@ def test_a_broken_index_fails_the_model(table):
     w = _layer(family, H, B)
     tables = persistent_model.plan(4, units, H, B, STEPS, False)
     tables.tables[table] = BROKEN[table](tables.tables)
-    got = _model(family, w, False, units, True, tables)
     expected = _expected(family, w, False, True)
-    with pytest.raises(AssertionError):
-        _assert_close(got, expected)
+    with pytest.raises((AssertionError, IndexError)):  # wrong values, or an index past the kernel's arrays
+        _assert_close(_model(family, w, False, units, True, tables), expected)
+
+
+# Packed sequences: ((H, B), the steps' batch sizes): sequences of lengths 4, 4, 3, 2, 2 and one of
+# two blocks' worth of batch tiles with a step of the whole batch, a middle plateau and a short tail.
+PACKED = [((17, 5), [5, 5, 3, 1]), ((40, 9), [9, 7, 7, 2])]
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("units", [8, 16])
+@pytest.mark.parametrize("case", PACKED, ids=["H17-B5", "H40-B9"])
+@pytest.mark.parametrize("family", list(persistent_model.GATES))
+def test_model_of_the_kernel_on_packed_sequences(family, case, units, reverse, training):
+    (H, B), sizes = case
+    w = _layer(family, H, B, sizes)
+    _assert_close(_model(family, w, reverse, units, training), _expected(family, w, reverse, training))
 
 
 def test_register_pairs_hold_neighbours():
@@ -127,3 +146,83 @@ def test_ptx_fragments_cover_each_tile_element_once():
         counts = np.zeros(tile, dtype=int)
         np.add.at(counts, (rows, cols), 1)
         assert (counts == 1).all()
+
+
+def _backward_expected(family, w, reverse, saved, dy, dhn, dcn):
+    """The cpu backend's backward op in float64: dh0, dc0 (LSTM) and the gradients of w_ih, b_ih,
+    b_hh, w_hh, which the model's dgx and dgh must reproduce."""
+    sizes = w["sizes"]
+    common = (w["x"], w["w_ih"], w["b_ih"], w["b_hh"], w["w_hh"])
+    ops = torch.ops.fastcells
+    if family == "lstm":
+        _, dh0, dc0, *grads = ops.lstm_layer_bwd(dy, dhn, dcn, saved, *common, None, sizes, reverse, False)
+        grads = grads[:4]
+    elif family == "gru":
+        (_, dh0, *grads), dc0 = ops.gru_layer_bwd(dy, dhn, saved, *common, sizes, reverse, False), None
+    else:
+        relu = family == "rnn_relu"
+        (_, dh0, *grads), dc0 = ops.rnn_layer_bwd(dy, dhn, saved, *common, sizes, relu, reverse, False), None
+    return dh0, dc0, grads
+
+
+def _grads_from(family, w, saved, dgx, dgh):
+    """dw_ih, db_ih, db_hh, dw_hh as the glue computes them after the kernel, from dgx and dgh."""
+    H = w["h0"].shape[1]
+    h_prev = saved[:, persistent_model._saved_columns(family, H)["h_prev"]:][:, :H]
+    recurrent = dgh if family == "gru" else dgx
+    return [torch.from_numpy(a) for a in (dgx.T @ w["x"].numpy(), dgx.sum(0), recurrent.sum(0),
+                                          recurrent.T @ h_prev)]
+
+
+def _check_backward(family, shape, units, reverse, tables=None, sizes=None):
+    w = _layer(family, *shape, sizes)
+    saved = _expected(family, w, reverse, True)[3]
+    g = torch.Generator().manual_seed(1)
+    dy, dhn, dcn = (torch.randn(*t.shape, generator=g, dtype=torch.float64)
+                    for t in (w["x"][:, :1].expand(-1, shape[0]), w["h0"], w["h0"]))
+    dcn = dcn if family == "lstm" else None
+    dh0, dc0, grads = _backward_expected(family, w, reverse, saved, dy, dhn, dcn)
+    dgx, dgh, got_dh0, got_dc0 = persistent_model.backward(
+        family, dy.numpy(), saved.numpy(), w["w_hh"].numpy(), dhn.numpy(),
+        None if dcn is None else dcn.numpy(), reverse, units, tables, sizes)
+    np.testing.assert_allclose(got_dh0, dh0.numpy(), rtol=1e-12, atol=1e-12)
+    if family == "lstm":
+        np.testing.assert_allclose(got_dc0, dc0.numpy(), rtol=1e-12, atol=1e-12)
+    got = _grads_from(family, w, saved.numpy(), dgx, dgh)
+    for name, a, b in zip(("dw_ih", "db_ih", "db_hh", "dw_hh"), got, grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("units", [8, 16])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"H{h}-B{b}" for h, b in SHAPES])
+@pytest.mark.parametrize("family", list(persistent_model.GATES))
+def test_model_of_the_backward_kernel_equals_the_cpu_backend(family, shape, units, reverse):
+    _check_backward(family, shape, units, reverse)
+
+
+BROKEN_BACKWARD = {
+    "weight_index": lambda t: np.roll(t["weight_index"], 1, axis=2),
+    "prev_time": lambda t: np.roll(t["prev_time"], 1),
+    "b_k": lambda t: t["b_k"][:, [1, 0, 2, 3]],
+    "gate_column": lambda t: t["gate_column"][::-1],
+    "local_row": lambda t: t["local_row"][:, ::-1],
+}
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("units", [8, 16])
+@pytest.mark.parametrize("case", PACKED, ids=["H17-B5", "H40-B9"])
+@pytest.mark.parametrize("family", list(persistent_model.GATES))
+def test_model_of_the_backward_kernel_on_packed_sequences(family, case, units, reverse):
+    (H, B), sizes = case
+    _check_backward(family, (H, B), units, reverse, sizes=sizes)
+
+
+@pytest.mark.parametrize("table", list(BROKEN_BACKWARD))
+def test_a_broken_index_fails_the_backward_model(table):
+    family, (H, B), units = "lstm", (40, 9), 8
+    tables = persistent_model.plan(4, units, H, B, STEPS, True, backward=True)
+    tables.tables[table] = BROKEN_BACKWARD[table](tables.tables)
+    with pytest.raises((AssertionError, IndexError)):
+        _check_backward(family, (H, B), units, False, tables)

@@ -1,10 +1,12 @@
 // CUDA implementations of the fastcells ops (schemas in ../ops.cpp), registered for the CUDA dispatch
 // key under the CPU backend's op names, so device dispatch is automatic.
 //
-// The input projection runs as one GEMM before the time loop; the loop runs here in C++: per step one
-// GEMM through ATen (cuBLAS) and one fused pointwise kernel (pointwise.cu), all on the current stream.
-// Shapes as in ../ops.cpp, saved layouts in fastcells/saved_layout.h; packed sequences shrink the rows
-// of each step as on the CPU (../schedule.h). Cell steps run as one-step layers (from Python).
+// Layers: the input projection runs as one GEMM before the time loop; then either one persistent kernel
+// runs all the steps (persistent.h; where persistent_choice.h says so and it fits), or the loop runs here
+// in C++: per step one GEMM through ATen (cuBLAS) and one fused pointwise kernel (pointwise.cu), all on
+// the current stream. Shapes as in ../ops.cpp, saved layouts in fastcells/saved_layout.h; packed
+// sequences shrink the rows of each step as on the CPU (../schedule.h). Cell steps: inference steps run
+// one fused kernel (cell_step.cu); steps that need gradients run as one-step layers (from Python).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -16,6 +18,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "../cpu/ops_cpu.h"
 #include "layers_cuda.h"
@@ -24,6 +28,8 @@
 #include "../layers.h"
 #include "../schedule.h"
 #include "persistent.h"
+#include "persistent_choice.h"
+#include "cell_step.h"
 #include "pointwise.h"
 
 namespace fastcells::cuda {
@@ -51,21 +57,35 @@ void* row_ptr(const at::Tensor& t, int64_t row) {
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
-// The persistent kernels (persistent.cu) are opt-in until measured on a GPU: FASTCELLS_CUDA_PERSISTENT=1
-// in the environment when fastcells._C loads turns them on; set_persistent switches them and their
-// variant afterwards (no getenv per call).
-std::atomic<bool> persistent_on{[] {
-  const char* value = std::getenv("FASTCELLS_CUDA_PERSISTENT");
-  return value != nullptr && std::strcmp(value, "1") == 0;
-}()};
-std::atomic<int> persistent_units{8};
-std::atomic<bool> persistent_flag_sync{true};
 std::atomic<int64_t> persistent_launch_count{0};
 
-// Whether every step has the whole batch (padded input, or a packed one of equal lengths).
-bool full_batch_every_step(const Schedule& sched) {
-  return std::all_of(sched.sizes.begin(), sched.sizes.end(),
-                     [&](int64_t size) { return size == sched.batch; });
+// The steps' batch sizes and first rows on the device, (T) and (T + 1) int64, for the persistent kernels;
+// undefined tensors where every step has the whole batch (padded input, or packed of equal lengths).
+std::pair<at::Tensor, at::Tensor> device_schedule(const Schedule& sched, const at::Device& device) {
+  if (std::all_of(sched.sizes.begin(), sched.sizes.end(), [&](int64_t size) { return size == sched.batch; })) {
+    return {};
+  }
+  std::vector<int64_t> offsets = sched.offsets;
+  offsets.push_back(offsets.empty() ? 0 : offsets.back() + sched.sizes.back());
+  const auto to_device = [&](const std::vector<int64_t>& v) {
+    // Pinned, so the copy does not block the host (the caching host allocator keeps the buffer alive
+    // until the copy is done).
+    return at::tensor(v, at::TensorOptions().dtype(at::kLong)).pin_memory().to(device, /*non_blocking=*/true);
+  };
+  return {to_device(sched.sizes), to_device(offsets)};
+}
+
+const int64_t* long_ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<int64_t>() : nullptr; }
+
+// Whether a persistent launch was refused because its blocks cannot all be resident (the occupancy API
+// does not see MPS limits or other contexts): then the per-step path runs. Other errors throw.
+bool launch_too_large(cudaError_t error) {
+  if (error == cudaErrorCooperativeLaunchTooLarge) {
+    cudaGetLastError();  // clear it: the caller falls back
+    return true;
+  }
+  C10_CUDA_CHECK(error);
+  return false;
 }
 
 // Runs a layer's forward as one persistent kernel where it is switched on and fits; false where the
@@ -75,22 +95,44 @@ bool persistent_fwd(Cell cell, DType dtype, const Schedule& sched, const at::Ten
                     const at::Tensor& w_hh, const at::Tensor& b_hh, const at::Tensor& h0,
                     const at::Tensor& c0, const at::Tensor& y, const at::Tensor& saved, bool reverse,
                     bool relu, at::Tensor& hn, at::Tensor& cn) {
-  const PersistentConfig config{persistent_units.load(std::memory_order_relaxed),
-                                persistent_flag_sync.load(std::memory_order_relaxed)};
   const int64_t B = sched.batch, H = h0.size(1);
-  if (!persistent_on.load(std::memory_order_relaxed) || sched.steps == 0 ||
-      !full_batch_every_step(sched) || !sequence_fwd_fits(dtype, cell, B, H, config)) {
-    return false;
-  }
+  const std::optional<PersistentConfig> choice = persistent_choice(cell, dtype, B, H, saved.numel() > 0);
+  if (!choice || sched.steps == 0 || !sequence_fwd_fits(dtype, cell, B, H, *choice)) return false;
+  const PersistentConfig& config = *choice;
+  const auto [sizes, offsets] = device_schedule(sched, gx.device());
   at::Tensor flags = at::empty({sequence_fwd_blocks(cell, H, config)}, gx.options().dtype(at::kInt));
   hn = at::empty_like(h0);  // not h0 itself: other blocks may still read h0 when one writes hn
   cn = c0.defined() ? at::empty_like(c0) : at::Tensor();
   const SequenceFwd args{cell,           gx.data_ptr(),  w_hh.data_ptr(),   row_ptr(b_hh, 0),
                          h0.data_ptr(),  row_ptr(c0, 0), y.data_ptr(),      hn.data_ptr(),
                          row_ptr(cn, 0), row_ptr(saved, 0),
-                         static_cast<unsigned*>(flags.data_ptr()),          sched.steps,
-                         B,              H,              reverse,           relu};
-  C10_CUDA_CHECK(sequence_fwd(dtype, args, config, current_stream()));
+                         static_cast<unsigned*>(flags.data_ptr()),          long_ptr(sizes),
+                         long_ptr(offsets), sched.steps, B,                 H,
+                         reverse,        relu};
+  if (launch_too_large(sequence_fwd(dtype, args, config, current_stream()))) return false;
+  persistent_launch_count.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+// Runs the sequential part of a layer's backward as one persistent kernel where it is switched on and
+// fits; false where the per-step loop must run instead. dh and dc (contiguous) hold dhn and dcn in and
+// dh0 and dc0 out; dgx (and GRU's dgh) are filled.
+bool persistent_bwd(Cell cell, DType dtype, const Schedule& sched, const at::Tensor& dy,
+                    const at::Tensor& saved, const at::Tensor& w_hh, const at::Tensor& dh,
+                    const at::Tensor& dc, const at::Tensor& dgx, const at::Tensor& dgh, bool reverse,
+                    bool relu) {
+  const int64_t B = sched.batch, H = dh.size(1);
+  const std::optional<PersistentConfig> choice = persistent_choice(cell, dtype, B, H, /*training=*/true);
+  if (!choice || sched.steps == 0 || !sequence_bwd_fits(dtype, cell, B, H, *choice)) return false;
+  const PersistentConfig& config = *choice;
+  const auto [sizes, offsets] = device_schedule(sched, dy.device());
+  at::Tensor flags = at::empty({sequence_fwd_blocks(cell, H, config)}, dy.options().dtype(at::kInt));
+  const SequenceBwd args{cell,           dy.data_ptr(),   saved.data_ptr(), w_hh.data_ptr(),
+                         dh.data_ptr(),  row_ptr(dc, 0),  dgx.data_ptr(),   row_ptr(dgh, 0),
+                         static_cast<unsigned*>(flags.data_ptr()),          long_ptr(sizes),
+                         long_ptr(offsets), sched.steps, B,                 H,
+                         reverse,        relu};
+  if (launch_too_large(sequence_bwd(dtype, args, config, current_stream()))) return false;
   persistent_launch_count.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
@@ -99,11 +141,31 @@ bool persistent_fwd(Cell cell, DType dtype, const Schedule& sched, const at::Ten
 
 int64_t persistent_launches() { return persistent_launch_count.load(); }
 
-void set_persistent(bool enabled, int units, bool flag_sync) {
+namespace {
+
+PersistentConfig config_of(int units, bool flag_sync) {
   TORCH_CHECK(units == 8 || units == 16, "units must be 8 or 16, got ", units);
-  persistent_units.store(units);
-  persistent_flag_sync.store(flag_sync);
-  persistent_on.store(enabled);
+  return PersistentConfig{units, flag_sync};
+}
+
+}  // namespace
+
+void set_persistent(const std::string& mode, int units, bool flag_sync) {
+  const PersistentConfig config = config_of(units, flag_sync);
+  if (mode == "table") return set_persistent_mode(PersistentMode::kTable, config);
+  if (mode == "on") return set_persistent_mode(PersistentMode::kOn, config);
+  if (mode == "off") return set_persistent_mode(PersistentMode::kOff, config);
+  TORCH_CHECK(false, "mode must be 'table', 'on' or 'off', got '", mode, "'");
+}
+
+void record_persistent_choice(const std::string& cell, const std::string& dtype, int64_t batch, int64_t H,
+                              bool training, int units, bool flag_sync) {
+  const Cell c = cell == "lstm" ? Cell::kLstm : cell == "gru" ? Cell::kGru : Cell::kRnn;
+  TORCH_CHECK(cell == "lstm" || cell == "gru" || cell == "rnn", "cell must be lstm, gru or rnn, got ", cell);
+  TORCH_CHECK(dtype == "float16" || dtype == "bfloat16", "dtype must be float16 or bfloat16, got ", dtype);
+  const DType d = dtype == "float16" ? DType::kFloat16 : DType::kBFloat16;
+  record_persistent_choice(c, d, batch, H, training,
+                           units == 0 ? std::nullopt : std::optional(config_of(units, flag_sync)));
 }
 
 LstmOutputs lstm_layer_fwd_cuda(const at::Tensor& x, const at::Tensor& w_ih,
@@ -177,21 +239,24 @@ LstmGrads lstm_layer_bwd_cuda(const at::Tensor& dy_in, const at::Tensor& dhn, co
   at::Tensor dgx = at::empty({N, 4 * L.H}, dy.options());
   at::Tensor dh_rows = L.proj ? at::empty({N, L.P}, dy.options()) : at::Tensor();
   at::Tensor dh_raw = L.proj ? at::empty({B, L.H}, dy.options()) : at::Tensor();
-  for_each_step(sched, reverse, /*backward=*/true, [&](int64_t bs, int64_t row0) {
-    // dh = dy + the gradient from the next step; through the projection when there is one.
-    at::Tensor dh = dh_state.narrow(0, 0, bs);
-    dh.add_(dy.narrow(0, row0, bs));
-    at::Tensor dh_unit = dh;
-    if (L.proj) {
-      dh_rows.narrow(0, row0, bs).copy_(dh);
-      dh_unit = dh_raw.narrow(0, 0, bs);
-      at::mm_out(dh_unit, dh, w_hr);
-    }
-    const LstmStepBwd args{row_ptr(saved, row0), dh_unit.data_ptr(), dc_state.data_ptr(),
-                           row_ptr(dgx, row0), L.width(), bs, L.H};
-    C10_CUDA_CHECK(lstm_step_bwd(dtype, args, current_stream()));
-    at::mm_out(dh, dgx.narrow(0, row0, bs), w_hh);
-  });
+  if (L.proj || !persistent_bwd(Cell::kLstm, dtype, sched, dy, saved, w_hh, dh_state, dc_state, dgx,
+                                at::Tensor(), reverse, /*relu=*/false)) {
+    for_each_step(sched, reverse, /*backward=*/true, [&](int64_t bs, int64_t row0) {
+      // dh = dy + the gradient from the next step; through the projection when there is one.
+      at::Tensor dh = dh_state.narrow(0, 0, bs);
+      dh.add_(dy.narrow(0, row0, bs));
+      at::Tensor dh_unit = dh;
+      if (L.proj) {
+        dh_rows.narrow(0, row0, bs).copy_(dh);
+        dh_unit = dh_raw.narrow(0, 0, bs);
+        at::mm_out(dh_unit, dh, w_hr);
+      }
+      const LstmStepBwd args{row_ptr(saved, row0), dh_unit.data_ptr(), dc_state.data_ptr(),
+                             row_ptr(dgx, row0), L.width(), bs, L.H};
+      C10_CUDA_CHECK(lstm_step_bwd(dtype, args, current_stream()));
+      at::mm_out(dh, dgx.narrow(0, row0, bs), w_hh);
+    });
+  }
   auto [dw_hh, dw_hr] = lstm_weight_grads(dgx, saved, dh_rows, L);
   const InputGrads in = input_grads(dgx, x, w_ih, b_ih, b_hh, at::Tensor(), need_dx);
   return {in.dx, dh_state, dc_state, in.dw_ih, in.db_ih, in.db_hh, dw_hh, dw_hr};
@@ -246,12 +311,15 @@ LayerGrads gru_layer_bwd_cuda(const at::Tensor& dy_in, const at::Tensor& dhn,
   at::Tensor dh_state = dhn.clone(at::MemoryFormat::Contiguous);
   at::Tensor dgx = at::empty({N, 3 * H}, dy.options());
   at::Tensor dgh = at::empty({N, 3 * H}, dy.options());
-  for_each_step(sched, reverse, /*backward=*/true, [&](int64_t bs, int64_t row0) {
-    const GruStepBwd args{row_ptr(saved, row0), row_ptr(dy, row0), dh_state.data_ptr(),
-                          row_ptr(dgx, row0), row_ptr(dgh, row0), bs, H};
-    C10_CUDA_CHECK(gru_step_bwd(dtype, args, current_stream()));
-    dh_state.narrow(0, 0, bs).addmm_(dgh.narrow(0, row0, bs), w_hh);
-  });
+  if (!persistent_bwd(Cell::kGru, dtype, sched, dy, saved, w_hh, dh_state, at::Tensor(), dgx, dgh, reverse,
+                      /*relu=*/false)) {
+    for_each_step(sched, reverse, /*backward=*/true, [&](int64_t bs, int64_t row0) {
+      const GruStepBwd args{row_ptr(saved, row0), row_ptr(dy, row0), dh_state.data_ptr(),
+                            row_ptr(dgx, row0), row_ptr(dgh, row0), bs, H};
+      C10_CUDA_CHECK(gru_step_bwd(dtype, args, current_stream()));
+      dh_state.narrow(0, 0, bs).addmm_(dgh.narrow(0, row0, bs), w_hh);
+    });
+  }
   at::Tensor dw_hh = at::mm(dgh.t(), saved.narrow(1, GruLayout{H}.h_prev(), H));
   const InputGrads in = input_grads(dgx, x, w_ih, b_ih, b_hh, dgh, need_dx);
   return {in.dx, dh_state, in.dw_ih, in.db_ih, in.db_hh, dw_hh};
@@ -304,16 +372,90 @@ LayerGrads rnn_layer_bwd_cuda(const at::Tensor& dy_in, const at::Tensor& dhn,
   at::Tensor dy = dy_in.contiguous(), saved = saved_in.contiguous(), w_hh = w_hh_in.contiguous();
   at::Tensor dh_state = dhn.clone(at::MemoryFormat::Contiguous);
   at::Tensor dgx = at::empty({N, H}, dy.options());
-  for_each_step(sched, reverse, /*backward=*/true, [&](int64_t bs, int64_t row0) {
-    at::Tensor dh = dh_state.narrow(0, 0, bs);
-    const RnnStepBwd args{row_ptr(saved, row0), row_ptr(dy, row0), dh.data_ptr(),
-                          row_ptr(dgx, row0), bs, H, relu};
-    C10_CUDA_CHECK(rnn_step_bwd(dtype, args, current_stream()));
-    at::mm_out(dh, dgx.narrow(0, row0, bs), w_hh);
-  });
+  if (!persistent_bwd(Cell::kRnn, dtype, sched, dy, saved, w_hh, dh_state, at::Tensor(), dgx, at::Tensor(),
+                      reverse, relu)) {
+    for_each_step(sched, reverse, /*backward=*/true, [&](int64_t bs, int64_t row0) {
+      at::Tensor dh = dh_state.narrow(0, 0, bs);
+      const RnnStepBwd args{row_ptr(saved, row0), row_ptr(dy, row0), dh.data_ptr(),
+                            row_ptr(dgx, row0), bs, H, relu};
+      C10_CUDA_CHECK(rnn_step_bwd(dtype, args, current_stream()));
+      at::mm_out(dh, dgx.narrow(0, row0, bs), w_hh);
+    });
+  }
   at::Tensor dw_hh = at::mm(dgx.t(), saved.narrow(1, RnnLayout{H}.h_prev(), H));
   const InputGrads in = input_grads(dgx, x, w_ih, b_ih, b_hh, at::Tensor(), need_dx);
   return {in.dx, dh_state, in.dw_ih, in.db_ih, in.db_hh, dw_hh};
+}
+
+// The cell step ops (inference): one fused kernel each (cell_step.cu).
+namespace {
+
+CellStep cell_step_args(Cell cell, const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
+                        const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b_ih,
+                        const at::Tensor& b_hh, const at::Tensor& h_out, const at::Tensor& c_out,
+                        bool relu) {
+  return CellStep{cell,           x.data_ptr(),     h.data_ptr(),       row_ptr(c, 0),
+                  w_ih.data_ptr(), w_hh.data_ptr(), row_ptr(b_ih, 0),   row_ptr(b_hh, 0),
+                  h_out.data_ptr(), row_ptr(c_out, 0), x.size(0),       x.size(1),
+                  h.size(1),      relu};
+}
+
+at::Tensor contiguous_or_none(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> lstm_step_fwd_cuda(const at::Tensor& x, const at::Tensor& h,
+                                                      const at::Tensor& c, const at::Tensor& w_ih,
+                                                      const at::Tensor& w_hh,
+                                                      const c10::optional<at::Tensor>& b_ih,
+                                                      const c10::optional<at::Tensor>& b_hh) {
+  const DType dtype = dtype_of(x, "x");
+  const int64_t H = check_step_args(x, h, w_ih, w_hh, b_ih, b_hh, 4);
+  FC_CHECK_SHAPE(c, x.size(0), H);
+  FC_CHECK_LIKE(c, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor xc = x.contiguous(), hc = h.contiguous(), cc = c.contiguous();
+  at::Tensor w_ihc = w_ih.contiguous(), w_hhc = w_hh.contiguous();
+  at::Tensor bi = contiguous_or_none(b_ih), bh = contiguous_or_none(b_hh);
+  at::Tensor h_new = at::empty_like(hc), c_new = at::empty_like(cc);
+  C10_CUDA_CHECK(cell_step(dtype, cell_step_args(Cell::kLstm, xc, hc, cc, w_ihc, w_hhc, bi, bh, h_new, c_new,
+                                                 false),
+                           current_stream()));
+  return {h_new, c_new};
+}
+
+namespace {
+
+// GRU's and RNN's step: one state.
+at::Tensor one_state_step(Cell cell, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
+                          const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                          const c10::optional<at::Tensor>& b_hh, bool relu) {
+  const DType dtype = dtype_of(x, "x");
+  check_step_args(x, h, w_ih, w_hh, b_ih, b_hh, cell == Cell::kGru ? 3 : 1);
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor xc = x.contiguous(), hc = h.contiguous(), w_ihc = w_ih.contiguous(), w_hhc = w_hh.contiguous();
+  at::Tensor bi = contiguous_or_none(b_ih), bh = contiguous_or_none(b_hh);
+  at::Tensor h_new = at::empty_like(hc);
+  C10_CUDA_CHECK(cell_step(dtype, cell_step_args(cell, xc, hc, at::Tensor(), w_ihc, w_hhc, bi, bh, h_new,
+                                                 at::Tensor(), relu),
+                           current_stream()));
+  return h_new;
+}
+
+}  // namespace
+
+at::Tensor gru_step_fwd_cuda(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
+                             const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                             const c10::optional<at::Tensor>& b_hh) {
+  return one_state_step(Cell::kGru, x, h, w_ih, w_hh, b_ih, b_hh, /*relu=*/false);
+}
+
+at::Tensor rnn_step_fwd_cuda(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
+                             const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                             const c10::optional<at::Tensor>& b_hh, bool relu) {
+  return one_state_step(Cell::kRnn, x, h, w_ih, w_hh, b_ih, b_hh, relu);
 }
 
 }  // namespace fastcells::cuda
@@ -326,4 +468,7 @@ TORCH_LIBRARY_IMPL(fastcells, CUDA, m) {
   m.impl("gru_layer_bwd", &gru_layer_bwd_cuda);
   m.impl("rnn_layer_fwd", &rnn_layer_fwd_cuda);
   m.impl("rnn_layer_bwd", &rnn_layer_bwd_cuda);
+  m.impl("lstm_step_fwd", &lstm_step_fwd_cuda);
+  m.impl("gru_step_fwd", &gru_step_fwd_cuda);
+  m.impl("rnn_step_fwd", &rnn_step_fwd_cuda);
 }

@@ -2,13 +2,19 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace fastcells::cuda {
 
-// Whether a layer's forward runs the opt-in persistent tensor-core kernel where it fits (persistent.h),
-// with `units` hidden units a block (8 or 16) and flag (true) or grid.sync (false) synchronization;
-// the default is on where FASTCELLS_CUDA_PERSISTENT=1 when fastcells._C loads, with 8 units and flags.
-void set_persistent(bool enabled, int units, bool flag_sync);
+// How the layer ops pick the persistent kernels (persistent_choice.h): mode "table" (the default unless
+// FASTCELLS_CUDA_PERSISTENT is set when fastcells._C loads), "on" (every call where they fit, with
+// `units` hidden units a block, 8 or 16, and flag (true) or grid.sync (false) synchronization) or "off".
+void set_persistent(const std::string& mode, int units, bool flag_sync);
+
+// Records fastcells/dispatch.py's choice for one call shape (cell "lstm", "gru" or "rnn"; dtype
+// "float16" or "bfloat16"): a variant, or units 0 for the per-step path.
+void record_persistent_choice(const std::string& cell, const std::string& dtype, int64_t batch, int64_t H,
+                              bool training, int units, bool flag_sync);
 
 // How many layer forwards ran the persistent kernel since fastcells._C loaded (tests and benchmarks
 // say with it which path ran).

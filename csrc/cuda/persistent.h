@@ -1,7 +1,9 @@
-// Launcher of the persistent tensor-core forward kernels of persistent.cu: one cooperative launch runs
-// all T steps of one layer and direction of an LSTM, GRU or Elman RNN, in float16 or bfloat16 (fp32
-// accumulation, fp32 states), inference or training (then it also writes the saved rows that the
-// per-step backward reads, layouts in fastcells/saved_layout.h). The same batch at every step, no
+// Launchers of the persistent tensor-core kernels of persistent.cu (forward) and persistent_bwd.cu
+// (backward): one cooperative launch runs all T steps of one layer and direction of an LSTM, GRU or
+// Elman RNN, in float16 or bfloat16 (fp32 accumulation, fp32 states). Forward: inference or training
+// (then it also writes the saved rows, layouts in fastcells/saved_layout.h). Backward: the sequential
+// part of backpropagation through time (the gate gradients of every step, dh0 and dc0); the weight and
+// input gradients are GEMMs after it, in the glue. Padded or packed sequences (per-step batch sizes), no
 // projection. The partition is fastcells/persistent_plan.h.
 //
 // Synchronization between blocks, once per step, in one of two ways (PersistentConfig::flag_sync):
@@ -36,6 +38,8 @@ struct SequenceFwd {
   void* cn;          // (B, H) out, LSTM only
   void* saved;       // (T * B, saved width) out in training, null in inference
   unsigned* flags;   // (sequence_fwd_blocks,) scratch for flag synchronization (zeroed by the launcher)
+  const int64_t* sizes;    // (T,) device: batch size of each step (packed), or null: B at every step
+  const int64_t* offsets;  // (T + 1,) device: first row of each step, with sizes
   int64_t steps, batch, H;
   bool reverse, relu;
 };
@@ -45,7 +49,23 @@ struct PersistentConfig {
   bool flag_sync = true;  // per-block step flags; false: grid.sync()
 };
 
-// Blocks of the launch (the length of SequenceFwd::flags).
+struct SequenceBwd {
+  Cell cell;
+  const void* dy;     // (T * B, H) gradient of y
+  const void* saved;  // (T * B, saved width) of the training forward
+  const void* w_hh;   // (G * H, H)
+  void* dh;           // (B, H) in: dhn, out: dh0 (a block reads and writes only its own units)
+  void* dc;           // (B, H) in: dcn, out: dc0; LSTM only
+  void* dgx;          // (T * B, G * H) out: gradients of the input projections (with b_ih)
+  void* dgh;          // (T * B, G * H) out, GRU only: gradients of W_hh h + b_hh (r, z as in dgx, then n's)
+  unsigned* flags;    // (sequence_fwd_blocks,) scratch for flag synchronization (zeroed by the launcher)
+  const int64_t* sizes;    // as in SequenceFwd
+  const int64_t* offsets;
+  int64_t steps, batch, H;
+  bool reverse, relu;  // reverse: the forward ran backwards in time
+};
+
+// Blocks of a launch (the length of the flags), forward and backward alike.
 int64_t sequence_fwd_blocks(Cell cell, int64_t H, const PersistentConfig& config);
 
 // Whether the kernel can run this shape on the current device: dtype float16 or bfloat16,
@@ -57,6 +77,12 @@ bool sequence_fwd_fits(DType dtype, Cell cell, int64_t batch, int64_t H, const P
 // Launches the kernel (call only where sequence_fwd_fits); returns the launch's error (cudaSuccess
 // without a launch when steps is 0).
 cudaError_t sequence_fwd(DType dtype, const SequenceFwd& args, const PersistentConfig& config,
+                         cudaStream_t stream);
+
+// The same for the backward kernel: dtype float16 or bfloat16, 1 <= batch <= 64, H <= 1024, units 8 or
+// 16, and every block resident at once.
+bool sequence_bwd_fits(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config);
+cudaError_t sequence_bwd(DType dtype, const SequenceBwd& args, const PersistentConfig& config,
                          cudaStream_t stream);
 
 }  // namespace fastcells::cuda

@@ -82,6 +82,12 @@ def select(requested, device_type, dtype=None):
     return module
 
 
+def chosen_by_auto(requested):
+    """Whether the backend of a module asking for ``requested`` is "auto"'s choice (not named by the
+    module or by FASTCELLS_BACKEND)."""
+    return requested == "auto" and (os.environ.get(ENV_VAR) or "auto") == "auto"
+
+
 def resolve(requested, device_type, dtype):
     """The layer and step functions of the backend ``select`` picks, kept after the first call."""
     key = (requested, os.environ.get(ENV_VAR), device_type, dtype)

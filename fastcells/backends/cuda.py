@@ -1,6 +1,8 @@
-"""The cuda backend: the compiled layer ops of ``torch.ops.fastcells`` on CUDA tensors (csrc/cuda: the
-input projection as one GEMM, then per step a cuBLAS GEMM and one fused pointwise kernel, the time
-loop in C++). Cell steps run as one-step layers. Shapes as in ``backends/reference.py``.
+"""The cuda backend: the compiled ops of ``torch.ops.fastcells`` on CUDA tensors (csrc/cuda: a layer's
+input projection as one GEMM, then either one persistent kernel for all steps or, per step, a cuBLAS
+GEMM and one fused pointwise kernel, the time loop in C++). Cell steps in inference run one fused
+kernel (both products and the gates); steps that need gradients run as one-step layers. Shapes as in
+``backends/reference.py``.
 """
 
 import torch
@@ -32,12 +34,14 @@ def unusable_reason(device_type, dtype=None):
 
 
 def use_persistent(enabled, units=8, flag_sync=True):
-    """Whether a layer's forward (LSTM, GRU, RNN; float16 or bfloat16, no projection, the whole batch
-    at every step) runs the opt-in persistent tensor-core kernel where it fits (csrc/cuda/persistent.h),
-    with ``units`` hidden units a block (8 or 16) and per-block step flags (``flag_sync``) or a grid
-    barrier between steps. The default is on where FASTCELLS_CUDA_PERSISTENT=1 in the environment when
-    fastcells._C loads, with 8 units and flags."""
-    _extension.C.set_cuda_persistent(bool(enabled), int(units), bool(flag_sync))
+    """How layers on CUDA tensors pick the persistent tensor-core kernels (csrc/cuda/persistent.h:
+    LSTM, GRU and RNN in float16 or bfloat16, no projection, the whole batch at every step). True runs
+    them wherever they fit, with ``units`` hidden units a block (8 or 16) and per-block step flags
+    (``flag_sync``) or a grid barrier between steps; False never; None as fastcells/dispatch.py's
+    measured table says (the default, unless FASTCELLS_CUDA_PERSISTENT was set when fastcells._C
+    loaded: 1 forces them on, 0 off)."""
+    mode = "table" if enabled is None else ("on" if enabled else "off")
+    _extension.C.set_cuda_persistent(mode, int(units), bool(flag_sync))
 
 
 _FUNCTIONS = None
@@ -48,5 +52,6 @@ def functions():
     global _FUNCTIONS
     if _FUNCTIONS is None:
         ops = torch.ops.fastcells
-        _FUNCTIONS = LayerOps(NAME, ops.lstm_layer_fwd, ops.gru_layer_fwd, ops.rnn_layer_fwd)
+        _FUNCTIONS = LayerOps(NAME, ops.lstm_layer_fwd, ops.gru_layer_fwd, ops.rnn_layer_fwd,
+                              step_ops=lambda: ops)
     return _FUNCTIONS

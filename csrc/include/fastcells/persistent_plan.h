@@ -4,15 +4,19 @@
 // fastcells._C.persistent_plan tabulates them, and tests/persistent_model.py runs the kernel's steps on
 // the CPU with those tables, against the reference backend.
 //
-// The split (FlashRNN's and cuDNN's recipe, ../../../DESIGN.md "GPU kernels"):
+// Forward (FlashRNN's and cuDNN's recipe, ../../../DESIGN.md "GPU kernels"):
 //   - block j owns hidden units [j * units, (j + 1) * units) and all their gate rows, so the pointwise
 //     update happens in place and c never leaves the block; its local row r is gate r / units of unit
-//     r % units; rows are padded to whole 16-row MMA tiles;
-//   - the block's 8 warps split K (the hidden size) by 16-wide k tiles, round robin: warp w holds tiles
-//     w, w + 8, w + 16, ... of every m tile as mma.sync A fragments in registers, for the whole sequence;
+//     r % units; rows are padded to whole 16-row MMA tiles; K is H;
+//   - the block's 8 warps split K by 16-wide k tiles, round robin: warp w holds tiles w, w + 8,
+//     w + 16, ... of every m tile as mma.sync A fragments in registers, for the whole sequence;
 //   - the batch is the N dimension of mma.sync.m16n8k16 (8 columns a tile);
 //   - each warp's partial products go to shared memory and are summed over the warps in a fixed order
 //     (deterministic), then one thread a (unit, batch entry) slot finishes the cell.
+// Backward (only dh_{t-1} = dG_t W_hh is sequential; weight gradients are GEMMs after the loop): block j
+// owns the same units, now as the columns of W_hh: its local row r is unit r, K is gates * H (the gate
+// rows of W_hh), and A is W_hh^T restricted to those columns; the B operand is dG_t, read from the
+// gradient rows every block writes for its own units.
 #pragma once
 
 #include <cstdint>
@@ -48,12 +52,15 @@ FC_PLAN_FN int c_n(int lane, int e) { return (lane % 4) * 2 + e % 2; }
 struct Plan {
   int gates;      // rows per hidden unit: LSTM 4 (i, f, g, o), GRU 3 (r, z, n), RNN 1
   int units;      // hidden units per block
-  int64_t H;      // hidden size (= K of the recurrent product)
+  int64_t H;      // hidden size
   int64_t batch;  // B <= kMaxBatch
+  bool backward = false;
 
-  FC_PLAN_FN int rows() const { return gates * units; }
+  // Rows of a block's product (M) and its depth (K).
+  FC_PLAN_FN int rows() const { return backward ? units : gates * units; }
+  FC_PLAN_FN int64_t depth() const { return backward ? gates * H : H; }
   FC_PLAN_FN int m_tiles() const { return (rows() + kTileM - 1) / kTileM; }
-  FC_PLAN_FN int64_t k_tiles() const { return (H + kTileK - 1) / kTileK; }
+  FC_PLAN_FN int64_t k_tiles() const { return (depth() + kTileK - 1) / kTileK; }
   FC_PLAN_FN int64_t n_tiles() const { return (batch + kTileN - 1) / kTileN; }
   FC_PLAN_FN int64_t padded_batch() const { return n_tiles() * kTileN; }
   FC_PLAN_FN int64_t blocks() const { return (H + units - 1) / units; }
@@ -64,14 +71,17 @@ struct Plan {
   FC_PLAN_FN int64_t k_tile(int warp, int j) const { return warp + int64_t{j} * kWarps; }
   // The hidden unit of a block's local row r, or of pointwise slot unit u: block * units + u.
   FC_PLAN_FN int64_t unit(int64_t block, int u) const { return block * units + u; }
-  // The W_hh row (gate * H + unit) of block-local row r; -1 for padding rows (beyond gates * units,
-  // or units past H in the last block), which hold zeros.
-  FC_PLAN_FN int64_t weight_row(int64_t block, int r) const {
+  // The index in W_hh ((gates * H, H), row major) of element (r, k) of block `block`'s A operand: forward
+  // W_hh[gate * H + unit][k] for local row r = gate * units + u; backward W_hh[k][unit] for local row
+  // r = u. -1 for padding (rows past the block's, units past H in the last block, k past the depth),
+  // which holds zero.
+  FC_PLAN_FN int64_t weight_index(int64_t block, int r, int64_t k) const {
     const int64_t u = unit(block, r % units);
-    return (r < rows() && u < H) ? (r / units) * H + u : -1;
+    if (r >= rows() || u >= H || k >= depth()) return -1;
+    return backward ? k * H + u : ((r / units) * H + u) * H + k;
   }
-  // The local row of gate g of unit slot u (inverse of weight_row within a block).
-  FC_PLAN_FN int local_row(int gate, int u) const { return gate * units + u; }
+  // The local row holding gate g of unit slot u's product (backward: the unit's dh, whatever g).
+  FC_PLAN_FN int local_row(int gate, int u) const { return backward ? u : gate * units + u; }
 
   // Step s of `steps` runs time step time(s) (backwards in the reverse direction); it reads h_{t-1}
   // from time step prev_time(s) of y, or from h0 where that is -1.
@@ -79,9 +89,16 @@ struct Plan {
   FC_PLAN_FN int64_t prev_time(int64_t s, int64_t steps, bool reverse) const {
     return s == 0 ? -1 : time(s - 1, steps, reverse);
   }
-  // Row of batch entry b at time step t in y, the input projections and saved (the whole batch at every
-  // step), and the column of gate g of a unit in a row of input projections (gates * H wide).
-  FC_PLAN_FN int64_t row(int64_t t, int64_t b) const { return t * batch + b; }
+  // The batch of time step t and the row of its entry b in y, the input projections, saved and the
+  // gradients: `sizes` and `offsets` (T and T + 1 entries) are the steps' batch sizes and first rows of a
+  // packed sequence (../../schedule.h), or null where every step has the whole batch. Batch entries past
+  // a step's batch are idle in it: finished sequences keep their final state, and in the reverse
+  // direction late starters keep h0.
+  FC_PLAN_FN int64_t step_batch(int64_t t, const int64_t* sizes) const { return sizes ? sizes[t] : batch; }
+  FC_PLAN_FN int64_t row(int64_t t, int64_t b, const int64_t* offsets = nullptr) const {
+    return offsets ? offsets[t] + b : t * batch + b;
+  }
+  // The column of gate g of a unit in a row of input projections (gates * H wide).
   FC_PLAN_FN int64_t gate_column(int g, int64_t unit) const { return g * H + unit; }
 
   // Pointwise slots: one (unit, batch entry) pair each, units fastest so a warp's stores of h are
@@ -92,15 +109,24 @@ struct Plan {
   FC_PLAN_FN int64_t slot_batch(int64_t slot) const { return slot / units; }
 
   // Shared memory, in this order (each part 16-byte aligned):
-  //   h_stage  (padded_batch, h_stride) 16-bit: h_{t-1} as the MMA's B operand, zero past H
-  //   partial  (kWarps, m_tiles * 16, padded_batch) fp32: each warp's partial products
-  //   state    (2, units, batch) fp32: c (LSTM) and h of the block's own units
+  //   h_stage  (padded_batch, h_stride) 16-bit, forward only: h_{t-1} as the MMA's B operand, zero past
+  //            H (backward reads its B fragments of dG straight from global memory: each element goes
+  //            to one warp only, so staging would buy no reuse)
+  //   partial  (kWarps, m_tiles * 16, partial_stride) fp32: each warp's partial products
+  //   state    (2, slots) fp32: forward c (LSTM) and h of the block's own units; backward dc (LSTM)
+  //            and the part of dh carried to the next step (dhn first, then GRU's direct z * dh)
   FC_PLAN_FN int64_t h_stride() const { return k_tiles() * kTileK + kHPad; }
-  FC_PLAN_FN int64_t h_stage_bytes() const { return (padded_batch() * h_stride() * 2 + 15) / 16 * 16; }
-  FC_PLAN_FN int64_t partial_index(int warp, int row, int64_t n) const {
-    return (int64_t{warp} * m_tiles() * kTileM + row) * padded_batch() + n;
+  FC_PLAN_FN int64_t h_stage_bytes() const {
+    return backward ? 0 : (padded_batch() * h_stride() * 2 + 15) / 16 * 16;
   }
-  FC_PLAN_FN int64_t partial_bytes() const { return int64_t{kWarps} * m_tiles() * kTileM * padded_batch() * 4; }
+  // Rows of `partial` are 4 floats longer than the batch: a row stride of 4 mod 32 words spreads a
+  // warp's C-fragment stores over the banks (2-way conflicts instead of 8-way at 32 or 64 columns),
+  // and the pointwise slots' reads (units fastest) over distinct banks.
+  FC_PLAN_FN int64_t partial_stride() const { return padded_batch() + 4; }
+  FC_PLAN_FN int64_t partial_index(int warp, int row, int64_t n) const {
+    return (int64_t{warp} * m_tiles() * kTileM + row) * partial_stride() + n;
+  }
+  FC_PLAN_FN int64_t partial_bytes() const { return int64_t{kWarps} * m_tiles() * kTileM * partial_stride() * 4; }
   FC_PLAN_FN int64_t state_bytes() const { return 2 * int64_t{units} * batch * 4; }
   FC_PLAN_FN int64_t shared_bytes() const { return h_stage_bytes() + partial_bytes() + state_bytes(); }
 };

@@ -1,0 +1,239 @@
+// The persistent tensor-core backward kernels: the sequential part of backpropagation through time,
+// dh_{t-1} = dG_t W_hh (shapes in persistent.h, the partition in fastcells/persistent_plan.h with
+// backward = true, whose functions give every index below).
+//
+// Block j owns units [j * U, (j + 1) * U) and holds their columns of W_hh, transposed, as A fragments in
+// registers. Backward step s runs the forward's time steps in the opposite order. Per step:
+//   1. load the step's dy and saved values of the block's (unit, batch) slots into registers; they do
+//      not depend on the recurrence, so their latency hides behind the wait;
+//   2. wait until every block has written dG of the step before (flags, or that step's grid.sync());
+//   3. each warp multiplies its k tiles of W_hh^T by dG^T of the step before, its B fragments loaded
+//      straight from the gradient rows in global memory (bypassing L1, which is not coherent across SMs;
+//      each element goes to one warp only, so staging in shared memory would buy no reuse); fp32
+//      accumulators, partial sums to shared memory;
+//   4. one thread a slot: dh = the part carried from the step before (dhn at first; GRU's direct
+//      z * dh) + the warps' partials + dy; the cell's backward (fastcells/gate_math.h, as every backend);
+//      writes the unit's gate gradients (dgx, and GRU's dgh, which the next step reads) and keeps dc;
+//   5. publish: release the block's flag, or grid.sync().
+// An entry's dh0 (and dc0) is written in the phase after its first forward step: after the loop for the
+// whole batch, or (packed sequences, reverse direction) as soon as a sequence that started late is done.
+#include "fastcells/gate_math.h"
+#include "fastcells/persistent_plan.h"
+#include "fastcells/saved_layout.h"
+#include "persistent.h"
+#include "persistent_common.cuh"
+#include "types.cuh"
+
+namespace fastcells::cuda {
+namespace {
+
+using namespace persistent_detail;
+using persistent::b_k;
+using persistent::b_n;
+using persistent::kMaxBatch;
+using persistent::kThreads;
+using persistent::kTileK;
+using persistent::kTileM;
+using persistent::kTileN;
+using persistent::kWarps;
+using persistent::Plan;
+
+// Saved values a slot reads per step: LSTM i, f, g, o, c_prev, tanh(c); GRU r, z, n, h_n, h_prev; RNN h.
+template <int kGates>
+constexpr int kSavedPerSlot = kGates == 4 ? 6 : kGates == 3 ? 5 : 1;
+
+// Column offsets of those values in a saved row, before adding the unit.
+template <int kGates>
+__device__ __forceinline__ int64_t saved_column(int i, int64_t H) {
+  if constexpr (kGates == 4) {
+    const LstmLayout L{H, H, false};
+    return i < 4 ? i * H : (i == 4 ? L.c_prev() : L.tanh_c());
+  } else if constexpr (kGates == 3) {
+    const GruLayout L{H};
+    return i < 3 ? i * H : (i == 3 ? L.h_n() : L.h_prev());
+  } else {
+    return RnnLayout{H}.h();
+  }
+}
+
+template <int kGates>
+__device__ __forceinline__ int64_t saved_width(int64_t H) {
+  if constexpr (kGates == 4) return LstmLayout{H, H, false}.width();
+  else if constexpr (kGates == 3) return GruLayout{H}.width();
+  else return RnnLayout{H}.width();
+}
+
+template <typename T, int kGates, int kUnits, int kKTiles>
+__device__ __forceinline__ void sequence_bwd_body(SequenceBwd a, bool flag_sync) {
+  constexpr int kMTiles = (kUnits + kTileM - 1) / kTileM;
+  constexpr int kMaxSlots = (kUnits * kMaxBatch + kThreads - 1) / kThreads;
+  constexpr int kSaved = kSavedPerSlot<kGates>;
+  const Plan plan{kGates, kUnits, a.H, a.batch, /*backward=*/true};
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t block = blockIdx.x, H = a.H, K = plan.depth(), steps = a.steps;
+  const int64_t n_tiles = plan.n_tiles(), slots = plan.slots();
+  const int64_t width = saved_width<kGates>(H);
+
+  extern __shared__ __align__(16) unsigned char shared[];
+  float* partial = reinterpret_cast<float*>(shared + plan.h_stage_bytes());
+  float* dc_state = reinterpret_cast<float*>(shared + plan.h_stage_bytes() + plan.partial_bytes());
+  float* carried = dc_state + slots;  // both indexed by slot
+
+  // The block's columns of W_hh, transposed, as A fragments, for the whole sequence.
+  uint32_t w[kMTiles][kKTiles][4];
+  load_weight_fragments(w, static_cast<const uint16_t*>(a.w_hh), plan, block, warp, lane);
+  for (int64_t slot = threadIdx.x; slot < slots; slot += kThreads) {
+    const int64_t b = plan.slot_batch(slot), unit = plan.unit(block, plan.slot_unit(slot));
+    if (unit >= H) continue;
+    carried[slot] = load<T>(a.dh, b * H + unit);
+    if constexpr (kGates == 4) dc_state[slot] = load<T>(a.dc, b * H + unit);
+  }
+  __syncthreads();
+
+  // The gradients the next step multiplies: GRU's of W_hh h + b_hh, the others' of the pre-activations.
+  const uint16_t* exchange = static_cast<const uint16_t*>(kGates == 3 ? a.dgh : a.dgx);
+  for (int64_t s = 0; s <= steps; ++s) {
+    const bool last = s == steps;  // the phase after the loop: dh0 only
+    const int64_t t = last ? -1 : plan.time(s, steps, !a.reverse);
+    const int64_t t_before = plan.prev_time(s, steps, !a.reverse);  // -1 at s = 0: no dG yet
+    const int64_t bs = last ? 0 : plan.step_batch(t, a.sizes);
+    const int64_t bs_before = t_before < 0 ? 0 : plan.step_batch(t_before, a.sizes);
+
+    // 1. This step's dy and saved values.
+    float dy[kMaxSlots], saved[kMaxSlots][kSaved];
+#pragma unroll
+    for (int q = 0; q < kMaxSlots; ++q) {
+      const int64_t slot = threadIdx.x + int64_t{q} * kThreads;
+      const int64_t b = plan.slot_batch(slot), unit = plan.unit(block, plan.slot_unit(slot));
+      const bool live = slot < slots && unit < H && b < bs;
+      const int64_t row = live ? plan.row(t, b, a.offsets) : 0;
+      dy[q] = live ? load<T>(a.dy, row * H + unit) : 0.0f;
+#pragma unroll
+      for (int i = 0; i < kSaved; ++i) {
+        saved[q][i] = live ? load<T>(a.saved, row * width + saved_column<kGates>(i, H) + unit) : 0.0f;
+      }
+    }
+
+    // 2. Wait for every block's dG of the step before.
+    wait_for_step(a.flags, s, flag_sync);
+
+    // 3. Partial products dG_before W_hh of this warp's k tiles, one batch tile at a time.
+    if (t_before >= 0) {
+      for (int64_t nt = 0; nt < n_tiles; ++nt) {
+        const int64_t n = nt * kTileN + b_n(lane);  // entries past the step before's batch add nothing
+        const uint16_t* dg_row = exchange + plan.row(t_before, n < bs_before ? n : 0, a.offsets) * K;
+        warp_partial_products<T>(w, plan, warp, lane, nt, partial, [&](int64_t kt, uint32_t(&bf)[2]) {
+          uint32_t element[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int64_t k = kt * kTileK + b_k(lane, e);
+            element[e] = n < bs_before && k < K ? __ldcg(reinterpret_cast<const unsigned short*>(dg_row + k)) : 0u;
+          }
+          bf[0] = element[0] | (element[1] << 16);
+          bf[1] = element[2] | (element[3] << 16);
+        });
+      }
+      __syncthreads();
+    }
+
+    // 4. The cell's backward, one (unit, batch entry) slot a thread.
+#pragma unroll
+    for (int q = 0; q < kMaxSlots; ++q) {
+      const int64_t slot = threadIdx.x + int64_t{q} * kThreads;
+      const int u = plan.slot_unit(slot);
+      const int64_t b = plan.slot_batch(slot), unit = plan.unit(block, u);
+      if (slot >= slots || unit >= H || (b >= bs && b >= bs_before)) continue;  // idle in both steps
+      float dh = carried[slot];
+      if (t_before >= 0) {
+        for (int v = 0; v < kWarps; ++v) dh += partial[plan.partial_index(v, plan.local_row(0, u), b)];
+      }
+      if (b >= bs) {  // the entry's first forward step was the step before: dh is its dh0
+        store<T>(a.dh, b * H + unit, dh);
+        if constexpr (kGates == 4) store<T>(a.dc, b * H + unit, dc_state[slot]);
+        continue;
+      }
+      dh += dy[q];
+      const int64_t at = plan.row(t, b, a.offsets) * K;
+      const float* v = saved[q];
+      if constexpr (kGates == 4) {
+        const LstmUnitGrad<float> d = lstm_unit_bwd<float>(v[0], v[1], v[2], v[3], v[4], v[5], dh, dc_state[slot]);
+        store<T>(a.dgx, at + plan.gate_column(0, unit), d.d_i);
+        store<T>(a.dgx, at + plan.gate_column(1, unit), d.d_f);
+        store<T>(a.dgx, at + plan.gate_column(2, unit), d.d_g);
+        store<T>(a.dgx, at + plan.gate_column(3, unit), d.d_o);
+        dc_state[slot] = d.d_c_prev;
+        carried[slot] = 0.0f;
+      } else if constexpr (kGates == 3) {
+        const GruUnitGrad<float> d = gru_unit_bwd<float>(v[0], v[1], v[2], v[3], v[4], dh);
+        store<T>(a.dgx, at + plan.gate_column(0, unit), d.d_r);
+        store<T>(a.dgx, at + plan.gate_column(1, unit), d.d_z);
+        store<T>(a.dgx, at + plan.gate_column(2, unit), d.d_n);
+        store<T>(a.dgh, at + plan.gate_column(0, unit), d.d_r);
+        store<T>(a.dgh, at + plan.gate_column(1, unit), d.d_z);
+        store<T>(a.dgh, at + plan.gate_column(2, unit), d.d_hn);
+        carried[slot] = d.d_h_prev;
+      } else {
+        store<T>(a.dgx, at + plan.gate_column(0, unit), rnn_unit_bwd<float>(v[0], dh, a.relu));
+        carried[slot] = 0.0f;
+      }
+    }
+
+    // 5. Publish dG of this step.
+    if (!last) publish_step(a.flags, s, flag_sync);
+  }
+}
+
+template <typename T, int G, int U, int K>
+struct BackwardKernel;
+
+// The kernel: the body where this architecture holds the variant's fragments without spilling, else a
+// trap (never launched there: with_kernel asks what the device runs).
+template <typename T, int kGates, int kUnits, int kKTiles>
+__global__ void __launch_bounds__(kThreads, 1) sequence_bwd_kernel(SequenceBwd a, bool flag_sync) {
+  if constexpr (compiled_for_this_arch(BackwardKernel<T, kGates, kUnits, kKTiles>::kFragments)) {
+    sequence_bwd_body<T, kGates, kUnits, kKTiles>(a, flag_sync);
+  } else {
+    __trap();  // never launched where this variant spills (runs_here): fail loudly if it ever is
+  }
+}
+
+template <typename T, int G, int U, int K>
+struct BackwardKernel {
+  static constexpr int kFragments = (U + kTileM - 1) / kTileM * K * 4;  // A-fragment registers a thread holds
+  static constexpr auto kernel() { return &sequence_bwd_kernel<T, G, U, K>; }
+};
+
+Plan plan_of(Cell cell, int64_t batch, int64_t H, const PersistentConfig& config) {
+  return Plan{gates_of(cell), config.units, H, batch, /*backward=*/true};
+}
+
+// K = gates * H <= 8 warps * 32 k tiles * 16 = 4096: LSTM H <= 1024.
+template <typename Body>
+bool with_backward_kernel(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config,
+                          Body body) {
+  if (H > 1024) return false;
+  return with_kernel<BackwardKernel, 128, 4, 8, 16, 32>(dtype, cell, config.units,
+                                                        plan_of(cell, batch, H, config).k_tiles_per_warp(), body);
+}
+
+}  // namespace
+
+bool sequence_bwd_fits(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config) {
+  if (batch < 1 || batch > kMaxBatch || H < 1) return false;
+  bool fits = false;
+  with_backward_kernel(dtype, cell, batch, H, config,
+                       [&](auto kernel) { fits = co_resident(kernel, plan_of(cell, batch, H, config)); });
+  return fits;
+}
+
+cudaError_t sequence_bwd(DType dtype, const SequenceBwd& args, const PersistentConfig& config,
+                         cudaStream_t stream) {
+  cudaError_t error = cudaErrorInvalidValue;
+  with_backward_kernel(dtype, args.cell, args.batch, args.H, config, [&](auto kernel) {
+    error = launch(kernel, plan_of(args.cell, args.batch, args.H, config), args, args.flags,
+                   config.flag_sync, stream);
+  });
+  return error;
+}
+
+}  // namespace fastcells::cuda

@@ -1,0 +1,241 @@
+// What the persistent kernels (persistent.cu forward, persistent_bwd.cu backward) share: the tensor-core
+// product, the per-step synchronization between blocks, and the choice of the kernel's instantiation.
+#pragma once
+
+#include <cooperative_groups.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "fastcells/persistent_plan.h"
+#include "persistent.h"
+#include "types.cuh"
+
+namespace fastcells::cuda::persistent_detail {
+
+// A-fragment registers a thread may hold before sm_90: sm_80's ptxas spills the variants above 32 (make
+// cuda-check), where sm_90's keeps up to 96 (forward) and 128 (backward) without spilling. So for sm_80
+// the larger variants compile to a kernel that traps, and the launchers never pick them where the code
+// the device runs was compiled for an older architecture (also sm_80 PTX JIT-compiled on an H100).
+constexpr int kMaxFragmentsBeforeSm90 = 32;
+
+__host__ __device__ constexpr bool compiled_for_this_arch(int fragments) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  return fragments <= kMaxFragmentsBeforeSm90;
+#else
+  return fragments >= 0;
+#endif
+}
+
+// Whether `kernel`'s code for the current device holds `fragments` registers: the architecture its PTX
+// was written for (ptxVersion, 90 for sm_90 code) decides what compiled_for_this_arch kept.
+template <typename KernelPtr>
+bool runs_here(KernelPtr kernel, int fragments) {
+  cudaFuncAttributes attributes{};
+  if (cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess) {
+    cudaGetLastError();  // no code for this device: not an error, an answer
+    return false;
+  }
+  return attributes.ptxVersion >= 90 || fragments <= kMaxFragmentsBeforeSm90;
+}
+
+// D += A B with mma.sync.m16n8k16, 16-bit A (16 x 16) and B (16 x 8), fp32 C and D; fragment layouts in
+// fastcells/persistent_plan.h.
+template <typename T>
+__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+#endif
+}
+
+// Raw 16-bit element `index` of a tensor, zero for -1 (padding).
+__device__ __forceinline__ uint32_t bits_or_zero(const uint16_t* p, int64_t index) {
+  return index >= 0 ? p[index] : 0u;
+}
+
+// The block's A fragments (rows of W_hh forward, its columns backward) for the whole sequence:
+// w[m tile][j][register] of warp `warp`'s j-th k tile.
+template <int kMTiles, int kKTiles>
+__device__ __forceinline__ void load_weight_fragments(uint32_t (&w)[kMTiles][kKTiles][4], const uint16_t* w_hh,
+                                                      const persistent::Plan& plan, int64_t block, int warp,
+                                                      int lane) {
+  using namespace persistent;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int j = 0; j < kKTiles; ++j) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = mt * kTileM + a_row(lane, 2 * i);
+        const int64_t k = plan.k_tile(warp, j) * kTileK + a_k(lane, 2 * i);
+        w[mt][j][i] = bits_or_zero(w_hh, plan.weight_index(block, r, k)) |
+                      (bits_or_zero(w_hh, plan.weight_index(block, r, k + 1)) << 16);
+      }
+    }
+  }
+}
+
+// One warp's partial products for batch tile nt, stored to `partial` (the plan's partial_index): for every
+// m tile, the sum over the warp's k tiles of its A fragments times the B fragment that load_b(kt, bf)
+// fills for k tile kt.
+template <typename T, int kMTiles, int kKTiles, typename LoadB>
+__device__ __forceinline__ void warp_partial_products(const uint32_t (&w)[kMTiles][kKTiles][4],
+                                                      const persistent::Plan& plan, int warp, int lane,
+                                                      int64_t nt, float* partial, LoadB load_b) {
+  using namespace persistent;
+  float acc[kMTiles][4] = {};
+#pragma unroll
+  for (int j = 0; j < kKTiles; ++j) {
+    const int64_t kt = plan.k_tile(warp, j);
+    if (kt >= plan.k_tiles()) break;
+    uint32_t bf[2];
+    load_b(kt, bf);
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) mma_m16n8k16<T>(acc[mt], w[mt][j], bf);
+  }
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      partial[plan.partial_index(warp, mt * kTileM + c_row(lane, e), nt * kTileN + c_n(lane, e))] = acc[mt][e];
+    }
+  }
+}
+
+__device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
+  unsigned value;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(value) : "l"(p) : "memory");
+  return value;
+}
+
+__device__ __forceinline__ void store_release(unsigned* p, unsigned value) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(value) : "memory");
+}
+
+// Waits until every block has published step s - 1 (flag synchronization; with grid synchronization the
+// previous step's publish_step already waited). Warp 0 polls the flags, one lane a block at a time.
+__device__ __forceinline__ void wait_for_step(const unsigned* flags, int64_t s, bool flag_sync) {
+  if (s == 0 || !flag_sync) return;
+  if (threadIdx.x < 32) {
+    for (int64_t j = threadIdx.x; j < gridDim.x; j += 32) {
+      while (load_acquire(flags + j) < static_cast<unsigned>(s)) {
+      }
+    }
+  }
+  __syncthreads();
+}
+
+// Publishes that this block finished step s (its stores of the step precede it for every block that
+// then waits for step s + 1).
+__device__ __forceinline__ void publish_step(unsigned* flags, int64_t s, bool flag_sync) {
+  if (flag_sync) {
+    __syncthreads();  // every thread's stores of this step precede the release below
+    if (threadIdx.x == 0) {
+      __threadfence();
+      store_release(flags + blockIdx.x, static_cast<unsigned>(s + 1));
+    }
+  } else {
+    cooperative_groups::this_grid().sync();
+  }
+}
+
+// Calls body(kernel) with Kernel<T, gates, units, k tiles a warp> for (dtype, cell, units, k tiles a
+// warp needed), the k tiles rounded up to one of kKTileChoices; false where none is instantiated:
+// a dtype other than float16/bfloat16, units other than 8 and 16, too many k tiles, or more A-fragment
+// registers than kMaxFragments (sm_90) or kMaxFragmentsBeforeSm90 (code for older architectures; make
+// cuda-check shows where they spill).
+template <template <typename, int, int, int> class Kernel, int kMaxFragments, int... kKTileChoices,
+          typename Body>
+bool with_kernel(DType dtype, Cell cell, int units, int64_t k_tiles_per_warp, Body body) {
+  auto by_k = [&](auto type, auto gates, auto units_c) {
+    using T = typename std::remove_cvref_t<decltype(type)>::type;
+    constexpr int G = std::remove_cvref_t<decltype(gates)>::value;
+    constexpr int U = std::remove_cvref_t<decltype(units_c)>::value;
+    bool found = false;
+    auto try_one = [&](auto k) {
+      constexpr int K = std::remove_cvref_t<decltype(k)>::value;
+      if constexpr (Kernel<T, G, U, K>::kFragments <= kMaxFragments) {
+        if (!found && k_tiles_per_warp <= K &&
+            runs_here(Kernel<T, G, U, K>::kernel(), Kernel<T, G, U, K>::kFragments)) {
+          body(Kernel<T, G, U, K>::kernel());
+          found = true;
+        }
+      }
+    };
+    (try_one(std::integral_constant<int, kKTileChoices>{}), ...);
+    return found;
+  };
+  auto by_units = [&](auto type, auto gates) {
+    if (units == 8) return by_k(type, gates, std::integral_constant<int, 8>{});
+    if (units == 16) return by_k(type, gates, std::integral_constant<int, 16>{});
+    return false;
+  };
+  auto by_cell = [&](auto type) {
+    switch (cell) {
+      case Cell::kLstm: return by_units(type, std::integral_constant<int, 4>{});
+      case Cell::kGru: return by_units(type, std::integral_constant<int, 3>{});
+      case Cell::kRnn: return by_units(type, std::integral_constant<int, 1>{});
+    }
+    return false;
+  };
+  switch (dtype) {
+    case DType::kFloat16: return by_cell(std::type_identity<__half>{});
+    case DType::kBFloat16: return by_cell(std::type_identity<__nv_bfloat16>{});
+    default: return false;
+  }
+}
+
+inline int gates_of(Cell cell) { return cell == Cell::kLstm ? 4 : cell == Cell::kGru ? 3 : 1; }
+
+// Whether `kernel` can run `plan` with every block resident at once (cooperative launch).
+template <typename KernelPtr>
+bool co_resident(KernelPtr kernel, const persistent::Plan& plan) {
+  int device = 0, sms = 0, cooperative = 0, shared_optin = 0, per_sm = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device);
+  cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  const int64_t bytes = plan.shared_bytes();
+  if (!cooperative || bytes > shared_optin) return false;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)) !=
+          cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, persistent::kThreads, bytes) !=
+          cudaSuccess) {
+    cudaGetLastError();  // clear the error: not fitting is an answer, not a failure
+    return false;
+  }
+  return int64_t{per_sm} * sms >= plan.blocks();
+}
+
+// Zeroes the flags (flag synchronization) and launches `kernel` cooperatively over plan.blocks() blocks.
+template <typename KernelPtr, typename Args>
+cudaError_t launch(KernelPtr kernel, const persistent::Plan& plan, const Args& args, unsigned* flags,
+                   bool flag_sync, cudaStream_t stream) {
+  const int64_t bytes = plan.shared_bytes();
+  cudaError_t error = cudaSuccess;
+  if (flag_sync) error = cudaMemsetAsync(flags, 0, plan.blocks() * sizeof(unsigned), stream);
+  if (error == cudaSuccess) {
+    error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  }
+  if (error != cudaSuccess) return error;
+  Args copy = args;
+  bool flags_on = flag_sync;
+  void* params[] = {&copy, &flags_on};
+  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
+                                     dim3(static_cast<unsigned>(plan.blocks())), dim3(persistent::kThreads),
+                                     params, static_cast<size_t>(bytes), stream);
+}
+
+}  // namespace fastcells::cuda::persistent_detail
