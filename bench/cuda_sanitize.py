@@ -1,7 +1,8 @@
 """Runs every op of the cuda backend once at small odd sizes, for compute-sanitizer (bench/gpu.sh):
 layers forward and backward (LSTM with and without projection, GRU, RNN relu; two layers,
 bidirectional; padded and packed), the three cells, in float32 and bfloat16, and the opt-in persistent
-kernels (every cell, both block widths and both synchronizations, training and inference) in bfloat16.
+kernels (every cell, both block widths and both synchronizations, training and inference) in bfloat16
+and float32 (tf32).
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python bench/cuda_sanitize.py
 
@@ -41,10 +42,10 @@ def run_persistent():
             for cls, kwargs in LAYERS:
                 if "proj_size" in kwargs:
                     continue
-                for hidden in (5, 33):
-                    layer = cls(4, hidden, bidirectional=True, backend="cuda", device=DEVICE,
-                                dtype=torch.bfloat16, **kwargs)
-                    x = torch.randn(7, 3, 4, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+                for hidden, dtype in ((5, torch.bfloat16), (33, torch.bfloat16), (33, torch.float32)):
+                    layer = cls(4, hidden, bidirectional=True, backend="cuda", device=DEVICE, dtype=dtype,
+                                **kwargs)
+                    x = torch.randn(7, 3, 4, device=DEVICE, dtype=dtype, requires_grad=True)
                     layer(x)[0].float().sum().backward()
                     with torch.no_grad():
                         layer(x)

@@ -1,8 +1,9 @@
 """The persistent kernels' variant matrix on a CUDA GPU (issue 14): every variant of the cuda backend's
-persistent forward (8 or 16 hidden units a block x flag or grid synchronization) against its per-step
+persistent kernels (8 or 16 hidden units a block x flag or grid synchronization) against its per-step
 path and torch.nn in bfloat16 and float16 (cuDNN: standard algorithm in bfloat16, its persistent one
 where torch picks it in float16), side by side in one process, inference (forward) and training
-(forward + backward), at the issue's target shape and over the H x B sweep.
+(forward + backward), at the issue's target shapes (B=16 T=1024 H=768 in 16 bits, fastrnns' T=100
+B=64 H=512 in float32 on tf32) and over the H x B sweep.
 
     python bench/persistent_variants.py --out DIR [--quick]
 
@@ -35,8 +36,9 @@ CLASSES = {"lstm": (fastcells.LSTM, {}), "gru": (fastcells.GRU, {}),
 def cases(quick):
     """(cell, B, T, H, dtypes) to measure, most important first."""
     targets = [(cell, 16, 1024, 768, ("bfloat16", "float16")) for cell in ("lstm", "gru", "rnn_tanh")]
+    targets.insert(2, ("lstm", 64, 100, 512, ("float32",)))  # fastrnns: tf32 where torch.nn's cuDNN uses it
     if quick:
-        return targets[:2]
+        return targets[:3]
     sweep = [(cell, B, 256, H, ("bfloat16",)) for cell in ("lstm", "gru")
              for H in (256, 512, 768, 1024) for B in (1, 4, 16, 64)]
     return targets + sweep
@@ -101,8 +103,9 @@ def run_case(cell, B, T, H, dtype_name, mode, rounds):
                      "out": out})
 
     add("torch", ref)
-    other = torch.float16 if dtype == torch.bfloat16 else torch.bfloat16
-    add(f"torch {str(other).removeprefix('torch.')}", _twin(ref, other))
+    if dtype != torch.float32:  # torch.nn in the other 16-bit dtype: cuDNN's persistent kernel is float16's
+        other = torch.float16 if dtype == torch.bfloat16 else torch.bfloat16
+        add(f"torch {str(other).removeprefix('torch.')}", _twin(ref, other))
     cuda_backend.use_persistent(False)
     add("per-step", fast)
     for units, flags in VARIANTS:
@@ -159,7 +162,7 @@ def markdown(results):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=pathlib.Path)
-    parser.add_argument("--quick", action="store_true", help="the target shape of LSTM and GRU only")
+    parser.add_argument("--quick", action="store_true", help="the issue's target shapes of LSTM and GRU only")
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

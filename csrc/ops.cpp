@@ -92,7 +92,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("persistent_plan", &fastcells::persistent_plan_tables, pybind11::arg("gates"),
         pybind11::arg("units"), pybind11::arg("H"), pybind11::arg("batch"), pybind11::arg("steps"),
         pybind11::arg("reverse"), pybind11::arg("backward"),
-        pybind11::arg("sizes") = std::vector<int64_t>{});
+        pybind11::arg("sizes") = std::vector<int64_t>{}, pybind11::arg("tf32") = false);
   // Whether the CUDA ops were compiled in (setup.py builds them where torch has CUDA and nvcc exists).
 #ifdef FASTCELLS_WITH_CUDA
   m.def("has_cuda", [] { return true; });

@@ -7,9 +7,10 @@ namespace fastcells {
 std::map<std::string, std::vector<int64_t>> persistent_plan_tables(int gates, int units, int64_t H,
                                                                     int64_t batch, int64_t steps,
                                                                     bool reverse, bool backward,
-                                                                    const std::vector<int64_t>& sizes) {
+                                                                    const std::vector<int64_t>& sizes,
+                                                                    bool tf32) {
   using namespace persistent;
-  const Plan plan{gates, units, H, batch, backward};
+  const Plan plan{gates, units, H, batch, backward, tf32};
   std::vector<int64_t> offsets{0};
   for (const int64_t size : sizes) offsets.push_back(offsets.back() + size);
   const int64_t* sizes_ptr = sizes.empty() ? nullptr : sizes.data();
@@ -17,7 +18,7 @@ std::map<std::string, std::vector<int64_t>> persistent_plan_tables(int gates, in
   std::map<std::string, std::vector<int64_t>> t;
   t["warps"] = {kWarps};
   t["threads"] = {kThreads};
-  t["tile"] = {kTileM, kTileN, kTileK};
+  t["tile"] = {kTileM, kTileN, plan.tile_k()};
   t["m_tiles"] = {plan.m_tiles()};
   t["k_tiles"] = {plan.k_tiles()};
   t["n_tiles"] = {plan.n_tiles()};
@@ -26,20 +27,20 @@ std::map<std::string, std::vector<int64_t>> persistent_plan_tables(int gates, in
   t["h_stride"] = {plan.h_stride()};
   t["slots"] = {plan.slots()};
   t["partial_size"] = {plan.partial_bytes() / 4};
-  for (int lane = 0; lane < 32; ++lane) {  // (32, 8), (32, 4), (32,)
-    for (int e = 0; e < 8; ++e) {
-      t["a_row"].push_back(a_row(lane, e));
-      t["a_k"].push_back(a_k(lane, e));
+  for (int lane = 0; lane < 32; ++lane) {  // (32, a_elements), (32, b_elements), (32, 4), (32,)
+    for (int e = 0; e < plan.a_elements(); ++e) {
+      t["a_row"].push_back(plan.a_row(lane, e));
+      t["a_k"].push_back(plan.a_k(lane, e));
     }
+    for (int e = 0; e < plan.b_elements(); ++e) t["b_k"].push_back(plan.b_k(lane, e));
     for (int e = 0; e < 4; ++e) {
-      t["b_k"].push_back(b_k(lane, e));
       t["c_row"].push_back(c_row(lane, e));
       t["c_n"].push_back(c_n(lane, e));
     }
     t["b_n"].push_back(b_n(lane));
   }
   const int rows = plan.m_tiles() * kTileM;
-  const int64_t depth = plan.k_tiles_per_warp() * kWarps * kTileK;  // every k some warp's tiles cover
+  const int64_t depth = plan.k_tiles_per_warp() * kWarps * plan.tile_k();  // every k some warp's tiles cover
   for (int64_t block = 0; block < plan.blocks(); ++block) {  // (blocks, rows, depth), (blocks, units)
     for (int r = 0; r < rows; ++r) {
       for (int64_t k = 0; k < depth; ++k) t["weight_index"].push_back(plan.weight_index(block, r, k));

@@ -5,9 +5,9 @@ benchmarks). Cells choose the same way between torch.nn's step and the fused ste
 
 The rule: the measured entry of the same cell, dtype and mode (inference or training) nearest in batch
 and hidden size, if it lies within a factor of two of both, names the fastest path among those the call
-can take (the persistent kernels need float16 or bfloat16 and no projection). Where no entry is that
-close, or the GPU has no table, torch's own path runs: a converted model is never slower than torch.nn
-where fastcells was not measured faster.
+can take (the persistent kernels need no projection, and float32 runs them on tf32 only where
+torch.backends.cudnn.allow_tf32). Where no entry is that close, or the GPU has no table, torch's own
+path runs: a converted model is never slower than torch.nn where fastcells was not measured faster.
 
 A named backend (``backend="cuda"``, FASTCELLS_BACKEND) always runs fastcells' kernels, and so does
 code being compiled (torch.nn's own layers break the graph of torch.compile; fastcells' ops do not).
@@ -72,7 +72,7 @@ def choose(cell, dtype, batch, hidden, training, persistent_allowed, device, ste
         entry = nearest_entry(table(environment.device_slug(device)), cell, dtype_name,
                               "training" if training else "inference", batch, hidden, step)
         path = _choices[key] = TORCH if entry is None else fastest_path(entry, persistent_allowed)
-        if path != TORCH and not step and dtype in (torch.float16, torch.bfloat16):
+        if path != TORCH and not step and dtype in (torch.float16, torch.bfloat16, torch.float32):
             words = path.split()  # "persistent <units> <flags|grid>" or "per-step" (units 0)
             units, sync = (int(words[1]), words[2]) if path.startswith(PERSISTENT) else (0, "flags")
             _extension.C.record_cuda_persistent_choice(_KERNEL_CELLS[cell], dtype_name, batch, hidden,
@@ -87,8 +87,10 @@ def runs_torch(module, backend, rows, flat_weights, mini_batch):
             or torch.compiler.is_compiling()):
         return False
     training = torch.is_grad_enabled() and (rows.requires_grad or any(w.requires_grad for w in flat_weights))
+    persistent_allowed = module.proj_size == 0 and (rows.dtype != torch.float32
+                                                    or torch.backends.cudnn.allow_tf32)
     return choose(_CELLS[module.mode], rows.dtype, mini_batch, module.hidden_size, training,
-                  module.proj_size == 0, rows.device) == TORCH
+                  persistent_allowed, rows.device) == TORCH
 
 
 def cell_runs_torch(module, input, weights):

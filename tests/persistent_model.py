@@ -24,29 +24,36 @@ GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 def _ptx_fragments():
     """(row, column) of the tile element that register element e of a lane holds, per the PTX ISA
-    (section "Matrix Fragments for mma.m16n8k16", 16-bit A and B, 32-bit C): groupID = lane / 4,
-    threadID_in_group = lane % 4."""
+    (sections "Matrix Fragments for mma.m16n8k16" with 16-bit A and B, and "for mma.m16n8k8" with
+    .tf32 A and B; 32-bit C in both): groupID = lane / 4, threadID_in_group = lane % 4."""
     lanes = np.arange(32)[:, None]
     group, thread = lanes // 4, lanes % 4
-    e8, e4 = np.arange(8)[None, :], np.arange(4)[None, :]
-    # A: a0 a1 (group, 2t + 0/1), a2 a3 (group + 8, ...), a4 a5 (group, 2t + 8 + 0/1), a6 a7 (group + 8, ...)
-    a = (group + 8 * np.isin(e8, (2, 3, 6, 7)), 2 * thread + e8 % 2 + 8 * (e8 >= 4))
-    # B (k by n): b0 b1 (k = 2t + 0/1, n = group), b2 b3 (k = 2t + 8 + 0/1, n = group)
-    b = (2 * thread + e4 % 2 + 8 * (e4 >= 2), np.broadcast_to(group, (32, 4)))
+    e8, e4, e2 = np.arange(8)[None, :], np.arange(4)[None, :], np.arange(2)[None, :]
+    # m16n8k16 A: a0 a1 (group, 2t + 0/1), a2 a3 (group + 8, ...), a4 a5 (group, 2t + 8 + 0/1), a6 a7
+    # (group + 8, ...); B (k by n): b0 b1 (k = 2t + 0/1, n = group), b2 b3 (k = 2t + 8 + 0/1, n = group)
+    a16 = (group + 8 * np.isin(e8, (2, 3, 6, 7)), 2 * thread + e8 % 2 + 8 * (e8 >= 4))
+    b16 = (2 * thread + e4 % 2 + 8 * (e4 >= 2), np.broadcast_to(group, (32, 4)))
+    # m16n8k8 tf32 A: a0 (group, t), a1 (group + 8, t), a2 (group, t + 4), a3 (group + 8, t + 4);
+    # B: b0 (k = t, n = group), b1 (k = t + 4, n = group)
+    a_tf32 = (group + 8 * (e4 % 2), thread + 4 * (e4 >= 2))
+    b_tf32 = (thread + 4 * e2, np.broadcast_to(group, (32, 2)))
     # C: c0 c1 (group, 2t + 0/1), c2 c3 (group + 8, 2t + 0/1)
     c = (group + 8 * (e4 >= 2), 2 * thread + e4 % 2)
-    return a, b, c
+    return {False: (a16, b16), True: (a_tf32, b_tf32)}, c
 
 
-PTX_A, PTX_B, PTX_C = _ptx_fragments()
+PTX_AB, PTX_C = _ptx_fragments()
+PTX_A, PTX_B = PTX_AB[False]
 
 
-def mma(a_regs, b_regs, acc):
-    """What mma.sync.m16n8k16 does to a warp's registers: a (32, 8), b (32, 4), acc (32, 4)."""
-    a = np.zeros((16, 16))
-    a[PTX_A] = a_regs
-    b = np.zeros((16, 8))
-    b[PTX_B] = b_regs
+def mma(a_regs, b_regs, acc, tf32=False):
+    """What mma.sync does to a warp's registers, m16n8k16 with 16-bit A and B (a (32, 8), b (32, 4))
+    or m16n8k8 with tf32 A and B (a (32, 4), b (32, 2)); acc (32, 4)."""
+    (a_at, b_at), k = PTX_AB[tf32], (8 if tf32 else 16)
+    a = np.zeros((16, k))
+    a[a_at] = a_regs
+    b = np.zeros((k, 8))
+    b[b_at] = b_regs
     return acc + (a @ b)[PTX_C]
 
 
@@ -60,19 +67,21 @@ class Plan:
         return self.tables[name]
 
 
-def plan(gates, units, H, batch, steps, reverse, backward=False, sizes=None):
-    raw = _extension.C.persistent_plan(gates, units, H, batch, steps, reverse, backward, list(sizes or []))
+def plan(gates, units, H, batch, steps, reverse, backward=False, sizes=None, tf32=False):
+    raw = _extension.C.persistent_plan(gates, units, H, batch, steps, reverse, backward, list(sizes or []),
+                                       tf32)
     t = {name: np.asarray(values, dtype=np.int64) for name, values in raw.items()}
     scalars = ("warps", "threads", "m_tiles", "k_tiles", "n_tiles", "blocks", "k_tiles_per_warp",
                "h_stride", "slots", "partial_size")
     t.update({name: int(t[name][0]) for name in scalars})
     rows, padded_batch = t["m_tiles"] * 16, t["n_tiles"] * 8
-    shapes = {"a_row": (32, 8), "a_k": (32, 8), "b_k": (32, 4), "c_row": (32, 4), "c_n": (32, 4),
+    shapes = {"a_row": (32, -1), "a_k": (32, -1), "b_k": (32, -1), "c_row": (32, 4), "c_n": (32, 4),
               "weight_index": (t["blocks"], rows, -1), "unit": (t["blocks"], units),
               "k_tile": (t["warps"], t["k_tiles_per_warp"]),
               "partial_index": (t["warps"], rows, padded_batch), "local_row": (gates, units),
               "gate_column": (gates, H), "row": (steps, batch)}
     t.update({name: t[name].reshape(shape) for name, shape in shapes.items()})
+    t["tf32"], t["tile_k"] = tf32, int(t["tile"][2])
     return Plan(t)
 
 
@@ -82,14 +91,15 @@ def _load(values, index):
 
 
 def _weight_registers(p, w_flat):
-    """The A fragments every block's warps load once, (blocks, warps, m tiles, k tiles a warp, 32, 8)."""
-    w_regs = np.zeros((p.blocks, p.warps, p.m_tiles, p.k_tiles_per_warp, 32, 8))
+    """The A fragments every block's warps load once, (blocks, warps, m tiles, k tiles a warp, 32, A
+    elements a lane)."""
+    w_regs = np.zeros((p.blocks, p.warps, p.m_tiles, p.k_tiles_per_warp, 32, p.a_row.shape[1]))
     for block in range(p.blocks):
         for warp in range(p.warps):
             for mt in range(p.m_tiles):
                 for j in range(p.k_tiles_per_warp):
                     w_regs[block, warp, mt, j] = _load(w_flat, p.weight_index[
-                        block, mt * 16 + p.a_row, p.k_tile[warp, j] * 16 + p.a_k])
+                        block, mt * 16 + p.a_row, p.k_tile[warp, j] * p.tile_k + p.a_k])
     return w_regs
 
 
@@ -120,16 +130,17 @@ def _saved_columns(family, H):
     return saved_layout.gru_columns(H) if family == "gru" else saved_layout.rnn_columns(H)
 
 
-def forward(family, gx, w_hh, b_hh, h0, c0, reverse, units, training, tables=None, sizes=None):
+def forward(family, gx, w_hh, b_hh, h0, c0, reverse, units, training, tables=None, sizes=None, tf32=False):
     """One layer and direction as the kernel computes it. gx (N, G * H) input projections (b_hh in
     for LSTM and RNN), w_hh (G * H, H), b_hh (G * H) for GRU or None, h0 and c0 (B, H), all float64
     numpy arrays; ``sizes``: the steps' batch sizes of a packed sequence (None: B at each of the
-    N / B steps). Returns y (N, H), hn, cn (None but for LSTM), saved (N, width) or None.
-    ``tables``: a plan to use instead of the kernel's (a test breaks one index with it)."""
+    N / B steps); ``tf32``: the float32 kernel's plan (tf32 fragments). Returns y (N, H), hn, cn (None
+    but for LSTM), saved (N, width) or None. ``tables``: a plan to use instead of the kernel's (a test
+    breaks one index with it)."""
     G, (B, H) = GATES[family], h0.shape
     N = gx.shape[0]
     T = len(sizes) if sizes is not None else N // B
-    p = tables or plan(G, units, H, B, T, reverse, sizes=sizes)
+    p = tables or plan(G, units, H, B, T, reverse, sizes=sizes, tf32=tf32)
     gx_flat, w_flat = gx.reshape(-1), w_hh.reshape(-1)
     y = np.full(N * H, np.nan)  # NaN where nothing was written: a missed store shows
     width = _saved_columns(family, H)["width"]
@@ -166,9 +177,9 @@ def forward(family, gx, w_hh, b_hh, h0, c0, reverse, units, training, tables=Non
                         kt = p.k_tile[warp, j]
                         if kt >= p.k_tiles:
                             break
-                        b_regs = stage[(nt * 8 + p.b_n[:, None]) * p.h_stride + kt * 16 + p.b_k]
+                        b_regs = stage[(nt * 8 + p.b_n[:, None]) * p.h_stride + kt * p.tile_k + p.b_k]
                         for mt in range(p.m_tiles):
-                            acc[mt] = mma(w_regs[block, warp, mt, j], b_regs, acc[mt])
+                            acc[mt] = mma(w_regs[block, warp, mt, j], b_regs, acc[mt], p.tf32)
                     for mt in range(p.m_tiles):
                         partial[p.partial_index[warp, mt * 16 + p.c_row, nt * 8 + p.c_n]] = acc[mt]
 
@@ -224,7 +235,7 @@ _SAVED_NAMES = {"lstm": [0, 1, 2, 3, "c_prev", "tanh_c"], "gru": [0, 1, 2, "h_n"
                 "rnn_tanh": ["h"], "rnn_relu": ["h"]}
 
 
-def backward(family, dy, saved, w_hh, dhn, dcn, reverse, units, tables=None, sizes=None):
+def backward(family, dy, saved, w_hh, dhn, dcn, reverse, units, tables=None, sizes=None, tf32=False):
     """The sequential part of one layer's backward as the kernel computes it. dy (N, H), saved
     (N, width) of the training forward, w_hh (G * H, H), dhn and dcn (B, H; dcn None but for LSTM),
     float64 numpy arrays; ``reverse``: the forward ran backwards in time; ``sizes`` as in forward.
@@ -232,7 +243,8 @@ def backward(family, dy, saved, w_hh, dhn, dcn, reverse, units, tables=None, siz
     G, (B, H) = GATES[family], dhn.shape
     N, K = dy.shape[0], G * H
     T = len(sizes) if sizes is not None else N // B
-    p = tables or plan(G, units, H, B, T, not reverse, backward=True, sizes=sizes)  # time runs backwards
+    # The kernel walks time the other way round: its plan is the reverse direction's.
+    p = tables or plan(G, units, H, B, T, not reverse, backward=True, sizes=sizes, tf32=tf32)
     w_flat, dy_flat, saved_flat = w_hh.reshape(-1), dy.reshape(-1), saved.reshape(-1)
     width = _saved_columns(family, H)["width"]
     columns = _saved_columns(family, H)
@@ -269,11 +281,11 @@ def backward(family, dy, saved, w_hh, dhn, dcn, reverse, units, tables=None, siz
                             kt = p.k_tile[warp, j]
                             if kt >= p.k_tiles:
                                 break
-                            k = kt * 16 + p.b_k
+                            k = kt * p.tile_k + p.b_k
                             valid = (n < bs_before)[:, None] & (k < K)
                             b_regs = np.where(valid, exchange[np.where(valid, rows[:, None] * K + k, 0)], 0.0)
                             for mt in range(p.m_tiles):
-                                acc[mt] = mma(w_regs[block, warp, mt, j], b_regs, acc[mt])
+                                acc[mt] = mma(w_regs[block, warp, mt, j], b_regs, acc[mt], p.tf32)
                         for mt in range(p.m_tiles):
                             partial[p.partial_index[warp, mt * 16 + p.c_row, nt * 8 + p.c_n]] = acc[mt]
 

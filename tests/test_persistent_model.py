@@ -51,7 +51,7 @@ def _expected(family, w, reverse, training):
     return y, hn, cn, saved if training else None
 
 
-def _model(family, w, reverse, units, training, tables=None):
+def _model(family, w, reverse, units, training, tables=None, tf32=False):
     """The model's y, hn, cn, saved from the same layer (the input projection done here, as the kernel's
     caller does: b_hh folded in but for GRU)."""
     gru = family == "gru"
@@ -59,7 +59,7 @@ def _model(family, w, reverse, units, training, tables=None):
     numpy = lambda t: None if t is None else t.numpy()  # noqa: E731
     return persistent_model.forward(family, gx.numpy(), w["w_hh"].numpy(), numpy(w["b_hh"]) if gru else None,
                                     w["h0"].numpy(), numpy(w["c0"]), reverse, units, training, tables,
-                                    w["sizes"].tolist() if w["packed"] else None)
+                                    w["sizes"].tolist() if w["packed"] else None, tf32)
 
 
 def _assert_close(got, expected):
@@ -70,14 +70,19 @@ def _assert_close(got, expected):
             np.testing.assert_allclose(a, b.numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
 
 
+TF32 = pytest.mark.parametrize("tf32", [False, True], ids=["16bit", "tf32"])  # the kernels' two layouts
+
+
+@TF32
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("units", [8, 16])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"H{h}-B{b}" for h, b in SHAPES])
 @pytest.mark.parametrize("family", list(persistent_model.GATES))
-def test_model_of_the_kernel_equals_the_reference(family, shape, units, reverse, training):
+def test_model_of_the_kernel_equals_the_reference(family, shape, units, reverse, training, tf32):
     w = _layer(family, *shape)
-    _assert_close(_model(family, w, reverse, units, training), _expected(family, w, reverse, training))
+    _assert_close(_model(family, w, reverse, units, training, tf32=tf32),
+                  _expected(family, w, reverse, training))
 
 
 def _swap_lanes(table, first, second):
@@ -91,7 +96,7 @@ def _swap_lanes(table, first, second):
 BROKEN = {
     "a_k": lambda t: _swap_lanes(t["a_k"], 0, 1),
     "a_row": lambda t: (t["a_row"] + 8 * (t["a_row"] < 8)) % 16,
-    "b_k": lambda t: t["b_k"][:, [2, 3, 0, 1]],
+    "b_k": lambda t: t["b_k"][:, ::-1],
     "weight_index": lambda t: np.roll(t["weight_index"], 1, axis=1),
     "k_tile": lambda t: t["k_tile"] + 1,
     "c_n": lambda t: t["c_n"][:, [1, 0, 3, 2]],
@@ -100,16 +105,17 @@ BROKEN = {
 }
 
 
+@TF32
 @pytest.mark.parametrize("table", list(BROKEN))
-def test_a_broken_index_fails_the_model(table):
+def test_a_broken_index_fails_the_model(table, tf32):
     """The comparison above can fail: one wrong index in the plan makes the model disagree."""
     family, (H, B), units = "lstm", (40, 9), 8
     w = _layer(family, H, B)
-    tables = persistent_model.plan(4, units, H, B, STEPS, False)
+    tables = persistent_model.plan(4, units, H, B, STEPS, False, tf32=tf32)
     tables.tables[table] = BROKEN[table](tables.tables)
     expected = _expected(family, w, False, True)
     with pytest.raises((AssertionError, IndexError)):  # wrong values, or an index past the kernel's arrays
-        _assert_close(_model(family, w, False, units, True, tables), expected)
+        _assert_close(_model(family, w, False, units, True, tables, tf32), expected)
 
 
 # Packed sequences: ((H, B), the steps' batch sizes): sequences of lengths 4, 4, 3, 2, 2 and one of
@@ -117,15 +123,17 @@ def test_a_broken_index_fails_the_model(table):
 PACKED = [((17, 5), [5, 5, 3, 1]), ((40, 9), [9, 7, 7, 2])]
 
 
+@TF32
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("units", [8, 16])
 @pytest.mark.parametrize("case", PACKED, ids=["H17-B5", "H40-B9"])
 @pytest.mark.parametrize("family", list(persistent_model.GATES))
-def test_model_of_the_kernel_on_packed_sequences(family, case, units, reverse, training):
+def test_model_of_the_kernel_on_packed_sequences(family, case, units, reverse, training, tf32):
     (H, B), sizes = case
     w = _layer(family, H, B, sizes)
-    _assert_close(_model(family, w, reverse, units, training), _expected(family, w, reverse, training))
+    _assert_close(_model(family, w, reverse, units, training, tf32=tf32),
+                  _expected(family, w, reverse, training))
 
 
 def test_register_pairs_hold_neighbours():
@@ -138,9 +146,10 @@ def test_register_pairs_hold_neighbours():
 
 
 def test_ptx_fragments_cover_each_tile_element_once():
-    """The model's MMA semantics: every element of A (16 x 16), B (16 x 8), C (16 x 8) is held by
-    exactly one (lane, register element)."""
-    fragments = [((16, 16), persistent_model.PTX_A), ((16, 8), persistent_model.PTX_B),
+    """The model's MMA semantics: every element of A and B (m16n8k16: 16 x 16 and 16 x 8; tf32 m16n8k8:
+    16 x 8 and 8 x 8) and of C (16 x 8) is held by exactly one (lane, register element)."""
+    (a16, b16), (a_tf32, b_tf32) = persistent_model.PTX_AB[False], persistent_model.PTX_AB[True]
+    fragments = [((16, 16), a16), ((16, 8), b16), ((16, 8), a_tf32), ((8, 8), b_tf32),
                  ((16, 8), persistent_model.PTX_C)]
     for tile, (rows, cols) in fragments:
         counts = np.zeros(tile, dtype=int)
@@ -174,7 +183,7 @@ def _grads_from(family, w, saved, dgx, dgh):
                                           recurrent.T @ h_prev)]
 
 
-def _check_backward(family, shape, units, reverse, tables=None, sizes=None):
+def _check_backward(family, shape, units, reverse, tables=None, sizes=None, tf32=False):
     w = _layer(family, *shape, sizes)
     saved = _expected(family, w, reverse, True)[3]
     g = torch.Generator().manual_seed(1)
@@ -184,7 +193,7 @@ def _check_backward(family, shape, units, reverse, tables=None, sizes=None):
     dh0, dc0, grads = _backward_expected(family, w, reverse, saved, dy, dhn, dcn)
     dgx, dgh, got_dh0, got_dc0 = persistent_model.backward(
         family, dy.numpy(), saved.numpy(), w["w_hh"].numpy(), dhn.numpy(),
-        None if dcn is None else dcn.numpy(), reverse, units, tables, sizes)
+        None if dcn is None else dcn.numpy(), reverse, units, tables, sizes, tf32)
     np.testing.assert_allclose(got_dh0, dh0.numpy(), rtol=1e-12, atol=1e-12)
     if family == "lstm":
         np.testing.assert_allclose(got_dc0, dc0.numpy(), rtol=1e-12, atol=1e-12)
@@ -193,36 +202,39 @@ def _check_backward(family, shape, units, reverse, tables=None, sizes=None):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
 
 
+@TF32
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("units", [8, 16])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"H{h}-B{b}" for h, b in SHAPES])
 @pytest.mark.parametrize("family", list(persistent_model.GATES))
-def test_model_of_the_backward_kernel_equals_the_cpu_backend(family, shape, units, reverse):
-    _check_backward(family, shape, units, reverse)
+def test_model_of_the_backward_kernel_equals_the_cpu_backend(family, shape, units, reverse, tf32):
+    _check_backward(family, shape, units, reverse, tf32=tf32)
 
 
 BROKEN_BACKWARD = {
     "weight_index": lambda t: np.roll(t["weight_index"], 1, axis=2),
     "prev_time": lambda t: np.roll(t["prev_time"], 1),
-    "b_k": lambda t: t["b_k"][:, [1, 0, 2, 3]],
+    "b_k": lambda t: t["b_k"][:, ::-1],
     "gate_column": lambda t: t["gate_column"][::-1],
     "local_row": lambda t: t["local_row"][:, ::-1],
 }
 
 
+@TF32
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("units", [8, 16])
 @pytest.mark.parametrize("case", PACKED, ids=["H17-B5", "H40-B9"])
 @pytest.mark.parametrize("family", list(persistent_model.GATES))
-def test_model_of_the_backward_kernel_on_packed_sequences(family, case, units, reverse):
+def test_model_of_the_backward_kernel_on_packed_sequences(family, case, units, reverse, tf32):
     (H, B), sizes = case
-    _check_backward(family, (H, B), units, reverse, sizes=sizes)
+    _check_backward(family, (H, B), units, reverse, sizes=sizes, tf32=tf32)
 
 
+@TF32
 @pytest.mark.parametrize("table", list(BROKEN_BACKWARD))
-def test_a_broken_index_fails_the_backward_model(table):
+def test_a_broken_index_fails_the_backward_model(table, tf32):
     family, (H, B), units = "lstm", (40, 9), 8
-    tables = persistent_model.plan(4, units, H, B, STEPS, True, backward=True)
+    tables = persistent_model.plan(4, units, H, B, STEPS, True, backward=True, tf32=tf32)
     tables.tables[table] = BROKEN_BACKWARD[table](tables.tables)
     with pytest.raises((AssertionError, IndexError)):
-        _check_backward(family, (H, B), units, False, tables)
+        _check_backward(family, (H, B), units, False, tables, tf32=tf32)

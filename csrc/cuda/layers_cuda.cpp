@@ -77,6 +77,12 @@ std::pair<at::Tensor, at::Tensor> device_schedule(const Schedule& sched, const a
 
 const int64_t* long_ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<int64_t>() : nullptr; }
 
+// float32 runs the persistent kernels on tf32 tensor cores: only where torch.nn's cuDNN RNNs would use
+// tf32 too (torch.backends.cudnn.allow_tf32, on by default), so fastcells is no less exact than torch.
+bool tensor_cores_allowed(DType dtype) {
+  return dtype != DType::kFloat32 || at::globalContext().allowTF32CuDNN();
+}
+
 // Whether a persistent launch was refused because its blocks cannot all be resident (the occupancy API
 // does not see MPS limits or other contexts): then the per-step path runs. Other errors throw.
 bool launch_too_large(cudaError_t error) {
@@ -96,6 +102,7 @@ bool persistent_fwd(Cell cell, DType dtype, const Schedule& sched, const at::Ten
                     const at::Tensor& c0, const at::Tensor& y, const at::Tensor& saved, bool reverse,
                     bool relu, at::Tensor& hn, at::Tensor& cn) {
   const int64_t B = sched.batch, H = h0.size(1);
+  if (!tensor_cores_allowed(dtype)) return false;
   const std::optional<PersistentConfig> choice = persistent_choice(cell, dtype, B, H, saved.numel() > 0);
   if (!choice || sched.steps == 0 || !sequence_fwd_fits(dtype, cell, B, H, *choice)) return false;
   const PersistentConfig& config = *choice;
@@ -122,6 +129,7 @@ bool persistent_bwd(Cell cell, DType dtype, const Schedule& sched, const at::Ten
                     const at::Tensor& dc, const at::Tensor& dgx, const at::Tensor& dgh, bool reverse,
                     bool relu) {
   const int64_t B = sched.batch, H = dh.size(1);
+  if (!tensor_cores_allowed(dtype)) return false;
   const std::optional<PersistentConfig> choice = persistent_choice(cell, dtype, B, H, /*training=*/true);
   if (!choice || sched.steps == 0 || !sequence_bwd_fits(dtype, cell, B, H, *choice)) return false;
   const PersistentConfig& config = *choice;
@@ -162,8 +170,9 @@ void record_persistent_choice(const std::string& cell, const std::string& dtype,
                               bool training, int units, bool flag_sync) {
   const Cell c = cell == "lstm" ? Cell::kLstm : cell == "gru" ? Cell::kGru : Cell::kRnn;
   TORCH_CHECK(cell == "lstm" || cell == "gru" || cell == "rnn", "cell must be lstm, gru or rnn, got ", cell);
-  TORCH_CHECK(dtype == "float16" || dtype == "bfloat16", "dtype must be float16 or bfloat16, got ", dtype);
-  const DType d = dtype == "float16" ? DType::kFloat16 : DType::kBFloat16;
+  TORCH_CHECK(dtype == "float16" || dtype == "bfloat16" || dtype == "float32",
+              "dtype must be float16, bfloat16 or float32, got ", dtype);
+  const DType d = dtype == "float16" ? DType::kFloat16 : dtype == "bfloat16" ? DType::kBFloat16 : DType::kFloat32;
   record_persistent_choice(c, d, batch, H, training,
                            units == 0 ? std::nullopt : std::optional(config_of(units, flag_sync)));
 }

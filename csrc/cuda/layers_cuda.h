@@ -12,7 +12,7 @@ namespace fastcells::cuda {
 void set_persistent(const std::string& mode, int units, bool flag_sync);
 
 // Records fastcells/dispatch.py's choice for one call shape (cell "lstm", "gru" or "rnn"; dtype
-// "float16" or "bfloat16"): a variant, or units 0 for the per-step path.
+// "float16", "bfloat16" or "float32"): a variant, or units 0 for the per-step path.
 void record_persistent_choice(const std::string& cell, const std::string& dtype, int64_t batch, int64_t H,
                               bool training, int units, bool flag_sync);
 

@@ -30,11 +30,9 @@ namespace {
 using namespace persistent_detail;
 using persistent::a_k;
 using persistent::a_row;
-using persistent::b_k;
 using persistent::b_n;
 using persistent::kMaxBatch;
 using persistent::kThreads;
-using persistent::kTileK;
 using persistent::kTileM;
 using persistent::kTileN;
 using persistent::kWarps;
@@ -44,22 +42,24 @@ template <typename T, int kGates, int kUnits, int kKTiles>
 __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync) {
   constexpr int kMTiles = (kGates * kUnits + kTileM - 1) / kTileM;
   constexpr int kMaxSlots = (kUnits * kMaxBatch + kThreads - 1) / kThreads;
-  const Plan plan{kGates, kUnits, a.H, a.batch};
+  using Bits = std::conditional_t<kTf32<T>, unsigned int, unsigned short>;  // an element's raw bits
+  constexpr int64_t kPerChunk = 16 / sizeof(Bits);                           // elements in 16 bytes
+  const Plan plan{kGates, kUnits, a.H, a.batch, /*backward=*/false, kTf32<T>};
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t block = blockIdx.x, H = a.H, B = a.batch, GH = kGates * H, steps = a.steps;
   const int64_t n_tiles = plan.n_tiles(), stride = plan.h_stride();
   const int64_t slots = plan.slots();
 
   extern __shared__ __align__(16) unsigned char shared[];
-  uint16_t* h_stage = reinterpret_cast<uint16_t*>(shared);
+  Bits* h_stage = reinterpret_cast<Bits*>(shared);
   float* partial = reinterpret_cast<float*>(shared + plan.h_stage_bytes());
   float* c_state = reinterpret_cast<float*>(shared + plan.h_stage_bytes() + plan.partial_bytes());
   float* h_state = c_state + slots;  // both indexed by slot
 
   // The block's W_hh rows as A fragments, for the whole sequence.
   uint32_t w[kMTiles][kKTiles][4];
-  load_weight_fragments(w, static_cast<const uint16_t*>(a.w_hh), plan, block, warp, lane);
-  for (int64_t i = threadIdx.x; i < plan.h_stage_bytes() / 2; i += kThreads) h_stage[i] = 0;
+  load_weight_fragments<T>(w, a.w_hh, plan, block, warp, lane);
+  for (int64_t i = threadIdx.x; i < plan.h_stage_bytes() / int64_t{sizeof(Bits)}; i += kThreads) h_stage[i] = 0;
   for (int64_t slot = threadIdx.x; slot < slots; slot += kThreads) {
     const int64_t b = plan.slot_batch(slot), unit = plan.unit(block, plan.slot_unit(slot));
     if (unit >= H) continue;
@@ -68,10 +68,10 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
   }
   __syncthreads();
 
-  const uint16_t* h0 = static_cast<const uint16_t*>(a.h0);
-  const uint16_t* y_bits = static_cast<const uint16_t*>(a.y);
+  const Bits* h0 = static_cast<const Bits*>(a.h0);
+  const Bits* y_bits = static_cast<const Bits*>(a.y);
   // Rows of 16-byte chunks where the rows and both sources allow (y is a fresh tensor; h0 may be a view).
-  const bool vector_copy = H % 8 == 0 && reinterpret_cast<uintptr_t>(h0) % 16 == 0 &&
+  const bool vector_copy = H % kPerChunk == 0 && reinterpret_cast<uintptr_t>(h0) % 16 == 0 &&
                            reinterpret_cast<uintptr_t>(y_bits) % 16 == 0;
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = plan.time(s, steps, a.reverse), t_prev = plan.prev_time(s, steps, a.reverse);
@@ -97,27 +97,33 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
     // 3. Stage h_{t-1} (B, H) as the B operand: rows of the previous step's batch from y, the others
     //    (all at the first step; in the reverse direction, sequences starting here) from h0. Both
     //    sources hold batch entry b at b * H from their base.
-    const uint16_t* y_prev = y_bits + (t_prev < 0 ? 0 : plan.row(t_prev, 0, a.offsets) * H);
+    const Bits* y_prev = y_bits + (t_prev < 0 ? 0 : plan.row(t_prev, 0, a.offsets) * H);
     if (vector_copy) {
-      for (int64_t i = threadIdx.x; i < B * H / 8; i += kThreads) {
-        const int64_t b = i * 8 / H, k = i * 8 - b * H;
+      for (int64_t i = threadIdx.x; i < B * H / kPerChunk; i += kThreads) {
+        const int64_t b = i * kPerChunk / H, k = i * kPerChunk - b * H;
         const int4* source = reinterpret_cast<const int4*>(b < bs_prev ? y_prev : h0) + i;
         *reinterpret_cast<int4*>(h_stage + b * stride + k) = __ldcg(source);
       }
     } else {
       for (int64_t i = threadIdx.x; i < B * H; i += kThreads) {
         const int64_t b = i / H, k = i - b * H;
-        h_stage[b * stride + k] = __ldcg(reinterpret_cast<const unsigned short*>(b < bs_prev ? y_prev : h0) + i);
+        h_stage[b * stride + k] = __ldcg((b < bs_prev ? y_prev : h0) + i);
       }
     }
     __syncthreads();
 
     // 4. Partial products of this warp's k tiles, one batch tile at a time.
     for (int64_t nt = 0; nt < n_tiles; ++nt) {
-      const uint16_t* h_row = h_stage + (nt * kTileN + b_n(lane)) * stride;  // the lane's batch entry
+      const Bits* h_row = h_stage + (nt * kTileN + b_n(lane)) * stride;  // the lane's batch entry
       warp_partial_products<T>(w, plan, warp, lane, nt, partial, [&](int64_t kt, uint32_t(&bf)[2]) {
-        bf[0] = *reinterpret_cast<const uint32_t*>(h_row + kt * kTileK + b_k(lane, 0));
-        bf[1] = *reinterpret_cast<const uint32_t*>(h_row + kt * kTileK + b_k(lane, 2));
+        const Bits* tile = h_row + kt * plan.tile_k();
+        if constexpr (kTf32<T>) {  // one element a register
+          bf[0] = to_tf32(__uint_as_float(tile[plan.b_k(lane, 0)]));
+          bf[1] = to_tf32(__uint_as_float(tile[plan.b_k(lane, 1)]));
+        } else {  // elements 2i and 2i + 1, neighbours in k, in one 32-bit load
+          bf[0] = *reinterpret_cast<const uint32_t*>(tile + plan.b_k(lane, 0));
+          bf[1] = *reinterpret_cast<const uint32_t*>(tile + plan.b_k(lane, 2));
+        }
       });
     }
     __syncthreads();
@@ -218,32 +224,35 @@ struct ForwardKernel {
   // registers and spills (make cuda-check); GRU's 96 needs 235 without spilling. So LSTM runs 16 units
   // a block only up to H = 512.
   static constexpr int kFragments = (G * U + kTileM - 1) / kTileM * K * 4;
+  static constexpr bool kCompiled = kFragments <= 96 && useful_k_choice<T>(K, 1);
   static constexpr auto kernel() { return &sequence_fwd_kernel<T, G, U, K>; }
 };
 
-Plan plan_of(Cell cell, int64_t batch, int64_t H, const PersistentConfig& config) {
-  return Plan{gates_of(cell), config.units, H, batch};
+Plan plan_of(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config) {
+  return Plan{gates_of(cell), config.units, H, batch, /*backward=*/false, dtype == DType::kFloat32};
 }
 
-// H <= 8 warps * 8 k tiles * 16 = 1024.
+// H <= 1024: 8 warps * 8 k tiles * 16 (16-bit), * 16 k tiles * 8 (tf32; float32 LSTM and GRU hold
+// 16 k tiles only up to H = 512, within the 96 fragment registers).
 template <typename Body>
 bool with_forward_kernel(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config,
                          Body body) {
-  return with_kernel<ForwardKernel, 96, 2, 4, 8>(dtype, cell, config.units,
-                                                 plan_of(cell, batch, H, config).k_tiles_per_warp(), body);
+  if (H > kMaxHidden) return false;
+  return with_kernel<ForwardKernel, 2, 4, 8, 16>(dtype, cell, config.units,
+                                                 plan_of(dtype, cell, batch, H, config).k_tiles_per_warp(), body);
 }
 
 }  // namespace
 
 int64_t sequence_fwd_blocks(Cell cell, int64_t H, const PersistentConfig& config) {
-  return plan_of(cell, 1, H, config).blocks();
+  return plan_of(DType::kBFloat16, cell, 1, H, config).blocks();
 }
 
 bool sequence_fwd_fits(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config) {
   if (batch < 1 || batch > kMaxBatch || H < 1) return false;
   bool fits = false;
   with_forward_kernel(dtype, cell, batch, H, config,
-                      [&](auto kernel) { fits = co_resident(kernel, plan_of(cell, batch, H, config)); });
+                      [&](auto kernel) { fits = co_resident(kernel, plan_of(dtype, cell, batch, H, config)); });
   return fits;
 }
 
@@ -252,7 +261,7 @@ cudaError_t sequence_fwd(DType dtype, const SequenceFwd& args, const PersistentC
   if (args.steps == 0) return cudaSuccess;
   cudaError_t error = cudaErrorInvalidValue;
   with_forward_kernel(dtype, args.cell, args.batch, args.H, config, [&](auto kernel) {
-    error = launch(kernel, plan_of(args.cell, args.batch, args.H, config), args, args.flags,
+    error = launch(kernel, plan_of(dtype, args.cell, args.batch, args.H, config), args, args.flags,
                    config.flag_sync, stream);
   });
   return error;

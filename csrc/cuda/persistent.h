@@ -1,6 +1,7 @@
 // Launchers of the persistent tensor-core kernels of persistent.cu (forward) and persistent_bwd.cu
 // (backward): one cooperative launch runs all T steps of one layer and direction of an LSTM, GRU or
-// Elman RNN, in float16 or bfloat16 (fp32 accumulation, fp32 states). Forward: inference or training
+// Elman RNN, in float16 or bfloat16 (mma.sync m16n8k16), or float32 on tf32 tensor cores (m16n8k8), with
+// fp32 accumulation and fp32 states. Forward: inference or training
 // (then it also writes the saved rows, layouts in fastcells/saved_layout.h). Backward: the sequential
 // part of backpropagation through time (the gate gradients of every step, dh0 and dc0); the weight and
 // input gradients are GEMMs after it, in the glue. Padded or packed sequences (per-step batch sizes), no
@@ -68,8 +69,9 @@ struct SequenceBwd {
 // Blocks of a launch (the length of the flags), forward and backward alike.
 int64_t sequence_fwd_blocks(Cell cell, int64_t H, const PersistentConfig& config);
 
-// Whether the kernel can run this shape on the current device: dtype float16 or bfloat16,
-// 1 <= batch <= 64, H <= 1024 (LSTM with 16 units: H <= 512), units 8 or 16, a device with
+// Whether the kernel can run this shape on the current device: dtype float16, bfloat16 or float32 (tf32;
+// the caller decides whether tf32 is allowed), 1 <= batch <= 64, H <= 1024 (LSTM with 16 units, and
+// float32 LSTM and GRU: H <= 512), units 8 or 16, a device with
 // cooperative launch, the block's shared memory within the device's limit, and every block resident
 // at once.
 bool sequence_fwd_fits(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config);
@@ -79,8 +81,8 @@ bool sequence_fwd_fits(DType dtype, Cell cell, int64_t batch, int64_t H, const P
 cudaError_t sequence_fwd(DType dtype, const SequenceFwd& args, const PersistentConfig& config,
                          cudaStream_t stream);
 
-// The same for the backward kernel: dtype float16 or bfloat16, 1 <= batch <= 64, H <= 1024, units 8 or
-// 16, and every block resident at once.
+// The same for the backward kernel: dtype float16, bfloat16 or float32 (tf32), 1 <= batch <= 64,
+// H <= 1024 (float32 LSTM: 512), units 8 or 16, and every block resident at once.
 bool sequence_bwd_fits(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config);
 cudaError_t sequence_bwd(DType dtype, const SequenceBwd& args, const PersistentConfig& config,
                          cudaStream_t stream);

@@ -28,11 +28,9 @@ namespace fastcells::cuda {
 namespace {
 
 using namespace persistent_detail;
-using persistent::b_k;
 using persistent::b_n;
 using persistent::kMaxBatch;
 using persistent::kThreads;
-using persistent::kTileK;
 using persistent::kTileM;
 using persistent::kTileN;
 using persistent::kWarps;
@@ -68,7 +66,7 @@ __device__ __forceinline__ void sequence_bwd_body(SequenceBwd a, bool flag_sync)
   constexpr int kMTiles = (kUnits + kTileM - 1) / kTileM;
   constexpr int kMaxSlots = (kUnits * kMaxBatch + kThreads - 1) / kThreads;
   constexpr int kSaved = kSavedPerSlot<kGates>;
-  const Plan plan{kGates, kUnits, a.H, a.batch, /*backward=*/true};
+  const Plan plan{kGates, kUnits, a.H, a.batch, /*backward=*/true, kTf32<T>};
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t block = blockIdx.x, H = a.H, K = plan.depth(), steps = a.steps;
   const int64_t n_tiles = plan.n_tiles(), slots = plan.slots();
@@ -81,7 +79,7 @@ __device__ __forceinline__ void sequence_bwd_body(SequenceBwd a, bool flag_sync)
 
   // The block's columns of W_hh, transposed, as A fragments, for the whole sequence.
   uint32_t w[kMTiles][kKTiles][4];
-  load_weight_fragments(w, static_cast<const uint16_t*>(a.w_hh), plan, block, warp, lane);
+  load_weight_fragments<T>(w, a.w_hh, plan, block, warp, lane);
   for (int64_t slot = threadIdx.x; slot < slots; slot += kThreads) {
     const int64_t b = plan.slot_batch(slot), unit = plan.unit(block, plan.slot_unit(slot));
     if (unit >= H) continue;
@@ -91,7 +89,7 @@ __device__ __forceinline__ void sequence_bwd_body(SequenceBwd a, bool flag_sync)
   __syncthreads();
 
   // The gradients the next step multiplies: GRU's of W_hh h + b_hh, the others' of the pre-activations.
-  const uint16_t* exchange = static_cast<const uint16_t*>(kGates == 3 ? a.dgh : a.dgx);
+  const void* exchange = kGates == 3 ? a.dgh : a.dgx;
   for (int64_t s = 0; s <= steps; ++s) {
     const bool last = s == steps;  // the phase after the loop: dh0 only
     const int64_t t = last ? -1 : plan.time(s, steps, !a.reverse);
@@ -121,16 +119,24 @@ __device__ __forceinline__ void sequence_bwd_body(SequenceBwd a, bool flag_sync)
     if (t_before >= 0) {
       for (int64_t nt = 0; nt < n_tiles; ++nt) {
         const int64_t n = nt * kTileN + b_n(lane);  // entries past the step before's batch add nothing
-        const uint16_t* dg_row = exchange + plan.row(t_before, n < bs_before ? n : 0, a.offsets) * K;
+        const int64_t dg_row = plan.row(t_before, n < bs_before ? n : 0, a.offsets) * K;
         warp_partial_products<T>(w, plan, warp, lane, nt, partial, [&](int64_t kt, uint32_t(&bf)[2]) {
-          uint32_t element[4];
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int64_t k = kt * kTileK + b_k(lane, e);
-            element[e] = n < bs_before && k < K ? __ldcg(reinterpret_cast<const unsigned short*>(dg_row + k)) : 0u;
+          const auto element = [&](int e) -> uint32_t {  // element e's bits, zero past the batch or K
+            const int64_t k = kt * plan.tile_k() + plan.b_k(lane, e);
+            if (n >= bs_before || k >= K) return 0u;
+            if constexpr (kTf32<T>) {
+              return to_tf32(__ldcg(static_cast<const float*>(exchange) + dg_row + k));
+            } else {
+              return __ldcg(static_cast<const unsigned short*>(exchange) + dg_row + k);
+            }
+          };
+          if constexpr (kTf32<T>) {
+            bf[0] = element(0);
+            bf[1] = element(1);
+          } else {
+            bf[0] = element(0) | (element(1) << 16);
+            bf[1] = element(2) | (element(3) << 16);
           }
-          bf[0] = element[0] | (element[1] << 16);
-          bf[1] = element[2] | (element[3] << 16);
         });
       }
       __syncthreads();
@@ -200,20 +206,24 @@ __global__ void __launch_bounds__(kThreads, 1) sequence_bwd_kernel(SequenceBwd a
 template <typename T, int G, int U, int K>
 struct BackwardKernel {
   static constexpr int kFragments = (U + kTileM - 1) / kTileM * K * 4;  // A-fragment registers a thread holds
+  // sm_90's ptxas keeps up to 128 without spilling, but for float32 with 16 units and 32 k tiles (80
+  // bytes of spills: make cuda-check).
+  static constexpr bool kCompiled =
+      kFragments <= 128 && useful_k_choice<T>(K, G) && !(kTf32<T> && U == 16 && K == 32);
   static constexpr auto kernel() { return &sequence_bwd_kernel<T, G, U, K>; }
 };
 
-Plan plan_of(Cell cell, int64_t batch, int64_t H, const PersistentConfig& config) {
-  return Plan{gates_of(cell), config.units, H, batch, /*backward=*/true};
+Plan plan_of(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config) {
+  return Plan{gates_of(cell), config.units, H, batch, /*backward=*/true, dtype == DType::kFloat32};
 }
 
-// K = gates * H <= 8 warps * 32 k tiles * 16 = 4096: LSTM H <= 1024.
+// K = gates * H <= 8 warps * 32 k tiles * 16 = 4096: LSTM H <= 1024 (tf32, 8 a tile: LSTM H <= 512).
 template <typename Body>
 bool with_backward_kernel(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config,
                           Body body) {
-  if (H > 1024) return false;
-  return with_kernel<BackwardKernel, 128, 4, 8, 16, 32>(dtype, cell, config.units,
-                                                        plan_of(cell, batch, H, config).k_tiles_per_warp(), body);
+  if (H > kMaxHidden) return false;
+  return with_kernel<BackwardKernel, 4, 8, 16, 32>(dtype, cell, config.units,
+                                                        plan_of(dtype, cell, batch, H, config).k_tiles_per_warp(), body);
 }
 
 }  // namespace
@@ -222,7 +232,7 @@ bool sequence_bwd_fits(DType dtype, Cell cell, int64_t batch, int64_t H, const P
   if (batch < 1 || batch > kMaxBatch || H < 1) return false;
   bool fits = false;
   with_backward_kernel(dtype, cell, batch, H, config,
-                       [&](auto kernel) { fits = co_resident(kernel, plan_of(cell, batch, H, config)); });
+                       [&](auto kernel) { fits = co_resident(kernel, plan_of(dtype, cell, batch, H, config)); });
   return fits;
 }
 
@@ -230,7 +240,7 @@ cudaError_t sequence_bwd(DType dtype, const SequenceBwd& args, const PersistentC
                          cudaStream_t stream) {
   cudaError_t error = cudaErrorInvalidValue;
   with_backward_kernel(dtype, args.cell, args.batch, args.H, config, [&](auto kernel) {
-    error = launch(kernel, plan_of(args.cell, args.batch, args.H, config), args, args.flags,
+    error = launch(kernel, plan_of(dtype, args.cell, args.batch, args.H, config), args, args.flags,
                    config.flag_sync, stream);
   });
   return error;

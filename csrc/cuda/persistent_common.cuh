@@ -39,12 +39,30 @@ bool runs_here(KernelPtr kernel, int fragments) {
   return attributes.ptxVersion >= 90 || fragments <= kMaxFragmentsBeforeSm90;
 }
 
-// D += A B with mma.sync.m16n8k16, 16-bit A (16 x 16) and B (16 x 8), fp32 C and D; fragment layouts in
-// fastcells/persistent_plan.h.
+// Whether T's kernels run tf32 tensor cores (float32), else 16-bit ones.
 template <typename T>
-__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+constexpr bool kTf32 = std::is_same_v<T, float>;
+
+// float32 to tf32 (round to nearest, ties away: what cuDNN and cuBLAS do), in a 32-bit register.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t bits;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(bits) : "f"(x));
+  return bits;
+}
+
+// D += A B on tensor cores, fp32 C and D; fragment layouts in fastcells/persistent_plan.h. 16-bit T:
+// mma.sync.m16n8k16 (A 16 x 16, B 16 x 8, two elements a register); float: m16n8k8 tf32 (A 16 x 8,
+// B 8 x 8, one element a register).
+template <typename T>
+__device__ __forceinline__ void mma_tile(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 #if __CUDA_ARCH__ >= 800
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+  if constexpr (kTf32<T>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
         "{%8, %9}, {%0, %1, %2, %3};"
@@ -60,28 +78,42 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[
 #endif
 }
 
-// Raw 16-bit element `index` of a tensor, zero for -1 (padding).
-__device__ __forceinline__ uint32_t bits_or_zero(const uint16_t* p, int64_t index) {
-  return index >= 0 ? p[index] : 0u;
+// Element `index` of a tensor as an operand register's bits (16-bit: the raw bits, float: tf32), zero
+// for -1 (padding).
+template <typename T>
+__device__ __forceinline__ uint32_t operand_or_zero(const void* p, int64_t index) {
+  if (index < 0) return 0u;
+  if constexpr (kTf32<T>) {
+    return to_tf32(static_cast<const float*>(p)[index]);
+  } else {
+    return static_cast<const uint16_t*>(p)[index];
+  }
 }
 
 // The block's A fragments (rows of W_hh forward, its columns backward) for the whole sequence:
-// w[m tile][j][register] of warp `warp`'s j-th k tile.
-template <int kMTiles, int kKTiles>
-__device__ __forceinline__ void load_weight_fragments(uint32_t (&w)[kMTiles][kKTiles][4], const uint16_t* w_hh,
+// w[m tile][j][register] of warp `warp`'s j-th k tile. A register holds elements 2i and 2i + 1 (16-bit,
+// the lower one in the low half) or element i (tf32).
+template <typename T, int kMTiles, int kKTiles>
+__device__ __forceinline__ void load_weight_fragments(uint32_t (&w)[kMTiles][kKTiles][4], const void* w_hh,
                                                       const persistent::Plan& plan, int64_t block, int warp,
                                                       int lane) {
   using namespace persistent;
+  constexpr int kPerRegister = kTf32<T> ? 1 : 2;
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
     for (int j = 0; j < kKTiles; ++j) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int r = mt * kTileM + a_row(lane, 2 * i);
-        const int64_t k = plan.k_tile(warp, j) * kTileK + a_k(lane, 2 * i);
-        w[mt][j][i] = bits_or_zero(w_hh, plan.weight_index(block, r, k)) |
-                      (bits_or_zero(w_hh, plan.weight_index(block, r, k + 1)) << 16);
+        uint32_t bits = 0;
+#pragma unroll
+        for (int half = 0; half < kPerRegister; ++half) {
+          const int e = kPerRegister * i + half;
+          const int r = mt * kTileM + plan.a_row(lane, e);
+          const int64_t k = plan.k_tile(warp, j) * plan.tile_k() + plan.a_k(lane, e);
+          bits |= operand_or_zero<T>(w_hh, plan.weight_index(block, r, k)) << (16 * half);
+        }
+        w[mt][j][i] = bits;
       }
     }
   }
@@ -103,7 +135,7 @@ __device__ __forceinline__ void warp_partial_products(const uint32_t (&w)[kMTile
     uint32_t bf[2];
     load_b(kt, bf);
 #pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) mma_m16n8k16<T>(acc[mt], w[mt][j], bf);
+    for (int mt = 0; mt < kMTiles; ++mt) mma_tile<T>(acc[mt], w[mt][j], bf);
   }
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
@@ -153,11 +185,10 @@ __device__ __forceinline__ void publish_step(unsigned* flags, int64_t s, bool fl
 
 // Calls body(kernel) with Kernel<T, gates, units, k tiles a warp> for (dtype, cell, units, k tiles a
 // warp needed), the k tiles rounded up to one of kKTileChoices; false where none is instantiated:
-// a dtype other than float16/bfloat16, units other than 8 and 16, too many k tiles, or more A-fragment
-// registers than kMaxFragments (sm_90) or kMaxFragmentsBeforeSm90 (code for older architectures; make
-// cuda-check shows where they spill).
-template <template <typename, int, int, int> class Kernel, int kMaxFragments, int... kKTileChoices,
-          typename Body>
+// a dtype other than float16/bfloat16/float32 (tf32), units other than 8 and 16, too many k tiles, a
+// variant the kernel's traits leave out (Kernel::kCompiled), or one that holds more A-fragment registers
+// than kMaxFragmentsBeforeSm90 in code for an older architecture (make cuda-check shows what spills).
+template <template <typename, int, int, int> class Kernel, int... kKTileChoices, typename Body>
 bool with_kernel(DType dtype, Cell cell, int units, int64_t k_tiles_per_warp, Body body) {
   auto by_k = [&](auto type, auto gates, auto units_c) {
     using T = typename std::remove_cvref_t<decltype(type)>::type;
@@ -166,7 +197,7 @@ bool with_kernel(DType dtype, Cell cell, int units, int64_t k_tiles_per_warp, Bo
     bool found = false;
     auto try_one = [&](auto k) {
       constexpr int K = std::remove_cvref_t<decltype(k)>::value;
-      if constexpr (Kernel<T, G, U, K>::kFragments <= kMaxFragments) {
+      if constexpr (Kernel<T, G, U, K>::kCompiled) {
         if (!found && k_tiles_per_warp <= K &&
             runs_here(Kernel<T, G, U, K>::kernel(), Kernel<T, G, U, K>::kFragments)) {
           body(Kernel<T, G, U, K>::kernel());
@@ -193,11 +224,25 @@ bool with_kernel(DType dtype, Cell cell, int units, int64_t k_tiles_per_warp, Bo
   switch (dtype) {
     case DType::kFloat16: return by_cell(std::type_identity<__half>{});
     case DType::kBFloat16: return by_cell(std::type_identity<__nv_bfloat16>{});
+    case DType::kFloat32: return by_cell(std::type_identity<float>{});  // tf32
     default: return false;
   }
 }
 
 inline int gates_of(Cell cell) { return cell == Cell::kLstm ? 4 : cell == Cell::kGru ? 3 : 1; }
+
+// The MMA's k per tile for T, and the k tiles a warp holds for a product of depth K (8 warps).
+template <typename T>
+constexpr int kTileKOf = kTf32<T> ? 8 : 16;
+constexpr int k_tiles_per_warp_for(int depth, int tile_k) { return (depth + 8 * tile_k - 1) / (8 * tile_k); }
+
+// Whether the k-tile choice K (a power of two) is the one some H <= kMaxHidden rounds up to, for a
+// product of depth depth_per_unit * H.
+inline constexpr int kMaxHidden = 1024;
+template <typename T>
+constexpr bool useful_k_choice(int K, int depth_per_unit) {
+  return K / 2 < k_tiles_per_warp_for(depth_per_unit * kMaxHidden, kTileKOf<T>);
+}
 
 // Whether `kernel` can run `plan` with every block resident at once (cooperative launch).
 template <typename KernelPtr>

@@ -35,11 +35,11 @@ def unusable_reason(device_type, dtype=None):
 
 def use_persistent(enabled, units=8, flag_sync=True):
     """How layers on CUDA tensors pick the persistent tensor-core kernels (csrc/cuda/persistent.h:
-    LSTM, GRU and RNN in float16 or bfloat16, no projection, the whole batch at every step). True runs
-    them wherever they fit, with ``units`` hidden units a block (8 or 16) and per-block step flags
-    (``flag_sync``) or a grid barrier between steps; False never; None as fastcells/dispatch.py's
-    measured table says (the default, unless FASTCELLS_CUDA_PERSISTENT was set when fastcells._C
-    loaded: 1 forces them on, 0 off)."""
+    LSTM, GRU and RNN in float16 or bfloat16, or float32 on tf32 where torch.backends.cudnn.allow_tf32;
+    no projection; padded or packed). True runs them wherever they fit, with ``units`` hidden units a
+    block (8 or 16) and per-block step flags (``flag_sync``) or a grid barrier between steps; False
+    never; None as fastcells/dispatch.py's measured table says (the default, unless
+    FASTCELLS_CUDA_PERSISTENT was set when fastcells._C loaded: 1 forces them on, 0 off)."""
     mode = "table" if enabled is None else ("on" if enabled else "off")
     _extension.C.set_cuda_persistent(mode, int(units), bool(flag_sync))
 

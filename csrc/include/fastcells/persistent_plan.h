@@ -31,10 +31,8 @@ namespace fastcells::persistent {
 
 inline constexpr int kWarps = 8;
 inline constexpr int kThreads = 32 * kWarps;
-inline constexpr int kTileM = 16, kTileN = 8, kTileK = 16;  // mma.sync.aligned.m16n8k16
+inline constexpr int kTileM = 16, kTileN = 8;  // k: 16 (16-bit mma.sync m16n8k16), 8 (tf32 m16n8k8)
 inline constexpr int64_t kMaxBatch = 64;
-inline constexpr int kHPad = 8;  // extra columns of a staged h row: row strides of 4 mod 32 words
-                                 // put the 8 batch rows of a B fragment load in different banks
 
 // Where lane `lane` of a warp puts register element e of an MMA fragment. These are the kernel's loads
 // and stores, written from the PTX ISA's fragment figures for m16n8k16 with 16-bit A and B and fp32 C
@@ -48,6 +46,11 @@ FC_PLAN_FN int b_n(int lane) { return lane / 4; }
 // C and D (16 x 8, fp32): e in 0..3.
 FC_PLAN_FN int c_row(int lane, int e) { return lane / 4 + 8 * (e / 2); }
 FC_PLAN_FN int c_n(int lane, int e) { return (lane % 4) * 2 + e % 2; }
+// The same for m16n8k8 with tf32 A and B (float32 layers), one element a register:
+// A (16 x 8): e in 0..3; B (8 x 8): e in 0..1 (b_n as above); C as above.
+FC_PLAN_FN int a_row_tf32(int lane, int e) { return lane / 4 + 8 * (e % 2); }
+FC_PLAN_FN int a_k_tf32(int lane, int e) { return lane % 4 + 4 * (e / 2); }
+FC_PLAN_FN int b_k_tf32(int lane, int e) { return lane % 4 + 4 * e; }
 
 struct Plan {
   int gates;      // rows per hidden unit: LSTM 4 (i, f, g, o), GRU 3 (r, z, n), RNN 1
@@ -55,19 +58,31 @@ struct Plan {
   int64_t H;      // hidden size
   int64_t batch;  // B <= kMaxBatch
   bool backward = false;
+  bool tf32 = false;  // float32 weights and states on tf32 tensor cores, else 16-bit ones
+
+  // The MMA's k per tile, the bytes of an element of W_hh and h, and the fragment layouts: register
+  // element e of lane `lane` holds A(a_row, a_k) and B(b_k, b_n); a_elements and b_elements per lane.
+  FC_PLAN_FN int tile_k() const { return tf32 ? 8 : 16; }
+  FC_PLAN_FN int element_bytes() const { return tf32 ? 4 : 2; }
+  FC_PLAN_FN int a_elements() const { return tf32 ? 4 : 8; }
+  FC_PLAN_FN int b_elements() const { return tf32 ? 2 : 4; }
+  FC_PLAN_FN int a_row(int lane, int e) const { return tf32 ? a_row_tf32(lane, e) : persistent::a_row(lane, e); }
+  FC_PLAN_FN int a_k(int lane, int e) const { return tf32 ? a_k_tf32(lane, e) : persistent::a_k(lane, e); }
+  FC_PLAN_FN int b_k(int lane, int e) const { return tf32 ? b_k_tf32(lane, e) : persistent::b_k(lane, e); }
 
   // Rows of a block's product (M) and its depth (K).
   FC_PLAN_FN int rows() const { return backward ? units : gates * units; }
   FC_PLAN_FN int64_t depth() const { return backward ? gates * H : H; }
   FC_PLAN_FN int m_tiles() const { return (rows() + kTileM - 1) / kTileM; }
-  FC_PLAN_FN int64_t k_tiles() const { return (depth() + kTileK - 1) / kTileK; }
+  FC_PLAN_FN int64_t k_tiles() const { return (depth() + tile_k() - 1) / tile_k(); }
   FC_PLAN_FN int64_t n_tiles() const { return (batch + kTileN - 1) / kTileN; }
   FC_PLAN_FN int64_t padded_batch() const { return n_tiles() * kTileN; }
   FC_PLAN_FN int64_t blocks() const { return (H + units - 1) / units; }
   // k tiles a warp holds: the kernel's register array is sized by a compile-time bound >= this.
   FC_PLAN_FN int64_t k_tiles_per_warp() const { return (k_tiles() + kWarps - 1) / kWarps; }
 
-  // The k tile of warp w's j-th fragment column (round robin, so the warps' shares differ by <= 1).
+  // The k tile of warp w's j-th fragment column (round robin, so the warps' shares differ by <= 1); its
+  // columns are k_tile * tile_k() ... + tile_k() - 1.
   FC_PLAN_FN int64_t k_tile(int warp, int j) const { return warp + int64_t{j} * kWarps; }
   // The hidden unit of a block's local row r, or of pointwise slot unit u: block * units + u.
   FC_PLAN_FN int64_t unit(int64_t block, int u) const { return block * units + u; }
@@ -109,15 +124,17 @@ struct Plan {
   FC_PLAN_FN int64_t slot_batch(int64_t slot) const { return slot / units; }
 
   // Shared memory, in this order (each part 16-byte aligned):
-  //   h_stage  (padded_batch, h_stride) 16-bit, forward only: h_{t-1} as the MMA's B operand, zero past
+  //   h_stage  (padded_batch, h_stride) elements, forward only: h_{t-1} as the MMA's B operand, zero past
   //            H (backward reads its B fragments of dG straight from global memory: each element goes
   //            to one warp only, so staging would buy no reuse)
   //   partial  (kWarps, m_tiles * 16, partial_stride) fp32: each warp's partial products
   //   state    (2, slots) fp32: forward c (LSTM) and h of the block's own units; backward dc (LSTM)
   //            and the part of dh carried to the next step (dhn first, then GRU's direct z * dh)
-  FC_PLAN_FN int64_t h_stride() const { return k_tiles() * kTileK + kHPad; }
+  // 16 bytes past the k tiles: a row stride of 4 mod 32 words puts the 8 batch rows of a B fragment
+  // load in different banks, and keeps rows 16-byte aligned for the vector copy.
+  FC_PLAN_FN int64_t h_stride() const { return k_tiles() * tile_k() + 16 / element_bytes(); }
   FC_PLAN_FN int64_t h_stage_bytes() const {
-    return backward ? 0 : (padded_batch() * h_stride() * 2 + 15) / 16 * 16;
+    return backward ? 0 : (padded_batch() * h_stride() * element_bytes() + 15) / 16 * 16;
   }
   // Rows of `partial` are 4 floats longer than the batch: a row stride of 4 mod 32 words spreads a
   // warp's C-fragment stores over the banks (2-way conflicts instead of 8-way at 32 or 64 columns),
