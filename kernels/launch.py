@@ -56,17 +56,26 @@ def persistent(dtype, hidden, projected):
     return not projected and hidden <= MAX_HIDDEN.get(dtype, 0)
 
 
+# Batch rows a program of a persistent kernel owns, and its warps by dtype. Compiled ahead of time for
+# sm_90 (tests/test_triton_resources.py, bench/triton_resources.py), 32 or 64 rows spill registers in
+# most kernels at BLOCK_H = 32 and 64 (up to 3 KB a thread at 64 x 64). At 16 rows (the least tl.dot
+# takes) ptxas still spills 24 bytes of float32 LSTM's forward at BLOCK_H = 32 with 4 warps (holding
+# it to 80 registers), and 8 bytes of float64 GRU's backward there with 8 warps (at 128): so 8 warps,
+# but 4 for float64. More batch rows mean more programs, side by side.
+SEQUENCE_BLOCK_B = 16
+SEQUENCE_WARPS = {torch.float64: 4}  # else 8
+
+
 def _sequence_meta(dtype, batch, hidden):
-    """Grid and block sizes of a persistent kernel: tiles of batch rows, all hidden units. tl.dot
-    wants blocks of at least 16; the interpreter cannot run bf16/fp16 tl.dot correctly, so it gets
-    float32 operands there."""
+    """Grid and block sizes of a persistent kernel: tiles of SEQUENCE_BLOCK_B batch rows, all hidden
+    units. The interpreter cannot run bf16/fp16 tl.dot correctly, so it gets float32 operands there."""
     block_h = max(16, triton.next_power_of_2(hidden))
-    block_b = max(16, min(64, triton.next_power_of_2(max(batch, 1))))
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     dot = tl_compute_dtype(dtype) if interpreted or dtype in (torch.float32, torch.float64) \
         else tl_dtype(dtype)
-    meta = {"COMPUTE": tl_compute_dtype(dtype), "DOT": dot, "BLOCK_B": block_b, "BLOCK_H": block_h}
-    return (triton.cdiv(batch, block_b),), meta
+    meta = {"COMPUTE": tl_compute_dtype(dtype), "DOT": dot, "BLOCK_B": SEQUENCE_BLOCK_B,
+            "BLOCK_H": block_h, "num_warps": SEQUENCE_WARPS.get(dtype, 8)}
+    return (triton.cdiv(batch, SEQUENCE_BLOCK_B),), meta
 
 
 def run_sequence(kernel, rows_tensor, batch_sizes, tensors, batch, hidden, extra=(), **flags):
