@@ -11,8 +11,8 @@
 # whatever finished survives a cut-off.
 #
 # The CPU test suite is CI's job; here only the tests that touch CUDA run (names with cuda or triton:
-# test_cuda.py, test_triton.py and the cuda variants of the shared suites), in parallel where
-# pytest-xdist is installed.
+# test_cuda.py, test_triton.py and the cuda variants of the shared suites; not test_triton_resources.py,
+# which compiles for sm_90 on the CPU), in parallel where pytest-xdist is installed.
 #
 # It uses the python that holds the CUDA torch ($PYTHON, default python3), never the CPU-only .venv.
 # compute-sanitizer comes from PATH or from .gpu-carry/ (make gpu-carry beforehand, and send that
@@ -65,7 +65,7 @@ step info info.txt 60 sh -c "nvidia-smi; '$PY' -m fastcells info"
 PYTEST_OPTS=(-q -p no:cacheprovider --junit-xml "$DIR/tests.xml")
 "$PY" -c "import xdist" 2>/dev/null && PYTEST_OPTS+=(-n 8)
 "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_OPTS+=(--timeout 300)
-step tests tests.log 240 "$PY" -m pytest tests -k "cuda or triton" "${PYTEST_OPTS[@]}"
+step tests tests.log 240 "$PY" -m pytest tests -k "(cuda or triton) and not triton_resources" "${PYTEST_OPTS[@]}"
 
 # The persistent kernels' variant matrix (synchronization x units a block x dtype) against the per-step
 # path and torch.nn bfloat16 and float16, target shapes first; each case is saved as it finishes.

@@ -15,8 +15,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 #include <tuple>
 #include <utility>
 #include <vector>

@@ -5,6 +5,9 @@
 #include <cooperative_groups.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 
 #include "fastcells/persistent_plan.h"
@@ -156,13 +159,27 @@ __device__ __forceinline__ void store_release(unsigned* p, unsigned value) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(value) : "memory");
 }
 
+__device__ __forceinline__ uint64_t global_time_ns() {
+  uint64_t ns;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+  return ns;
+}
+
+// How long a block waits for the others before it calls it a bug: every block is resident and a step
+// takes microseconds, so a wait of 10 s (even under compute-sanitizer) means a block will never
+// publish. Then the kernel traps: the launch fails with an error instead of hanging the GPU (and the
+// rented GPU time with it).
+constexpr uint64_t kWaitLimitNs = 10'000'000'000ull;
+
 // Waits until every block has published step s - 1 (flag synchronization; with grid synchronization the
 // previous step's publish_step already waited). Warp 0 polls the flags, one lane a block at a time.
 __device__ __forceinline__ void wait_for_step(const unsigned* flags, int64_t s, bool flag_sync) {
   if (s == 0 || !flag_sync) return;
   if (threadIdx.x < 32) {
+    const uint64_t start = global_time_ns();
     for (int64_t j = threadIdx.x; j < gridDim.x; j += 32) {
       while (load_acquire(flags + j) < static_cast<unsigned>(s)) {
+        if (global_time_ns() - start > kWaitLimitNs) __trap();
       }
     }
   }
@@ -244,11 +261,10 @@ constexpr bool useful_k_choice(int K, int depth_per_unit) {
   return K / 2 < k_tiles_per_warp_for(depth_per_unit * kMaxHidden, kTileKOf<T>);
 }
 
-// Whether `kernel` can run `plan` with every block resident at once (cooperative launch).
+// co_resident's answer, asked of the device.
 template <typename KernelPtr>
-bool co_resident(KernelPtr kernel, const persistent::Plan& plan) {
-  int device = 0, sms = 0, cooperative = 0, shared_optin = 0, per_sm = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
+bool co_resident_on(KernelPtr kernel, const persistent::Plan& plan, int device) {
+  int sms = 0, cooperative = 0, shared_optin = 0, per_sm = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device);
   cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
@@ -262,6 +278,27 @@ bool co_resident(KernelPtr kernel, const persistent::Plan& plan) {
     return false;
   }
   return int64_t{per_sm} * sms >= plan.blocks();
+}
+
+// Whether `kernel` can run `plan` with every block resident at once (cooperative launch). The answer is
+// kept per (kernel, device, shared memory, blocks): the device queries behind it take microseconds,
+// which a short sequence's call would feel at every call.
+template <typename KernelPtr>
+bool co_resident(KernelPtr kernel, const persistent::Plan& plan) {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  using Key = std::tuple<const void*, int, int64_t, int64_t>;
+  static std::mutex mutex;
+  static std::map<Key, bool> known;
+  const Key key{reinterpret_cast<const void*>(kernel), device, plan.shared_bytes(), plan.blocks()};
+  {
+    std::lock_guard lock(mutex);
+    if (const auto found = known.find(key); found != known.end()) return found->second;
+  }
+  const bool fits = co_resident_on(kernel, plan, device);
+  std::lock_guard lock(mutex);
+  known[key] = fits;
+  return fits;
 }
 
 // Zeroes the flags (flag synchronization) and launches `kernel` cooperatively over plan.blocks() blocks.
