@@ -60,8 +60,9 @@ class _FusedRNNBase(nn.RNNBase):
 
     __prepare_scriptable__ = _refuse_scripting
 
-    def flatten_parameters(self):
-        """A no-op: fastcells kernels read the parameters where they are (no cuDNN weight buffer)."""
+    # flatten_parameters is torch.nn's: on CUDA the weights become views into one cuDNN weight buffer, so
+    # torch's own path (fastcells/dispatch.py) runs without copying them at every call, as torch.nn
+    # does; elsewhere it does nothing. fastcells' kernels read the parameters where they are either way.
 
     def _check_states(self, input, batch_sizes, mini_batch, hx, cx):
         """torch.nn's checks, with the batch size given (``int(batch_sizes[0])`` would be data-dependent

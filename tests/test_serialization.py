@@ -106,7 +106,9 @@ def test_train_eval_switches_dropout(backend):
 
 
 @pytest.mark.parametrize("kind", LAYER_KINDS)
-def test_flatten_parameters_is_a_harmless_no_op(kind, backend):
+def test_flatten_parameters_is_harmless(kind, backend):
+    """torch.nn's flatten_parameters: nothing off CUDA; on CUDA the same parameters, as views into one
+    buffer, with the same values."""
     ref, fast = _twins("layer", kind, backend)
     before = [p.detach().clone() for p in fast.parameters()]
     params = list(fast.parameters())
