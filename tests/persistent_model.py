@@ -43,7 +43,6 @@ def _ptx_fragments():
 
 
 PTX_AB, PTX_C = _ptx_fragments()
-PTX_A, PTX_B = PTX_AB[False]
 
 
 def mma(a_regs, b_regs, acc, tf32=False):

@@ -28,8 +28,6 @@ namespace fastcells::cuda {
 namespace {
 
 using namespace persistent_detail;
-using persistent::a_k;
-using persistent::a_row;
 using persistent::b_n;
 using persistent::kMaxBatch;
 using persistent::kThreads;
@@ -249,22 +247,15 @@ int64_t sequence_fwd_blocks(Cell cell, int64_t H, const PersistentConfig& config
 }
 
 bool sequence_fwd_fits(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config) {
-  if (batch < 1 || batch > kMaxBatch || H < 1) return false;
-  bool fits = false;
-  with_forward_kernel(dtype, cell, batch, H, config,
-                      [&](auto kernel) { fits = co_resident(kernel, plan_of(dtype, cell, batch, H, config)); });
-  return fits;
+  return family_fits([&](auto body) { return with_forward_kernel(dtype, cell, batch, H, config, body); },
+                     plan_of(dtype, cell, batch, H, config));
 }
 
 cudaError_t sequence_fwd(DType dtype, const SequenceFwd& args, const PersistentConfig& config,
                          cudaStream_t stream) {
-  if (args.steps == 0) return cudaSuccess;
-  cudaError_t error = cudaErrorInvalidValue;
-  with_forward_kernel(dtype, args.cell, args.batch, args.H, config, [&](auto kernel) {
-    error = launch(kernel, plan_of(dtype, args.cell, args.batch, args.H, config), args, args.flags,
-                   config.flag_sync, stream);
-  });
-  return error;
+  return family_launch(
+      [&](auto body) { return with_forward_kernel(dtype, args.cell, args.batch, args.H, config, body); },
+      plan_of(dtype, args.cell, args.batch, args.H, config), args, config, stream);
 }
 
 }  // namespace fastcells::cuda

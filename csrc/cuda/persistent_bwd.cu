@@ -229,21 +229,15 @@ bool with_backward_kernel(DType dtype, Cell cell, int64_t batch, int64_t H, cons
 }  // namespace
 
 bool sequence_bwd_fits(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config) {
-  if (batch < 1 || batch > kMaxBatch || H < 1) return false;
-  bool fits = false;
-  with_backward_kernel(dtype, cell, batch, H, config,
-                       [&](auto kernel) { fits = co_resident(kernel, plan_of(dtype, cell, batch, H, config)); });
-  return fits;
+  return family_fits([&](auto body) { return with_backward_kernel(dtype, cell, batch, H, config, body); },
+                     plan_of(dtype, cell, batch, H, config));
 }
 
 cudaError_t sequence_bwd(DType dtype, const SequenceBwd& args, const PersistentConfig& config,
                          cudaStream_t stream) {
-  cudaError_t error = cudaErrorInvalidValue;
-  with_backward_kernel(dtype, args.cell, args.batch, args.H, config, [&](auto kernel) {
-    error = launch(kernel, plan_of(dtype, args.cell, args.batch, args.H, config), args, args.flags,
-                   config.flag_sync, stream);
-  });
-  return error;
+  return family_launch(
+      [&](auto body) { return with_backward_kernel(dtype, args.cell, args.batch, args.H, config, body); },
+      plan_of(dtype, args.cell, args.batch, args.H, config), args, config, stream);
 }
 
 }  // namespace fastcells::cuda

@@ -301,6 +301,16 @@ bool co_resident(KernelPtr kernel, const persistent::Plan& plan) {
   return fits;
 }
 
+// sequence_fwd_fits and sequence_bwd_fits: whether the instantiation that `with_family(body)` picks (none:
+// false) runs `plan` with every block resident.
+template <typename WithFamily>
+bool family_fits(WithFamily with_family, const persistent::Plan& plan) {
+  if (plan.batch < 1 || plan.batch > persistent::kMaxBatch || plan.H < 1) return false;
+  bool fits = false;
+  with_family([&](auto kernel) { fits = co_resident(kernel, plan); });
+  return fits;
+}
+
 // Zeroes the flags (flag synchronization) and launches `kernel` cooperatively over plan.blocks() blocks.
 template <typename KernelPtr, typename Args>
 cudaError_t launch(KernelPtr kernel, const persistent::Plan& plan, const Args& args, unsigned* flags,
@@ -318,6 +328,17 @@ cudaError_t launch(KernelPtr kernel, const persistent::Plan& plan, const Args& a
   return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
                                      dim3(static_cast<unsigned>(plan.blocks())), dim3(persistent::kThreads),
                                      params, static_cast<size_t>(bytes), stream);
+}
+
+// sequence_fwd and sequence_bwd: launches the instantiation that `with_family(body)` picks over `args`
+// (cudaErrorInvalidValue where there is none; cudaSuccess without a launch for an empty sequence).
+template <typename WithFamily, typename Args>
+cudaError_t family_launch(WithFamily with_family, const persistent::Plan& plan, const Args& args,
+                          const PersistentConfig& config, cudaStream_t stream) {
+  if (args.steps == 0) return cudaSuccess;
+  cudaError_t error = cudaErrorInvalidValue;
+  with_family([&](auto kernel) { error = launch(kernel, plan, args, args.flags, config.flag_sync, stream); });
+  return error;
 }
 
 }  // namespace fastcells::cuda::persistent_detail
