@@ -286,9 +286,12 @@ def opcheck_lstm_layer_fwd(op, device, test_utils=None):
     w = torch.randn(4 * H, H, dtype=dtype, device=device, requires_grad=True)
     sizes = torch.full((T,), B, dtype=torch.long)  # batch_sizes stays on the CPU
     kwargs = {} if test_utils is None else {"test_utils": test_utils}
-    for training in (False, True):
-        torch.library.opcheck(op, (x, w_ih, b_ih, None, h0, c0, w, None, sizes, False, training),
-                              **kwargs)
+    args = (x, w_ih, b_ih, None, h0, c0, w, None, sizes, False)
+    # Inference (training=False) keeps nothing for backward, so its inputs require no gradient, as
+    # under the modules' torch.no_grad(); opcheck's autograd checks then run on the training call.
+    inference_args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    torch.library.opcheck(op, (*inference_args, False), **kwargs)
+    torch.library.opcheck(op, (*args, True), **kwargs)
 
 
 class OpRecorder(TorchDispatchMode):

@@ -149,6 +149,9 @@ def test_persistent_layers(kind, dtype, units, flag_sync, request):
     (float32: on tf32 tensor cores, as torch.nn's cuDNN by default), as for the per-step path."""
     cuda_backend.use_persistent(True, units, flag_sync)
     request.addfinalizer(lambda: cuda_backend.use_persistent(None))
+    if dtype == torch.float32:  # the float32 kernel runs only where cuDNN may use tf32 (conftest: off)
+        torch.backends.cudnn.allow_tf32 = True
+        request.addfinalizer(lambda: setattr(torch.backends.cudnn, "allow_tf32", False))
     launches = fastcells._extension.C.cuda_persistent_launches()
     for hidden, batch in PERSISTENT_SHAPES:
         fast_error, torch_error = low_precision_errors(kind, dtype, "cuda", DEVICE, hidden=hidden,
