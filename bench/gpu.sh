@@ -59,8 +59,12 @@ step() {  # step NAME LOG CAP COMMAND...: runs COMMAND for at most CAP seconds, 
 # Build for this GPU's architecture only (half the nvcc time of the default 8.0;9.0), one job a core.
 ARCH=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
 step build build.log 300 env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$ARCH}" \
-    MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip install --no-build-isolation --no-deps -e .
-step info info.txt 60 sh -c "nvidia-smi; '$PY' -m fastcells info"
+    MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip install -v --no-build-isolation --no-deps -e .
+# Which libstdc++ the extension uses: on the H200 image (2026-11-28) an integer written to an error
+# message from _C.so crashed inside a libstdc++ routine that gdb placed in _C.so itself (see
+# bench/results/nvidia-h200/README.md); the build log above has the link line.
+step info info.txt 60 sh -c "nvidia-smi; '$PY' -m fastcells info; ldd fastcells/_C*.so | grep stdc;
+    echo \"libstdc++ internals defined in _C.so (expected 0): \$(nm -C --defined-only fastcells/_C*.so | grep -c '_M_insert<\|codecvt<')\""
 
 PYTEST_OPTS=(-q -p no:cacheprovider --junit-xml "$DIR/tests.xml")
 "$PY" -c "import xdist" 2>/dev/null && PYTEST_OPTS+=(-n 8)
