@@ -31,8 +31,10 @@ def from_variants(path):
     data = json.loads(path.read_text())
     entries = []
     for case in data["results"]:
+        # The paths the cuda dispatch can take: not torch.nn in the other dtype, not a variant that
+        # did not fit, not the triton backend's (auto does not choose among its paths yet).
         times = {row["provider"]: row["median_ms"] for row in case["rows"]
-                 if "did not fit" not in row["provider"] and not row["provider"].startswith("torch ")}
+                 if "did not fit" not in row["provider"] and not row["provider"].startswith(("torch ", "triton"))}
         entries.append({"cell": case["cell"], "dtype": case["dtype"], "mode": case["mode"],
                         "batch": case["B"], "hidden": case["H"], "steps": case["T"], "ms": times})
     return data["device"], {"torch": data["torch"], "cuda": data["cuda"]}, entries

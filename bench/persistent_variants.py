@@ -1,6 +1,7 @@
-"""The persistent kernels' variant matrix on a CUDA GPU (issue 14): every variant of the cuda backend's
-persistent kernels (8 or 16 hidden units a block x flag or grid synchronization) against its per-step
-path and torch.nn in bfloat16 and float16 (cuDNN: standard algorithm in bfloat16, its persistent one
+"""The persistent kernels' variant matrix on a CUDA GPU (issues 14 and 15): every variant of the cuda
+backend's persistent kernels (8 or 16 hidden units a block x flag or grid synchronization), and the
+triton backend's paths (its default, its unit-tiled kernels per step and persistent), against the cuda
+per-step path and torch.nn in bfloat16 and float16 (cuDNN: standard algorithm in bfloat16, its persistent one
 where torch picks it in float16), side by side in one process, inference (forward) and training
 (forward + backward), at the issue's target shapes (B=16 T=1024 H=768 in 16 bits, fastrnns' T=100
 B=64 H=512 in float32 on tf32) and over the H x B sweep.
@@ -115,6 +116,7 @@ def run_case(cell, B, T, H, dtype_name, mode, rounds):
         if _extension.C.cuda_persistent_launches() == launches:
             rows[-1]["provider"] += " (did not fit: per-step ran)"
     cuda_backend.use_persistent(None)
+    _add_triton_variants(add, cls, kwargs, fast, H, dtype)
 
     base_out = next(r["out"] for r in rows if r["provider"] == "per-step").double()
     scale = base_out.abs().max().item() or 1.0
@@ -123,6 +125,28 @@ def run_case(cell, B, T, H, dtype_name, mode, rounds):
         if out.dtype == dtype and not row["provider"].startswith("torch "):
             row["max_rel_diff_vs_per_step"] = (out.double() - base_out).abs().max().item() / scale
     return rows
+
+
+def _add_triton_variants(add, cls, kwargs, fast, H, dtype):
+    """The triton backend's paths at the same case (issue 15): its default (single-program sequence
+    kernels for small layers, else a torch GEMM and a fused kernel per step), then the unit-tiled
+    kernels launched per step and persistent (kernels/tiled_launch.py)."""
+    if "triton" not in fastcells.available_backends("cuda"):
+        return
+    from fastcells.kernels import tiled_launch
+
+    module = cls(H, H, backend="triton", device="cuda", dtype=dtype, **kwargs)
+    module.load_state_dict(fast.state_dict())
+    try:
+        for mode, provider in (("off", "triton"), ("per-step", "triton tiled per-step"),
+                               ("persistent", "triton tiled persistent")):
+            tiled_launch.use_tiled(mode)
+            try:
+                add(provider, module)
+            except RuntimeError as error:  # e.g. a persistent grid that gave up waiting
+                print(f"  {provider}: {error}", flush=True)
+    finally:
+        tiled_launch.use_tiled("off")
 
 
 def _twin(module, dtype):

@@ -1,7 +1,8 @@
 """Registers, stack (spills) and shared memory of the triton backend's persistent sequence kernels
-(kernels/sequence.py) in every configuration the backend can dispatch, compiled ahead of time for an
-H100/H200 (sm_90) on a machine without a GPU: tests/test_triton_resources.py fails where one spills
-(a spilled W_hh tile is re-read from local memory at every step).
+(kernels/sequence.py) and unit-tiled kernels (kernels/tiled.py, tiled_bwd.py) in every configuration
+the backend can dispatch, compiled ahead of time for an H100/H200 (sm_90) on a machine without a GPU:
+tests/test_triton_resources.py fails where one spills (a spilled W_hh tile is re-read from local memory
+at every step).
 
 The configurations come from the launchers themselves: each layer op of kernels/{lstm,gru,rnn}.py runs
 on CPU tensors with every kernel launch intercepted (nothing runs), at batch and hidden sizes that reach
@@ -112,6 +113,31 @@ def sequence_launches(dtypes=(torch.float16, torch.bfloat16, torch.float32, torc
     return sorted(launches, key=lambda launch_: launch_.name)
 
 
+def tiled_launches(dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64)):
+    """The unit-tiled kernels' configurations (kernels/tiled.py, tiled_bwd.py), per-step and
+    persistent: the layer ops forward and backward with the tiled mode on, at a hidden size no
+    single-program kernel takes (their block sizes do not depend on the size). Residency is not asked
+    (it would compile on a GPU)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("run without TRITON_INTERPRET=1: the launch rule differs under the interpreter")
+    from fastcells.kernels import gru, lstm, rnn, tiled, tiled_bwd, tiled_launch  # noqa: F401 (the ops)
+
+    ops = torch.ops.fastcells
+    names = {name for module in (tiled, tiled_bwd) for name in dir(module) if name.endswith("_kernel")}
+    resident = tiled_launch.resident
+    tiled_launch.resident = lambda *args: True
+    try:
+        with recorded_launches(names) as launches:
+            for mode in ("per-step", "persistent"):
+                tiled_launch.use_tiled(mode)
+                for dtype in dtypes:
+                    _run_layers(ops, dtype, 80, 17)
+    finally:
+        tiled_launch.resident = resident
+        tiled_launch.use_tiled("off")
+    return sorted(launches, key=lambda launch_: launch_.name)
+
+
 def _run_layers(ops, dtype, H, B, T=2, I=3):
     x = torch.zeros(T * B, I, dtype=dtype)
     sizes = torch.full((T,), B, dtype=torch.int64)
@@ -162,7 +188,7 @@ def compile_sm90(launch_):
 
 def main(argv):
     failures = 0
-    for launch_ in sequence_launches():
+    for launch_ in sequence_launches() + tiled_launches():
         r = compile_sm90(launch_)
         failures += r.spills > 0
         if "--json" in argv:

@@ -17,7 +17,7 @@ from torch import Tensor
 from .. import ops
 from ..backends.layer_ops import input_bias
 from ..saved_layout import gru_columns, gru_saved_width
-from . import launch, pointwise, sequence
+from . import launch, pointwise, sequence, tiled_launch
 
 
 @torch.library.custom_op("fastcells::triton_gru_layer_fwd", mutates_args=())
@@ -36,6 +36,11 @@ def gru_layer_fwd(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optiona
         launch.run_sequence(sequence.gru_sequence_fwd_kernel, gx, batch_sizes,
                             (w_hh.contiguous(), bias, h, y, saved), h.shape[0], H, (width,),
                             REVERSE=reverse, SAVE=training, HAS_BIAS=b_hh is not None)
+        return y, h.to(h0.dtype), saved
+    if tiled_launch.tiled_mode() != "off":
+        bias = b_hh if b_hh is not None else w_hh  # any pointer when there is no bias
+        tiled_launch.run_tiled("gru", gx, batch_sizes, h, (w_hh.contiguous(), bias), (y, saved), width,
+                               REVERSE=reverse, SAVE=training, HAS_BIAS=b_hh is not None)
         return y, h.to(h0.dtype), saved
     for row0, rows in launch.steps_with_rows(batch_sizes, reverse):
         gh = F.linear(h[:rows].to(gx.dtype), w_hh, b_hh).contiguous()
@@ -63,6 +68,9 @@ def gru_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, x: Tensor, w_ih: Tenso
         launch.run_sequence(sequence.gru_sequence_bwd_kernel, dy, batch_sizes,
                             (w_hh.contiguous(), saved, dh, dgx, dgh), dh.shape[0], H,
                             (columns["width"],), REVERSE=reverse)
+    elif tiled_launch.tiled_mode() != "off":
+        tiled_launch.run_tiled_bwd("gru", dy, batch_sizes, (w_hh.contiguous(), saved, dh, dgx, dgh),
+                                   dh.shape[0], H, columns["width"], REVERSE=reverse)
     else:
         w = w_hh.to(compute)
         for row0, rows in reversed(launch.steps_with_rows(batch_sizes, reverse)):

@@ -16,7 +16,7 @@ from torch import Tensor
 from .. import ops
 from ..backends.layer_ops import input_bias
 from ..saved_layout import lstm_columns
-from . import launch, pointwise, sequence
+from . import launch, pointwise, sequence, tiled_launch
 
 
 @torch.library.custom_op("fastcells::triton_lstm_layer_fwd", mutates_args=())
@@ -37,6 +37,11 @@ def lstm_layer_fwd(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Option
                             (w_hh.contiguous(), h, c, y, saved), h.shape[0], H, (width,),
                             REVERSE=reverse, SAVE=training)
         return y, h, c.to(c0.dtype), saved
+    if tiled_launch.tiled_mode() != "off" and w_hr is None:
+        h_state = h.to(compute)
+        tiled_launch.run_tiled("lstm", gx, batch_sizes, h_state, (w_hh.contiguous(),), (c, y, saved),
+                               width, REVERSE=reverse, SAVE=training)
+        return y, h_state.to(h0.dtype), c.to(c0.dtype), saved
     h_prev, h_raw = columns["h_prev"], columns["h_raw"]
     h_unprojected = gx.new_empty((h.shape[0], H)) if w_hr is not None else None
     for row0, rows in launch.steps_with_rows(batch_sizes, reverse):
@@ -76,6 +81,10 @@ def lstm_layer_bwd(dy: Tensor, dhn: Tensor, dcn: Tensor, saved: Tensor, x: Tenso
         launch.run_sequence(sequence.lstm_sequence_bwd_kernel, dy.contiguous(), batch_sizes,
                             (w_hh.contiguous(), saved, dh, dc, dg), dh.shape[0], H, (saved.shape[1],),
                             REVERSE=reverse)
+    elif tiled_launch.tiled_mode() != "off" and w_hr is None:
+        tiled_launch.run_tiled_bwd("lstm", dy.contiguous(), batch_sizes,
+                                   (w_hh.contiguous(), saved, dh, dc, dg), dh.shape[0], H,
+                                   saved.shape[1], REVERSE=reverse)
     else:
         dy_c = dy.to(compute)
         w = w_hh.to(compute)

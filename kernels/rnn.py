@@ -17,7 +17,7 @@ from torch import Tensor
 from .. import ops
 from ..backends.layer_ops import input_bias
 from ..saved_layout import rnn_columns, rnn_saved_width
-from . import launch, pointwise, sequence
+from . import launch, pointwise, sequence, tiled_launch
 
 
 @torch.library.custom_op("fastcells::triton_rnn_layer_fwd", mutates_args=())
@@ -35,6 +35,10 @@ def rnn_layer_fwd(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optiona
         launch.run_sequence(sequence.rnn_sequence_fwd_kernel, gx, batch_sizes,
                             (w_hh.contiguous(), h, y, saved), h.shape[0], H, (width,),
                             REVERSE=reverse, RELU=relu, SAVE=training)
+        return y, h.to(h0.dtype), saved
+    if tiled_launch.tiled_mode() != "off":
+        tiled_launch.run_tiled("rnn", gx, batch_sizes, h, (w_hh.contiguous(),), (y, saved), width,
+                               REVERSE=reverse, RELU=relu, SAVE=training)
         return y, h.to(h0.dtype), saved
     for row0, rows in launch.steps_with_rows(batch_sizes, reverse):
         gh = torch.mm(h[:rows].to(gx.dtype), w_hh.t())
@@ -61,6 +65,9 @@ def rnn_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, x: Tensor, w_ih: Tenso
         launch.run_sequence(sequence.rnn_sequence_bwd_kernel, dy, batch_sizes,
                             (w_hh.contiguous(), saved, dh, dpre), dh.shape[0], H,
                             (columns["width"],), REVERSE=reverse, RELU=relu)
+    elif tiled_launch.tiled_mode() != "off":
+        tiled_launch.run_tiled_bwd("rnn", dy, batch_sizes, (w_hh.contiguous(), saved, dh, dpre),
+                                   dh.shape[0], H, columns["width"], REVERSE=reverse, RELU=relu)
     else:
         w = w_hh.to(compute)
         for row0, rows in reversed(launch.steps_with_rows(batch_sizes, reverse)):

@@ -121,7 +121,8 @@ def test_dispatch_table_from_both_kinds_of_results(tmp_path):
         {"cell": "lstm", "B": 16, "T": 1024, "H": 768, "dtype": "bfloat16", "mode": "training", "rows": [
             {"provider": "torch", "median_ms": 29.0}, {"provider": "torch float16", "median_ms": 5.0},
             {"provider": "per-step", "median_ms": 40.0}, {"provider": "persistent 8 flags", "median_ms": 9.0},
-            {"provider": "persistent 16 flags (did not fit: per-step ran)", "median_ms": 40.0}]}]}
+            {"provider": "persistent 16 flags (did not fit: per-step ran)", "median_ms": 40.0},
+            {"provider": "triton tiled persistent", "median_ms": 1.0}]}]}  # auto does not pick triton
     (tmp_path / "variants.json").write_text(json.dumps(variants))
     csv_path = ROOT / "bench" / "results" / "nvidia-h200" / "targets" / "results.csv"
     dispatch_table.main([str(csv_path), str(tmp_path / "variants.json"), "--out", str(tmp_path)])
