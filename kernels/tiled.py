@@ -59,8 +59,8 @@ def _gate_product(h_ptr, w_ptr, gate, b, u, B, H, COMPUTE: tl.constexpr, DOT: tl
     return acc
 
 
-# Polls of the flags before a waiting program gives up (about a second on a GPU): a synchronization bug then
-# ends the launch with an error the launcher raises, instead of hanging the GPU.
+# Polls of the flags before a waiting program gives up (about a second on a GPU): a synchronization
+# bug then ends the launch with an error the launcher raises, instead of hanging the GPU.
 MAX_POLLS = tl.constexpr(1 << 20)
 
 
@@ -234,8 +234,9 @@ def rnn_tiled_step_kernel(gx_ptr, offsets_ptr, sizes_ptr, w_ptr, hbuf_ptr, y_ptr
 
 @triton.jit
 def rnn_tiled_sequence_kernel(gx_ptr, offsets_ptr, sizes_ptr, w_ptr, hbuf_ptr, y_ptr, saved_ptr,
-                              flags_ptr, stalled_ptr, T, B, H, saved_stride, UNIT_BLOCKS, REVERSE: tl.constexpr,
-                              RELU: tl.constexpr, SAVE: tl.constexpr, COMPUTE: tl.constexpr,
+                              flags_ptr, stalled_ptr, T, B, H, saved_stride, UNIT_BLOCKS,
+                              REVERSE: tl.constexpr, RELU: tl.constexpr, SAVE: tl.constexpr,
+                              COMPUTE: tl.constexpr,
                               DOT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr,
                               BLOCK_K: tl.constexpr, BLOCK_FLAGS: tl.constexpr):
     for s in range(T):
