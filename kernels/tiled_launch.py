@@ -88,11 +88,15 @@ def resident(kernel, grid, args, meta, device):
     if interpreted():
         return grid[0] == 1
     compiled = kernel.warmup(*args, grid=grid, **meta)
+    compiled._init_handles()  # loads the binary: its register count is known from then on
     props = torch.cuda.get_device_properties(device)
     threads = 32 * meta["num_warps"]
     per_sm = getattr(props, "max_threads_per_multi_processor", 2048) // threads
-    if compiled.n_regs:
-        per_sm = min(per_sm, getattr(props, "regs_per_multiprocessor", 65536) // (compiled.n_regs * threads))
+    registers = getattr(compiled, "n_regs", None)
+    if registers:
+        per_sm = min(per_sm, getattr(props, "regs_per_multiprocessor", 65536) // (registers * threads))
+    else:  # unknown: count one program a multiprocessor
+        per_sm = 1
     shared = compiled.metadata.shared
     if shared:
         per_sm = min(per_sm, getattr(props, "shared_memory_per_multiprocessor", 233472) // shared)
