@@ -164,18 +164,22 @@ void gemm_packed(const T* a, int64_t lda, const PackedMatrix<T>& b, T* out, int6
 }
 
 // The per-step product of a layer with one weight: out (m, n) (+)= a (m, k) @ W^T (transposed) or
-// a @ W. A few rows take the mat-vec loops of matmul_cpu.h straight from W; more rows take the packed
-// GEMM, packing W once for the whole sequence (only when some step has that many rows).
+// a @ W. A layer whose batch has at most kSmallRows rows takes the mat-vec loops of matmul_cpu.h
+// straight from W; a larger one packs W once for the whole sequence and takes the packed GEMM at every
+// step, also those with few rows left (the tail of a packed batch, a thread's row group). So how each
+// output element is summed depends on the layer's batch alone, never on how its rows were split
+// between threads: results do not depend on the number of threads.
 template <typename T>
 class StepProduct {
  public:
-  StepProduct(const at::Tensor& w, bool transposed, int64_t max_rows)
+  // batch: the most rows any step of the layer has (all groups together).
+  StepProduct(const at::Tensor& w, bool transposed, int64_t batch)
       : w_(w.template data_ptr<T>()), transposed_(transposed), rows_(w.size(0)), cols_(w.size(1)) {
-    if (max_rows > kSmallRows) packed_ = pack_matrix<T>(w, transposed);
+    if (batch > kSmallRows) packed_ = pack_matrix<T>(w, transposed);
   }
 
   void run(const T* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate) const {
-    if (m > kSmallRows) {
+    if (packed_.storage.defined()) {
       gemm_packed(a, lda, packed_, out, ldo, m, accumulate);
     } else if (transposed_) {
       matmul_nt(a, lda, w_, cols_, out, ldo, m, rows_, cols_, accumulate);

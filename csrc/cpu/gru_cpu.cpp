@@ -50,7 +50,7 @@ void gru_layer_fwd_impl(const StepInput<T>& in, at::Tensor& h_state, const at::T
   // Per batch row: the hidden projections, and the input ones when each step computes its own.
   at::Tensor gh = at::empty({sched.batch, G}, y.options());
   at::Tensor gx_rows = in.per_step() ? at::empty({sched.batch, G}, y.options()) : at::Tensor();
-  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, groups.max_rows());
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, sched.batch);
   T* y_p = y.data_ptr<T>();
   for_each_group_step(groups, sched, reverse, /*backward=*/false,
                       [&](int64_t g0, int64_t bs, int64_t row0) {
@@ -80,7 +80,7 @@ void gru_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, const at::Te
                         at::Tensor& dgx, at::Tensor& dgh, int64_t H) {
   const int64_t G = 3 * H;
   const RowGroups groups = split_rows(sched, w_hh.numel() * sizeof(T));
-  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, groups.max_rows());
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, sched.batch);
   const T* dy_p = dy.data_ptr<T>();
   const T* s_p = saved.data_ptr<T>();
   T* dgx_p = dgx.data_ptr<T>();
@@ -136,7 +136,8 @@ LayerOutputs gru_layer_fwd_cpu(const at::Tensor& x_in, const at::Tensor& w_ih_in
                               : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_layer_fwd_cpu", [&] {
     const StepInput<scalar_t> in(x, w_ih, input_bias(b_ih, b_hh_in, /*adds_b_hh=*/false),
-                                    groups, project_per_step(groups, /*lstm=*/false, training));
+                                    sched.batch, project_per_step(sched, w_hh.numel() * w_hh.element_size(),
+                                                                  /*lstm=*/false, training));
     gru_layer_fwd_impl<scalar_t>(in, h_state, w_hh,
                                  b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr, sched, groups,
                                  reverse, y, training ? saved.data_ptr<scalar_t>() : nullptr, H);

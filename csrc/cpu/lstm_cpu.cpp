@@ -61,10 +61,9 @@ void lstm_layer_fwd_impl(const StepInput<T>& in, at::Tensor& h_state, at::Tensor
   const int64_t H = L.H, P = L.P, G = 4 * H, B = sched.batch;
   at::Tensor gh = at::empty({B, G}, y.options());
   at::Tensor h_raw = L.proj ? at::empty({B, H}, y.options()) : at::Tensor();
-  const int64_t max_rows = groups.max_rows();
-  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, max_rows);
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, B);
   std::optional<StepProduct<T>> projection;
-  if (L.proj) projection.emplace(*w_hr, /*transposed=*/true, max_rows);
+  if (L.proj) projection.emplace(*w_hr, /*transposed=*/true, B);
   T* gh_all = gh.data_ptr<T>();
   T* h_all = h_state.data_ptr<T>();
   T* c_all = c_state.data_ptr<T>();
@@ -116,10 +115,9 @@ void lstm_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, at::Tensor&
   const int64_t H = L.H, P = L.P, G = 4 * H, B = sched.batch, S = L.width();
   const RowGroups groups = split_rows(sched, lstm_step_weight_bytes(L, sizeof(T)));
   at::Tensor dh_raw = at::empty({B, H}, dy.options());
-  const int64_t max_rows = groups.max_rows();
-  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, max_rows);
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, B);
   std::optional<StepProduct<T>> projection;
-  if (L.proj) projection.emplace(*w_hr, /*transposed=*/false, max_rows);
+  if (L.proj) projection.emplace(*w_hr, /*transposed=*/false, B);
   const T* dy_p = dy.data_ptr<T>();
   const T* s_p = saved.data_ptr<T>();
   T* dg_p = dgx.data_ptr<T>();
@@ -184,7 +182,9 @@ LstmOutputs lstm_layer_fwd_cpu(
   at::Tensor saved = training ? at::empty({N, L.width()}, x.options()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_layer_fwd_cpu", [&] {
     const StepInput<scalar_t> in(x, w_ih, input_bias(b_ih, b_hh, /*adds_b_hh=*/true),
-                                    groups, project_per_step(groups, /*lstm=*/true, training));
+                                    sched.batch,
+                                    project_per_step(sched, lstm_step_weight_bytes(L, x.element_size()),
+                                                     /*lstm=*/true, training));
     lstm_layer_fwd_impl<scalar_t>(in, h_state, c_state, w_hh, L.proj ? &w_hr : nullptr, sched,
                                   groups, reverse, y, training ? &saved : nullptr, L);
   });

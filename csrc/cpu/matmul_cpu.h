@@ -82,7 +82,9 @@ inline void dot8(const float* w, int64_t ldw, const float* a, int64_t k, float* 
 }
 #endif
 
-// out[i] (n values) = dot(w row j, a) for j in [begin, end), or += when accumulate.
+// out[i] (n values) = dot(w row j, a) for j in [begin, end), or += when accumulate. Rows go by 8, then
+// 4, then 1, each summed its own way: callers split [0, n) between threads at multiples of 8
+// (for_row_blocks), so that which way a row takes, and so its result, does not depend on the split.
 template <typename T>
 inline void matvec_rows(const T* w, int64_t ldw, const T* a, int64_t k, T* out, int64_t begin,
                         int64_t end, bool accumulate) {
@@ -124,6 +126,15 @@ inline int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, work_per_item));
 }
 
+// body(begin, end) over [0, n) split between threads at multiples of 8 (see matvec_rows), each
+// thread getting at least `grain` rows.
+template <typename F>
+inline void for_row_blocks(int64_t n, int64_t grain, const F& body) {
+  constexpr int64_t kBlock = 8;
+  at::parallel_for(0, (n + kBlock - 1) / kBlock, std::max<int64_t>(1, grain / kBlock),
+                   [&](int64_t b0, int64_t b1) { body(b0 * kBlock, std::min(b1 * kBlock, n)); });
+}
+
 template <typename T>
 at::Tensor wrap(const T* data, int64_t rows, int64_t cols, int64_t ld) {
   return at::from_blob(const_cast<T*>(data), {rows, cols}, {ld, 1},
@@ -145,7 +156,7 @@ void matmul_nt(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t
     }
     return;
   }
-  at::parallel_for(0, n, grain_for(m * k), [&](int64_t begin, int64_t end) {
+  for_row_blocks(n, grain_for(m * k), [&](int64_t begin, int64_t end) {
     for (int64_t i = 0; i < m; ++i)
       matvec_rows(w, ldw, a + i * lda, k, out + i * ldo, begin, end, accumulate);
   });
@@ -183,7 +194,7 @@ void step_projections(const T* x, int64_t kx, const T* w_ih, const T* b_ih, cons
     matmul_nt(x, kx, w_ih, kx, gx, n, m, n, kx, false);
     matmul_nt(h, kh, w_hh, kh, gh, n, m, n, kh, false);
   } else if (m > 0 && n > 0) {
-    at::parallel_for(0, n, grain_for(m * (kx + kh)), [&](int64_t begin, int64_t end) {
+    for_row_blocks(n, grain_for(m * (kx + kh)), [&](int64_t begin, int64_t end) {
       for (int64_t i = 0; i < m; ++i) {
         matvec_rows(w_ih, kx, x + i * kx, kx, gx + i * n, begin, end, false);
         matvec_rows(w_hh, kh, h + i * kh, kh, gh + i * n, begin, end, false);

@@ -56,7 +56,7 @@ void rnn_layer_fwd_impl(const StepInput<T>& in, at::Tensor& h_state, const at::T
                         at::Tensor& y, T* saved, int64_t H) {
   const int64_t S = RnnLayout{H}.width();
   at::Tensor gh = at::empty({sched.batch, H}, y.options());
-  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, groups.max_rows());
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/true, sched.batch);
   T* y_p = y.data_ptr<T>();
   for_each_group_step(groups, sched, reverse, /*backward=*/false,
                       [&](int64_t g0, int64_t bs, int64_t row0) {
@@ -79,7 +79,7 @@ void rnn_layer_bwd_impl(const at::Tensor& dy, at::Tensor& dh_state, const at::Te
                         const at::Tensor& w_hh, const Schedule& sched, bool relu, bool reverse,
                         at::Tensor& dgx, int64_t H) {
   const RowGroups groups = split_rows(sched, w_hh.numel() * sizeof(T));
-  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, groups.max_rows());
+  const StepProduct<T> recurrent(w_hh, /*transposed=*/false, sched.batch);
   const T* dy_p = dy.data_ptr<T>();
   const T* s_p = saved.data_ptr<T>();
   T* dg_p = dgx.data_ptr<T>();
@@ -120,7 +120,8 @@ LayerOutputs rnn_layer_fwd_cpu(const at::Tensor& x_in, const at::Tensor& w_ih_in
                               : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_layer_fwd_cpu", [&] {
     const StepInput<scalar_t> in(x, w_ih, input_bias(b_ih, b_hh, /*adds_b_hh=*/true),
-                                    groups, project_per_step(groups, /*lstm=*/false, training));
+                                    sched.batch, project_per_step(sched, w_hh.numel() * w_hh.element_size(),
+                                                                  /*lstm=*/false, training));
     rnn_layer_fwd_impl<scalar_t>(in, h_state, w_hh, sched, groups, relu, reverse, y,
                                  training ? saved.data_ptr<scalar_t>() : nullptr, H);
   });

@@ -37,28 +37,30 @@ constexpr int64_t kMaxGroupedWeightBytes = 2 << 20;
 struct RowGroups {
   std::vector<int64_t> bounds;
   int64_t count() const { return static_cast<int64_t>(bounds.size()) - 1; }
-  int64_t max_rows() const {
-    int64_t most = 0;
-    for (int64_t q = 0; q < count(); ++q) most = std::max(most, bounds[q + 1] - bounds[q]);
-    return most;
-  }
-  int64_t min_rows() const {
-    int64_t least = bounds.back();
-    for (int64_t q = 0; q < count(); ++q) least = std::min(least, bounds[q + 1] - bounds[q]);
-    return least;
-  }
 };
+
+// The fewest rows a group may have, for weights of `weight_bytes` read per step.
+inline int64_t min_rows_per_group(int64_t weight_bytes) {
+  return weight_bytes <= kSmallWeightBytes ? kMinRowsPerGroupSmallWeights : kMinRowsPerGroup;
+}
+
+// Whether the batch splits into row groups where two threads or more run it: a property of the shape
+// alone, for choices that must not depend on the number of threads (step_input.h).
+inline bool splits_given_threads(const Schedule& sched, int64_t weight_bytes) {
+  const int64_t B = sched.steps ? sched.sizes[0] : 0;
+  return weight_bytes <= kMaxGroupedWeightBytes && B >= 2 * min_rows_per_group(weight_bytes);
+}
 
 // One group per thread when the batch and the weights allow it (see above), else one group of all
 // rows (whose steps then split their work between threads themselves). With a shrinking (packed)
 // batch, row b takes part in as many steps as its sequence is long; the bounds split the total of
-// those lengths evenly, so no thread idles while another finishes the long sequences.
+// those lengths evenly, so no thread idles while another finishes the long sequences. How many groups
+// there are changes no result: every output element is summed the same way in any group
+// (gemm_cpu.h's StepProduct, step_input.h).
 inline RowGroups split_rows(const Schedule& sched, int64_t weight_bytes) {
   const int64_t B = sched.steps ? sched.sizes[0] : 0;  // the most rows any step has
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  const int64_t min_rows =
-      weight_bytes <= kSmallWeightBytes ? kMinRowsPerGroupSmallWeights : kMinRowsPerGroup;
-  int64_t groups = std::min<int64_t>(threads, B / min_rows);
+  int64_t groups = std::min<int64_t>(threads, B / min_rows_per_group(weight_bytes));
   if (weight_bytes > kMaxGroupedWeightBytes) groups = 1;
   RowGroups split;
   if (groups <= 1) {

@@ -17,33 +17,41 @@
 
 namespace fastcells::cpu {
 
-// Whether the steps of a layer split into `groups` project their own input rows. Measured on the
-// 2-core EPYC (float32, H=256, medians of 7 interleaved rounds in one process; time per step
-// projection / time with one GEMM up front): LSTM gains with 8 rows a group (T=50 B=16: 0.96x
-// inference, 0.97x training) and 16 (T=100 B=32: 0.93x, 0.95x). GRU and RNN lose with 8 rows (1.09-1.16x)
-// and in training (1.03-1.07x with 16 rows), and gain in inference with 16 rows (0.88x GRU, 0.90x RNN):
-// so LSTM projects per step wherever there are groups (lstm = true), GRU and RNN only in inference with
-// at least 16 rows in every group.
-inline bool project_per_step(const RowGroups& groups, bool lstm, bool training) {
-  if (groups.count() == 1) return false;
-  return lstm || (!training && groups.min_rows() >= 16);
+// Whether the steps of a layer project their own input rows. Measured on the 2-core EPYC (float32,
+// H=256, medians of 7 interleaved rounds in one process; time per step projection / time with one GEMM
+// up front, with 2 row groups): LSTM gains with 8 rows a group (T=50 B=16: 0.96x inference, 0.97x
+// training) and 16 (T=100 B=32: 0.93x, 0.95x). GRU and RNN lose with 8 rows (1.09-1.16x) and in
+// training (1.03-1.07x with 16 rows), and gain in inference with 16 rows (0.88x GRU, 0.90x RNN): so
+// LSTM projects per step wherever the batch splits into groups, GRU and RNN only in inference with at
+// least 16 rows for each of two groups. Decided from the shape alone, not from the groups this call
+// got: the two ways round the sums differently (at::mm up front, the packed GEMM per step), and the
+// results must not depend on the number of threads (one thread then projects per step in one group).
+inline bool project_per_step(const Schedule& sched, int64_t weight_bytes, bool lstm, bool training) {
+  if (!splits_given_threads(sched, weight_bytes)) return false;
+  return lstm || (!training && sched.sizes[0] >= 2 * 16);
 }
 
 template <typename T>
 class StepInput {
  public:
   // x (N, I) contiguous, w_ih (G, I) contiguous, bias (G) or none: input_bias() of the cell;
-  // per_step: project_per_step().
+  // batch: the layer's (StepProduct); per_step: project_per_step().
   StepInput(const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& bias,
-            const RowGroups& groups, bool per_step)
+            int64_t batch, bool per_step)
       : G_(w_ih.size(0)), I_(x.size(1)) {
     if (!per_step) {
-      gx_ = input_projection(x, w_ih, bias).contiguous();
+      // One product over all N rows with the steps' own GEMM, not at::mm: for small shapes (I or H of
+      // a few dozen) MKL's result depends on the number of threads.
+      const int64_t N = x.size(0);
+      gx_ = at::empty({N, G_}, x.options());
+      StepProduct<T>(w_ih, /*transposed=*/true, N).run(x.data_ptr<T>(), I_, gx_.data_ptr<T>(), G_, N,
+                                                      /*accumulate=*/false);
+      if (bias.has_value()) add_bias_rows(gx_.data_ptr<T>(), G_, N, G_, bias->contiguous().data_ptr<T>());
       return;
     }
     x_ = x;
     bias_ = bias.has_value() ? bias->contiguous() : at::zeros({G_}, x.options());
-    w_ih_.emplace(w_ih, /*transposed=*/true, groups.max_rows());
+    w_ih_.emplace(w_ih, /*transposed=*/true, batch);
   }
 
   // Whether the steps project their own rows (then project() writes products without the bias).

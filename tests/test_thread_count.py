@@ -1,0 +1,96 @@
+"""Results that do not depend on the number of threads (issue 16): a CI machine with another core count
+must reproduce a user's numbers exactly, as torch.nn's CPU layers do. The cpu backend splits the batch
+into row groups (one per thread) and the weight rows of small products between threads; every output
+element must still be summed the same way. Checked with 1, 2 and 3 threads at batch and hidden sizes on
+both sides of each threshold of that split (csrc/cpu/row_groups.h, step_input.h, gemm_cpu.h,
+matmul_cpu.h): outputs and final states bitwise, gradients at least as close as torch.nn's own."""
+
+import pytest
+import torch
+
+import fastcells
+from conftest import make_layer_twins
+
+if "cpu" not in fastcells.available_backends("cpu"):
+    pytest.skip("the cpu backend is not built", allow_module_level=True)
+
+# (hidden, batch). Thresholds: more than 4 rows take the packed GEMM (kSmallRows); row groups of at
+# least 4 rows where W_hh takes at most 128 KiB (LSTM H <= 90), else 6; no groups above 2 MiB (LSTM
+# H > 362); GRU and RNN project per step in inference from 32 rows; odd hidden sizes leave partial
+# blocks of 8 weight rows in the mat-vec split.
+SHAPES = [(37, 1), (37, 4), (37, 5), (64, 7), (64, 8), (64, 9), (90, 8), (91, 8), (200, 11), (200, 12),
+          (200, 13), (200, 20), (64, 31), (64, 32), (362, 12), (363, 12)]
+KINDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+
+
+def _results(module, x, threads, training):
+    """Outputs, final states and (training) gradients of one call on ``threads`` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        module.zero_grad(set_to_none=True)
+        leaf = x.clone().requires_grad_(training)
+        with torch.set_grad_enabled(training):
+            out, states = module(leaf)
+        flat = [out, *(states if isinstance(states, tuple) else (states,))]
+        if training:
+            weights = torch.linspace(-1, 1, out.numel()).view_as(out)
+            (out * weights).sum().backward()
+            flat += [leaf.grad, *(p.grad for p in module.parameters())]
+        return [t.detach() for t in flat]
+    finally:
+        torch.set_num_threads(before)
+
+
+def _spread(results, threads):
+    """Per result, the largest difference between 1 thread's and ``threads`` threads' values."""
+    return [(a - b).abs().max().item() for a, b in zip(results[1], results[threads])]
+
+
+@pytest.mark.parametrize("hidden,batch", SHAPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_inference_is_bitwise_the_same_with_1_2_and_3_threads(kind, hidden, batch):
+    torch.manual_seed(0)
+    _, fast = make_layer_twins(kind, 7, hidden, 2, dtype=torch.float32, backend="cpu")
+    x = torch.randn(5, batch, 7)
+    results = {threads: _results(fast, x, threads, False) for threads in (1, 2, 3)}  # inference
+    for threads in (2, 3):
+        assert _spread(results, threads) == [0.0] * len(results[1]), threads
+
+
+@pytest.mark.parametrize("hidden,batch", SHAPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradients_vary_with_threads_no_more_than_torch_nn_own(kind, hidden, batch):
+    """Training: outputs and final states bitwise; gradients as close as torch.nn's own between thread
+    counts (its weight and input gradients are GEMMs whose result depends on the thread count at small
+    sizes; so are ours), or within a few float32 roundings of their size."""
+    torch.manual_seed(0)
+    ref, fast = make_layer_twins(kind, 7, hidden, 2, dtype=torch.float32, backend="cpu")
+    x = torch.randn(5, batch, 7)
+    ours = {threads: _results(fast, x, threads, True) for threads in (1, 2, 3)}
+    theirs = {threads: _results(ref, x, threads, True) for threads in (1, 2, 3)}
+    states = 3 if kind == "lstm" else 2
+    for threads in (2, 3):
+        assert _spread(ours, threads)[:states] == [0.0] * states
+        scale = [t.abs().max().item() for t in ours[1]]
+        for name, (mine, torch_own, size) in enumerate(zip(_spread(ours, threads), _spread(theirs, threads),
+                                                           scale)):
+            assert mine <= max(torch_own, 8 * torch.finfo(torch.float32).eps * size), (name, threads)
+
+
+def test_packed_batch_is_bitwise_the_same_with_1_and_2_threads():
+    """A packed batch shrinks step by step, so row groups run steps with few rows left."""
+    torch.manual_seed(0)
+    _, fast = make_layer_twins("lstm", 7, 64, 1, dtype=torch.float32, backend="cpu")
+    seqs = [torch.randn(n, 7) for n in (9, 9, 8, 7, 7, 5, 4, 3, 3, 2, 1, 1)]
+    packed = torch.nn.utils.rnn.pack_sequence(seqs)
+    before = torch.get_num_threads()
+    outputs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                outputs.append(fast(packed)[0].data)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outputs[0], outputs[1])
