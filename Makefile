@@ -12,7 +12,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.deps-installed
 BUILD_STAMP := $(VENV)/.fastcells-built
-SOURCES := $(wildcard setup.py csrc/*.cpp csrc/*.h csrc/include/fastcells/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*)
+SOURCES := $(wildcard setup.py csrc/*.cpp csrc/*.h csrc/include/fastcells/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cpu/*.inc csrc/cuda/*)
 
 .PHONY: test bench gpu gpu-carry build clean cuda-check
 

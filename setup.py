@@ -37,9 +37,10 @@ def extension():
     # -fno-trapping-math lets the compiler if-convert the clamps and floor of the gate math, so the
     # pointwise loops vectorize (results are unchanged: it only drops FP-exception side effects).
     cxx_flags = [CXX_STANDARD, "-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
-    # The extension is built on the machine that runs it (an editable install), so tune for its CPU;
-    # FASTCELLS_PORTABLE=1 builds for any x86-64 instead.
-    if os.environ.get("FASTCELLS_PORTABLE") != "1":
+    # The build runs on any x86-64 CPU: the CPU kernels are compiled once per instruction set
+    # (csrc/cpu/isa_*.cpp) and the best the running CPU has is picked at load time. FASTCELLS_NATIVE=1
+    # also tunes everything else for the building machine (-march=native), tying the build to it.
+    if os.environ.get("FASTCELLS_NATIVE") == "1":
         cxx_flags.append("-march=native")
     common = dict(
         name="fastcells._C",

@@ -75,6 +75,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_step_fwd", &fastcells::cpu::lstm_step_fwd_cpu, ReleaseGil());
   m.def("gru_step_fwd", &fastcells::cpu::gru_step_fwd_cpu, ReleaseGil());
   m.def("rnn_step_fwd", &fastcells::cpu::rnn_step_fwd_cpu, ReleaseGil());
+  m.def("cpu_isa", [] { return std::string(fastcells::cpu::cpu_isa()); },
+        "The instruction set of the CPU kernels this process runs: avx512, avx2 or baseline.");
   // The saved layouts of fastcells/saved_layout.h for H hidden units and P = proj_size (LSTM), as
   // {name: column offset or width}: what tests/test_saved_layout.py checks the Python mirror against.
   m.def("saved_layouts", [](int64_t H, int64_t P) {

@@ -8,6 +8,8 @@
 // kGemmRows x 2-vector tile of `out` in registers while it streams one panel and broadcasts `a`.
 #pragma once
 
+#include "isa_namespace.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -17,7 +19,7 @@
 
 #include "matmul_cpu.h"
 
-namespace fastcells::cpu {
+namespace fastcells::cpu::FASTCELLS_ISA {
 
 // 32-byte vectors (AVX2 registers).
 template <typename T>
@@ -83,7 +85,7 @@ inline void gemm_tile(const T* a, int64_t lda, const T* panel, int64_t k, T* out
     // Keep the panel vectors in registers: for tiles of up to 4 rows GCC otherwise folds them into
     // each multiply-add as a memory operand, which made those tiles load-bound (43 against 68
     // GFLOP/s for 4 rows on one Zen 3 core).
-#if defined(__x86_64__)
+#if FASTCELLS_ISA_AVX2  // a 32-byte vector fits one register only from AVX on
     asm("" : "+x"(b0), "+x"(b1));
 #endif
     for (int r = 0; r < R; ++r) {
@@ -195,4 +197,4 @@ class StepProduct {
   PackedMatrix<T> packed_;
 };
 
-}  // namespace fastcells::cpu
+}  // namespace fastcells::cpu::FASTCELLS_ISA

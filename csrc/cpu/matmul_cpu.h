@@ -6,6 +6,8 @@
 // packed GEMM of gemm_cpu.h; the cell step ops, which cannot amortize packing, hand them to at::mm.
 #pragma once
 
+#include "isa_namespace.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -13,12 +15,11 @@
 #include <cstdint>
 #include <type_traits>
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if FASTCELLS_ISA_AVX2
 #include <immintrin.h>
-#define FASTCELLS_AVX2 1
 #endif
 
-namespace fastcells::cpu {
+namespace fastcells::cpu::FASTCELLS_ISA {
 
 constexpr int64_t kSmallRows = 4;
 
@@ -56,7 +57,7 @@ inline void dot4(const T* w, int64_t ldw, const T* a, int64_t k, T* out) {
   out[3] = s3;
 }
 
-#ifdef FASTCELLS_AVX2
+#if FASTCELLS_ISA_AVX2
 // Eight float dot products against the same vector, reduced together: the eight accumulators are
 // summed with one hadd/permute tree instead of eight horizontal sums, which at k = 64 cost more than
 // the multiply-adds (a B=1, H=64 LSTM step spent ~5 µs in reductions).
@@ -90,7 +91,7 @@ inline void matvec_rows(const T* w, int64_t ldw, const T* a, int64_t k, T* out, 
                         int64_t end, bool accumulate) {
   int64_t j = begin;
   T v[8];
-#ifdef FASTCELLS_AVX2
+#if FASTCELLS_ISA_AVX2
   if constexpr (std::is_same_v<T, float>) {
     for (; j + 8 <= end; j += 8) {
       dot8(w + j * ldw, ldw, a, k, v);
@@ -205,4 +206,4 @@ void step_projections(const T* x, int64_t kx, const T* w_ih, const T* b_ih, cons
   if (b_hh) add_bias_rows(gh, n, m, n, b_hh);
 }
 
-}  // namespace fastcells::cpu
+}  // namespace fastcells::cpu::FASTCELLS_ISA

@@ -21,6 +21,9 @@ using LayerGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 namespace fastcells::cpu {
 
+// The instruction set of the kernel copy the CPU ops run: "avx512", "avx2" or "baseline" (isa.h).
+const char* cpu_isa();
+
 LstmOutputs lstm_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& c0,
                                const Tensor& w_hh, const OptionalTensor& w_hr,

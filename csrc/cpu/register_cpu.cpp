@@ -1,7 +1,112 @@
-// Binds the CPU implementations to the op schemas of ../ops.cpp.
+// Binds the CPU implementations to the op schemas of ../ops.cpp: each op runs the copy of the kernels
+// compiled for the best instruction set the running CPU has (isa.h).
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "isa.h"
 #include "ops_cpu.h"
+
+namespace fastcells::cpu {
+namespace {
+
+bool cpu_has(const char* feature) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (!std::strcmp(feature, "avx512")) {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+           cpu_has("avx2");
+  }
+  if (!std::strcmp(feature, "avx2")) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  return !std::strcmp(feature, "baseline");
+}
+
+const CpuKernels& pick() {
+  const CpuKernels* copies[] = {&avx512::kernels, &avx2::kernels, &baseline::kernels};  // best first
+  const char* forced = std::getenv("FASTCELLS_CPU_ISA");
+  if (forced && *forced) {
+    for (const CpuKernels* copy : copies) {
+      if (!std::strcmp(forced, copy->isa)) {
+        TORCH_CHECK(cpu_has(copy->isa), "FASTCELLS_CPU_ISA=", forced, ": this CPU does not have it");
+        return *copy;
+      }
+    }
+    TORCH_CHECK(false, "FASTCELLS_CPU_ISA must be avx512, avx2 or baseline, got ", forced);
+  }
+  for (const CpuKernels* copy : copies) {
+    if (cpu_has(copy->isa)) return *copy;
+  }
+  return baseline::kernels;
+}
+
+}  // namespace
+
+const CpuKernels& chosen_kernels() {
+  static const CpuKernels& chosen = pick();
+  return chosen;
+}
+
+const char* cpu_isa() { return chosen_kernels().isa; }
+
+LstmOutputs lstm_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
+                               const OptionalTensor& b_hh, const Tensor& h0, const Tensor& c0,
+                               const Tensor& w_hh, const OptionalTensor& w_hr,
+                               const Tensor& batch_sizes, bool reverse, bool training) {
+  return chosen_kernels().lstm_layer_fwd(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse,
+                                         training);
+}
+LstmGrads lstm_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& dcn,
+                             const Tensor& saved, const Tensor& x, const Tensor& w_ih,
+                             const OptionalTensor& b_ih, const OptionalTensor& b_hh,
+                             const Tensor& w_hh, const OptionalTensor& w_hr,
+                             const Tensor& batch_sizes, bool reverse, bool need_dx) {
+  return chosen_kernels().lstm_layer_bwd(dy, dhn, dcn, saved, x, w_ih, b_ih, b_hh, w_hh, w_hr,
+                                         batch_sizes, reverse, need_dx);
+}
+std::tuple<Tensor, Tensor> lstm_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& c,
+                                             const Tensor& w_ih, const Tensor& w_hh,
+                                             const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
+  return chosen_kernels().lstm_step_fwd(x, h, c, w_ih, w_hh, b_ih, b_hh);
+}
+LayerOutputs gru_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
+                               const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
+                               const Tensor& batch_sizes, bool reverse, bool training) {
+  return chosen_kernels().gru_layer_fwd(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, reverse, training);
+}
+LayerGrads gru_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& saved,
+                             const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
+                             const OptionalTensor& b_hh, const Tensor& w_hh,
+                             const Tensor& batch_sizes, bool reverse, bool need_dx) {
+  return chosen_kernels().gru_layer_bwd(dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, reverse,
+                                        need_dx);
+}
+Tensor gru_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
+                        const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
+  return chosen_kernels().gru_step_fwd(x, h, w_ih, w_hh, b_ih, b_hh);
+}
+LayerOutputs rnn_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
+                               const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
+                               const Tensor& batch_sizes, bool relu, bool reverse, bool training) {
+  return chosen_kernels().rnn_layer_fwd(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse,
+                                        training);
+}
+LayerGrads rnn_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& saved,
+                             const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
+                             const OptionalTensor& b_hh, const Tensor& w_hh,
+                             const Tensor& batch_sizes, bool relu, bool reverse, bool need_dx) {
+  return chosen_kernels().rnn_layer_bwd(dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, relu,
+                                        reverse, need_dx);
+}
+Tensor rnn_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
+                        const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool relu) {
+  return chosen_kernels().rnn_step_fwd(x, h, w_ih, w_hh, b_ih, b_hh, relu);
+}
+
+}  // namespace fastcells::cpu
 
 TORCH_LIBRARY_IMPL(fastcells, CPU, m) {
   using namespace fastcells::cpu;

@@ -16,6 +16,8 @@
 // enough to stay in a core's L1/L2, and the weights must stay under 2 MiB.
 #pragma once
 
+#include "isa_namespace.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -24,7 +26,7 @@
 
 #include "../schedule.h"
 
-namespace fastcells::cpu {
+namespace fastcells::cpu::FASTCELLS_ISA {
 
 // The fewest rows a group may have, and the weight size below which 4 rows suffice.
 constexpr int64_t kMinRowsPerGroup = 6;
@@ -114,4 +116,4 @@ void for_each_group_step(const RowGroups& split, const Schedule& sched, bool rev
   });
 }
 
-}  // namespace fastcells::cpu
+}  // namespace fastcells::cpu::FASTCELLS_ISA

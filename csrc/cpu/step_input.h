@@ -6,6 +6,8 @@
 // a poor GEMM. With several, it depends on the cell (project_per_step).
 #pragma once
 
+#include "isa_namespace.h"
+
 #include <ATen/ATen.h>
 
 #include <optional>
@@ -15,7 +17,7 @@
 #include "matmul_cpu.h"
 #include "row_groups.h"
 
-namespace fastcells::cpu {
+namespace fastcells::cpu::FASTCELLS_ISA {
 
 // Whether the steps of a layer project their own input rows. Measured on the 2-core EPYC (float32,
 // H=256, medians of 7 interleaved rounds in one process; time per step projection / time with one GEMM
@@ -84,4 +86,4 @@ class StepInput {
   std::optional<StepProduct<T>> w_ih_;    // W_ih packed for the steps' products
 };
 
-}  // namespace fastcells::cpu
+}  // namespace fastcells::cpu::FASTCELLS_ISA

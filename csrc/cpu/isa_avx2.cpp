@@ -1,0 +1,8 @@
+// The CPU kernels compiled for CPUs with AVX2 and FMA (see isa.h).
+#define FASTCELLS_ISA avx2
+#define FASTCELLS_ISA_AVX2 1
+#include "isa_prelude.h"
+
+// For the code below only: the headers above stay baseline.
+#pragma GCC target("avx2,fma")
+#include "kernels.inc"

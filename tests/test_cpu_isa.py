@@ -1,0 +1,114 @@
+"""The cpu backend's kernels are compiled once per instruction set (csrc/cpu/isa.h: baseline x86-64,
+AVX2+FMA, AVX-512) and the best the running CPU has is picked at load time (issue 16): each copy this
+CPU can run computes what torch.nn computes, forward and backward, layers and cells; the pick is the
+best copy, `FASTCELLS_CPU_ISA` overrides it and bad values are refused; `info` names it."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import fastcells
+from fastcells import _extension
+
+if "cpu" not in fastcells.available_backends("cpu"):
+    pytest.skip("the cpu backend is not built", allow_module_level=True)
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _supported():
+    """The copies this CPU can run, best first."""
+    flags = _cpu_flags()
+    isas = []
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma"} <= flags:
+        isas.append("avx512")
+    if {"avx2", "fma"} <= flags:
+        isas.append("avx2")
+    return isas + ["baseline"]
+
+
+# Layers (stacked, bidirectional, a projection), cells' streaming steps, float64 and float32, batch
+# sizes of the mat-vec (1), the packed GEMM with few rows (5) and row groups (13), odd hidden sizes.
+PARITY = textwrap.dedent("""
+    import torch, fastcells
+    from fastcells import _extension
+    torch.manual_seed(0)
+    cases = 0
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
+        for name, kwargs in (("LSTM", {}), ("LSTM", {"proj_size": 5}), ("GRU", {}),
+                             ("RNN", {"nonlinearity": "relu"})):
+            for B in (1, 5, 13):
+                for H in (7, 37):
+                    ref = getattr(torch.nn, name)(6, H, 2, bidirectional=True, dtype=dtype, **kwargs)
+                    fast = getattr(fastcells, name)(6, H, 2, bidirectional=True, dtype=dtype,
+                                                    backend="cpu", **kwargs)
+                    fast.load_state_dict(ref.state_dict())
+                    x = torch.randn(4, B, 6, dtype=dtype)
+                    results = []
+                    for module in (fast, ref):
+                        leaf = x.clone().requires_grad_()
+                        out, _ = module(leaf)
+                        (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum().backward()
+                        results.append([out, leaf.grad, *(p.grad for p in module.parameters())])
+                    for a, b in zip(*results):
+                        assert (a - b).abs().max() <= tol * max(1.0, b.abs().max()), (name, kwargs, B, H, dtype)
+                    cases += 1
+        for name in ("LSTMCell", "GRUCell", "RNNCell"):
+            ref = getattr(torch.nn, name)(6, 37, dtype=dtype)
+            fast = getattr(fastcells, name)(6, 37, dtype=dtype, backend="cpu")
+            fast.load_state_dict(ref.state_dict())
+            for B in (1, 5):
+                x = torch.randn(B, 6, dtype=dtype)
+                with torch.no_grad():
+                    a, b = fast(x), ref(x)
+                for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+                    assert (u - v).abs().max() <= tol, (name, B, dtype)
+                cases += 1
+    print(_extension.C.cpu_isa(), cases)
+""")
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
+def test_each_copy_matches_torch_nn(isa):
+    if isa not in _supported():
+        pytest.skip(f"this CPU cannot run the {isa} copy")
+    env = {**os.environ, "FASTCELLS_CPU_ISA": isa}
+    run = subprocess.run([sys.executable, "-c", PARITY], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == [isa, "60"]
+
+
+def test_the_best_copy_is_picked():
+    if os.environ.get("FASTCELLS_CPU_ISA"):
+        pytest.skip("FASTCELLS_CPU_ISA forces a copy in this run")
+    assert _extension.C.cpu_isa() == _supported()[0]
+
+
+@pytest.mark.parametrize("value,message", [("avx3", "must be avx512, avx2 or baseline"),
+                                           ("avx512", "this CPU does not have it")])
+def test_bad_override_is_refused(value, message):
+    if value in _supported():
+        pytest.skip(f"this CPU runs {value}")
+    code = "import torch, fastcells; fastcells.GRU(3, 4, backend='cpu')(torch.randn(2, 1, 3))"
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTCELLS_CPU_ISA": value},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and message in run.stderr
+
+
+def test_info_names_the_copy():
+    from fastcells import info
+
+    assert any(f"kernels for {_extension.C.cpu_isa()}" in line for line in info.describe(["cpu"]))
