@@ -4,8 +4,9 @@
 // state rows by the same weight; MKL's sgemm reached ~45-75 GFLOP/s on those shapes on our 2-core AMD
 // EPYC (AVX2) machines, and oneDNN (which torch.nn.LSTM uses) is not callable from an extension for
 // fp32 there. So the weight is packed once per layer call into panels of 2 vectors' width
-// (panel-major, k x 16 floats contiguous: no 4 KiB-stride cache aliasing), and a micro-kernel keeps a
-// kGemmRows x 2-vector tile of `out` in registers while it streams one panel and broadcasts `a`.
+// (panel-major, k x 16 floats contiguous with AVX2, 32 with AVX-512: no 4 KiB-stride cache aliasing),
+// and a micro-kernel keeps a kGemmRows x 2-vector tile of `out` in registers while it streams one panel
+// and broadcasts `a`.
 #pragma once
 
 #include "isa_namespace.h"
@@ -21,11 +22,18 @@
 
 namespace fastcells::cpu::FASTCELLS_ISA {
 
-// 32-byte vectors (AVX2 registers).
+// Vectors as wide as the copy's registers (isa.h): 64 bytes where it may use AVX-512, else 32 (AVX2
+// registers; two SSE registers each in the baseline copy).
+#if FASTCELLS_ISA_AVX512
+constexpr int kVecBytes = 64;
+#else
+constexpr int kVecBytes = 32;
+#endif
+
 template <typename T>
 struct Vec {
-  typedef T type __attribute__((vector_size(32)));
-  static constexpr int kLanes = 32 / sizeof(T);
+  typedef T type __attribute__((vector_size(kVecBytes)));
+  static constexpr int kLanes = kVecBytes / sizeof(T);
   static constexpr int kPanel = 2 * kLanes;  // panel width in columns
 };
 
@@ -85,7 +93,9 @@ inline void gemm_tile(const T* a, int64_t lda, const T* panel, int64_t k, T* out
     // Keep the panel vectors in registers: for tiles of up to 4 rows GCC otherwise folds them into
     // each multiply-add as a memory operand, which made those tiles load-bound (43 against 68
     // GFLOP/s for 4 rows on one Zen 3 core).
-#if FASTCELLS_ISA_AVX2  // a 32-byte vector fits one register only from AVX on
+#if FASTCELLS_ISA_AVX512  // "v": any of the 32 AVX-512 registers
+    asm("" : "+v"(b0), "+v"(b1));
+#elif FASTCELLS_ISA_AVX2  // a 32-byte vector fits one register only from AVX on
     asm("" : "+x"(b0), "+x"(b1));
 #endif
     for (int r = 0; r < R; ++r) {

@@ -32,8 +32,8 @@ namespace avx2 { extern const CpuKernels kernels; }
 namespace avx512 { extern const CpuKernels kernels; }
 
 // The copy this process runs: the best the CPU supports, or FASTCELLS_CPU_ISA (baseline, avx2,
-// avx512) where set; read once. FASTCELLS_ISA_AVX2: whether a copy may use AVX2 and FMA intrinsics
-// (a `#pragma GCC target` does not define __AVX2__).
+// avx512) where set; read once. FASTCELLS_ISA_AVX2 and FASTCELLS_ISA_AVX512: whether a copy may use
+// those instructions (a `#pragma GCC target` does not define __AVX2__ or __AVX512F__).
 const CpuKernels& chosen_kernels();
 
 }  // namespace fastcells::cpu

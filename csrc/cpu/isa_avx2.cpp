@@ -1,5 +1,6 @@
 // The CPU kernels compiled for CPUs with AVX2 and FMA (see isa.h).
 #define FASTCELLS_ISA avx2
+#define FASTCELLS_ISA_AVX512 0
 #define FASTCELLS_ISA_AVX2 1
 #include "isa_prelude.h"
 

@@ -1,5 +1,6 @@
 // The CPU kernels compiled for CPUs with AVX-512 (F, BW, DQ, VL) (see isa.h).
 #define FASTCELLS_ISA avx512
+#define FASTCELLS_ISA_AVX512 1
 #define FASTCELLS_ISA_AVX2 1
 #include "isa_prelude.h"
 
