@@ -28,7 +28,16 @@ def device_name(device):
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
+    isa = cpu_kernels_isa()
+    return f"{cpu_name()} ({torch.get_num_threads()} threads{f', {isa} kernels' if isa else ''})"
+
+
+def cpu_kernels_isa():
+    """The instruction set of the cpu backend's kernels in this process ("avx512", "avx2",
+    "baseline"; csrc/cpu/isa.h), or None without the compiled extension."""
+    from . import _extension
+
+    return _extension.C.cpu_isa() if _extension.C is not None and hasattr(_extension.C, "cpu_isa") else None
 
 
 def device_slug(device):

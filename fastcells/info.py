@@ -36,16 +36,9 @@ def describe(device_types_):
         for name, reason in backend_status(device_type):
             lines.append(f"  {name:10} {'usable' if reason is None else 'not usable: ' + reason}")
             if device_type == "cpu" and name == "cpu" and reason is None:
-                lines.append(f"  {'':10} kernels for {cpu_kernels_isa()} (the best this CPU runs, or "
-                             "FASTCELLS_CPU_ISA)")
+                lines.append(f"  {'':10} kernels for {environment.cpu_kernels_isa()} (the best this CPU "
+                             "runs, or FASTCELLS_CPU_ISA)")
     return lines
-
-
-def cpu_kernels_isa():
-    """The instruction set of the cpu backend's kernel copy this process runs (csrc/cpu/isa.h)."""
-    from . import _extension
-
-    return _extension.C.cpu_isa()
 
 
 def run(args):
