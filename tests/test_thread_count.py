@@ -78,6 +78,17 @@ def test_gradients_vary_with_threads_no_more_than_torch_nn_own(kind, hidden, bat
             assert mine <= max(torch_own, 8 * torch.finfo(torch.float32).eps * size), (name, threads)
 
 
+def test_large_layers_are_bitwise_the_same_with_1_and_2_threads():
+    """Large input projections go to at::mm (csrc/cpu/step_input.h): its results, too, must not depend
+    on the number of threads; GRU training keeps the up-front projection at any batch."""
+    torch.manual_seed(0)
+    for kind in ("gru", "lstm"):
+        _, fast = make_layer_twins(kind, 64, 90, 1, dtype=torch.float32, backend="cpu")
+        x = torch.randn(40, 33, 64)  # 1320 rows x 64 x 270 or 360 multiply-adds: above the threshold
+        results = {threads: _results(fast, x, threads, True) for threads in (1, 2)}
+        assert _spread(results, 2)[:2] == [0.0, 0.0], kind
+
+
 def test_packed_batch_is_bitwise_the_same_with_1_and_2_threads():
     """A packed batch shrinks step by step, so row groups run steps with few rows left."""
     torch.manual_seed(0)

@@ -33,6 +33,10 @@ inline bool project_per_step(const Schedule& sched, int64_t weight_bytes, bool l
   return lstm || (!training && sched.sizes[0] >= 2 * 16);
 }
 
+// Up-front input projections of at least this many rows and multiply-adds go to at::mm (see below).
+constexpr int64_t kMklRows = 64;
+constexpr int64_t kMklWork = int64_t{1} << 22;
+
 template <typename T>
 class StepInput {
  public:
@@ -42,9 +46,16 @@ class StepInput {
             int64_t batch, bool per_step)
       : G_(w_ih.size(0)), I_(x.size(1)) {
     if (!per_step) {
-      // One product over all N rows with the steps' own GEMM, not at::mm: for small shapes (I or H of
-      // a few dozen) MKL's result depends on the number of threads.
+      // One product over all N rows. Small ones with the steps' own GEMM: there at::mm's result
+      // (MKL's) depends on the number of threads (seen from 1 to 3 threads at 5 x 7 x 148 and
+      // 25 x 7 x 37). Large ones with at::mm, which is faster there (122 against about 60 GFLOP/s at
+      // 6400 x 512 x 2048 on 2 Zen 4 cores) and gave the same result for 1 to 3 threads at every size
+      // tried from 80 x 37 x 148 to 6400 x 512 x 2048 (tests/test_thread_count.py checks one).
       const int64_t N = x.size(0);
+      if (N >= kMklRows && N * I_ * G_ >= kMklWork) {
+        gx_ = input_projection(x, w_ih, bias).contiguous();
+        return;
+      }
       gx_ = at::empty({N, G_}, x.options());
       StepProduct<T>(w_ih, /*transposed=*/true, N).run(x.data_ptr<T>(), I_, gx_.data_ptr<T>(), G_, N,
                                                       /*accumulate=*/false);
