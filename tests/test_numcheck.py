@@ -107,7 +107,10 @@ def test_exception_is_a_failure_not_a_crash(tmp_path, capsys, monkeypatch):
     assert cases[("fastcells.check.cpu.gru.float32", "cell-forward")].find("failure") is None
 
 
-def test_dtype_a_backend_does_not_compute_is_skipped(tmp_path, capsys):
+def test_dtype_a_backend_does_not_compute_is_skipped(tmp_path, capsys, monkeypatch):
+    from fastcells.backends import cpu
+
+    monkeypatch.setattr(cpu, "DTYPES", (torch.float32, torch.float64))  # as if it had no 16-bit path
     junit = tmp_path / "skip.xml"
     status = _check("--cells", "rnn_relu", "--backend", "cpu", "--dtype", "bfloat16",
                     "--junit-xml", str(junit))
@@ -118,6 +121,12 @@ def test_dtype_a_backend_does_not_compute_is_skipped(tmp_path, capsys):
     skip = next(iter(cases.values())).find("skipped")
     assert "bfloat16" in skip.get("message")
     assert f"0 passed, 0 failed, {len(cases)} skipped" in out
+
+
+def test_cpu_backend_passes_in_16_bits(capsys):
+    """The cpu backend's bfloat16 and float16 (float32 kernels inside) meet the low-precision rule."""
+    assert _check("--cells", "gru", "--backend", "cpu", "--dtype", "bfloat16", "--dtype", "float16") == 0
+    assert " 0 failed" in capsys.readouterr().out
 
 
 def test_low_precision_tolerance_follows_torch_nn(capsys):

@@ -10,7 +10,7 @@ from .. import _extension
 from .layer_ops import LayerOps
 
 NAME = "cpu"
-DTYPES = (torch.float32, torch.float64)
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def unusable_reason(device_type, dtype=None):
@@ -20,7 +20,7 @@ def unusable_reason(device_type, dtype=None):
     if device_type != "cpu":
         return f"it runs on CPU tensors only, got {device_type} tensors"
     if dtype is not None and dtype not in DTYPES:
-        return f"it computes in float32 or float64 only, got {dtype}"
+        return f"it computes in float16, bfloat16, float32 or float64 only, got {dtype}"
     return None
 
 
