@@ -243,8 +243,8 @@ def _error_vs_float64(module64, module, x64, dtype):
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("backend_name", ["auto", "reference", "cpu"])
 def test_low_precision_error_bound(kind, dtype, backend_name):
-    """auto and reference must run every dtype torch.nn runs on CPU; the cpu backend runs float32 and
-    float64 only and, named explicitly for another dtype, must raise saying so."""
+    """auto, reference and cpu must run every dtype torch.nn runs on CPU (the cpu backend's 16-bit
+    path runs its float32 kernels), within a small multiple of torch.nn's own error."""
     if backend_name != "auto" and backend_name not in fastcells.available_backends():
         pytest.skip(f"backend {backend_name!r} not usable here")
     ref64, _ = make_layer_twins(kind, I, 16, 2, bidirectional=True, dtype=torch.float64)
@@ -254,10 +254,6 @@ def test_low_precision_error_bound(kind, dtype, backend_name):
     for module in (torch_low, fast_low):
         module.load_state_dict({k: v.to(dtype) for k, v in ref64.state_dict().items()})
     x64 = _input(False, torch.float64, t=6, b=4)
-    if backend_name == "cpu" and dtype not in (torch.float32, torch.float64):
-        with pytest.raises(RuntimeError, match="float32 or float64"):
-            fast_low(x64.to(dtype))
-        return
     torch_error = _error_vs_float64(ref64, torch_low, x64, dtype)
     our_error = _error_vs_float64(ref64, fast_low, x64, dtype)
     eps = torch.finfo(dtype).eps
