@@ -3,12 +3,11 @@
 // float32 kernels.
 #include <torch/library.h>
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
-#include <initializer_list>
 #include <string>
 #include <tuple>
-#include <utility>
 
 #include "isa.h"
 #include "ops_cpu.h"
@@ -55,26 +54,41 @@ bool low_precision(const Tensor& x) {
   return x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
 }
 
-// The floating-point arguments of a 16-bit call must all have x's dtype, as the float32 kernels
-// require of theirs (checked here: converting first would hide a mismatch).
-void check_dtypes(const Tensor& x, std::initializer_list<std::pair<const char*, const Tensor*>> args) {
-  for (const auto& [name, t] : args) {
-    if (t && t->defined()) {
-      TORCH_CHECK(t->scalar_type() == x.scalar_type(), name, " must have dtype ", x.scalar_type(),
-                  " like x, got ", t->scalar_type());
-    }
+// A floating-point argument of a 16-bit call must have x's dtype, as the float32 kernels require of
+// theirs (checked before converting, which would hide a mismatch). Others (batch_sizes, flags) pass.
+void check_dtype(const Tensor& x, const char* name, const Tensor& t) {
+  if (t.defined() && t.is_floating_point()) {
+    TORCH_CHECK(t.scalar_type() == x.scalar_type(), name, " must have dtype ", x.scalar_type(),
+                " like x, got ", t.scalar_type());
   }
 }
+void check_dtype(const Tensor& x, const char* name, const OptionalTensor& t) {
+  if (t.has_value()) check_dtype(x, name, *t);
+}
+void check_dtype(const Tensor&, const char*, bool) {}
 
-const Tensor* opt(const OptionalTensor& t) { return t.has_value() ? &*t : nullptr; }
-Tensor f32(const Tensor& t) { return t.to(at::kFloat); }
-OptionalTensor f32(const OptionalTensor& t) { return t.has_value() ? OptionalTensor(t->to(at::kFloat)) : t; }
+// An argument as the float32 kernels take it.
+Tensor f32(const Tensor& t) { return t.is_floating_point() ? t.to(at::kFloat) : t; }
+OptionalTensor f32(const OptionalTensor& t) { return t.has_value() ? OptionalTensor(f32(*t)) : t; }
+bool f32(bool flag) { return flag; }
 
-// Every tensor of a tuple of outputs converted to `dtype`.
+// Outputs converted to `dtype`.
+Tensor to_dtype(const Tensor& t, at::ScalarType dtype) { return t.to(dtype); }
 template <typename... Ts>
 std::tuple<Ts...> to_dtype(std::tuple<Ts...> outputs, at::ScalarType dtype) {
   std::apply([dtype](auto&... t) { ((t = t.to(dtype)), ...); }, outputs);
   return outputs;
+}
+
+// Runs `kernel` of the chosen copy on `args` (the first, x or dy, gives the dtype; `names` are the
+// arguments' names, for errors): directly, or for 16-bit tensors through the float32 kernels.
+template <typename Kernel, typename... Args>
+auto run(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names, const Args&... args) {
+  const Tensor& x = std::get<0>(std::tie(args...));
+  if (!low_precision(x)) return kernel(args...);
+  size_t i = 0;
+  (check_dtype(x, names[i++], args), ...);
+  return to_dtype(kernel(f32(args)...), x.scalar_type());
 }
 
 }  // namespace
@@ -90,97 +104,67 @@ LstmOutputs lstm_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const Option
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& c0,
                                const Tensor& w_hh, const OptionalTensor& w_hr,
                                const Tensor& batch_sizes, bool reverse, bool training) {
-  const auto& run = chosen_kernels().lstm_layer_fwd;
-  if (!low_precision(x)) return run(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse, training);
-  check_dtypes(x, {{"w_ih", &w_ih}, {"b_ih", opt(b_ih)}, {"b_hh", opt(b_hh)}, {"h0", &h0}, {"c0", &c0},
-                   {"w_hh", &w_hh}, {"w_hr", opt(w_hr)}});
-  return to_dtype(run(f32(x), f32(w_ih), f32(b_ih), f32(b_hh), f32(h0), f32(c0), f32(w_hh), f32(w_hr),
-                      batch_sizes, reverse, training),
-                  x.scalar_type());
+  return run(chosen_kernels().lstm_layer_fwd,
+             {"x", "w_ih", "b_ih", "b_hh", "h0", "c0", "w_hh", "w_hr", "batch_sizes", "reverse", "training"},
+             x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse, training);
 }
 LstmGrads lstm_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& dcn,
                              const Tensor& saved, const Tensor& x, const Tensor& w_ih,
                              const OptionalTensor& b_ih, const OptionalTensor& b_hh,
                              const Tensor& w_hh, const OptionalTensor& w_hr,
                              const Tensor& batch_sizes, bool reverse, bool need_dx) {
-  const auto& run = chosen_kernels().lstm_layer_bwd;
-  if (!low_precision(dy)) {
-    return run(dy, dhn, dcn, saved, x, w_ih, b_ih, b_hh, w_hh, w_hr, batch_sizes, reverse, need_dx);
-  }
-  check_dtypes(dy, {{"dhn", &dhn}, {"dcn", &dcn}, {"saved", &saved}, {"x", &x}, {"w_ih", &w_ih},
-                    {"b_ih", opt(b_ih)}, {"b_hh", opt(b_hh)}, {"w_hh", &w_hh}, {"w_hr", opt(w_hr)}});
-  return to_dtype(run(f32(dy), f32(dhn), f32(dcn), f32(saved), f32(x), f32(w_ih), f32(b_ih), f32(b_hh),
-                      f32(w_hh), f32(w_hr), batch_sizes, reverse, need_dx),
-                  dy.scalar_type());
+  return run(chosen_kernels().lstm_layer_bwd,
+             {"dy", "dhn", "dcn", "saved", "x", "w_ih", "b_ih", "b_hh", "w_hh", "w_hr", "batch_sizes",
+              "reverse", "need_dx"},
+             dy, dhn, dcn, saved, x, w_ih, b_ih, b_hh, w_hh, w_hr, batch_sizes, reverse, need_dx);
 }
 std::tuple<Tensor, Tensor> lstm_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& c,
                                              const Tensor& w_ih, const Tensor& w_hh,
                                              const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
-  const auto& run = chosen_kernels().lstm_step_fwd;
-  if (!low_precision(x)) return run(x, h, c, w_ih, w_hh, b_ih, b_hh);
-  check_dtypes(x, {{"h", &h}, {"c", &c}, {"w_ih", &w_ih}, {"w_hh", &w_hh}, {"b_ih", opt(b_ih)},
-                   {"b_hh", opt(b_hh)}});
-  return to_dtype(run(f32(x), f32(h), f32(c), f32(w_ih), f32(w_hh), f32(b_ih), f32(b_hh)), x.scalar_type());
+  return run(chosen_kernels().lstm_step_fwd, {"x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"}, x, h, c,
+             w_ih, w_hh, b_ih, b_hh);
 }
 LayerOutputs gru_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
                                const Tensor& batch_sizes, bool reverse, bool training) {
-  const auto& run = chosen_kernels().gru_layer_fwd;
-  if (!low_precision(x)) return run(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, reverse, training);
-  check_dtypes(x, {{"w_ih", &w_ih}, {"b_ih", opt(b_ih)}, {"b_hh", opt(b_hh)}, {"h0", &h0}, {"w_hh", &w_hh}});
-  return to_dtype(run(f32(x), f32(w_ih), f32(b_ih), f32(b_hh), f32(h0), f32(w_hh), batch_sizes, reverse,
-                      training),
-                  x.scalar_type());
+  return run(chosen_kernels().gru_layer_fwd,
+             {"x", "w_ih", "b_ih", "b_hh", "h0", "w_hh", "batch_sizes", "reverse", "training"}, x, w_ih,
+             b_ih, b_hh, h0, w_hh, batch_sizes, reverse, training);
 }
 LayerGrads gru_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& saved,
                              const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
                              const OptionalTensor& b_hh, const Tensor& w_hh,
                              const Tensor& batch_sizes, bool reverse, bool need_dx) {
-  const auto& run = chosen_kernels().gru_layer_bwd;
-  if (!low_precision(dy)) return run(dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, reverse, need_dx);
-  check_dtypes(dy, {{"dhn", &dhn}, {"saved", &saved}, {"x", &x}, {"w_ih", &w_ih}, {"b_ih", opt(b_ih)},
-                    {"b_hh", opt(b_hh)}, {"w_hh", &w_hh}});
-  return to_dtype(run(f32(dy), f32(dhn), f32(saved), f32(x), f32(w_ih), f32(b_ih), f32(b_hh), f32(w_hh),
-                      batch_sizes, reverse, need_dx),
-                  dy.scalar_type());
+  return run(chosen_kernels().gru_layer_bwd,
+             {"dy", "dhn", "saved", "x", "w_ih", "b_ih", "b_hh", "w_hh", "batch_sizes", "reverse",
+              "need_dx"},
+             dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, reverse, need_dx);
 }
 Tensor gru_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
                         const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
-  const auto& run = chosen_kernels().gru_step_fwd;
-  if (!low_precision(x)) return run(x, h, w_ih, w_hh, b_ih, b_hh);
-  check_dtypes(x, {{"h", &h}, {"w_ih", &w_ih}, {"w_hh", &w_hh}, {"b_ih", opt(b_ih)}, {"b_hh", opt(b_hh)}});
-  return run(f32(x), f32(h), f32(w_ih), f32(w_hh), f32(b_ih), f32(b_hh)).to(x.scalar_type());
+  return run(chosen_kernels().gru_step_fwd, {"x", "h", "w_ih", "w_hh", "b_ih", "b_hh"}, x, h, w_ih, w_hh,
+             b_ih, b_hh);
 }
 LayerOutputs rnn_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
                                const Tensor& batch_sizes, bool relu, bool reverse, bool training) {
-  const auto& run = chosen_kernels().rnn_layer_fwd;
-  if (!low_precision(x)) return run(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse, training);
-  check_dtypes(x, {{"w_ih", &w_ih}, {"b_ih", opt(b_ih)}, {"b_hh", opt(b_hh)}, {"h0", &h0}, {"w_hh", &w_hh}});
-  return to_dtype(run(f32(x), f32(w_ih), f32(b_ih), f32(b_hh), f32(h0), f32(w_hh), batch_sizes, relu,
-                      reverse, training),
-                  x.scalar_type());
+  return run(chosen_kernels().rnn_layer_fwd,
+             {"x", "w_ih", "b_ih", "b_hh", "h0", "w_hh", "batch_sizes", "relu", "reverse", "training"}, x,
+             w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse, training);
 }
 LayerGrads rnn_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& saved,
                              const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
                              const OptionalTensor& b_hh, const Tensor& w_hh,
                              const Tensor& batch_sizes, bool relu, bool reverse, bool need_dx) {
-  const auto& run = chosen_kernels().rnn_layer_bwd;
-  if (!low_precision(dy)) {
-    return run(dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, relu, reverse, need_dx);
-  }
-  check_dtypes(dy, {{"dhn", &dhn}, {"saved", &saved}, {"x", &x}, {"w_ih", &w_ih}, {"b_ih", opt(b_ih)},
-                    {"b_hh", opt(b_hh)}, {"w_hh", &w_hh}});
-  return to_dtype(run(f32(dy), f32(dhn), f32(saved), f32(x), f32(w_ih), f32(b_ih), f32(b_hh), f32(w_hh),
-                      batch_sizes, relu, reverse, need_dx),
-                  dy.scalar_type());
+  return run(chosen_kernels().rnn_layer_bwd,
+             {"dy", "dhn", "saved", "x", "w_ih", "b_ih", "b_hh", "w_hh", "batch_sizes", "relu", "reverse",
+              "need_dx"},
+             dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, relu, reverse, need_dx);
 }
 Tensor rnn_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
                         const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool relu) {
-  const auto& run = chosen_kernels().rnn_step_fwd;
-  if (!low_precision(x)) return run(x, h, w_ih, w_hh, b_ih, b_hh, relu);
-  check_dtypes(x, {{"h", &h}, {"w_ih", &w_ih}, {"w_hh", &w_hh}, {"b_ih", opt(b_ih)}, {"b_hh", opt(b_hh)}});
-  return run(f32(x), f32(h), f32(w_ih), f32(w_hh), f32(b_ih), f32(b_hh), relu).to(x.scalar_type());
+  return run(chosen_kernels().rnn_step_fwd, {"x", "h", "w_ih", "w_hh", "b_ih", "b_hh", "relu"}, x, h, w_ih,
+             w_hh, b_ih, b_hh, relu);
 }
 
 }  // namespace fastcells::cpu
