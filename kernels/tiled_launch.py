@@ -87,6 +87,19 @@ def resident(kernel, grid, args, meta, device):
     and warps against the multiprocessors' limits."""
     if interpreted():
         return grid[0] == 1
+    # Asked once per kernel, grid, device and signature: compiling-and-querying at every layer call
+    # would put that work on the hot path.
+    signature = tuple(a.dtype if isinstance(a, torch.Tensor) else type(a) for a in args)
+    key = (kernel, grid, str(device), signature, tuple(sorted(meta.items(), key=lambda item: item[0])))
+    if key not in _residency:
+        _residency[key] = _fits_resident(kernel, grid, args, meta, device)
+    return _residency[key]
+
+
+_residency = {}  # resident()'s answers
+
+
+def _fits_resident(kernel, grid, args, meta, device):
     compiled = kernel.warmup(*args, grid=grid, **meta)
     compiled._init_handles()  # loads the binary: its register count is known from then on
     props = torch.cuda.get_device_properties(device)
