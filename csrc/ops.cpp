@@ -77,6 +77,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rnn_step_fwd", &fastcells::cpu::rnn_step_fwd_cpu, ReleaseGil());
   m.def("cpu_isa", [] { return std::string(fastcells::cpu::cpu_isa()); },
         "The instruction set of the CPU kernels this process runs: avx512, avx2 or baseline.");
+  m.def("cpu_bf16_products", &fastcells::cpu::cpu_bf16_products,
+        "Whether bfloat16 layers multiply in bfloat16 (AVX-512 BF16) in this process.");
   // The saved layouts of fastcells/saved_layout.h for H hidden units and P = proj_size (LSTM), as
   // {name: column offset or width}: what tests/test_saved_layout.py checks the Python mirror against.
   m.def("saved_layouts", [](int64_t H, int64_t P) {

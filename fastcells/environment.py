@@ -29,6 +29,8 @@ def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     isa = cpu_kernels_isa()
+    if isa and cpu_bf16_products():
+        isa += " (bf16 products)"
     return f"{cpu_name()} ({torch.get_num_threads()} threads{f', {isa} kernels' if isa else ''})"
 
 
@@ -38,6 +40,14 @@ def cpu_kernels_isa():
     from . import _extension
 
     return _extension.C.cpu_isa() if _extension.C is not None and hasattr(_extension.C, "cpu_isa") else None
+
+
+def cpu_bf16_products():
+    """Whether the cpu backend's bfloat16 layers multiply in bfloat16 in this process (AVX-512 BF16;
+    csrc/cpu/bf16_products.h), else through float32 products."""
+    from . import _extension
+
+    return bool(_extension.C is not None and getattr(_extension.C, "cpu_bf16_products", lambda: False)())
 
 
 def device_slug(device):

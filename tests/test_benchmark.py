@@ -55,8 +55,8 @@ def _plant_timings(monkeypatch, failing=()):
 
 
 CELLS, GROUPS = ["rnn"], ["step", "batch"]
-TINY = ["bench", "--device", "cpu", "--cells", *CELLS, "--groups", *GROUPS, "--quick", "--rounds", "2",
-        "--budget", "0.001", "--no-progress"]
+TINY = ["bench", "--device", "cpu", "--cells", *CELLS, "--groups", *GROUPS, "--dtype", "float32", "--quick",
+        "--rounds", "2", "--budget", "0.001", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,8 @@ def planted_run(tmp_path_factory):
 
 
 def _expected_cases():
-    return [case for case in cases_mod.make_cases("cpu", quick=True, cells=CELLS) if case.group in GROUPS]
+    return [case for case in cases_mod.make_cases("cpu", quick=True, cells=CELLS, dtypes=["float32"])
+            if case.group in GROUPS]
 
 
 def _report_tables(text):
@@ -245,7 +246,9 @@ def test_providers_option_keeps_only_the_named_providers(monkeypatch, tmp_path):
     assert cli.main(args) == 0
     with open(tmp_path / "results.json") as f:
         data = json.load(f)
-    assert [row["provider"] for row in data["results"]] == [providers.TORCH, providers.NAIVE] * 2
+    # 2 hidden sizes x 2 dtypes (the default: float32 and bfloat16)
+    assert [row["dtype"] for row in data["results"]][::2] == ["float32"] * 2 + ["bfloat16"] * 2
+    assert [row["provider"] for row in data["results"]] == [providers.TORCH, providers.NAIVE] * 4
     assert data["meta"]["providers"] == [providers.TORCH, providers.NAIVE]
 
 

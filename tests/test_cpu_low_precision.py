@@ -7,7 +7,7 @@ import torch
 
 import fastcells
 from fastcells import backends
-from conftest import OpRecorder, low_precision_errors, make_cell_twins
+from conftest import OpRecorder, low_precision_errors, make_cell_twins, make_layer_twins
 
 if "cpu" not in fastcells.available_backends("cpu"):
     pytest.skip("the cpu backend is not built", allow_module_level=True)
@@ -68,3 +68,84 @@ def test_mixed_dtypes_are_refused_with_the_argument_named():
         torch.ops.fastcells.rnn_layer_fwd(x, torch.randn(5, 4, dtype=torch.bfloat16), None, None,
                                           torch.zeros(3, 5, dtype=torch.bfloat16), torch.randn(5, 5),
                                           torch.full((2,), 3), False, False, False)
+
+
+# bfloat16 products (csrc/cpu/bf16_products.h): where the CPU has AVX-512 BF16, the AVX-512 copy's
+# bfloat16 layers multiply in bfloat16 with float32 sums, forward and backward. Batch sizes: the
+# mat-vec path (3 rows, float32 products), the packed GEMM with a partial panel and an odd k (5; H=37),
+# row groups whose steps project their own input and add the recurrent product to it (16, LSTM), and
+# an input projection of more rows than one block of the GEMM (24 x 6 steps = 144 > 128).
+def _cpu_has_avx512_bf16():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags.split()
+
+
+def test_bf16_products_are_used_where_the_cpu_has_them():
+    from fastcells import _extension, environment, info
+
+    expected = _cpu_has_avx512_bf16() and _extension.C.cpu_isa() == "avx512"
+    assert _extension.C.cpu_bf16_products() == environment.cpu_bf16_products() == expected
+    line = "bfloat16 layers multiply in " + ("bfloat16" if expected else "float32")
+    assert any(line in text for text in info.describe(["cpu"]))
+
+
+@pytest.mark.parametrize("batch", [3, 5, 16, 24])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_bf16_layer_error_bounded_by_torch_own_at_each_product_path(kind, batch):
+    fast_error, torch_error = low_precision_errors(kind, torch.bfloat16, "cpu", "cpu", hidden=37,
+                                                   batch=batch)
+    assert fast_error <= max(4 * torch_error, 4 * torch.finfo(torch.bfloat16).eps), (fast_error, torch_error)
+
+
+@pytest.mark.parametrize("batch", [5, 16])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_bf16_weight_gradients_error_bounded_by_torch_own(kind, batch):
+    """The weight gradients' GEMMs round the gate gradients to bfloat16 (layers.h's mm_in): each
+    parameter's gradient, against float64, within a small multiple of torch.nn's own error."""
+    ref64, fast = make_layer_twins(kind, 8, 37, 1, dtype=torch.float64, backend="cpu")
+    with torch.no_grad():
+        for p in ref64.parameters():
+            p.copy_(p.bfloat16().double())
+    low = make_layer_twins(kind, 8, 37, 1, dtype=torch.bfloat16)[0]
+    low.load_state_dict(ref64.state_dict())
+    fast = fast.bfloat16()
+    fast.load_state_dict(ref64.state_dict())
+    x = torch.randn(6, batch, 8).bfloat16()
+    weights = torch.linspace(-1, 1, 6 * batch * 37).view(6, batch, 37)
+    grads = []
+    for module in (ref64, fast, low):
+        out, _ = module(x.double() if module is ref64 else x)
+        (out.double() * weights.double()).sum().backward()
+        grads.append({name: p.grad.double() for name, p in module.named_parameters()})
+    for name, exact in grads[0].items():
+        scale = exact.abs().max().item() or 1.0
+        fast_error = (grads[1][name] - exact).abs().max().item() / scale
+        torch_error = (grads[2][name] - exact).abs().max().item() / scale
+        assert fast_error <= max(4 * torch_error, 4 * torch.finfo(torch.bfloat16).eps), (name, fast_error,
+                                                                                         torch_error)
+
+
+@pytest.mark.parametrize("hidden,batch", [(37, 5), (64, 16), (64, 32), (200, 13)])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_bf16_outputs_are_bitwise_the_same_with_1_2_and_3_threads(kind, hidden, batch):
+    """The bfloat16 GEMM sums each output element the same way however its rows and panels are split
+    between threads, as the float32 one does (tests/test_thread_count.py)."""
+    torch.manual_seed(0)
+    _, fast = make_layer_twins(kind, 7, hidden, 2, dtype=torch.bfloat16, backend="cpu")
+    x = torch.randn(5, batch, 7, dtype=torch.bfloat16)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                out, states = fast(x)
+            results.append([out, *(states if isinstance(states, tuple) else (states,))])
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))

@@ -33,7 +33,7 @@ def test_restricted_run_passes_and_writes_junit(tmp_path, capsys):
 
     suite, cases = _testcases(junit)
     expected = {(f"fastcells.check.cpu.gru.{dtype}", name)
-                for dtype in ("float32", "float64") for name in _expected_names("gru")}
+                for dtype in ("float32", "float64", "float16", "bfloat16") for name in _expected_names("gru")}
     assert set(cases) == expected
     assert len(cases) == len(list(suite.iter("testcase")))  # no duplicate testcase
     assert suite.get("tests") == str(len(expected))
@@ -69,7 +69,8 @@ def test_broken_backend_is_detected(tmp_path, capsys, monkeypatch):
     functions = cpu.functions()  # what backends.resolve hands the modules
     monkeypatch.setattr(functions, "lstm_layer", off_by_a_little(functions.lstm_layer))
     junit = tmp_path / "broken.xml"
-    status = _check("--cells", "lstm", "--backend", "cpu", "--junit-xml", str(junit))
+    status = _check("--cells", "lstm", "--backend", "cpu", "--dtype", "float32", "--dtype", "float64",
+                    "--junit-xml", str(junit))
     out = capsys.readouterr().out
     assert status == 1
 

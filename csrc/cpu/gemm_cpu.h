@@ -17,7 +17,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
+#include "bf16_products.h"
 #include "matmul_cpu.h"
 
 namespace fastcells::cpu::FASTCELLS_ISA {
@@ -62,19 +64,31 @@ PackedMatrix<T> pack_matrix(const at::Tensor& w, bool transposed) {
   const T* src = w.template data_ptr<T>();
   T* dst = packed.storage.template data_ptr<T>();
   const int64_t k = packed.k, n = packed.n;
-  // Loops ordered so that w is read along its rows (a column walk of a 1 MiB w cost ~0.25 ms).
-  for (int64_t panel = 0; panel < packed.panels; ++panel) {
-    const int64_t cols = std::min<int64_t>(P, n - panel * P);
-    T* out = dst + panel * k * P;
-    if (transposed) {
-      for (int64_t c = 0; c < cols; ++c) {
-        const T* row = src + (panel * P + c) * k;
-        for (int64_t p = 0; p < k; ++p) out[p * P + c] = row[p];
+  // Loops ordered so that w is read along its rows (a column walk of a 1 MiB w cost ~0.25 ms). In the
+  // transposed case 8 rows of w are read side by side, so each packed row is written 8 values at a
+  // time: one row at a time wrote one scattered value per cache line.
+  constexpr int64_t kRows = 8;
+  at::parallel_for(0, packed.panels, std::max<int64_t>(1, (1 << 16) / (k * P)), [&](int64_t p0, int64_t p1) {
+    for (int64_t panel = p0; panel < p1; ++panel) {
+      const int64_t cols = std::min<int64_t>(P, n - panel * P);
+      T* out = dst + panel * k * P;
+      if (transposed) {
+        int64_t c = 0;
+        for (; c + kRows <= cols; c += kRows) {
+          const T* rows = src + (panel * P + c) * k;
+          for (int64_t p = 0; p < k; ++p) {
+            for (int64_t j = 0; j < kRows; ++j) out[p * P + c + j] = rows[j * k + p];
+          }
+        }
+        for (; c < cols; ++c) {
+          const T* row = src + (panel * P + c) * k;
+          for (int64_t p = 0; p < k; ++p) out[p * P + c] = row[p];
+        }
+      } else {
+        for (int64_t p = 0; p < k; ++p) std::memcpy(out + p * P, src + p * n + panel * P, cols * sizeof(T));
       }
-    } else {
-      for (int64_t p = 0; p < k; ++p) std::memcpy(out + p * P, src + p * n + panel * P, cols * sizeof(T));
     }
-  }
+  });
   return packed;
 }
 
@@ -181,16 +195,43 @@ void gemm_packed(const T* a, int64_t lda, const PackedMatrix<T>& b, T* out, int6
 // step, also those with few rows left (the tail of a packed batch, a thread's row group). So how each
 // output element is summed depends on the layer's batch alone, never on how its rows were split
 // between threads: results do not depend on the number of threads.
+//
+// In a bfloat16 layer on a CPU with AVX-512 BF16 (bf16_products.h), the packed GEMM is the bfloat16
+// one: a choice of the dtype and the CPU, so again the same for any number of threads.
+template <typename T>
+inline bool bf16_products() {
+#if FASTCELLS_ISA_AVX512
+  if constexpr (std::is_same_v<T, float>) return bf16::products_on();
+#endif
+  return false;
+}
+
+// The dtype the backward's GEMMs over all rows (layers.h: weight and input gradients) round their
+// operands to: bfloat16 where the steps multiply in it, else none (dy's own).
+inline c10::optional<at::ScalarType> gemm_operands(const at::Tensor& dy) {
+  if (dy.scalar_type() == at::kFloat && bf16_products<float>()) return at::kBFloat16;
+  return c10::nullopt;
+}
+
 template <typename T>
 class StepProduct {
  public:
   // batch: the most rows any step of the layer has (all groups together).
   StepProduct(const at::Tensor& w, bool transposed, int64_t batch)
       : w_(w.template data_ptr<T>()), transposed_(transposed), rows_(w.size(0)), cols_(w.size(1)) {
-    if (batch > kSmallRows) packed_ = pack_matrix<T>(w, transposed);
+    if (batch > kSmallRows) {
+      if (bf16_products<T>()) {
+        bf16_ = bf16::pack(w, transposed);
+      } else {
+        packed_ = pack_matrix<T>(w, transposed);
+      }
+    }
   }
 
   void run(const T* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (bf16_.storage.defined()) return bf16::gemm(a, lda, bf16_, out, ldo, m, accumulate);
+    }
     if (packed_.storage.defined()) {
       gemm_packed(a, lda, packed_, out, ldo, m, accumulate);
     } else if (transposed_) {
@@ -205,6 +246,7 @@ class StepProduct {
   bool transposed_;
   int64_t rows_, cols_;
   PackedMatrix<T> packed_;
+  bf16::PackedWeight bf16_;  // or this, for bf16_products()
 };
 
 }  // namespace fastcells::cpu::FASTCELLS_ISA

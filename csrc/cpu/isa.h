@@ -16,6 +16,7 @@ namespace fastcells::cpu {
 // The CPU ops of one copy (signatures as ops_cpu.h's).
 struct CpuKernels {
   const char* isa;
+  bool bf16_products;  // whether this copy multiplies bfloat16 layers in bfloat16 (bf16_products.h)
   decltype(&lstm_layer_fwd_cpu) lstm_layer_fwd;
   decltype(&lstm_layer_bwd_cpu) lstm_layer_bwd;
   decltype(&lstm_step_fwd_cpu) lstm_step_fwd;

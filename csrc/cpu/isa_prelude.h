@@ -21,6 +21,7 @@
 #include "../checks.h"
 #include "../layers.h"
 #include "../schedule.h"
+#include "bf16_products.h"
 #include "fastcells/gate_math.h"
 #include "isa.h"
 #include "ops_cpu.h"

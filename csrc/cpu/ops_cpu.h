@@ -23,6 +23,8 @@ namespace fastcells::cpu {
 
 // The instruction set of the kernel copy the CPU ops run: "avx512", "avx2" or "baseline" (isa.h).
 const char* cpu_isa();
+// Whether bfloat16 layers multiply in bfloat16 in this process (bf16_products.h).
+bool cpu_bf16_products();
 
 LstmOutputs lstm_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& c0,

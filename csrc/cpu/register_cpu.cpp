@@ -9,6 +9,7 @@
 #include <string>
 #include <tuple>
 
+#include "bf16_products.h"
 #include "isa.h"
 #include "ops_cpu.h"
 
@@ -49,7 +50,7 @@ const CpuKernels& pick() {
 // bfloat16 and float16 tensors run the float32 kernels: each argument converted once per call (the
 // weights too: never per step), the outputs converted back to the input's dtype, saved activations
 // included (kept in 16 bits, as the CUDA ops and torch.nn keep them); the math and the states inside
-// stay float32.
+// stay float32. The forward of bfloat16 layers may multiply in bfloat16 (bf16_products.h).
 bool low_precision(const Tensor& x) {
   return x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
 }
@@ -100,10 +101,13 @@ const CpuKernels& chosen_kernels() {
 
 const char* cpu_isa() { return chosen_kernels().isa; }
 
+bool cpu_bf16_products() { return chosen_kernels().bf16_products && bf16::cpu_has_products(); }
+
 LstmOutputs lstm_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& c0,
                                const Tensor& w_hh, const OptionalTensor& w_hr,
                                const Tensor& batch_sizes, bool reverse, bool training) {
+  const bf16::ProductsScope products(x.scalar_type() == at::kBFloat16);
   return run(chosen_kernels().lstm_layer_fwd,
              {"x", "w_ih", "b_ih", "b_hh", "h0", "c0", "w_hh", "w_hr", "batch_sizes", "reverse", "training"},
              x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse, training);
@@ -113,6 +117,7 @@ LstmGrads lstm_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& 
                              const OptionalTensor& b_ih, const OptionalTensor& b_hh,
                              const Tensor& w_hh, const OptionalTensor& w_hr,
                              const Tensor& batch_sizes, bool reverse, bool need_dx) {
+  const bf16::ProductsScope products(dy.scalar_type() == at::kBFloat16);
   return run(chosen_kernels().lstm_layer_bwd,
              {"dy", "dhn", "dcn", "saved", "x", "w_ih", "b_ih", "b_hh", "w_hh", "w_hr", "batch_sizes",
               "reverse", "need_dx"},
@@ -127,6 +132,7 @@ std::tuple<Tensor, Tensor> lstm_step_fwd_cpu(const Tensor& x, const Tensor& h, c
 LayerOutputs gru_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
                                const Tensor& batch_sizes, bool reverse, bool training) {
+  const bf16::ProductsScope products(x.scalar_type() == at::kBFloat16);
   return run(chosen_kernels().gru_layer_fwd,
              {"x", "w_ih", "b_ih", "b_hh", "h0", "w_hh", "batch_sizes", "reverse", "training"}, x, w_ih,
              b_ih, b_hh, h0, w_hh, batch_sizes, reverse, training);
@@ -135,6 +141,7 @@ LayerGrads gru_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& 
                              const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
                              const OptionalTensor& b_hh, const Tensor& w_hh,
                              const Tensor& batch_sizes, bool reverse, bool need_dx) {
+  const bf16::ProductsScope products(dy.scalar_type() == at::kBFloat16);
   return run(chosen_kernels().gru_layer_bwd,
              {"dy", "dhn", "saved", "x", "w_ih", "b_ih", "b_hh", "w_hh", "batch_sizes", "reverse",
               "need_dx"},
@@ -148,6 +155,7 @@ Tensor gru_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, co
 LayerOutputs rnn_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
                                const Tensor& batch_sizes, bool relu, bool reverse, bool training) {
+  const bf16::ProductsScope products(x.scalar_type() == at::kBFloat16);
   return run(chosen_kernels().rnn_layer_fwd,
              {"x", "w_ih", "b_ih", "b_hh", "h0", "w_hh", "batch_sizes", "relu", "reverse", "training"}, x,
              w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse, training);
@@ -156,6 +164,7 @@ LayerGrads rnn_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& 
                              const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
                              const OptionalTensor& b_hh, const Tensor& w_hh,
                              const Tensor& batch_sizes, bool relu, bool reverse, bool need_dx) {
+  const bf16::ProductsScope products(dy.scalar_type() == at::kBFloat16);
   return run(chosen_kernels().rnn_layer_bwd,
              {"dy", "dhn", "saved", "x", "w_ih", "b_ih", "b_hh", "w_hh", "batch_sizes", "relu", "reverse",
               "need_dx"},

@@ -50,9 +50,10 @@ class StepInput {
       // (MKL's) depends on the number of threads (seen from 1 to 3 threads at 5 x 7 x 148 and
       // 25 x 7 x 37). Large ones with at::mm, which is faster there (122 against about 60 GFLOP/s at
       // 6400 x 512 x 2048 on 2 Zen 4 cores) and gave the same result for 1 to 3 threads at every size
-      // tried from 80 x 37 x 148 to 6400 x 512 x 2048 (tests/test_thread_count.py checks one).
+      // tried from 80 x 37 x 148 to 6400 x 512 x 2048 (tests/test_thread_count.py checks one); but
+      // not where the steps multiply in bfloat16, whose GEMM is as fast as at::mm's float32 one.
       const int64_t N = x.size(0);
-      if (N >= kMklRows && N * I_ * G_ >= kMklWork) {
+      if (N >= kMklRows && N * I_ * G_ >= kMklWork && !bf16_products<T>()) {
         gx_ = input_projection(x, w_ih, bias).contiguous();
         return;
       }

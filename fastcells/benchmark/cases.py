@@ -43,16 +43,14 @@ class Case:
         return asdict(self)
 
 
-def default_dtypes(device_type):
-    """The dtypes benchmarked by default: float32 on CPU (the cpu backend computes float32/float64;
-    low precision there is torch.nn against the naive loop only), float32 and bfloat16 on GPU."""
-    return ["float32"] if device_type == "cpu" else ["float32", "bfloat16"]
+# The dtypes benchmarked by default, on either device.
+DEFAULT_DTYPES = ("float32", "bfloat16")
 
 
 def make_cases(device_type, quick=False, cells=CELLS, dtypes=None, modes=MODES):
     """Every case for one device. ``quick`` keeps a few points of each group, sized so that the
     whole quick run on a 2-core CPU stays under 2 minutes."""
-    dtypes = list(dtypes or default_dtypes(device_type))
+    dtypes = list(dtypes or DEFAULT_DTYPES)
     gpu = device_type != "cpu"
     cases = []
 

@@ -18,7 +18,7 @@ def add_arguments(parser):
                         help="device to benchmark (default: cuda when a GPU is visible, else cpu)")
     parser.add_argument("--cells", nargs="+", choices=cases_mod.CELLS, default=list(cases_mod.CELLS))
     parser.add_argument("--dtype", nargs="+", choices=list(cases_mod.DTYPES),
-                        help="dtypes (default: float32 on cpu; float32 and bfloat16 on cuda)")
+                        help="dtypes (default: float32 and bfloat16)")
     parser.add_argument("--modes", nargs="+", choices=cases_mod.MODES, default=list(cases_mod.MODES))
     parser.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS))
     parser.add_argument("--providers", nargs="+", choices=providers_mod.NAMES, metavar="NAME",

@@ -17,8 +17,8 @@ def add_arguments(parser):
     parser.add_argument("--backend", action="append", choices=backends.NAMES,
                         help="backend to check (repeatable; default: every backend usable on the device)")
     parser.add_argument("--dtype", action="append", choices=tuple(DTYPES),
-                        help="dtype to check (repeatable; default: float32 and float64 on cpu, "
-                             "also float16 and bfloat16 on cuda)")
+                        help="dtype to check (repeatable; default: float32, float64, float16 and "
+                             "bfloat16)")
     parser.add_argument("--cells", action="append", choices=CELLS,
                         help="cell type to check (repeatable; default: all)")
     parser.add_argument("--junit-xml", metavar="FILE", help="write a JUnit XML file, one testcase per check")

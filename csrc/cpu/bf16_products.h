@@ -1,0 +1,58 @@
+// Products with bfloat16 operands and float32 sums, for the forward of bfloat16 layers on CPUs with
+// AVX-512 BF16 (its VDPBF16PS multiplies 32 bfloat16 pairs into 16 float32 sums per instruction:
+// twice the float32 FMA's work, from half the weight bytes).
+//
+// bfloat16 calls run the float32 kernels (register_cpu.cpp). In their forward, the recurrent and
+// input products may round their operands to bfloat16 and lose nothing torch.nn keeps: the weights
+// and the input are bfloat16 already, and torch.nn's h is a bfloat16 tensor between steps too. The
+// sums, the gate math and c stay float32. Backward rounds the gate gradients to bfloat16 for its
+// products (per step here, over all rows through at::mm: layers.h's mm_in), as oneDNN's bfloat16
+// backward does; the tests hold the gradients to torch.nn's own error.
+//
+// Compiled once, in bf16_products.cpp under its own `#pragma GCC target`; so nothing here is inline,
+// and the AVX-512 copy of the kernels (gemm_cpu.h) calls it only where cpu_has_products().
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace fastcells::cpu::bf16 {
+
+// Whether the running CPU has AVX-512 BF16 and this build compiled its products; read once.
+bool cpu_has_products();
+
+// Set by register_cpu.cpp around the float32 kernels of a bfloat16 layer op (forward or backward): while one is alive
+// in a thread, products_on() is true there (on a CPU with the instructions). A scope, not an argument,
+// because the kernels' signatures are the op schemas'.
+class ProductsScope {
+ public:
+  explicit ProductsScope(bool on);
+  ~ProductsScope();
+  ProductsScope(const ProductsScope&) = delete;
+  ProductsScope& operator=(const ProductsScope&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// Whether this thread's current call may multiply in bfloat16.
+bool products_on();
+
+// b (k, n) as bfloat16 pairs: ceil(n / 32) panels, each ceil(k / 2) rows of 32 columns, a column's
+// entry the 32-bit pair (b[2q][c], b[2q + 1][c]); zero past column n and past row k.
+struct PackedWeight {
+  at::Tensor storage;  // int32 (the pairs)
+  int64_t k = 0, n = 0, panels = 0;
+};
+
+// Packs b = w^T for float32 w (n, k) (transposed, the forward product a @ W^T) or b = w for w (k, n).
+PackedWeight pack(const at::Tensor& w, bool transposed);
+
+// out (m, n) (+)= round_bf16(a) (m, k) @ b, row-major a (float32) and out, sums in float32. Each output
+// element is one chain of pair products in k order, however the rows and panels are split: the
+// result does not depend on the number of threads.
+void gemm(const float* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
+          bool accumulate);
+
+}  // namespace fastcells::cpu::bf16
