@@ -40,13 +40,22 @@ inline void check_bias(const c10::optional<at::Tensor>& bias, const char* name, 
 }
 
 // The input side of a layer or step op: x (N, I), w_ih (G, I), b_ih and b_hh (G) or none, all of
-// x's dtype and device (which dtypes are allowed is the device's check).
+// x's dtype and device (which dtypes are allowed is the device's check). `weights`: the dtype the
+// weights must have, where not x's (the CPU step ops of a bfloat16 call, whose weights come
+// unconverted: csrc/cpu/register_cpu.cpp).
 inline void check_input_args(const at::Tensor& x, const at::Tensor& w_ih,
                              const c10::optional<at::Tensor>& b_ih,
-                             const c10::optional<at::Tensor>& b_hh, int64_t G) {
+                             const c10::optional<at::Tensor>& b_hh, int64_t G,
+                             c10::optional<at::ScalarType> weights = c10::nullopt) {
   FC_CHECK_DIM(x, 2);
   FC_CHECK_SHAPE(w_ih, G, x.size(1));
-  FC_CHECK_LIKE(w_ih, x);
+  if (weights.has_value()) {
+    TORCH_CHECK(w_ih.scalar_type() == *weights, "w_ih must have dtype ", *weights, ", got ",
+                w_ih.scalar_type());
+    TORCH_CHECK(w_ih.device() == x.device(), "w_ih must be on ", x.device(), " like x, got ", w_ih.device());
+  } else {
+    FC_CHECK_LIKE(w_ih, x);
+  }
   check_bias(b_ih, "b_ih", G, x);
   check_bias(b_hh, "b_hh", G, x);
 }
@@ -55,14 +64,19 @@ inline void check_input_args(const at::Tensor& x, const at::Tensor& w_ih,
 // G = gates_per_unit * H. Returns H.
 inline int64_t check_step_args(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
                                const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-                               const c10::optional<at::Tensor>& b_hh, int64_t gates_per_unit) {
+                               const c10::optional<at::Tensor>& b_hh, int64_t gates_per_unit,
+                               c10::optional<at::ScalarType> weights = c10::nullopt) {
   FC_CHECK_DIM(x, 2);
   FC_CHECK_DIM(h, 2);
   const int64_t H = h.size(1), G = gates_per_unit * H;
   FC_CHECK_SHAPE(h, x.size(0), H);
   FC_CHECK_LIKE(h, x);
-  check_input_args(x, w_ih, b_ih, b_hh, G);
+  check_input_args(x, w_ih, b_ih, b_hh, G, weights);
   FC_CHECK_SHAPE(w_hh, G, H);
-  FC_CHECK_LIKE(w_hh, x);
+  if (weights.has_value()) {
+    FC_CHECK_LIKE(w_hh, w_ih);
+  } else {
+    FC_CHECK_LIKE(w_hh, x);
+  }
   return H;
 }

@@ -24,9 +24,10 @@ def test_layer_error_bounded_by_torch_own(kind, dtype, bidirectional):
     assert fast_error <= max(4 * torch_error, 4 * torch.finfo(dtype).eps), (fast_error, torch_error)
 
 
+@pytest.mark.parametrize("batch", [1, 4, 5])  # up to 4 rows, bfloat16 weights are read as they are
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_cell_steps_error_bounded_by_torch_own(kind, dtype):
+def test_cell_steps_error_bounded_by_torch_own(kind, dtype, batch):
     ref, fast = make_cell_twins(kind, 6, 37, dtype=torch.float64, backend="cpu")
     with torch.no_grad():
         for p in ref.parameters():
@@ -35,7 +36,7 @@ def test_cell_steps_error_bounded_by_torch_own(kind, dtype):
     low = make_cell_twins(kind, 6, 37, dtype=dtype)[0]
     low.load_state_dict(ref.state_dict())
     fast = fast.to(dtype)
-    x = torch.randn(5, 6).to(dtype)
+    x = torch.randn(batch, 6).to(dtype)
     flat = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
     with torch.no_grad():
         exact = flat(ref(x.double()))
@@ -60,6 +61,18 @@ def test_auto_runs_the_cpu_kernels_and_keeps_16_bits(dtype):
                torch.full((4,), 3), False, True)
     saved = torch.ops.fastcells.lstm_layer_fwd(*op_args)[3]
     assert saved.dtype == dtype
+
+
+@pytest.mark.parametrize("x_dtype,w_dtype,message", [
+    (torch.float32, torch.bfloat16, "w_ih must have dtype Float like x, got BFloat16"),
+    (torch.bfloat16, torch.float32, "w_ih must have dtype BFloat16 like x, got Float"),
+    (torch.float64, torch.bfloat16, "w_ih must have dtype Double like x, got BFloat16")])
+def test_cell_steps_refuse_weights_of_another_dtype(x_dtype, w_dtype, message):
+    """The step kernels take a bfloat16 call's weights unconverted, never a float32 call's bfloat16 ones."""
+    x, h = torch.randn(1, 4, dtype=x_dtype), torch.randn(1, 5, dtype=x_dtype)
+    w_ih, w_hh = torch.randn(5, 4, dtype=w_dtype), torch.randn(5, 5, dtype=w_dtype)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fastcells.rnn_step_fwd(x, h, w_ih, w_hh, None, None, False)
 
 
 def test_mixed_dtypes_are_refused_with_the_argument_named():

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #if FASTCELLS_ISA_AVX2
@@ -26,30 +27,46 @@ constexpr int64_t kSmallRows = 4;
 // Work (multiply-adds) below which a loop stays on one thread: waking the other core costs ~1-2 µs.
 constexpr int64_t kParallelWork = 1 << 16;
 
+// Weights W are T, or bfloat16 for the steps of a bfloat16 cell (step_projections below), each
+// element widened to T exactly as it is read.
+
+// A bfloat16 value as float: its 16 bits on top of a float's 32 (exact; what c10::BFloat16 does, in a
+// form the loops below vectorize).
+inline float widen(c10::BFloat16 w) {
+  uint32_t bits = uint32_t{w.x} << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
 template <typename T>
-inline T dot(const T* a, const T* b, int64_t k) {
+inline T widen(T w) {
+  return w;
+}
+
+template <typename T, typename W>
+inline T dot(const W* w, const T* a, int64_t k) {
   T acc = T(0);
 #pragma omp simd reduction(+ : acc)
-  for (int64_t p = 0; p < k; ++p) acc += a[p] * b[p];
+  for (int64_t p = 0; p < k; ++p) acc += widen(w[p]) * a[p];
   return acc;
 }
 
 // Four dot products against the same vector: four independent accumulator chains, so the FMA latency
 // is hidden (one chain per row left the mat-vec latency-bound at ~4x the arithmetic time).
-template <typename T>
-inline void dot4(const T* w, int64_t ldw, const T* a, int64_t k, T* out) {
-  const T* w0 = w;
-  const T* w1 = w + ldw;
-  const T* w2 = w + 2 * ldw;
-  const T* w3 = w + 3 * ldw;
+template <typename T, typename W>
+inline void dot4(const W* w, int64_t ldw, const T* a, int64_t k, T* out) {
+  const W* w0 = w;
+  const W* w1 = w + ldw;
+  const W* w2 = w + 2 * ldw;
+  const W* w3 = w + 3 * ldw;
   T s0 = T(0), s1 = T(0), s2 = T(0), s3 = T(0);
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
   for (int64_t p = 0; p < k; ++p) {
     const T x = a[p];
-    s0 += w0[p] * x;
-    s1 += w1[p] * x;
-    s2 += w2[p] * x;
-    s3 += w3[p] * x;
+    s0 += widen(w0[p]) * x;
+    s1 += widen(w1[p]) * x;
+    s2 += widen(w2[p]) * x;
+    s3 += widen(w3[p]) * x;
   }
   out[0] = s0;
   out[1] = s1;
@@ -61,13 +78,20 @@ inline void dot4(const T* w, int64_t ldw, const T* a, int64_t k, T* out) {
 // Eight float dot products against the same vector, reduced together: the eight accumulators are
 // summed with one hadd/permute tree instead of eight horizontal sums, which at k = 64 cost more than
 // the multiply-adds (a B=1, H=64 LSTM step spent ~5 µs in reductions).
-inline void dot8(const float* w, int64_t ldw, const float* a, int64_t k, float* out) {
+inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
+inline __m256 load8(const c10::BFloat16* w) {  // 8 bfloat16 widened to float
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+
+template <typename W>
+inline void dot8(const W* w, int64_t ldw, const float* a, int64_t k, float* out) {
   __m256 acc[8];
   for (int r = 0; r < 8; ++r) acc[r] = _mm256_setzero_ps();
   int64_t p = 0;
   for (; p + 8 <= k; p += 8) {
     const __m256 av = _mm256_loadu_ps(a + p);
-    for (int r = 0; r < 8; ++r) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(w + r * ldw + p), av, acc[r]);
+    for (int r = 0; r < 8; ++r) acc[r] = _mm256_fmadd_ps(load8(w + r * ldw + p), av, acc[r]);
   }
   // hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3 | x4+x5, x6+x7, y4+y5, y6+y7]: two rounds give each row's
   // sum over each 128-bit half; the permutes line the halves up so one add finishes all eight rows.
@@ -78,7 +102,7 @@ inline void dot8(const float* w, int64_t ldw, const float* a, int64_t k, float* 
                                     _mm256_permute2f128_ps(r0123, r4567, 0x31));
   _mm256_storeu_ps(out, sums);
   for (; p < k; ++p) {
-    for (int r = 0; r < 8; ++r) out[r] += w[r * ldw + p] * a[p];
+    for (int r = 0; r < 8; ++r) out[r] += widen(w[r * ldw + p]) * a[p];
   }
 }
 #endif
@@ -86,8 +110,8 @@ inline void dot8(const float* w, int64_t ldw, const float* a, int64_t k, float* 
 // out[i] (n values) = dot(w row j, a) for j in [begin, end), or += when accumulate. Rows go by 8, then
 // 4, then 1, each summed its own way: callers split [0, n) between threads at multiples of 8
 // (for_row_blocks), so that which way a row takes, and so its result, does not depend on the split.
-template <typename T>
-inline void matvec_rows(const T* w, int64_t ldw, const T* a, int64_t k, T* out, int64_t begin,
+template <typename T, typename W>
+inline void matvec_rows(const W* w, int64_t ldw, const T* a, int64_t k, T* out, int64_t begin,
                         int64_t end, bool accumulate) {
   int64_t j = begin;
   T v[8];
@@ -187,13 +211,17 @@ void matmul_nn(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t
 // The two projections of a cell step, with their biases (nullptr: none), in one pass over the rows
 // of both weights: gx (m, n) = x (m, kx) @ w_ih (n, kx)^T + b_ih and gh (m, n) = h (m, kh) @
 // w_hh (n, kh)^T + b_hh. One parallel region instead of two, and each thread keeps the same weight
-// rows on every call.
-template <typename T>
-void step_projections(const T* x, int64_t kx, const T* w_ih, const T* b_ih, const T* h, int64_t kh,
-                      const T* w_hh, const T* b_hh, T* gx, T* gh, int64_t m, int64_t n) {
+// rows on every call. Weights in bfloat16 (W) only up to kSmallRows rows (the at::mm path takes T).
+template <typename T, typename W>
+void step_projections(const T* x, int64_t kx, const W* w_ih, const T* b_ih, const T* h, int64_t kh,
+                      const W* w_hh, const T* b_hh, T* gx, T* gh, int64_t m, int64_t n) {
   if (m > kSmallRows) {
-    matmul_nt(x, kx, w_ih, kx, gx, n, m, n, kx, false);
-    matmul_nt(h, kh, w_hh, kh, gh, n, m, n, kh, false);
+    if constexpr (std::is_same_v<T, W>) {
+      matmul_nt(x, kx, w_ih, kx, gx, n, m, n, kx, false);
+      matmul_nt(h, kh, w_hh, kh, gh, n, m, n, kh, false);
+    } else {
+      TORCH_CHECK(false, "step_projections: weights in another dtype take at most ", kSmallRows, " rows");
+    }
   } else if (m > 0 && n > 0) {
     for_row_blocks(n, grain_for(m * (kx + kh)), [&](int64_t begin, int64_t end) {
       for (int64_t i = 0; i < m; ++i) {
@@ -204,6 +232,39 @@ void step_projections(const T* x, int64_t kx, const T* w_ih, const T* b_ih, cons
   }
   if (b_ih) add_bias_rows(gx, n, m, n, b_ih);
   if (b_hh) add_bias_rows(gh, n, m, n, b_hh);
+}
+
+// The dtype a step op's weights must have: x's, or bfloat16 for a bfloat16 call's float32 arguments
+// (step_projections below; register_cpu.cpp checks the call's dtypes before converting).
+inline c10::optional<at::ScalarType> step_weights_dtype(const at::Tensor& x, const at::Tensor& w_ih) {
+  if (x.scalar_type() == at::kFloat && w_ih.scalar_type() == at::kBFloat16) return at::kBFloat16;
+  return c10::nullopt;
+}
+
+// step_projections of a step op's tensors: x (m, kx), h (m, kh) and the biases (undefined: none)
+// contiguous in T; gx and gh (m, n). The weights are T or, in a bfloat16 call, bfloat16: register_cpu.cpp
+// passes those unconverted, and up to kSmallRows rows the mat-vecs widen each element as they read it.
+// A cell step is one call, so converting the weights whole to float32 at every call was a copy per
+// step, bigger than the step's work: 2 MiB for an LSTMCell at H=256, whose fresh allocation could
+// page-fault on every call (0.1-0.5 ms a step, against 25 µs in float32).
+template <typename T>
+void step_projections(const at::Tensor& x, const at::Tensor& w_ih_in, const at::Tensor& b_ih,
+                      const at::Tensor& h, const at::Tensor& w_hh_in, const at::Tensor& b_hh, T* gx,
+                      T* gh) {
+  const int64_t m = x.size(0), n = w_ih_in.size(0);
+  const T* bi = b_ih.defined() ? b_ih.data_ptr<T>() : nullptr;
+  const T* bh = b_hh.defined() ? b_hh.data_ptr<T>() : nullptr;
+  const at::Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  if constexpr (std::is_same_v<T, float>) {
+    if (w_ih.scalar_type() == at::kBFloat16 && m <= kSmallRows) {
+      step_projections(x.data_ptr<T>(), x.size(1), w_ih.data_ptr<c10::BFloat16>(), bi, h.data_ptr<T>(),
+                       h.size(1), w_hh.data_ptr<c10::BFloat16>(), bh, gx, gh, m, n);
+      return;
+    }
+  }
+  const at::Tensor wi = w_ih.to(x.scalar_type()), wh = w_hh.to(x.scalar_type());  // T: no copy
+  step_projections(x.data_ptr<T>(), x.size(1), wi.data_ptr<T>(), bi, h.data_ptr<T>(), h.size(1),
+                   wh.data_ptr<T>(), bh, gx, gh, m, n);
 }
 
 }  // namespace fastcells::cpu::FASTCELLS_ISA

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "bf16_products.h"
 #include "isa.h"
@@ -92,6 +93,34 @@ auto run(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names, c
   return to_dtype(kernel(f32(args)...), x.scalar_type());
 }
 
+// An argument of a bfloat16 cell step as its kernel takes it: the weights (named w_*) unconverted,
+// the rest in float32.
+Tensor step_argument(const char* name, const Tensor& t) { return name[0] == 'w' ? t : f32(t); }
+template <typename T>
+T step_argument(const char*, const T& t) {
+  return f32(t);
+}
+
+template <typename Kernel, typename Args, size_t... I>
+auto call_step(Kernel kernel, const std::array<const char*, sizeof...(I)>& names, const Args& args,
+               std::index_sequence<I...>) {
+  return kernel(step_argument(names[I], std::get<I>(args))...);
+}
+
+// As run(), for the cell step ops, whose kernels read a bfloat16 call's weights as they are (a step is
+// one call: converting them would copy the weights at every step; matmul_cpu.h's step_projections).
+// Since the kernels then let bfloat16 weights through with float32 arguments, every call's dtypes are
+// checked here.
+template <typename Kernel, typename... Args>
+auto run_step(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names, const Args&... args) {
+  const Tensor& x = std::get<0>(std::tie(args...));
+  size_t i = 0;
+  (check_dtype(x, names[i++], args), ...);
+  if (x.scalar_type() != at::kBFloat16) return run(kernel, names, args...);
+  return to_dtype(call_step(kernel, names, std::tie(args...), std::index_sequence_for<Args...>{}),
+                  x.scalar_type());
+}
+
 }  // namespace
 
 const CpuKernels& chosen_kernels() {
@@ -126,7 +155,7 @@ LstmGrads lstm_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& 
 std::tuple<Tensor, Tensor> lstm_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& c,
                                              const Tensor& w_ih, const Tensor& w_hh,
                                              const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
-  return run(chosen_kernels().lstm_step_fwd, {"x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"}, x, h, c,
+  return run_step(chosen_kernels().lstm_step_fwd, {"x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"}, x, h, c,
              w_ih, w_hh, b_ih, b_hh);
 }
 LayerOutputs gru_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
@@ -149,7 +178,7 @@ LayerGrads gru_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& 
 }
 Tensor gru_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
                         const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
-  return run(chosen_kernels().gru_step_fwd, {"x", "h", "w_ih", "w_hh", "b_ih", "b_hh"}, x, h, w_ih, w_hh,
+  return run_step(chosen_kernels().gru_step_fwd, {"x", "h", "w_ih", "w_hh", "b_ih", "b_hh"}, x, h, w_ih, w_hh,
              b_ih, b_hh);
 }
 LayerOutputs rnn_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
@@ -172,7 +201,7 @@ LayerGrads rnn_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& 
 }
 Tensor rnn_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
                         const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool relu) {
-  return run(chosen_kernels().rnn_step_fwd, {"x", "h", "w_ih", "w_hh", "b_ih", "b_hh", "relu"}, x, h, w_ih,
+  return run_step(chosen_kernels().rnn_step_fwd, {"x", "h", "w_ih", "w_hh", "b_ih", "b_hh", "relu"}, x, h, w_ih,
              w_hh, b_ih, b_hh, relu);
 }
 
