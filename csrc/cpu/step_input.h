@@ -29,6 +29,12 @@ namespace fastcells::cpu::FASTCELLS_ISA {
 // got: the two ways round the sums differently (at::mm up front, the packed GEMM per step), and the
 // results must not depend on the number of threads (one thread then projects per step in one group).
 inline bool project_per_step(const Schedule& sched, int64_t weight_bytes, bool lstm, bool training) {
+  // Multiplying in bfloat16 (bf16_products.h), the steps always project their own rows: the (N, G)
+  // float32 projections of a layer are 2-4x its bfloat16 input and output together (52 MiB at the
+  // fastrnns shape: twice torch.nn's whole call), and the per-step products ran faster there too
+  // (LSTM T=100 B=64 H=512: 0.63x torch.nn bfloat16 with one GEMM up front, 0.92x per step; GRU 1.02x,
+  // 1.12x).
+  if (bf16_products<float>()) return true;
   if (!splits_given_threads(sched, weight_bytes)) return false;
   return lstm || (!training && sched.sizes[0] >= 2 * 16);
 }
@@ -50,10 +56,9 @@ class StepInput {
       // (MKL's) depends on the number of threads (seen from 1 to 3 threads at 5 x 7 x 148 and
       // 25 x 7 x 37). Large ones with at::mm, which is faster there (122 against about 60 GFLOP/s at
       // 6400 x 512 x 2048 on 2 Zen 4 cores) and gave the same result for 1 to 3 threads at every size
-      // tried from 80 x 37 x 148 to 6400 x 512 x 2048 (tests/test_thread_count.py checks one); but
-      // not where the steps multiply in bfloat16, whose GEMM is as fast as at::mm's float32 one.
+      // tried from 80 x 37 x 148 to 6400 x 512 x 2048 (tests/test_thread_count.py checks one).
       const int64_t N = x.size(0);
-      if (N >= kMklRows && N * I_ * G_ >= kMklWork && !bf16_products<T>()) {
+      if (N >= kMklRows && N * I_ * G_ >= kMklWork) {
         gx_ = input_projection(x, w_ih, bias).contiguous();
         return;
       }
