@@ -29,12 +29,13 @@ namespace fastcells::cpu::FASTCELLS_ISA {
 // got: the two ways round the sums differently (at::mm up front, the packed GEMM per step), and the
 // results must not depend on the number of threads (one thread then projects per step in one group).
 inline bool project_per_step(const Schedule& sched, int64_t weight_bytes, bool lstm, bool training) {
-  // Multiplying in bfloat16 (bf16_products.h), the steps always project their own rows: the (N, G)
-  // float32 projections of a layer are 2-4x its bfloat16 input and output together (52 MiB at the
-  // fastrnns shape: twice torch.nn's whole call), and the per-step products ran faster there too
-  // (LSTM T=100 B=64 H=512: 0.63x torch.nn bfloat16 with one GEMM up front, 0.92x per step; GRU 1.02x,
-  // 1.12x).
-  if (bf16_products<float>()) return true;
+  // Multiplying in bfloat16 (bf16_products.h: batches of more than kSmallRows rows), the steps always
+  // project their own rows: the (N, G) float32 projections of a layer are 2-4x its bfloat16 input and
+  // output together (52 MiB at the fastrnns shape: twice torch.nn's whole call), and the per-step
+  // products ran faster there too (LSTM T=100 B=64 H=512: 0.63x torch.nn bfloat16 with one GEMM up
+  // front, 0.92x per step; GRU 1.02x, 1.12x). Fewer rows keep their float32 mat-vecs, and one GEMM up
+  // front (per step: LSTM T=50 B=1 H=128 went from 0.98x to 0.70x).
+  if (bf16_products<float>() && sched.batch > kSmallRows) return true;
   if (!splits_given_threads(sched, weight_bytes)) return false;
   return lstm || (!training && sched.sizes[0] >= 2 * 16);
 }
