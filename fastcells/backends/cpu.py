@@ -26,8 +26,10 @@ def unusable_reason(device_type, dtype=None):
 
 def _step_ops():
     """The fused inference step ops: fastcells._C's functions called through pybind11 (they skip the
-    dispatcher's ~5 µs), or the torch.ops ones under torch.compile, which traces torch.ops only."""
-    return torch.ops.fastcells if torch.compiler.is_compiling() else _extension.C
+    dispatcher's ~5 µs), or the torch.ops ones under torch.compile and torch.jit.trace, which record
+    torch.ops only."""
+    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+    return torch.ops.fastcells if tracing else _extension.C
 
 
 _FUNCTIONS = None
