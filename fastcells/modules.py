@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import autocast, backends, dispatch, functional
+from .backends import cpu as cpu_backend
 
 _NOT_SCRIPTABLE = (
     "torch.jit.script cannot compile fastcells.{name}: its forward picks a backend and calls "
@@ -258,12 +259,11 @@ def _streaming_call(input):
     """Whether a cell call may take the streaming fast path: one fused step op of the cpu backend
     called straight from forward, with none of the Python checks (the op checks every shape, dtype and
     device itself; on any error the call goes the full way, which raises torch.nn's exception). Plain
-    batched CPU float tensors, no gradient, no autocast, not while torch.compile or torch.jit.trace
-    traces (neither sees a call into fastcells._C: a traced module would replay garbage)."""
-    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and type(input) is torch.Tensor and input.is_cpu
-            and input.dtype in _STREAMING_DTYPES and input.dim() == 2
-            and not torch.is_grad_enabled() and not autocast.any_enabled())
+    batched CPU float tensors, no gradient, no autocast, where calls may skip the dispatcher
+    (backends/cpu.py: nothing traces or records them)."""
+    return (type(input) is torch.Tensor and input.is_cpu and input.dtype in _STREAMING_DTYPES
+            and input.dim() == 2 and not torch.is_grad_enabled() and not autocast.any_enabled()
+            and cpu_backend.direct_calls_allowed())
 
 
 class _FusedCellMixin:

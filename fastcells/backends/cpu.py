@@ -1,7 +1,8 @@
 """The cpu backend: fused C++ kernels (csrc/cpu) behind ``torch.ops.fastcells``.
 
 Layer functions run a whole sequence of one layer and direction in one op call; inference steps run
-the fused step ops. Shapes as in ``backends/reference.py``.
+the fused step ops. Inference calls skip the dispatcher where nothing records them
+(``direct_calls_allowed``). Shapes as in ``backends/reference.py``.
 """
 
 import torch
@@ -24,12 +25,22 @@ def unusable_reason(device_type, dtype=None):
     return None
 
 
-def _step_ops():
-    """The fused inference step ops: fastcells._C's functions called through pybind11 (they skip the
-    dispatcher's ~5 µs), or the torch.ops ones under torch.compile and torch.jit.trace, which record
-    torch.ops only."""
-    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
-    return torch.ops.fastcells if tracing else _extension.C
+def direct_calls_allowed():
+    """Whether an op may be called in fastcells._C straight, through pybind11, past the dispatcher (its
+    boxing, and for the layer ops the autograd registration's Python: ~5 µs a step op, ~20 µs a layer
+    op): only where nothing records or transforms the calls, all of which see torch.ops calls only:
+    not under torch.compile or torch.jit.trace (a traced module would replay no op), a
+    ``__torch_function__`` or ``__torch_dispatch__`` mode (FakeTensor, an op recorder) or a functorch
+    transform (vmap, grad). Tensor subclasses are the caller's check."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack() > 0
+                or torch._C._are_functorch_transforms_active())
+
+
+def _direct_ops():
+    """Where the inference calls go: fastcells._C's functions (the step and layer forward ops under
+    the ops' names) where direct calls are allowed, else torch.ops.fastcells."""
+    return _extension.C if direct_calls_allowed() else torch.ops.fastcells
 
 
 _FUNCTIONS = None
@@ -42,6 +53,6 @@ def functions():
     global _FUNCTIONS
     if _FUNCTIONS is None:
         ops = torch.ops.fastcells
-        _FUNCTIONS = LayerOps(NAME, ops.lstm_layer_fwd, ops.gru_layer_fwd, ops.rnn_layer_fwd, _step_ops,
-                              streaming_steps=_extension.C)
+        _FUNCTIONS = LayerOps(NAME, ops.lstm_layer_fwd, ops.gru_layer_fwd, ops.rnn_layer_fwd, _direct_ops,
+                              streaming_steps=_extension.C, inference_ops=_direct_ops)
     return _FUNCTIONS

@@ -34,28 +34,41 @@ class LayerOps:
     (schemas in csrc/ops.cpp). ``step_ops()``, when given, returns a namespace with the fused inference
     step ops ``lstm_step_fwd``, ``gru_step_fwd``, ``rnn_step_fwd`` for steps without gradients;
     ``streaming_steps`` such a namespace that the cells' streaming path may call straight from forward
-    (modules.py), or None."""
+    (modules.py), or None. ``inference_ops()``, when given, returns a namespace with the layer forward
+    ops ``lstm_layer_fwd``, ``gru_layer_fwd``, ``rnn_layer_fwd`` for calls without gradients (the cpu
+    backend's pybind11 entries, which skip the dispatcher)."""
 
-    def __init__(self, NAME, lstm_fwd, gru_fwd, rnn_fwd, step_ops=None, streaming_steps=None):
+    def __init__(self, NAME, lstm_fwd, gru_fwd, rnn_fwd, step_ops=None, streaming_steps=None,
+                 inference_ops=None):
         self.NAME = NAME
         self._lstm_fwd, self._gru_fwd, self._rnn_fwd = lstm_fwd, gru_fwd, rnn_fwd
         self._step_ops = step_ops
+        self._inference_ops = inference_ops
         self.streaming_steps = streaming_steps
+
+    def _forward_op(self, autograd_op, name, x, training):
+        """The layer forward op of this call: ``name`` in the inference namespace for a plain tensor
+        without gradients, else ``autograd_op``."""
+        if training or self._inference_ops is None or type(x) is not torch.Tensor:
+            return autograd_op
+        return getattr(self._inference_ops(), name)
 
     def lstm_layer(self, x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse):
         training = needs_grad(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr)
-        y, hn, cn, _ = self._lstm_fwd(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse,
-                                      training)
+        fwd = self._forward_op(self._lstm_fwd, "lstm_layer_fwd", x, training)
+        y, hn, cn, _ = fwd(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse, training)
         return y, hn, cn
 
     def gru_layer(self, x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, reverse):
         training = needs_grad(x, w_ih, b_ih, b_hh, h0, w_hh)
-        y, hn, _ = self._gru_fwd(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, reverse, training)
+        fwd = self._forward_op(self._gru_fwd, "gru_layer_fwd", x, training)
+        y, hn, _ = fwd(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, reverse, training)
         return y, hn
 
     def rnn_layer(self, x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse):
         training = needs_grad(x, w_ih, b_ih, b_hh, h0, w_hh)
-        y, hn, _ = self._rnn_fwd(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse, training)
+        fwd = self._forward_op(self._rnn_fwd, "rnn_layer_fwd", x, training)
+        y, hn, _ = fwd(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse, training)
         return y, hn
 
     def _fused_step(self, *tensors):
