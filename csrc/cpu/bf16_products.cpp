@@ -1,5 +1,6 @@
 // The bfloat16 products of bf16_products.h: weight packing and a register-blocked GEMM on VDPBF16PS.
 #include "bf16_products.h"
+#include "row_tiles.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -109,22 +110,12 @@ void gemm_rows(const uint32_t* a, int64_t lda, const uint32_t* panel, int64_t kp
   }
 }
 
-// All m rows against one panel, in tiles of kTileRows; a remainder of 1-3 rows (too few sums to hide
-// the instruction's latency) is merged with the last full tile and split evenly, as gemm_cpu.h does.
+// All m rows against one panel, in tiles of kTileRows (row_tiles.h).
 void gemm_panel(const uint32_t* a, int64_t lda, const uint32_t* panel, int64_t kp, float* out,
                 int64_t ldo, int64_t m, int64_t cols, bool accumulate) {
-  int64_t full = m / kTileRows, rest = m % kTileRows;
-  if (full > 0 && rest > 0 && rest < 4) {
-    --full;
-    rest += kTileRows;
-  }
-  int64_t i = 0;
-  for (; i < full * kTileRows; i += kTileRows)
-    gemm_rows(a + i * lda, lda, panel, kp, out + i * ldo, ldo, kTileRows, cols, accumulate);
-  const int64_t first = rest > kTileRows ? rest / 2 : rest;
-  gemm_rows(a + i * lda, lda, panel, kp, out + i * ldo, ldo, first, cols, accumulate);
-  i += first;
-  gemm_rows(a + i * lda, lda, panel, kp, out + i * ldo, ldo, rest - first, cols, accumulate);
+  for_row_tiles<kTileRows>(m, [&](int64_t i, int64_t rows) {
+    gemm_rows(a + i * lda, lda, panel, kp, out + i * ldo, ldo, rows, cols, accumulate);
+  });
 }
 
 }  // namespace
@@ -144,7 +135,7 @@ PackedWeight pack(const at::Tensor& w_in, bool transposed) {
   const int64_t n = packed.n, k = packed.k;
   // Per panel: its columns rounded into `pairs` (one row of kp pairs each, read along w's rows), then
   // written out a packed row at a time (32 consecutive pairs), not one scattered pair per cache line.
-  at::parallel_for(0, packed.panels, std::max<int64_t>(1, (1 << 15) / (kp * kPanel)),
+  at::parallel_for(0, packed.panels, std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(1, kp * kPanel)),
                    [&](int64_t p0, int64_t p1) {
     std::vector<uint32_t> pairs(kPanel * kp);
     for (int64_t panel = p0; panel < p1; ++panel) {

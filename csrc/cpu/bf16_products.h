@@ -1,6 +1,6 @@
-// Products with bfloat16 operands and float32 sums, for the forward of bfloat16 layers on CPUs with
-// AVX-512 BF16 (its VDPBF16PS multiplies 32 bfloat16 pairs into 16 float32 sums per instruction:
-// twice the float32 FMA's work, from half the weight bytes).
+// Products with bfloat16 operands and float32 sums, for bfloat16 layers on CPUs with AVX-512 BF16
+// (its VDPBF16PS multiplies 32 bfloat16 pairs into 16 float32 sums per instruction: twice the float32
+// FMA's work, from half the weight bytes).
 //
 // bfloat16 calls run the float32 kernels (register_cpu.cpp). In their forward, the recurrent and
 // input products may round their operands to bfloat16 and lose nothing torch.nn keeps: the weights
@@ -22,9 +22,9 @@ namespace fastcells::cpu::bf16 {
 // Whether the running CPU has AVX-512 BF16 and this build compiled its products; read once.
 bool cpu_has_products();
 
-// Set by register_cpu.cpp around the float32 kernels of a bfloat16 layer op (forward or backward): while one is alive
-// in a thread, products_on() is true there (on a CPU with the instructions). A scope, not an argument,
-// because the kernels' signatures are the op schemas'.
+// Set by register_cpu.cpp around the float32 kernels of a bfloat16 layer op (forward or backward):
+// while one is alive in a thread, products_on() is true there (on a CPU with the instructions). A
+// scope, not an argument, because the kernels' signatures are the op schemas'.
 class ProductsScope {
  public:
   explicit ProductsScope(bool on);

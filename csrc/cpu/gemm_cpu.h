@@ -21,6 +21,7 @@
 
 #include "bf16_products.h"
 #include "matmul_cpu.h"
+#include "row_tiles.h"
 
 namespace fastcells::cpu::FASTCELLS_ISA {
 
@@ -68,7 +69,8 @@ PackedMatrix<T> pack_matrix(const at::Tensor& w, bool transposed) {
   // transposed case 8 rows of w are read side by side, so each packed row is written 8 values at a
   // time: one row at a time wrote one scattered value per cache line.
   constexpr int64_t kRows = 8;
-  at::parallel_for(0, packed.panels, std::max<int64_t>(1, (1 << 16) / (k * P)), [&](int64_t p0, int64_t p1) {
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, k * P));
+  at::parallel_for(0, packed.panels, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t panel = p0; panel < p1; ++panel) {
       const int64_t cols = std::min<int64_t>(P, n - panel * P);
       T* out = dst + panel * k * P;
@@ -153,24 +155,13 @@ inline void gemm_rows(const T* a, int64_t lda, const T* panel, int64_t k, T* out
   }
 }
 
-// All m rows against one panel, in tiles of kGemmRows. A tile of 1-3 rows has too few independent
-// accumulator chains to hide the FMA latency, so such a remainder is merged with the last full tile
-// and split evenly (m = 32: 6+6+6+6+4+4 rather than 6+6+6+6+6+2).
+// All m rows against one panel, in tiles of kGemmRows (row_tiles.h).
 template <typename T>
 inline void gemm_panel(const T* a, int64_t lda, const T* panel, int64_t k, T* out, int64_t ldo,
                        int64_t m, int64_t cols, bool accumulate) {
-  int64_t full = m / kGemmRows, rest = m % kGemmRows;
-  if (full > 0 && rest > 0 && rest < 4) {
-    --full;
-    rest += kGemmRows;
-  }
-  int64_t i = 0;
-  for (; i < full * kGemmRows; i += kGemmRows)
-    gemm_rows(a + i * lda, lda, panel, k, out + i * ldo, ldo, kGemmRows, cols, accumulate);
-  const int64_t first = rest > kGemmRows ? rest / 2 : rest;
-  gemm_rows(a + i * lda, lda, panel, k, out + i * ldo, ldo, first, cols, accumulate);
-  i += first;
-  gemm_rows(a + i * lda, lda, panel, k, out + i * ldo, ldo, rest - first, cols, accumulate);
+  for_row_tiles<kGemmRows>(m, [&](int64_t i, int64_t rows) {
+    gemm_rows(a + i * lda, lda, panel, k, out + i * ldo, ldo, rows, cols, accumulate);
+  });
 }
 
 // out (m, n) (+)= a (m, k) @ b. Panels are split across threads, so each thread reads the same part of

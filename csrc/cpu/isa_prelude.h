@@ -22,6 +22,7 @@
 #include "../layers.h"
 #include "../schedule.h"
 #include "bf16_products.h"
+#include "row_tiles.h"
 #include "fastcells/gate_math.h"
 #include "isa.h"
 #include "ops_cpu.h"

@@ -51,7 +51,8 @@ const CpuKernels& pick() {
 // bfloat16 and float16 tensors run the float32 kernels: each argument converted once per call (the
 // weights too: never per step), the outputs converted back to the input's dtype, saved activations
 // included (kept in 16 bits, as the CUDA ops and torch.nn keep them); the math and the states inside
-// stay float32. The forward of bfloat16 layers may multiply in bfloat16 (bf16_products.h).
+// stay float32. bfloat16 layers may multiply in bfloat16 (bf16_products.h); bfloat16 cell steps take
+// their weights unconverted (run_step).
 bool low_precision(const Tensor& x) {
   return x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
 }
@@ -155,8 +156,8 @@ LstmGrads lstm_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& 
 std::tuple<Tensor, Tensor> lstm_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& c,
                                              const Tensor& w_ih, const Tensor& w_hh,
                                              const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
-  return run_step(chosen_kernels().lstm_step_fwd, {"x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"}, x, h, c,
-             w_ih, w_hh, b_ih, b_hh);
+  return run_step(chosen_kernels().lstm_step_fwd, {"x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"}, x, h,
+                  c, w_ih, w_hh, b_ih, b_hh);
 }
 LayerOutputs gru_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
@@ -178,8 +179,8 @@ LayerGrads gru_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& 
 }
 Tensor gru_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
                         const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
-  return run_step(chosen_kernels().gru_step_fwd, {"x", "h", "w_ih", "w_hh", "b_ih", "b_hh"}, x, h, w_ih, w_hh,
-             b_ih, b_hh);
+  return run_step(chosen_kernels().gru_step_fwd, {"x", "h", "w_ih", "w_hh", "b_ih", "b_hh"}, x, h, w_ih,
+                  w_hh, b_ih, b_hh);
 }
 LayerOutputs rnn_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
@@ -201,8 +202,8 @@ LayerGrads rnn_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& 
 }
 Tensor rnn_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
                         const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool relu) {
-  return run_step(chosen_kernels().rnn_step_fwd, {"x", "h", "w_ih", "w_hh", "b_ih", "b_hh", "relu"}, x, h, w_ih,
-             w_hh, b_ih, b_hh, relu);
+  return run_step(chosen_kernels().rnn_step_fwd, {"x", "h", "w_ih", "w_hh", "b_ih", "b_hh", "relu"}, x, h,
+                  w_ih, w_hh, b_ih, b_hh, relu);
 }
 
 }  // namespace fastcells::cpu
