@@ -156,9 +156,9 @@ void gemm(const float* a, int64_t lda, const PackedWeight& b, float* out, int64_
   if (m == 0 || b.n == 0) return;
   const int64_t kp = (b.k + 1) / 2;
   const uint32_t* panels = reinterpret_cast<const uint32_t*>(b.storage.data_ptr<int32_t>());
-  // A block of a's rows at a time (all of a step's rows; many blocks for an input projection of the
-  // whole sequence), rounded once before its panels are split between threads, so that each panel
-  // reads the block from the core's L2 rather than all of a from memory. One buffer per calling
+  // A block of a's rows at a time (all of a step's rows but for groups of more than 128), rounded once
+  // before its panels are split between threads, so that each panel reads the block from the core's
+  // L2 rather than all of a from memory. One buffer per calling
   // thread: row groups (row_groups.h) call this from several threads at once.
   constexpr int64_t kRowBlock = 128;
   thread_local std::vector<uint32_t> a_pairs;

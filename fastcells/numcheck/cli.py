@@ -52,7 +52,7 @@ def run(args):
     names, error = _selected_backends(args.backend, device)
     if error:
         return _fail_usage(error)
-    dtypes = [DTYPES[name] for name in dict.fromkeys(args.dtype or DEFAULT_DTYPES[device])]
+    dtypes = [DTYPES[name] for name in dict.fromkeys(args.dtype or DEFAULT_DTYPES)]
     cells = list(dict.fromkeys(args.cells or CELLS))
 
     if not args.quiet:
