@@ -69,11 +69,15 @@ step info info.txt 60 sh -c "nvidia-smi; '$PY' -m fastcells info; ldd fastcells/
 PYTEST_OPTS=(-q -p no:cacheprovider --junit-xml "$DIR/tests.xml")
 "$PY" -c "import xdist" 2>/dev/null && PYTEST_OPTS+=(-n 8)
 "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_OPTS+=(--timeout 300)
-step tests tests.log 240 "$PY" -m pytest tests -k "(cuda or triton) and not triton_resources" "${PYTEST_OPTS[@]}"
+step tests tests.log 180 "$PY" -m pytest tests -k "(cuda or triton) and not triton_resources" "${PYTEST_OPTS[@]}"
 
 # The persistent kernels' variant matrix (synchronization x units a block x dtype) against the per-step
 # path and torch.nn bfloat16 and float16, target shapes first; each case is saved as it finishes.
 step variants variants.log 150 "$PY" bench/persistent_variants.py --out "$DIR/variants"
+# The dispatch table of this GPU model from what was measured (the variants, and the targets' benchmark
+# below where an earlier run left it); commit it into fastcells/dispatch_tables/ to make `auto` use it.
+step dispatch-table dispatch-table.log 30 "$PY" bench/dispatch_table.py "$DIR/targets/results.csv" \
+    "$DIR/variants/variants.json" --out "$DIR/dispatch_tables"
 
 # compute-sanitizer over one call of every cuda-backend op (memcheck without torch's caching allocator,
 # so a read past a tensor is a read past an allocation; racecheck for the shared-memory kernels).
@@ -103,10 +107,6 @@ FUSED=(--providers torch.nn cuda triton reference)
 # The issues' speed targets: FlashRNN's B=16 T=1024 H=768 and fastrnns' T=100 B=64 H=512.
 step bench-targets bench-targets.log 240 "${BENCH[@]}" --groups flashrnn fastrnns --cells lstm gru \
     "${FUSED[@]}" --out "$DIR/targets"
-# The dispatch table of this GPU model from what was measured above (commit it into
-# fastcells/dispatch_tables/ to make `auto` use it).
-step dispatch-table dispatch-table.log 30 "$PY" bench/dispatch_table.py "$DIR/targets/results.csv" \
-    "$DIR/variants/variants.json" --out "$DIR/dispatch_tables"
 step check check.txt 180 "$PY" -m fastcells check --device cuda --junit-xml "$DIR/check.xml"
 # The sweeps, one group a step: a report is written only when its run ends, so a cut-off loses one
 # group, not all three.

@@ -34,8 +34,12 @@ CLASSES = {"lstm": (fastcells.LSTM, {}), "gru": (fastcells.GRU, {}),
            "rnn_tanh": (fastcells.RNN, {"nonlinearity": "tanh"})}
 
 
+TARGET_CASES = 4  # the first cases(): the issues' target shapes
+
+
 def cases(quick):
-    """(cell, B, T, H, dtypes) to measure, most important first."""
+    """(cell, B, T, H, dtypes) to measure, most important first: the TARGET_CASES target shapes, then
+    the sweep."""
     targets = [(cell, 16, 1024, 768, ("bfloat16", "float16")) for cell in ("lstm", "gru", "rnn_tanh")]
     targets.insert(2, ("lstm", 64, 100, 512, ("float32",)))  # fastrnns: tf32 where torch.nn's cuDNN uses it
     if quick:
@@ -87,7 +91,7 @@ def measure(module, x, mode, rounds):
     return times, peak, call()
 
 
-def run_case(cell, B, T, H, dtype_name, mode, rounds):
+def run_case(cell, B, T, H, dtype_name, mode, rounds, triton=True):
     dtype = getattr(torch, dtype_name)
     cls, kwargs = CLASSES[cell]
     torch.manual_seed(0)
@@ -116,7 +120,8 @@ def run_case(cell, B, T, H, dtype_name, mode, rounds):
         if _extension.C.cuda_persistent_launches() == launches:
             rows[-1]["provider"] += " (did not fit: per-step ran)"
     cuda_backend.use_persistent(None)
-    _add_triton_variants(add, cls, kwargs, fast, H, dtype)
+    if triton:
+        _add_triton_variants(add, cls, kwargs, fast, H, dtype)
 
     base_out = next(r["out"] for r in rows if r["provider"] == "per-step").double()
     scale = base_out.abs().max().item() or 1.0
@@ -188,15 +193,19 @@ def main(argv=None):
     parser.add_argument("--out", required=True, type=pathlib.Path)
     parser.add_argument("--quick", action="store_true", help="the issue's target shapes of LSTM and GRU only")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--triton-sweep", action="store_true",
+                        help="measure the triton paths over the H x B sweep too, not at the targets only "
+                             "(each new shape compiles its kernels)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("persistent_variants: no CUDA GPU visible")
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
-    for cell, B, T, H, dtypes in cases(args.quick):
+    for number, (cell, B, T, H, dtypes) in enumerate(cases(args.quick)):
+        triton = args.triton_sweep or number < TARGET_CASES
         for dtype in dtypes:
             for mode in ("inference", "training"):
-                rows = run_case(cell, B, T, H, dtype, mode, args.rounds)
+                rows = run_case(cell, B, T, H, dtype, mode, args.rounds, triton)
                 results.append({"cell": cell, "B": B, "T": T, "H": H, "dtype": dtype, "mode": mode,
                                 "rows": rows})
                 best = min(rows, key=lambda r: r["median_ms"])

@@ -36,6 +36,31 @@ using persistent::kTileN;
 using persistent::kWarps;
 using persistent::Plan;
 
+// Loads a thread issues before it stores any of them in copy_in_batches.
+constexpr int kCopyBatch = 8;
+
+// Copies elements 0..n-1, the block's threads taking every kThreads-th: load(i) reads element i, store(i,
+// value) writes it. Each load is a round trip to L2 (other SMs wrote h_{t-1}), and __ldcg is asm volatile:
+// copied one at a time, a step's loads at B=16 H=768 waited one after another (7 round trips, sm_90 SASS).
+// A thread now issues kCopyBatch loads before its first store.
+template <typename Load, typename Store>
+__device__ __forceinline__ void copy_in_batches(int64_t n, Load load, Store store) {
+  using Value = decltype(load(int64_t{0}));
+  for (int64_t first = threadIdx.x; first < n; first += int64_t{kThreads} * kCopyBatch) {
+    Value values[kCopyBatch];
+#pragma unroll
+    for (int q = 0; q < kCopyBatch; ++q) {
+      const int64_t i = first + int64_t{q} * kThreads;
+      if (i < n) values[q] = load(i);
+    }
+#pragma unroll
+    for (int q = 0; q < kCopyBatch; ++q) {
+      const int64_t i = first + int64_t{q} * kThreads;
+      if (i < n) store(i, values[q]);
+    }
+  }
+}
+
 template <typename T, int kGates, int kUnits, int kKTiles>
 __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync) {
   constexpr int kMTiles = (kGates * kUnits + kTileM - 1) / kTileM;
@@ -97,23 +122,26 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
     //    sources hold batch entry b at b * H from their base.
     const Bits* y_prev = y_bits + (t_prev < 0 ? 0 : plan.row(t_prev, 0, a.offsets) * H);
     if (vector_copy) {
-      for (int64_t i = threadIdx.x; i < B * H / kPerChunk; i += kThreads) {
+      copy_in_batches(B * H / kPerChunk, [&](int64_t i) {
+        const int64_t b = i * kPerChunk / H;
+        return __ldcg(reinterpret_cast<const int4*>(b < bs_prev ? y_prev : h0) + i);
+      }, [&](int64_t i, int4 chunk) {
         const int64_t b = i * kPerChunk / H, k = i * kPerChunk - b * H;
-        const int4* source = reinterpret_cast<const int4*>(b < bs_prev ? y_prev : h0) + i;
-        *reinterpret_cast<int4*>(h_stage + b * stride + k) = __ldcg(source);
-      }
+        *reinterpret_cast<int4*>(h_stage + b * stride + k) = chunk;
+      });
     } else {
-      for (int64_t i = threadIdx.x; i < B * H; i += kThreads) {
-        const int64_t b = i / H, k = i - b * H;
-        h_stage[b * stride + k] = __ldcg((b < bs_prev ? y_prev : h0) + i);
-      }
+      copy_in_batches(B * H, [&](int64_t i) { return __ldcg((i / H < bs_prev ? y_prev : h0) + i); },
+                      [&](int64_t i, Bits element) {
+                        const int64_t b = i / H, k = i - b * H;
+                        h_stage[b * stride + k] = element;
+                      });
     }
     __syncthreads();
 
     // 4. Partial products of this warp's k tiles, one batch tile at a time.
     for (int64_t nt = 0; nt < n_tiles; ++nt) {
       const Bits* h_row = h_stage + (nt * kTileN + b_n(lane)) * stride;  // the lane's batch entry
-      warp_partial_products<T>(w, plan, warp, lane, nt, partial, [&](int64_t kt, uint32_t(&bf)[2]) {
+      warp_partial_products<T, /*kLoadBatch=*/8>(w, plan, warp, lane, nt, partial, [&](int64_t kt, uint32_t(&bf)[2]) {
         const Bits* tile = h_row + kt * plan.tile_k();
         if constexpr (kTf32<T>) {  // one element a register
           bf[0] = to_tf32(__uint_as_float(tile[plan.b_k(lane, 0)]));

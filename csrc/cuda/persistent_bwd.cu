@@ -37,6 +37,12 @@ using persistent::kWarps;
 using persistent::Plan;
 
 // Saved values a slot reads per step: LSTM i, f, g, o, c_prev, tanh(c); GRU r, z, n, h_n, h_prev; RNN h.
+// k tiles of B fragments a warp loads at once (warp_partial_products): 8, or fewer where a thread holds
+// 128 fragment registers (32 k tiles), which spill with 8: LSTM and RNN 4, GRU one at a time (it
+// spills 16 bytes with 2; make cuda-check).
+template <int kGates, int kFragments>
+constexpr int kBwdLoadBatch = kFragments < 128 ? 8 : kGates == 3 ? 1 : 4;
+
 template <int kGates>
 constexpr int kSavedPerSlot = kGates == 4 ? 6 : kGates == 3 ? 5 : 1;
 
@@ -66,6 +72,7 @@ __device__ __forceinline__ void sequence_bwd_body(SequenceBwd a, bool flag_sync)
   constexpr int kMTiles = (kUnits + kTileM - 1) / kTileM;
   constexpr int kMaxSlots = (kUnits * kMaxBatch + kThreads - 1) / kThreads;
   constexpr int kSaved = kSavedPerSlot<kGates>;
+  constexpr int kLoadBatch = kBwdLoadBatch<kGates, kMTiles * kKTiles * 4>;
   const Plan plan{kGates, kUnits, a.H, a.batch, /*backward=*/true, kTf32<T>};
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t block = blockIdx.x, H = a.H, K = plan.depth(), steps = a.steps;
@@ -90,6 +97,9 @@ __device__ __forceinline__ void sequence_bwd_body(SequenceBwd a, bool flag_sync)
 
   // The gradients the next step multiplies: GRU's of W_hh h + b_hh, the others' of the pre-activations.
   const void* exchange = kGates == 3 ? a.dgh : a.dgx;
+  // 16-bit B fragments pair elements 2i and 2i + 1, neighbours in k: one 32-bit load reads both where
+  // rows (K long) start at even elements and the tensor is 4-byte aligned, half the loads of a step.
+  const bool paired_loads = K % 2 == 0 && reinterpret_cast<uintptr_t>(exchange) % 4 == 0;
   for (int64_t s = 0; s <= steps; ++s) {
     const bool last = s == steps;  // the phase after the loop: dh0 only
     const int64_t t = last ? -1 : plan.time(s, steps, !a.reverse);
@@ -120,22 +130,42 @@ __device__ __forceinline__ void sequence_bwd_body(SequenceBwd a, bool flag_sync)
       for (int64_t nt = 0; nt < n_tiles; ++nt) {
         const int64_t n = nt * kTileN + b_n(lane);  // entries past the step before's batch add nothing
         const int64_t dg_row = plan.row(t_before, n < bs_before ? n : 0, a.offsets) * K;
-        warp_partial_products<T>(w, plan, warp, lane, nt, partial, [&](int64_t kt, uint32_t(&bf)[2]) {
-          const auto element = [&](int e) -> uint32_t {  // element e's bits, zero past the batch or K
-            const int64_t k = kt * plan.tile_k() + plan.b_k(lane, e);
-            if (n >= bs_before || k >= K) return 0u;
-            if constexpr (kTf32<T>) {
-              return to_tf32(__ldcg(static_cast<const float*>(exchange) + dg_row + k));
-            } else {
-              return __ldcg(static_cast<const unsigned short*>(exchange) + dg_row + k);
-            }
-          };
+        // Element e of k tile kt's B fragment (its bits; zero past the batch or K), and elements e and
+        // e + 1 (even e) in one 32-bit load: k is even, and so is K where paired_loads, so both are in K
+        // or both past it.
+        const auto element = [&](int64_t kt, int e) -> uint32_t {
+          const int64_t k = kt * plan.tile_k() + plan.b_k(lane, e);
+          if (n >= bs_before || k >= K) return 0u;
           if constexpr (kTf32<T>) {
-            bf[0] = element(0);
-            bf[1] = element(1);
+            return to_tf32(__ldcg(static_cast<const float*>(exchange) + dg_row + k));
           } else {
-            bf[0] = element(0) | (element(1) << 16);
-            bf[1] = element(2) | (element(3) << 16);
+            return __ldcg(static_cast<const unsigned short*>(exchange) + dg_row + k);
+          }
+        };
+        const auto pair = [&](int64_t kt, int e) -> uint32_t {
+          const int64_t k = kt * plan.tile_k() + plan.b_k(lane, e);
+          if (n >= bs_before || k >= K) return 0u;
+          return __ldcg(reinterpret_cast<const unsigned*>(static_cast<const unsigned short*>(exchange) + dg_row + k));
+        };
+        // One loop or the other, not a choice per k tile: mixed in one loop, the two kinds of load kept
+        // the compiler from issuing a batch's loads together (sm_90 SASS). The variants that load one k
+        // tile at a time (GRU's largest) keep one loop: a second spills there.
+        if constexpr (kLoadBatch > 1 && !kTf32<T>) {
+          if (paired_loads) {
+            warp_partial_products<T, kLoadBatch>(w, plan, warp, lane, nt, partial, [&](int64_t kt, uint32_t(&bf)[2]) {
+              bf[0] = pair(kt, 0);
+              bf[1] = pair(kt, 2);
+            });
+            continue;
+          }
+        }
+        warp_partial_products<T, kLoadBatch>(w, plan, warp, lane, nt, partial, [&](int64_t kt, uint32_t(&bf)[2]) {
+          if constexpr (kTf32<T>) {
+            bf[0] = element(kt, 0);
+            bf[1] = element(kt, 1);
+          } else {
+            bf[0] = element(kt, 0) | (element(kt, 1) << 16);
+            bf[1] = element(kt, 2) | (element(kt, 3) << 16);
           }
         });
       }

@@ -124,21 +124,31 @@ __device__ __forceinline__ void load_weight_fragments(uint32_t (&w)[kMTiles][kKT
 
 // One warp's partial products for batch tile nt, stored to `partial` (the plan's partial_index): for every
 // m tile, the sum over the warp's k tiles of its A fragments times the B fragment that load_b(kt, bf)
-// fills for k tile kt.
-template <typename T, int kMTiles, int kKTiles, typename LoadB>
+// fills for k tile kt. The warp loads kLoadBatch k tiles' B fragments before it issues their MMAs: the
+// backward's B loads are round trips to L2 (other SMs wrote dG), and loaded one k tile at a time each
+// waited for the MMA before it (asm volatile keeps their order), so an LSTM backward step at H=768 made
+// 24 round trips one after another (sm_90 SASS).
+template <typename T, int kLoadBatch, int kMTiles, int kKTiles, typename LoadB>
 __device__ __forceinline__ void warp_partial_products(const uint32_t (&w)[kMTiles][kKTiles][4],
                                                       const persistent::Plan& plan, int warp, int lane,
                                                       int64_t nt, float* partial, LoadB load_b) {
   using namespace persistent;
+  constexpr int kBatch = kKTiles < kLoadBatch ? kKTiles : kLoadBatch;
   float acc[kMTiles][4] = {};
 #pragma unroll
-  for (int j = 0; j < kKTiles; ++j) {
-    const int64_t kt = plan.k_tile(warp, j);
-    if (kt >= plan.k_tiles()) break;
-    uint32_t bf[2];
-    load_b(kt, bf);
+  for (int j0 = 0; j0 < kKTiles; j0 += kBatch) {
+    uint32_t bf[kBatch][2];
 #pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) mma_tile<T>(acc[mt], w[mt][j], bf);
+    for (int j = 0; j < kBatch; ++j) {
+      const int64_t kt = plan.k_tile(warp, j0 + j);
+      if (j0 + j < kKTiles && kt < plan.k_tiles()) load_b(kt, bf[j]);
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      if (j0 + j >= kKTiles || plan.k_tile(warp, j0 + j) >= plan.k_tiles()) break;
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) mma_tile<T>(acc[mt], w[mt][j0 + j], bf[j]);
+    }
   }
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
@@ -149,11 +159,16 @@ __device__ __forceinline__ void warp_partial_products(const uint32_t (&w)[kMTile
   }
 }
 
-__device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
+// A strong (L1-bypassing) load with no ordering of its own: a flag poll. What it observed orders the
+// loads after it once the poller runs fence_acquire (a relaxed read then a fence is an acquire pattern of
+// the PTX memory model), so several flags can be polled at once instead of one acquire load at a time.
+__device__ __forceinline__ unsigned load_relaxed(const unsigned* p) {
   unsigned value;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(value) : "l"(p) : "memory");
+  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(value) : "l"(p) : "memory");
   return value;
 }
+
+__device__ __forceinline__ void fence_acquire() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
 
 __device__ __forceinline__ void store_release(unsigned* p, unsigned value) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(value) : "memory");
@@ -171,30 +186,45 @@ __device__ __forceinline__ uint64_t global_time_ns() {
 // rented GPU time with it).
 constexpr uint64_t kWaitLimitNs = 10'000'000'000ull;
 
+// Flags a lane of the polling warp reads at once (4 cover 128 blocks, H = 1024 at 8 units a block).
+constexpr int kFlagsPerPoll = 4;
+
 // Waits until every block has published step s - 1 (flag synchronization; with grid synchronization the
-// previous step's publish_step already waited). Warp 0 polls the flags, one lane a block at a time.
+// previous step's publish_step already waited). Warp 0 polls the flags, each lane kFlagsPerPoll blocks
+// at a time with independent relaxed loads (one acquire load after another cost a round trip to L2
+// each, and invalidated L1 each), then one acquire fence; the barrier passes the order to the block.
 __device__ __forceinline__ void wait_for_step(const unsigned* flags, int64_t s, bool flag_sync) {
   if (s == 0 || !flag_sync) return;
   if (threadIdx.x < 32) {
     const uint64_t start = global_time_ns();
-    for (int64_t j = threadIdx.x; j < gridDim.x; j += 32) {
-      while (load_acquire(flags + j) < static_cast<unsigned>(s)) {
+    const int blocks = static_cast<int>(gridDim.x);
+    for (int j0 = static_cast<int>(threadIdx.x); j0 < blocks; j0 += 32 * kFlagsPerPoll) {
+      for (;;) {
+        unsigned seen[kFlagsPerPoll];
+#pragma unroll
+        for (int q = 0; q < kFlagsPerPoll; ++q) {
+          const int j = j0 + 32 * q;
+          seen[q] = j < blocks ? load_relaxed(flags + j) : ~0u;
+        }
+        bool ready = true;
+#pragma unroll
+        for (int q = 0; q < kFlagsPerPoll; ++q) ready = ready && seen[q] >= static_cast<unsigned>(s);
+        if (ready) break;
         if (global_time_ns() - start > kWaitLimitNs) __trap();
       }
     }
+    fence_acquire();
   }
   __syncthreads();
 }
 
-// Publishes that this block finished step s (its stores of the step precede it for every block that
-// then waits for step s + 1).
+// Publishes that this block finished step s: the barrier orders every thread's stores of the step before
+// thread 0's release store (cumulative, as CUTLASS's GenericBarrier relies on), so every block that then
+// waits for step s + 1 sees them. No separate fence: it was a second, sequentially consistent one.
 __device__ __forceinline__ void publish_step(unsigned* flags, int64_t s, bool flag_sync) {
   if (flag_sync) {
-    __syncthreads();  // every thread's stores of this step precede the release below
-    if (threadIdx.x == 0) {
-      __threadfence();
-      store_release(flags + blockIdx.x, static_cast<unsigned>(s + 1));
-    }
+    __syncthreads();
+    if (threadIdx.x == 0) store_release(flags + blockIdx.x, static_cast<unsigned>(s + 1));
   } else {
     cooperative_groups::this_grid().sync();
   }
