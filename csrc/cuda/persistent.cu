@@ -2,8 +2,8 @@
 // in fastcells/persistent_plan.h, whose functions give every index below).
 //
 // Per step, in block j (units [j * U, (j + 1) * U), all their gate rows):
-//   1. load this step's input projections of the block's (unit, batch) slots into registers; they do not
-//      depend on the recurrence, so their latency hides behind the wait;
+//   1. prefetch the next step's input projections of the block's (unit, batch) slots into L2; they do
+//      not depend on the recurrence, so a step's own arrive during the step before;
 //   2. wait until every block has written h_{t-1} (flags, or the previous step's grid.sync());
 //   3. copy h_{t-1} (B, H) from y (from h0 at the first step, and for packed sequences that start late
 //      in the reverse direction) into shared memory, bypassing L1 (__ldcg): other SMs wrote it and L1
@@ -11,8 +11,8 @@
 //   4. each warp multiplies its k tiles of the block's W_hh rows (A fragments, in registers since the
 //      start) by h_{t-1}^T (B fragments from shared memory) with mma.sync, fp32 accumulators, and writes
 //      its partial sums to shared memory;
-//   5. one thread a slot sums the warps' partials in order, adds the input projection, runs the cell
-//      (fastcells/gate_math.h, the same as every backend), and writes y, the saved row in training, and
+//   5. one thread a slot sums the warps' partials in order, loads and adds the input projection, runs
+//      the cell (fastcells/gate_math.h, the same as every backend), and writes y, the saved row in training, and
 //      the fp32 states (c, and h for GRU's z * h_prev and for hn) that stay in shared memory; batch
 //      entries past a packed step's batch are idle;
 //   6. publish: release the block's flag, or grid.sync().
@@ -96,26 +96,37 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
   // Rows of 16-byte chunks where the rows and both sources allow (y is a fresh tensor; h0 may be a view).
   const bool vector_copy = H % kPerChunk == 0 && reinterpret_cast<uintptr_t>(h0) % 16 == 0 &&
                            reinterpret_cast<uintptr_t>(y_bits) % 16 == 0;
-  for (int64_t s = 0; s < steps; ++s) {
-    const int64_t t = plan.time(s, steps, a.reverse), t_prev = plan.prev_time(s, steps, a.reverse);
-    const int64_t bs = plan.step_batch(t, a.sizes), bs_prev = t_prev < 0 ? 0 : plan.step_batch(t_prev, a.sizes);
-
-    // 1. This step's input projections.
-    float gx[kMaxSlots][kGates];
+  // Prefetches into L2 the input projections of step s (none past the last) of this thread's slots.
+  const auto prefetch_input_projections = [&](int64_t s) {
+    if (s >= steps) return;
+    const int64_t t = plan.time(s, steps, a.reverse), bs = plan.step_batch(t, a.sizes);
 #pragma unroll
     for (int q = 0; q < kMaxSlots; ++q) {
       const int64_t slot = threadIdx.x + int64_t{q} * kThreads;
       const int64_t b = plan.slot_batch(slot), unit = plan.unit(block, plan.slot_unit(slot));
+      if (slot >= slots || unit >= H || b >= bs) continue;
 #pragma unroll
       for (int g = 0; g < kGates; ++g) {
-        gx[q][g] = slot < slots && unit < H && b < bs
-                       ? load<T>(a.gx, plan.row(t, b, a.offsets) * GH + plan.gate_column(g, unit))
-                       : 0.0f;
+        prefetch_l2(static_cast<const T*>(a.gx) + plan.row(t, b, a.offsets) * GH + plan.gate_column(g, unit));
       }
     }
+  };
+  prefetch_input_projections(0);
+  PhaseProbe probe;
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t t = plan.time(s, steps, a.reverse), t_prev = plan.prev_time(s, steps, a.reverse);
+    const int64_t bs = plan.step_batch(t, a.sizes), bs_prev = t_prev < 0 ? 0 : plan.step_batch(t_prev, a.sizes);
+
+    // 1. Prefetch the next step's input projections into L2: they do not depend on the recurrence, and
+    //    most are in device memory. Loaded into registers here, as before, the compiler issued them one
+    //    after another at this register pressure (the LSTM step at H=768: 12% of ncu's stall samples
+    //    waited on them); this step reads its own, prefetched a step ago, in phase 5. Not into L1: each
+    //    step's acquire invalidates it.
+    prefetch_input_projections(s + 1);
 
     // 2. Wait for every block's h_{t-1}.
     wait_for_step(a.flags, s, flag_sync);
+    probe.mark(0);
 
     // 3. Stage h_{t-1} (B, H) as the B operand: rows of the previous step's batch from y, the others
     //    (all at the first step; in the reverse direction, sequences starting here) from h0. Both
@@ -137,6 +148,7 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
                       });
     }
     __syncthreads();
+    probe.mark(1);
 
     // 4. Partial products of this warp's k tiles, one batch tile at a time.
     for (int64_t nt = 0; nt < n_tiles; ++nt) {
@@ -153,6 +165,7 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
       });
     }
     __syncthreads();
+    probe.mark(2);
 
     // 5. The cell, one (unit, batch entry) slot a thread.
 #pragma unroll
@@ -169,11 +182,14 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
         pre[g] = sum;
       }
       const int64_t row = plan.row(t, b, a.offsets);
+      float gx[kGates];
+#pragma unroll
+      for (int g = 0; g < kGates; ++g) gx[g] = load<T>(a.gx, row * GH + plan.gate_column(g, unit));
       const float h_prev_value = h_state[slot];
       float h;
       if constexpr (kGates == 4) {
-        const LstmUnit<float> cell = lstm_unit_fwd<float>(gx[q][0] + pre[0], gx[q][1] + pre[1],
-                                                          gx[q][2] + pre[2], gx[q][3] + pre[3], c_state[slot]);
+        const LstmUnit<float> cell = lstm_unit_fwd<float>(gx[0] + pre[0], gx[1] + pre[1],
+                                                          gx[2] + pre[2], gx[3] + pre[3], c_state[slot]);
         if (a.saved != nullptr) {
           const LstmLayout L{H, H, false};
           const int64_t at = row * L.width() + unit;
@@ -194,7 +210,7 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
           h_z += load<T>(a.b_hh, H + unit);
           h_n += load<T>(a.b_hh, 2 * H + unit);
         }
-        const GruUnit<float> cell = gru_unit_fwd<float>(gx[q][0], gx[q][1], gx[q][2], h_r, h_z, h_n, h_prev_value);
+        const GruUnit<float> cell = gru_unit_fwd<float>(gx[0], gx[1], gx[2], h_r, h_z, h_n, h_prev_value);
         if (a.saved != nullptr) {
           const GruLayout L{H};
           const int64_t at = row * L.width() + unit;
@@ -206,7 +222,7 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
         }
         h = cell.h;
       } else {
-        h = rnn_unit_fwd<float>(gx[q][0] + pre[0], a.relu);
+        h = rnn_unit_fwd<float>(gx[0] + pre[0], a.relu);
         if (a.saved != nullptr) {
           const RnnLayout L{H};
           store<T>(a.saved, row * L.width() + L.h() + unit, h);
@@ -218,8 +234,11 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
     }
 
     // 6. Publish h_t.
+    probe.mark(3);
     publish_step(a.flags, s, flag_sync);
+    probe.mark(4);
   }
+  probe.flush();
 
   // Final states: every batch entry's last (packed: each sequence's own last step's).
   for (int64_t slot = threadIdx.x; slot < slots; slot += kThreads) {

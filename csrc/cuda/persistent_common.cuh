@@ -16,6 +16,41 @@
 
 namespace fastcells::cuda::persistent_detail {
 
+// Where a forward step's time goes (bench/persistent_probe.cu, which compiles persistent.cu with
+// FASTCELLS_PHASE_PROBE; the extension never does): thread 0 of each block adds the clock cycles since
+// its previous mark to the phase it marks, and at the end adds its block's sums to phase_cycles.
+#ifdef FASTCELLS_PHASE_PROBE
+inline constexpr int kPhases = 5;  // wait, copy h, products, cell, publish
+__device__ unsigned long long phase_cycles[kPhases];
+
+__device__ __forceinline__ unsigned long long clock_cycles() {
+  unsigned long long cycles;
+  asm volatile("mov.u64 %0, %%clock64;" : "=l"(cycles));
+  return cycles;
+}
+
+struct PhaseProbe {
+  unsigned long long last;
+  unsigned long long sums[kPhases] = {};
+  __device__ PhaseProbe() : last(clock_cycles()) {}
+  __device__ __forceinline__ void mark(int phase) {
+    if (threadIdx.x != 0) return;
+    const unsigned long long now = clock_cycles();
+    sums[phase] += now - last;
+    last = now;
+  }
+  __device__ __forceinline__ void flush() {
+    if (threadIdx.x != 0) return;
+    for (int i = 0; i < kPhases; ++i) atomicAdd(&phase_cycles[i], sums[i]);
+  }
+};
+#else
+struct PhaseProbe {
+  __device__ __forceinline__ void mark(int) {}
+  __device__ __forceinline__ void flush() {}
+};
+#endif
+
 // A-fragment registers a thread may hold before sm_90: sm_80's ptxas spills the variants above 32 (make
 // cuda-check), where sm_90's keeps up to 96 (forward) and 128 (backward) without spilling. So for sm_80
 // the larger variants compile to a kernel that traps, and the launchers never pick them where the code
@@ -167,6 +202,8 @@ __device__ __forceinline__ unsigned load_relaxed(const unsigned* p) {
   asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(value) : "l"(p) : "memory");
   return value;
 }
+
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 __device__ __forceinline__ void fence_acquire() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
 
