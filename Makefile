@@ -39,16 +39,20 @@ NVCC ?= nvcc
 CUDA_ARCHS ?= 80 90
 # The -D flags are those torch's CUDA extension build adds (no implicit half/bfloat16 conversions);
 # -std is setup.py's (CXX_STANDARD).
-NVCC_FLAGS := -std=c++20 -Icsrc/include $(foreach arch,$(CUDA_ARCHS),-gencode arch=compute_$(arch),code=sm_$(arch)) \
-	-Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
+NVCC_COMMON := -std=c++20 -Icsrc/include -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
 	-D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
 	-D__CUDA_NO_HALF2_OPERATORS__
+NVCC_FLAGS := $(NVCC_COMMON) $(foreach arch,$(CUDA_ARCHS),-gencode arch=compute_$(arch),code=sm_$(arch))
 # It prints every kernel's registers, stack and spills (ptxas -v) and fails where a persistent kernel
-# uses local memory (bench/cuda_resources.py; standard library only, so any python3 runs it).
+# uses local memory (bench/cuda_resources.py; standard library only, so any python3 runs it), then
+# compiles the GPU-only phase probe of the persistent forward kernel (bench/persistent_probe.cu, sm_90).
 cuda-check:
 	@if command -v $(NVCC) >/dev/null; then \
 	  echo "cuda-check: $(NVCC) -c csrc/cuda/*.cu (sm $(CUDA_ARCHS))"; \
 	  $(PYTHON) bench/cuda_resources.py $(NVCC) $(NVCC_FLAGS) -- csrc/cuda/*.cu || exit 1; \
+	  echo "cuda-check: $(NVCC) bench/persistent_probe.cu (sm 90)"; \
+	  $(NVCC) $(NVCC_COMMON) -gencode arch=compute_90,code=sm_90 -Icsrc/cuda -c bench/persistent_probe.cu \
+	    -o /dev/null || exit 1; \
 	else \
 	  echo "cuda-check: skipped (nvcc not found; the CUDA kernels are not compiled here)"; \
 	fi

@@ -6,8 +6,8 @@
 // Building the whole extension costs minutes of rented GPU time; this builds in one nvcc call (or here,
 // and runs there: the CUDA runtime is linked statically).
 //
-//   nvcc -O3 -std=c++20 -lineinfo -Icsrc/include -Icsrc/cuda -gencode arch=compute_90,code=sm_90 \
-//        bench/persistent_probe.cu -o persistent_probe
+//   nvcc -O3 -std=c++20 -lineinfo -Icsrc/include -Icsrc/cuda -gencode arch=compute_90,code=sm_90
+//        bench/persistent_probe.cu -o persistent_probe     (one line)
 //   ./persistent_probe [lstm|gru|rnn] T B H [rounds]     (default: lstm 1024 16 768 10)
 //
 // The phases' cycles are thread 0's view: a phase that ends in a barrier includes the wait for the
