@@ -173,6 +173,55 @@ def test_convert_is_idempotent_and_keeps_training_flag(backend):
     assert again[0] is twin  # already a fastcells module: left alone
 
 
+def test_unconvert_inverts_convert(backend):
+    """convert then unconvert: the same module tree of torch.nn classes, the same Parameter objects
+    (so the same state_dict), and the same outputs."""
+    torch.manual_seed(0)
+    model = Outer().double()
+    x = _randn(2, 5, 3)
+    expected = model(x)
+    before = _modules_by_name(model)
+    params_before = dict(model.named_parameters())
+    state_before = {name: value.clone() for name, value in model.state_dict().items()}
+
+    back = fastcells.unconvert(fastcells.convert(model, backend=backend))
+
+    assert back is model
+    after = _modules_by_name(model)
+    assert after.keys() == before.keys()
+    for name, module in after.items():
+        assert type(module) is type(before[name]), name
+        assert not type(module).__module__.startswith("fastcells"), name
+    assert type(model.mine) is MyLSTM
+    assert dict(model.named_parameters()).keys() == params_before.keys()
+    assert all(p is params_before[name] for name, p in model.named_parameters())
+    state = model.state_dict()
+    assert state.keys() == state_before.keys()
+    assert all(torch.equal(state[name], value) for name, value in state_before.items())
+    _assert_all_close(model(x), expected)
+
+
+@pytest.mark.parametrize("kind", list(LAYER_KINDS) + [f"cell_{k}" for k in CELL_KINDS])
+def test_unconvert_module_itself(kind, backend):
+    """A fastcells module built directly (not converted) becomes its torch.nn twin, configured alike and
+    sharing its parameters, in training mode or not; torch.nn modules are left alone."""
+    table, name = (CELL_KINDS, kind[5:]) if kind.startswith("cell_") else (LAYER_KINDS, kind)
+    torch_cls, fast_cls, extra = table[name]
+    torch.manual_seed(3)
+    if table is CELL_KINDS:
+        fast, x = fast_cls(3, 5, bias=False, dtype=DT, backend=backend, **extra), _randn(2, 3)
+    else:
+        fast = fast_cls(3, 5, 2, batch_first=True, bidirectional=True, dtype=DT, backend=backend, **extra)
+        x = _randn(2, 4, 3)
+    fast.eval()
+    expected = fast(x)
+    back = fastcells.unconvert(fast)
+    assert type(back) is torch_cls and not back.training
+    assert all(a is b for a, b in zip(back.parameters(), fast.parameters()))
+    _assert_all_close(back(x), expected)
+    assert fastcells.unconvert(back) is back
+
+
 # ------------------------------------------------------------------------------------------------
 # state_dict
 

@@ -5,6 +5,8 @@ torch.save/torch.load of whole modules and of state_dicts (both ways with torch.
 import copy
 import io
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -59,6 +61,57 @@ def test_whole_module_copies(family, kind, how, device_backend):
     assert all(a is not b for a, b in zip(clone.parameters(), fast.parameters()))
     assert all(p.device == q.device for p, q in zip(clone.parameters(), fast.parameters()))
     _assert_same_outputs(clone, fast, _input(family, device=device))
+
+
+class _EveryModule(nn.Module):
+    """A model holding every fastcells module type, as a converted model does."""
+
+    def __init__(self, backend):
+        super().__init__()
+        self.layers = nn.ModuleList([fastcells.LSTM(3, 4, 2, proj_size=2, backend=backend),
+                                     fastcells.GRU(3, 4, bidirectional=True, backend=backend),
+                                     fastcells.RNN(3, 4, nonlinearity="relu", backend=backend)])
+        self.cells = nn.ModuleList([fastcells.LSTMCell(3, 4, backend=backend),
+                                    fastcells.GRUCell(3, 4, backend=backend),
+                                    fastcells.RNNCell(3, 4, backend=backend)])
+
+    def forward(self, x):
+        return [layer(x) for layer in self.layers] + [cell(x[0]) for cell in self.cells]
+
+
+def _saved(model):
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_whole_model_loads_with_weights_only(backend):
+    """torch.load's default (weights_only=True) loads a whole model made of fastcells modules, where the
+    script allows its own and torch.nn's classes, as pytorch/examples' word_language_model does."""
+    torch.manual_seed(0)
+    model = _EveryModule(backend).double().eval()
+    x = _input("layer")
+    with torch.serialization.safe_globals([_EveryModule, nn.ModuleList]):
+        loaded = torch.load(_saved(model))
+    assert [type(m) for m in loaded.modules()] == [type(m) for m in model.modules()]
+    assert all(m.backend == backend for m in [*loaded.layers, *loaded.cells])
+    _assert_same_outputs(loaded, model, x)
+    # A fastcells module saved on its own needs no allowance at all.
+    assert type(torch.load(_saved(model.layers[0]))) is fastcells.LSTM
+
+
+def test_unconverted_model_loads_without_fastcells(backend, tmp_path):
+    """A model passed through fastcells.unconvert pickles only torch.nn classes: it loads in a process
+    where fastcells cannot be imported."""
+    model = fastcells.convert(nn.Sequential(nn.LSTM(3, 4), nn.Identity()), backend=backend)
+    path = tmp_path / "model.pt"
+    torch.save(fastcells.unconvert(model), path)
+    script = ("import sys, torch; sys.modules['fastcells'] = None\n"
+              f"m = torch.load({str(path)!r}, weights_only=False)\n"
+              "print(type(m[0]).__module__, type(m[0]).__name__)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["torch.nn.modules.rnn", "LSTM"]
 
 
 @pytest.mark.parametrize("family,kind", ALL_KINDS)
