@@ -21,6 +21,7 @@ import pathlib
 import torch
 
 from . import _extension, backends, environment
+from .backends.layer_ops import needs_grad
 
 TORCH = "torch"
 PER_STEP = "per-step"
@@ -86,7 +87,7 @@ def runs_torch(module, backend, rows, flat_weights, mini_batch):
     if (rows.device.type != "cuda" or backend.NAME != "cuda" or not backends.chosen_by_auto(module.backend)
             or torch.compiler.is_compiling()):
         return False
-    training = torch.is_grad_enabled() and (rows.requires_grad or any(w.requires_grad for w in flat_weights))
+    training = needs_grad(rows, *flat_weights)
     persistent_allowed = module.proj_size == 0 and (rows.dtype != torch.float32
                                                     or torch.backends.cudnn.allow_tf32)
     return choose(_CELLS[module.mode], rows.dtype, mini_batch, module.hidden_size, training,
@@ -100,8 +101,7 @@ def cell_runs_torch(module, input, weights):
             or not backends.chosen_by_auto(module.backend) or torch.compiler.is_compiling()
             or backends.resolve(module.backend, "cuda", input.dtype).NAME != "cuda"):
         return False
-    training = torch.is_grad_enabled() and (input.requires_grad or any(
-        w is not None and w.requires_grad for w in weights))
+    training = needs_grad(input, *weights)
     cell = _CELL_STEPS[module._KIND] if module._KIND != "RNNCell" else f"rnn_{module.nonlinearity}"
     batch = input.shape[0] if input.dim() == 2 else 1
     return choose(cell, input.dtype, batch, module.hidden_size, training, False, input.device,

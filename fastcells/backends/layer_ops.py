@@ -11,8 +11,14 @@ import torch
 
 
 def needs_grad(*tensors):
-    """Whether autograd will want gradients through an op on ``tensors`` (None entries allowed)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    """Whether autograd will want gradients through an op on ``tensors`` (None entries allowed).
+
+    While torch.jit.trace records, grad mode is left out: the recorded op must not depend on it, as
+    torch.nn's does not (trace's own check traces a second time under no_grad, and a traced training
+    model is replayed with grad on), so a trace of tensors that require grad records the op that saves
+    what backward needs."""
+    wanted = any(t is not None and t.requires_grad for t in tensors)
+    return wanted and (torch.is_grad_enabled() or torch.jit.is_tracing())
 
 
 def one_step(batch):
