@@ -81,6 +81,17 @@ class _FusedRNNBase(nn.RNNBase):
         _check_state_like_input("hx", hx, input)
 
     def forward(self, input, hx=None):
+        # Under torch.onnx.export (either exporter) fastcells' ops, which have no ONNX translation, stay
+        # out of the graph: torch.nn's own forward runs (a twin sharing the parameters), which both
+        # exporters write as ONNX's LSTM/GRU/RNN operators or their decomposition, with the dynamic batch
+        # and sequence length torch.nn's export keeps. Where torch.nn's export fails (proj_size: ONNX's
+        # LSTM has no projection) the reference backend's torch operations run instead, unrolled over
+        # the traced sequence length.
+        exporting = torch.onnx.is_in_onnx_export()
+        if exporting and self.proj_size == 0:
+            from .convert import unconvert  # convert imports this module
+
+            return unconvert(self)(input, hx)
         is_lstm = self.mode == "LSTM"
         states = self.num_layers * (2 if self.bidirectional else 1)
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -123,7 +134,7 @@ class _FusedRNNBase(nn.RNNBase):
             rows, hx, cx = (autocast.cast(t, dtype) for t in (rows, hx, cx))
             flat_weights = [autocast.cast(w, dtype) for w in flat_weights]
         with autocast.off(device_type) if dtype is not None else contextlib.nullcontext():
-            backend = backends.resolve(self.backend, device_type, rows.dtype)
+            backend = backends.resolve("reference" if exporting else self.backend, device_type, rows.dtype)
             if dispatch.runs_torch(self, backend, rows, flat_weights, mini_batch):
                 y, hn, cn = functional.torch_rnn(
                     self.mode, rows, batch_sizes, hx, cx, flat_weights, padded=not packed,
@@ -277,6 +288,10 @@ class _FusedCellMixin:
         self.backend = backends.check_name(backend)
 
     def forward(self, input, hx=None):
+        if torch.onnx.is_in_onnx_export():
+            # torch.nn's step, which both ONNX exporters write as Gemm and pointwise operators
+            # (_FusedRNNBase.forward says why)
+            return super().forward(input, hx)
         weights = self._weights()
         if hx is not None and _streaming_call(input):
             steps = backends.resolve(self.backend, "cpu", input.dtype).streaming_steps
