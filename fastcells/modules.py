@@ -48,6 +48,13 @@ def _check_state_like_input(name, state, input):
         )
 
 
+def _exporting_to_onnx():
+    """Whether torch.onnx.export (either exporter) is tracing this call. Both trace (torch.jit.trace, or
+    torch.export), which is cheap to ask first: is_in_onnx_export takes a microsecond, which a streaming
+    cell step would feel."""
+    return (torch.jit.is_tracing() or torch.compiler.is_compiling()) and torch.onnx.is_in_onnx_export()
+
+
 class _FusedRNNBase(nn.RNNBase):
     """Forward shared by LSTM, GRU and RNN: argument checks as torch.nn, then functional.rnn."""
 
@@ -87,7 +94,7 @@ class _FusedRNNBase(nn.RNNBase):
         # and sequence length torch.nn's export keeps. Where torch.nn's export fails (proj_size: ONNX's
         # LSTM has no projection) the reference backend's torch operations run instead, unrolled over
         # the traced sequence length.
-        exporting = torch.onnx.is_in_onnx_export()
+        exporting = _exporting_to_onnx()
         if exporting and self.proj_size == 0:
             from .convert import unconvert  # convert imports this module
 
@@ -288,7 +295,7 @@ class _FusedCellMixin:
         self.backend = backends.check_name(backend)
 
     def forward(self, input, hx=None):
-        if torch.onnx.is_in_onnx_export():
+        if _exporting_to_onnx():
             # torch.nn's step, which both ONNX exporters write as Gemm and pointwise operators
             # (_FusedRNNBase.forward says why)
             return super().forward(input, hx)
