@@ -21,7 +21,7 @@ from torch import nn
 import fastcells
 from fastcells import cli, environment
 from fastcells.benchmark import cases as cases_mod
-from fastcells.benchmark import providers, report, run, timing
+from fastcells.benchmark import providers, report, run, stability, timing
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
@@ -170,7 +170,8 @@ def test_markdown_report_says_how_and_holds_every_time_and_ratio(planted_run):
     assert f"fastcells {fastcells.__version__} (git {GIT})" in text
     assert f"torch {torch.__version__}" in text and "Medians of 2 interleaved rounds" in text
     tables = _report_tables(text)
-    assert list(tables) == ["step", "batch", "Peak memory of one call"]
+    assert list(tables) == ["step", "batch", "Peak memory of one call", "Spread of the rounds"]
+    assert "0 of " in text and "rows are marked unstable" in text  # planted rounds do not spread
     names = providers.providers_for(_expected_cases()[0], "cpu")
     fused = [p for p in names if p not in (providers.TORCH, providers.NAIVE)]
     for group in GROUPS:
@@ -188,6 +189,7 @@ def test_markdown_report_says_how_and_holds_every_time_and_ratio(planted_run):
     memory = tables["Peak memory of one call"]
     assert len(memory) == len(_expected_cases())
     assert all(line[name] == "3.00 MiB" for line in memory for name in names)
+    assert all(line[name] == "0%" for line in tables["Spread of the rounds"] for name in names)
     assert "could not run" not in text
 
 
@@ -390,3 +392,79 @@ def test_gpu_script_refuses_a_machine_without_gpu(tmp_path):
     assert done.returncode == 2
     assert "sees no CUDA GPU" in done.stderr
     assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Stability: spreads, unstable rows, the machine's load
+
+
+def test_spread_and_ratio_range_come_from_the_quartiles():
+    assert stability.quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 3.0, 4.0)
+    assert stability.spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0 / 3.0)
+    assert stability.spread([2.0]) == 0.0
+    low, high = stability.ratio_range([2.0, 3.0, 4.0, 5.0, 6.0], [1.0, 1.0, 1.0, 2.0, 2.0])
+    assert (low, high) == (pytest.approx(3.0 / 2.0), pytest.approx(5.0 / 1.0))
+
+
+def _rows(torch_rounds, fused_rounds):
+    rows = [{"case": "c", "provider": providers.TORCH, "rounds_s": torch_rounds},
+            {"case": "c", "provider": "cpu", "rounds_s": fused_rounds},
+            {"case": "c", "provider": "broken", "rounds_s": []}]
+    for row in rows:
+        row["time_s"] = sorted(row["rounds_s"])[len(row["rounds_s"]) // 2] if row["rounds_s"] else None
+    return run.speedups(rows)
+
+
+def test_rows_whose_rounds_spread_too_much_are_unstable():
+    steady = _rows([3.0, 3.1, 2.9], [1.0, 1.02, 0.98])
+    assert stability.mark(steady, providers.TORCH) == 0
+    assert [row["unstable"] for row in steady] == [False, False, False]
+    assert steady[1]["x_vs_torch_range"] == [pytest.approx(2.95 / 1.01), pytest.approx(3.05 / 0.99)]
+    assert steady[2]["spread"] is None and steady[2]["x_vs_torch_range"] is None
+
+    # A scheduling hiccup in two of five rounds of the fused provider: its ratio could be 1.5x or 6x.
+    noisy = _rows([3.0, 3.0, 3.0, 3.0, 3.0], [0.5, 0.5, 1.0, 2.0, 2.0])
+    assert stability.mark(noisy, providers.TORCH) == 1
+    assert noisy[1]["unstable"] and not noisy[0]["unstable"]
+
+    # Rounds on both sides of 1x while the medians say 1.15x: unstable, though the range is narrow.
+    straddling = _rows([1.0, 1.15, 1.15], [0.8, 1.0, 1.2])
+    assert stability.mark(straddling, providers.TORCH) == 1 and straddling[1]["unstable"]
+
+    # torch.nn's own rounds 4x apart: its row is unstable (and so is every ratio against it).
+    wild = _rows([1.0, 4.0, 4.0], [1.0, 1.0, 1.0])
+    assert stability.mark(wild, providers.TORCH) == 2 and wild[0]["unstable"]
+
+
+def test_report_and_csv_mark_unstable_rows(tmp_path):
+    rows = _rows([3.0, 3.0, 3.0, 3.0, 3.0], [0.5, 0.5, 1.0, 2.0, 2.0])[:2]
+    case = cases_mod.make_cases("cpu", quick=True, cells=["rnn"], dtypes=["float32"])[0]
+    for row in rows:
+        row.update(case.as_dict(), peak_bytes=1, x_vs_naive=None)
+    stability.mark(rows, providers.TORCH)
+    meta = {"device": "cpu", "device_name": "planted", "versions": environment.versions(), "git": GIT,
+            "date": "2026-11-28", "quick": True, "rounds": 5, "budget_s": 0.1, "machine_busy": 0.6}
+    report.write_all(str(tmp_path), meta, rows)
+    text = (tmp_path / "report.md").read_text()
+    assert "1 of 2 rows are marked unstable" in text and "kept 60% of the cores busy" in text
+    table = _report_tables(text)[case.group]
+    assert table[0]["x torch.nn (cpu)"] == "3.00x (unstable)"
+    with open(tmp_path / "results.csv") as f:
+        lines = list(csv.DictReader(f))
+    assert [line["unstable"] for line in lines] == ["False", "True"]
+    assert float(lines[1]["x_vs_torch_low"]) == pytest.approx(1.5) and float(lines[1]["x_vs_torch_high"]) == 6.0
+
+
+def test_machine_busy_is_a_share_of_the_cores_and_warns_when_high(monkeypatch, capsys, tmp_path):
+    busy = stability.machine_busy(0.05)
+    assert busy is None or 0.0 <= busy <= 1.0
+    assert stability.busy_warning(0.1) is None and "90%" in stability.busy_warning(0.9)
+    _plant_timings(monkeypatch)
+    monkeypatch.setattr(stability, "machine_busy", lambda: 0.9)
+    assert cli.main(TINY + ["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: other processes kept 90% of this machine's cores busy" in out
+    assert "0 of" in out and "rows unstable" in out
+    with open(tmp_path / "results.json") as f:
+        meta = json.load(f)["meta"]
+    assert meta["machine_busy"] == 0.9 and meta["unstable_rows"] == 0

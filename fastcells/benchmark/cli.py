@@ -43,6 +43,7 @@ def run(args):
     except ImportError as error:
         print(f"fastcells bench needs matplotlib and tqdm ({error}): pip install 'fastcells[bench]'")
         return 2
+    from . import stability
     from .report import write_all
     from .run import run_cases
 
@@ -51,15 +52,24 @@ def run(args):
     cases = [case for case in cases_mod.make_cases(device, args.quick, args.cells, args.dtype, args.modes)
              if case.group in args.groups]
     out_dir = args.out or os.path.join("bench", "results", environment.device_slug(device))
+    busy = stability.machine_busy()
+    warning = stability.busy_warning(busy)
+    if warning:
+        print(f"fastcells bench: warning: {warning}")
     meta = {"device": device, "device_name": environment.device_name(device),
             "versions": environment.versions(), "git": environment.git_revision(),
             "date": environment.now_utc(), "quick": args.quick, "rounds": rounds, "budget_s": budget,
-            "threads": torch.get_num_threads(), "providers": args.providers or "all usable"}
+            "threads": torch.get_num_threads(), "providers": args.providers or "all usable",
+            "machine_busy": busy}
     print(f"fastcells bench on {meta['device_name']}: {len(cases)} cases, {rounds} rounds")
     rows = run_cases(cases, device, rounds, budget, progress=not args.no_progress,
                      only=args.providers)
+    meta["unstable_rows"] = sum(bool(row.get("unstable")) for row in rows)
     paths = write_all(out_dir, meta, rows)
     print(f"wrote {len(paths)} files to {os.path.abspath(out_dir)}:")
     for path in paths:
         print(f"  {os.path.basename(path)}")
+    measured = sum(bool(row.get("rounds_s")) for row in rows)
+    print(f"{meta['unstable_rows']} of {measured} rows unstable (their rounds spread too much to support "
+          "their ratio to torch.nn; marked in report.md and results.json)")
     return 0

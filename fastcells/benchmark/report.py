@@ -3,7 +3,8 @@
 A result row (one per case and provider) holds the case's fields (group, cell, mode, dtype, hidden,
 batch, steps, input_size, and its display name "case"), "provider", "time_s" (median seconds per call,
 None when the provider failed), "rounds_s", "peak_bytes", "x_vs_torch" / "x_vs_naive" (torch.nn's or
-the naive loop's time over this one: > 1 is faster), and "error" when the provider could not run.
+the naive loop's time over this one: > 1 is faster), "iqr_s", "spread", "x_vs_torch_range" and
+"unstable" (stability.py), and "error" when the provider could not run.
 """
 
 import csv
@@ -11,10 +12,12 @@ import json
 import os
 
 from . import providers as providers_mod
+from . import stability
 
 CSV_FIELDS = ["device_name", "date", "git", "fastcells", "torch", "cuda", "cudnn", "triton", "group",
               "cell", "mode", "dtype", "steps", "batch", "input_size", "hidden", "provider", "time_ms",
-              "peak_mib", "x_vs_torch", "x_vs_naive", "error"]
+              "peak_mib", "x_vs_torch", "x_vs_naive", "spread", "x_vs_torch_low", "x_vs_torch_high",
+              "unstable", "error"]
 
 
 def format_time(seconds):
@@ -31,8 +34,31 @@ def format_bytes(count):
     return f"{count / 2**10:.1f} KiB" if count < 2**20 else f"{count / 2**20:.2f} MiB"
 
 
+def _format_spread(spread):
+    return "–" if spread is None else f"{spread:.0%}"
+
+
 def format_ratio(ratio):
     return "–" if ratio is None else f"{ratio:.2f}x"
+
+
+def _unstable(text, row):
+    """``text`` marked when ``row``'s rounds spread too much to support it."""
+    return f"{text} (unstable)" if row.get("unstable") else text
+
+
+def _stability_note(meta, rows):
+    """The report's sentences on the machine's load and the unstable rows."""
+    measured = [row for row in rows if row.get("rounds_s")]
+    unstable = sum(bool(row.get("unstable")) for row in measured)
+    busy = meta.get("machine_busy")
+    text = (f"{unstable} of {len(measured)} rows are marked unstable: the spread of their rounds "
+            f"leaves their ratio to torch.nn uncertain by more than a factor {stability.MAX_RATIO_RANGE}, "
+            "or on both sides of 1x (torch.nn's own row: its quartiles more than "
+            f"{stability.MAX_TIME_RANGE - 1:.0%} apart); each row's spread is in the table at the end.")
+    if busy is not None:
+        text += f" Other processes kept {busy:.0%} of the cores busy just before the run."
+    return text
 
 
 def providers_in(rows):
@@ -59,7 +85,10 @@ def write_csv(path, meta, rows):
                 "time_ms": None if row["time_s"] is None else row["time_s"] * 1e3,
                 "peak_mib": None if row["peak_bytes"] is None else row["peak_bytes"] / 2**20,
                 "x_vs_torch": row["x_vs_torch"], "x_vs_naive": row["x_vs_naive"],
-                "error": row.get("error"),
+                "spread": row.get("spread"),
+                "x_vs_torch_low": (row.get("x_vs_torch_range") or [None])[0],
+                "x_vs_torch_high": (row.get("x_vs_torch_range") or [None, None])[1],
+                "unstable": row.get("unstable"), "error": row.get("error"),
             })
 
 
@@ -84,7 +113,8 @@ def markdown(meta, rows):
              f"Medians of {meta['rounds']} interleaved rounds of about {meta['budget_s']} s each per "
              f"provider. `x torch.nn`: torch.nn's time over the provider's (> 1 is faster); "
              f"`{providers_mod.NAIVE}` is the naive loop (plain PyTorch ops per step)."
-             + (" Quick run: a few points per group." if meta["quick"] else ""), ""]
+             + (" Quick run: a few points per group." if meta["quick"] else ""), "",
+             _stability_note(meta, rows), ""]
     providers = providers_in(rows)
     others = [p for p in providers if p != providers_mod.TORCH]
     fused = [p for p in others if p not in (providers_mod.NAIVE, providers_mod.NAIVE_COMPILED)]
@@ -98,9 +128,12 @@ def markdown(meta, rows):
                   + [f"x naive ({p})" for p in fused])
         table = []
         for label, cells in by_case.items():
+            torch_row = cells.get(providers_mod.TORCH, {})
             table.append([label]
-                         + [format_time(cells[p]["time_s"]) if p in cells else "" for p in providers]
-                         + [format_ratio(cells[p]["x_vs_torch"]) if p in cells else "" for p in others]
+                         + [(_unstable(format_time(cells[p]["time_s"]), torch_row) if p == providers_mod.TORCH
+                             else format_time(cells[p]["time_s"])) if p in cells else "" for p in providers]
+                         + [_unstable(format_ratio(cells[p]["x_vs_torch"]), cells[p]) if p in cells else ""
+                            for p in others]
                          + [format_ratio(cells[p]["x_vs_naive"]) if p in cells else "" for p in fused])
         lines += [f"## {group}", ""] + _table(header, table) + [""]
     lines += ["## Peak memory of one call", "",
@@ -111,6 +144,11 @@ def markdown(meta, rows):
     for row in rows:
         by_case.setdefault(f"{row['group']}: {_case_label(row)}", {})[row["provider"]] = row
     table = [[label] + [format_bytes(cells.get(p, {}).get("peak_bytes")) for p in providers]
+             for label, cells in by_case.items()]
+    lines += _table(["case"] + providers, table) + [""]
+    lines += ["## Spread of the rounds", "",
+              "Interquartile range of each provider's round times over their median.", ""]
+    table = [[label] + [_format_spread(cells.get(p, {}).get("spread")) for p in providers]
              for label, cells in by_case.items()]
     lines += _table(["case"] + providers, table) + [""]
     failures = [row for row in rows if row.get("error")]

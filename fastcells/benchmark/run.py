@@ -7,6 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import providers as providers_mod
+from . import stability
 from .timing import measure, mode_for
 
 
@@ -76,4 +77,6 @@ def run_cases(cases, device, rounds, budget_s, progress=True, only=None):
                 else:
                     row.update(time_s=None, rounds_s=[], peak_bytes=None, error=errors[name])
                 rows.append(row)
-    return speedups(rows)
+    speedups(rows)
+    stability.mark(rows, providers_mod.TORCH)
+    return rows
