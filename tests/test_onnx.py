@@ -120,3 +120,47 @@ def test_onnx_export_keeps_dynamic_shapes_of_torch_nn_layers():
     got = _run(_export(model, torch.randn(shape), False, dims), x_new)
     with torch.no_grad():
         torch.testing.assert_close(got, model(x_new)[0], atol=1e-5, rtol=1e-5)
+
+
+class _Packed(nn.Module):
+    """A model that packs its padded batch for the GRU, as variable-length models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(3, 4)
+
+    def forward(self, x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        y, h = self.rnn(packed)
+        return nn.utils.rnn.pad_packed_sequence(y)[0], h
+
+
+def _export_packed(model, args, dynamo):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            return torch.onnx.export(model, args, dynamo=True, verbose=False).model_proto.SerializeToString()
+        buffer = io.BytesIO()
+        torch.onnx.export(model, args, buffer, dynamo=False)
+        return buffer.getvalue()
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_onnx_export_of_packed_input_does_what_torch_nn_does(dynamo):
+    """Packed sequences export where torch.nn's do (the TorchScript exporter), matching eager; where
+    torch.nn's export fails (torch.export of pack_padded_sequence, torch 2.13), ours fails too."""
+    torch.manual_seed(0)
+    reference = _Packed().eval()
+    model = fastcells.convert(copy.deepcopy(reference))
+    assert type(model.rnn) is fastcells.GRU
+    args = (torch.randn(5, 3, 3), torch.tensor([5, 2, 4]))
+    try:
+        _export_packed(reference, args, dynamo)
+    except Exception:  # noqa: BLE001
+        with pytest.raises(Exception):  # noqa: B017 (whatever torch.nn's export raised)
+            _export_packed(model, args, dynamo)
+        return
+    session = ort.InferenceSession(_export_packed(model, args, dynamo), providers=["CPUExecutionProvider"])
+    out = session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), model(*args)[0], atol=1e-5, rtol=1e-5)
