@@ -81,13 +81,16 @@ def _modules_by_name(model):
     return dict(model.named_modules())
 
 
-def test_convert_nested_model(backend):
+def _outer_and_snapshot():
+    """An Outer model, an input, its output, and its modules and parameters by name, before any swap."""
     torch.manual_seed(0)
     model = Outer().double()
     x = _randn(2, 5, 3)
-    expected = model(x)
-    before = _modules_by_name(model)
-    params_before = dict(model.named_parameters())
+    return model, x, model(x), _modules_by_name(model), dict(model.named_parameters())
+
+
+def test_convert_nested_model(backend):
+    model, x, expected, before, params_before = _outer_and_snapshot()
 
     converted = fastcells.convert(model, backend=backend)
 
@@ -176,12 +179,7 @@ def test_convert_is_idempotent_and_keeps_training_flag(backend):
 def test_unconvert_inverts_convert(backend):
     """convert then unconvert: the same module tree of torch.nn classes, the same Parameter objects
     (so the same state_dict), and the same outputs."""
-    torch.manual_seed(0)
-    model = Outer().double()
-    x = _randn(2, 5, 3)
-    expected = model(x)
-    before = _modules_by_name(model)
-    params_before = dict(model.named_parameters())
+    model, x, expected, before, params_before = _outer_and_snapshot()
     state_before = {name: value.clone() for name, value in model.state_dict().items()}
 
     back = fastcells.unconvert(fastcells.convert(model, backend=backend))
