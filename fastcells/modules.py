@@ -72,6 +72,37 @@ class _FusedRNNBase(nn.RNNBase):
     # torch's own path (fastcells/dispatch.py) runs without copying them at every call, as torch.nn
     # does; elsewhere it does nothing. fastcells' kernels read the parameters where they are either way.
 
+    def _direct_inference_allowed(self, input):
+        """Whether this call may take the direct path: a plain batched CPU tensor (not packed), its states
+        given, no gradient, no autocast, no projection or dropout, the cpu backend, and calls that may
+        skip the dispatcher (backends/cpu.py)."""
+        return (type(input) is torch.Tensor and input.dim() == 3 and input.is_cpu
+                and input.dtype in cpu_backend.DTYPES and not torch.is_grad_enabled()
+                and not autocast.any_enabled() and self.proj_size == 0
+                and (self.dropout == 0 or not self.training or self.num_layers == 1)
+                and self.backend in ("auto", "cpu") and cpu_backend.unusable_reason("cpu") is None
+                and cpu_backend.direct_calls_allowed())
+
+    def _direct_inference(self, input, hx):
+        """The forward of a generation loop's call (T steps, often 1) without the full path's Python:
+        the same layer ops as the full path, called straight (backends/cpu.py DirectInference). The
+        ops check every shape, dtype and device they see; the states' shapes are checked here, and any
+        error sends the call the full way, which raises torch.nn's exception."""
+        is_lstm = self.mode == "LSTM"
+        h, c = hx if is_lstm else (hx, None)
+        data = input.transpose(0, 1) if self.batch_first else input
+        steps, batch, features = data.shape
+        states = (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
+        if steps == 0 or h.shape != states or (is_lstm and c.shape != states):
+            raise ValueError("not a shape the direct path takes")
+        y, hn, cn = functional.rnn(
+            cpu_backend.DirectInference, self.mode, data.reshape(steps * batch, features),
+            cpu_backend.padded_batch_sizes(steps, batch), h, c, self._flat_weights,
+            num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias, proj=False,
+            dropout=0.0, training=False)
+        output = y.view(steps, batch, y.size(1))
+        return (output.transpose(0, 1) if self.batch_first else output), ((hn, cn) if is_lstm else hn)
+
     def _check_states(self, input, batch_sizes, mini_batch, hx, cx):
         """torch.nn's checks, with the batch size given (``int(batch_sizes[0])`` would be data-dependent
         under torch.compile)."""
@@ -94,6 +125,11 @@ class _FusedRNNBase(nn.RNNBase):
         # and sequence length torch.nn's export keeps. Where torch.nn's export fails (proj_size: ONNX's
         # LSTM has no projection) the reference backend's torch operations run instead, unrolled over
         # the traced sequence length.
+        if hx is not None and self._direct_inference_allowed(input):
+            try:
+                return self._direct_inference(input, hx)
+            except (RuntimeError, TypeError, ValueError, IndexError):
+                pass  # the full path below raises torch.nn's exception for this call
         exporting = _exporting_to_onnx()
         if exporting and self.proj_size == 0:
             from .convert import unconvert  # convert imports this module

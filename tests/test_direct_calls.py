@@ -60,3 +60,56 @@ def test_training_calls_go_through_the_autograd_ops(counting_c):
     out, _ = layer(torch.randn(3, 2, 4))
     out.sum().backward()
     assert counting_c.calls == [] and layer.weight_hh_l0.grad is not None
+
+
+def _full_path_ran(*args):
+    raise AssertionError("the call took the full path")
+
+
+def _states(name, layers, batch, hidden, dtype):
+    h = torch.randn(layers, batch, hidden, dtype=dtype)
+    return (h, torch.randn(layers, batch, hidden, dtype=dtype)) if name == "LSTM" else h
+
+
+def _flat(out):
+    return [out[0], *(out[1] if isinstance(out[1], tuple) else (out[1],))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch_first,bidirectional", [(False, False), (True, True)])
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_generation_calls_take_the_direct_path_with_the_full_paths_results(name, batch_first, bidirectional,
+                                                                           dtype, counting_c):
+    """A call with its states and no gradient (a generation loop's) runs the layer ops straight from the
+    module's forward: bitwise the outputs and states of the full path (here under an op recorder, which
+    sends it through torch.ops)."""
+    torch.manual_seed(0)
+    layer = getattr(fastcells, name)(4, 5, 2, batch_first=batch_first, bidirectional=bidirectional,
+                                     backend="cpu").to(dtype).eval()
+    x = torch.randn((2, 1, 4) if batch_first else (1, 2, 4), dtype=dtype)
+    hx = _states(name, 4 if bidirectional else 2, 2, 5, dtype)
+    with torch.no_grad(), pytest.MonkeyPatch.context() as monkeypatch:
+        # the full path's Python must not run
+        monkeypatch.setattr(fastcells.modules._FusedRNNBase, "_initial_states", _full_path_ran)
+        direct = layer(x, hx)
+    assert counting_c.calls == [f"{name.lower()}_layer_fwd"] * (4 if bidirectional else 2)
+    with torch.no_grad(), OpRecorder() as ops:
+        full = layer(x, hx)
+    assert len(ops.names) == len(counting_c.calls)
+    for a, b in zip(_flat(direct), _flat(full), strict=True):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("hx_shape,message", [
+    ((3, 2, 5), r"Expected hidden size \(2, 2, 5\), got \[3, 2, 5\]"),
+    ((2, 3, 5), r"Expected hidden size \(2, 2, 5\), got \[2, 3, 5\]"),
+])
+def test_generation_calls_with_wrong_states_raise_torch_nn_errors(hx_shape, message):
+    layer = fastcells.GRU(4, 5, 2, backend="cpu").eval()
+    with torch.no_grad(), pytest.raises(RuntimeError, match=message):
+        layer(torch.randn(1, 2, 4), torch.randn(hx_shape))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
+        layer(torch.randn(0, 2, 4), torch.randn(2, 2, 5))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="hx dtype .* does not match input dtype"):
+        layer(torch.randn(1, 2, 4), torch.randn(2, 2, 5, dtype=torch.float64))

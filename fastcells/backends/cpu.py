@@ -5,6 +5,8 @@ the fused step ops. Inference calls skip the dispatcher where nothing records th
 (``direct_calls_allowed``). Shapes as in ``backends/reference.py``.
 """
 
+import functools
+
 import torch
 
 from .. import _extension
@@ -56,3 +58,30 @@ def functions():
         _FUNCTIONS = LayerOps(NAME, ops.lstm_layer_fwd, ops.gru_layer_fwd, ops.rnn_layer_fwd, _direct_ops,
                               streaming_steps=_extension.C, inference_ops=_direct_ops)
     return _FUNCTIONS
+
+
+class DirectInference:
+    """Layer functions (as LayerOps's) that call fastcells._C's layer ops straight, with nothing saved
+    for backward: for inference calls whose caller checked direct_calls_allowed and that no gradient is
+    wanted (the layers' direct path in modules.py). The same ops and arguments LayerOps passes them."""
+
+    @staticmethod
+    def lstm_layer(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+        y, hn, cn, _ = _extension.C.lstm_layer_fwd(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes,
+                                                   reverse, False)
+        return y, hn, cn
+
+    @staticmethod
+    def gru_layer(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, reverse):
+        return _extension.C.gru_layer_fwd(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, reverse, False)[:2]
+
+    @staticmethod
+    def rnn_layer(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse):
+        return _extension.C.rnn_layer_fwd(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse, False)[:2]
+
+
+@functools.lru_cache(maxsize=64)
+def padded_batch_sizes(steps, batch):
+    """The batch_sizes of a padded (steps, batch) sequence, [batch] * steps, made once per shape (a
+    torch.full costs a generation loop's step 2 µs). The ops only read it."""
+    return torch.full((steps,), batch, dtype=torch.long)
