@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import autocast, backends, dispatch, functional
+from . import _extension, autocast, backends, dispatch, functional
 from .backends import cpu as cpu_backend
 
 _NOT_SCRIPTABLE = (
@@ -85,9 +85,9 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _direct_inference(self, input, hx):
         """The forward of a generation loop's call (T steps, often 1) without the full path's Python:
-        the same layer ops as the full path, called straight (backends/cpu.py DirectInference). The
-        ops check every shape, dtype and device they see; the states' shapes are checked here, and any
-        error sends the call the full way, which raises torch.nn's exception."""
+        the same layer ops as the full path, in one call of fastcells._C (csrc/cpu/stack_inference.h).
+        The ops check every shape, dtype and device they see; the states' shapes are checked here, and
+        any error sends the call the full way, which raises torch.nn's exception."""
         is_lstm = self.mode == "LSTM"
         h, c = hx if is_lstm else (hx, None)
         data = input.transpose(0, 1) if self.batch_first else input
@@ -95,11 +95,9 @@ class _FusedRNNBase(nn.RNNBase):
         states = (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
         if steps == 0 or h.shape != states or (is_lstm and c.shape != states):
             raise ValueError("not a shape the direct path takes")
-        y, hn, cn = functional.rnn(
-            cpu_backend.DirectInference, self.mode, data.reshape(steps * batch, features),
-            cpu_backend.padded_batch_sizes(steps, batch), h, c, self._flat_weights,
-            num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias, proj=False,
-            dropout=0.0, training=False)
+        y, hn, cn = _extension.C.stack_inference(
+            self.mode, data.reshape(steps * batch, features), cpu_backend.padded_batch_sizes(steps, batch),
+            h, c, self._flat_weights, self.num_layers, self.bidirectional, self.bias)
         output = y.view(steps, batch, y.size(1))
         return (output.transpose(0, 1) if self.batch_first else output), ((hn, cn) if is_lstm else hn)
 

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 
+import fastcells
 from fastcells import cli, numcheck
 from fastcells.backends import cpu
 
@@ -68,6 +69,9 @@ def test_broken_backend_is_detected(tmp_path, capsys, monkeypatch):
 
     functions = cpu.functions()  # what backends.resolve hands the modules
     monkeypatch.setattr(functions, "lstm_layer", off_by_a_little(functions.lstm_layer))
+    # Inference calls given their states go straight to the C++ ops, past lstm_layer (modules.py; the
+    # same ops, tests/test_direct_calls.py): here every call takes the patched path.
+    monkeypatch.setattr(fastcells.modules._FusedRNNBase, "_direct_inference_allowed", lambda self, x: False)
     junit = tmp_path / "broken.xml"
     status = _check("--cells", "lstm", "--backend", "cpu", "--dtype", "float32", "--dtype", "float64",
                     "--junit-xml", str(junit))

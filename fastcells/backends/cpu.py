@@ -60,26 +60,6 @@ def functions():
     return _FUNCTIONS
 
 
-class DirectInference:
-    """Layer functions (as LayerOps's) that call fastcells._C's layer ops straight, with nothing saved
-    for backward: for inference calls whose caller checked direct_calls_allowed and that no gradient is
-    wanted (the layers' direct path in modules.py). The same ops and arguments LayerOps passes them."""
-
-    @staticmethod
-    def lstm_layer(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-        y, hn, cn, _ = _extension.C.lstm_layer_fwd(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes,
-                                                   reverse, False)
-        return y, hn, cn
-
-    @staticmethod
-    def gru_layer(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, reverse):
-        return _extension.C.gru_layer_fwd(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, reverse, False)[:2]
-
-    @staticmethod
-    def rnn_layer(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse):
-        return _extension.C.rnn_layer_fwd(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse, False)[:2]
-
-
 @functools.lru_cache(maxsize=64)
 def padded_batch_sizes(steps, batch):
     """The batch_sizes of a padded (steps, batch) sequence, [batch] * steps, made once per shape (a
