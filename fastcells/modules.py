@@ -117,17 +117,17 @@ class _FusedRNNBase(nn.RNNBase):
         _check_state_like_input("hx", hx, input)
 
     def forward(self, input, hx=None):
+        if hx is not None and self._direct_inference_allowed(input):
+            try:
+                return self._direct_inference(input, hx)
+            except (RuntimeError, TypeError, ValueError, IndexError, AttributeError):
+                pass  # the full path below raises torch.nn's exception for this call
         # Under torch.onnx.export (either exporter) fastcells' ops, which have no ONNX translation, stay
         # out of the graph: torch.nn's own forward runs (a twin sharing the parameters), which both
         # exporters write as ONNX's LSTM/GRU/RNN operators or their decomposition, with the dynamic batch
         # and sequence length torch.nn's export keeps. Where torch.nn's export fails (proj_size: ONNX's
         # LSTM has no projection) the reference backend's torch operations run instead, unrolled over
         # the traced sequence length.
-        if hx is not None and self._direct_inference_allowed(input):
-            try:
-                return self._direct_inference(input, hx)
-            except (RuntimeError, TypeError, ValueError, IndexError):
-                pass  # the full path below raises torch.nn's exception for this call
         exporting = _exporting_to_onnx()
         if exporting and self.proj_size == 0:
             from .convert import unconvert  # convert imports this module
