@@ -329,10 +329,6 @@ class _FusedCellMixin:
         self.backend = backends.check_name(backend)
 
     def forward(self, input, hx=None):
-        if _exporting_to_onnx():
-            # torch.nn's step, which both ONNX exporters write as Gemm and pointwise operators
-            # (_FusedRNNBase.forward says why)
-            return super().forward(input, hx)
         weights = self._weights()
         if hx is not None and _streaming_call(input):
             steps = backends.resolve(self.backend, "cpu", input.dtype).streaming_steps
@@ -341,6 +337,12 @@ class _FusedCellMixin:
                     return self._streaming_step(steps, input, hx, weights)
                 except (RuntimeError, TypeError):
                     pass  # the full path below raises torch.nn's exception for this call
+        # (After the streaming step, which is never taken while something traces, so it does not pay for
+        # this check.)
+        if _exporting_to_onnx():
+            # torch.nn's step, which both ONNX exporters write as Gemm and pointwise operators
+            # (_FusedRNNBase.forward says why)
+            return super().forward(input, hx)
         if dispatch.cell_runs_torch(self, input, weights):
             return super().forward(input, hx)  # torch.nn's own step: no faster one measured on this GPU
         if not (autocast.any_enabled() and isinstance(input, torch.Tensor)
