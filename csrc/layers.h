@@ -141,23 +141,34 @@ struct InputGrads {
   at::Tensor dx, dw_ih, db_ih, db_hh;
 };
 
+// The sums over all rows of dgx and of dgh_bias (the bias gradients), where the caller made them
+// while it computed the rows: the CPU kernels do where they store dgx in bfloat16 (cpu/storage.h), so
+// that the sums add the float32 values. Undefined: summed here from the rows.
+struct RowSums {
+  at::Tensor dgx, dgh_bias;
+};
+
 // operands: the dtype the GEMMs round their operands to (mm_in); none: dgx's.
 inline InputGrads input_grads(const at::Tensor& dgx, const at::Tensor& x, const at::Tensor& w_ih,
                               const c10::optional<at::Tensor>& b_ih,
                               const c10::optional<at::Tensor>& b_hh, const at::Tensor& dgh_bias,
-                              bool need_dx, c10::optional<at::ScalarType> operands = c10::nullopt) {
+                              bool need_dx, c10::optional<at::ScalarType> operands = c10::nullopt,
+                              const RowSums& sums = {}) {
   // Fresh tensors throughout: an op's outputs must not alias each other.
   const auto absent = [&] { return at::empty({0}, dgx.options()); };
+  const auto sum_of = [](const at::Tensor& given, const at::Tensor& rows) {
+    return given.defined() ? given : rows.sum(0);
+  };
   const at::ScalarType in = operands.value_or(dgx.scalar_type());
   const at::Tensor dg = dgx.to(in);  // rounded once for both GEMMs
   InputGrads g{need_dx ? mm_in(dg, w_ih, in, dgx.scalar_type()) : absent(),
                mm_in(dg.t(), x, in, dgx.scalar_type()), absent(), absent()};
-  if (b_ih.has_value()) g.db_ih = dgx.sum(0);
+  if (b_ih.has_value()) g.db_ih = sum_of(sums.dgx, dgx);
   if (b_hh.has_value()) {
     if (dgh_bias.defined()) {
-      g.db_hh = dgh_bias.sum(0);
-    } else {
-      g.db_hh = b_ih.has_value() ? g.db_ih.clone() : dgx.sum(0);  // one sum over the N rows, not two
+      g.db_hh = sum_of(sums.dgh_bias, dgh_bias);
+    } else {  // one sum over the N rows, not two
+      g.db_hh = b_ih.has_value() ? g.db_ih.clone() : sum_of(sums.dgx, dgx);
     }
   }
   return g;

@@ -65,6 +65,12 @@ void round_row(const float* src, int64_t n, int64_t padded, uint16_t* dst) {
   std::fill(dst + n, dst + padded, uint16_t{0});
 }
 
+// The same for values in bfloat16 already: copied.
+void round_row(const c10::BFloat16* src, int64_t n, int64_t padded, uint16_t* dst) {
+  std::memcpy(dst, src, n * sizeof(uint16_t));
+  std::fill(dst + n, dst + padded, uint16_t{0});
+}
+
 // One tile: R rows of out, `cols` <= kPanel columns, from one panel of kp pair rows; `a` holds R rows
 // of kp pairs at a stride of lda pairs.
 template <int R>
@@ -118,10 +124,9 @@ void gemm_panel(const uint32_t* a, int64_t lda, const uint32_t* panel, int64_t k
   });
 }
 
-}  // namespace
-
-PackedWeight pack(const at::Tensor& w_in, bool transposed) {
-  TORCH_CHECK(w_in.scalar_type() == at::kFloat && w_in.dim() == 2, "bf16::pack takes a float32 matrix");
+// pack() for w's element type W: float or c10::BFloat16.
+template <typename W>
+PackedWeight pack_as(const at::Tensor& w_in, bool transposed) {
   // b = w^T: a row of w is a column of b. Otherwise its rows are b's columns after one transpose.
   const at::Tensor columns = transposed ? w_in.contiguous() : w_in.t().contiguous();  // (n, k)
   PackedWeight packed;
@@ -130,7 +135,7 @@ PackedWeight pack(const at::Tensor& w_in, bool transposed) {
   packed.panels = (packed.n + kPanel - 1) / kPanel;
   const int64_t kp = (packed.k + 1) / 2;
   packed.storage = at::zeros({packed.panels * kp * kPanel}, w_in.options().dtype(at::kInt));
-  const float* src = columns.data_ptr<float>();
+  const W* src = columns.data_ptr<W>();
   uint32_t* dst = reinterpret_cast<uint32_t*>(packed.storage.data_ptr<int32_t>());
   const int64_t n = packed.n, k = packed.k;
   // Per panel: its columns rounded into `pairs` (one row of kp pairs each, read along w's rows), then
@@ -151,8 +156,9 @@ PackedWeight pack(const at::Tensor& w_in, bool transposed) {
   return packed;
 }
 
-void gemm(const float* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
-          bool accumulate) {
+template <typename A>
+void gemm_as(const A* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
+             bool accumulate) {
   if (m == 0 || b.n == 0) return;
   const int64_t kp = (b.k + 1) / 2;
   const uint32_t* panels = reinterpret_cast<const uint32_t*>(b.storage.data_ptr<int32_t>());
@@ -180,6 +186,24 @@ void gemm(const float* a, int64_t lda, const PackedWeight& b, float* out, int64_
   }
 }
 
+}  // namespace
+
+PackedWeight pack(const at::Tensor& w, bool transposed) {
+  TORCH_CHECK(w.dim() == 2, "bf16::pack takes a matrix");
+  if (w.scalar_type() == at::kBFloat16) return pack_as<c10::BFloat16>(w, transposed);
+  TORCH_CHECK(w.scalar_type() == at::kFloat, "bf16::pack takes a float32 or bfloat16 matrix");
+  return pack_as<float>(w, transposed);
+}
+
+void gemm(const float* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
+          bool accumulate) {
+  gemm_as(a, lda, b, out, ldo, m, accumulate);
+}
+void gemm(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
+          bool accumulate) {
+  gemm_as(a, lda, b, out, ldo, m, accumulate);
+}
+
 }  // namespace fastcells::cpu::bf16
 
 #else  // no x86-64: cpu_has_products() is false and these are never called
@@ -187,6 +211,9 @@ void gemm(const float* a, int64_t lda, const PackedWeight& b, float* out, int64_
 namespace fastcells::cpu::bf16 {
 PackedWeight pack(const at::Tensor&, bool) { TORCH_CHECK(false, "no bfloat16 products in this build"); }
 void gemm(const float*, int64_t, const PackedWeight&, float*, int64_t, int64_t, bool) {
+  TORCH_CHECK(false, "no bfloat16 products in this build");
+}
+void gemm(const c10::BFloat16*, int64_t, const PackedWeight&, float*, int64_t, int64_t, bool) {
   TORCH_CHECK(false, "no bfloat16 products in this build");
 }
 }  // namespace fastcells::cpu::bf16

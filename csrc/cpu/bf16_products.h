@@ -46,13 +46,18 @@ struct PackedWeight {
   int64_t k = 0, n = 0, panels = 0;
 };
 
-// Packs b = w^T for float32 w (n, k) (transposed, the forward product a @ W^T) or b = w for w (k, n).
+// Packs b = w^T for w (n, k) (transposed, the forward product a @ W^T) or b = w for w (k, n); w in
+// float32 (rounded here) or bfloat16 (taken as it is).
 PackedWeight pack(const at::Tensor& w, bool transposed);
 
 // out (m, n) (+)= round_bf16(a) (m, k) @ b, row-major a (float32) and out, sums in float32. Each output
 // element is one chain of pair products in k order, however the rows and panels are split: the
 // result does not depend on the number of threads.
 void gemm(const float* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
+          bool accumulate);
+// The same with a in bfloat16 already (a layer's bfloat16 input rows): the same result as gemm() of a
+// widened to float32.
+void gemm(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
           bool accumulate);
 
 }  // namespace fastcells::cpu::bf16

@@ -198,9 +198,11 @@ inline bool bf16_products() {
 }
 
 // The dtype the backward's GEMMs over all rows (layers.h: weight and input gradients) round their
-// operands to: bfloat16 where the steps multiply in it, else none (dy's own).
+// operands to: bfloat16 where the steps multiply in it (dy in float32 or stored in bfloat16,
+// storage.h), else none (dy's own).
 inline c10::optional<at::ScalarType> gemm_operands(const at::Tensor& dy) {
-  if (dy.scalar_type() == at::kFloat && bf16_products<float>()) return at::kBFloat16;
+  const at::ScalarType t = dy.scalar_type();
+  if ((t == at::kFloat || t == at::kBFloat16) && bf16_products<float>()) return at::kBFloat16;
   return c10::nullopt;
 }
 
@@ -208,15 +210,15 @@ template <typename T>
 class StepProduct {
  public:
   // batch: the most rows any step of the layer has (all groups together).
+  // w in T, or in bfloat16 where the products are bfloat16 ones (storage.h).
   StepProduct(const at::Tensor& w, bool transposed, int64_t batch)
-      : w_(w.template data_ptr<T>()), transposed_(transposed), rows_(w.size(0)), cols_(w.size(1)) {
-    if (batch > kSmallRows) {
-      if (bf16_products<T>()) {
-        bf16_ = bf16::pack(w, transposed);
-      } else {
-        packed_ = pack_matrix<T>(w, transposed);
-      }
+      : transposed_(transposed), rows_(w.size(0)), cols_(w.size(1)) {
+    if (batch > kSmallRows && bf16_products<T>()) {
+      bf16_ = bf16::pack(w, transposed);
+      return;
     }
+    w_ = w.template data_ptr<T>();
+    if (batch > kSmallRows) packed_ = pack_matrix<T>(w, transposed);
   }
 
   void run(const T* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate) const {
@@ -232,8 +234,16 @@ class StepProduct {
     }
   }
 
+  // The same for rows a stored in bfloat16 (storage.h), with the bfloat16 products.
+  void run(const c10::BFloat16* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (bf16_.storage.defined()) return bf16::gemm(a, lda, bf16_, out, ldo, m, accumulate);
+    }
+    TORCH_CHECK(false, "StepProduct: bfloat16 rows need the bfloat16 products");
+  }
+
  private:
-  const T* w_;
+  const T* w_ = nullptr;
   bool transposed_;
   int64_t rows_, cols_;
   PackedMatrix<T> packed_;

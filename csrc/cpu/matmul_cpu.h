@@ -7,6 +7,7 @@
 #pragma once
 
 #include "isa_namespace.h"
+#include "ops_cpu.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -22,7 +23,7 @@
 
 namespace fastcells::cpu::FASTCELLS_ISA {
 
-constexpr int64_t kSmallRows = 4;
+// kSmallRows (ops_cpu.h): the most rows multiplied by these mat-vecs.
 
 // Work (multiply-adds) below which a loop stays on one thread: waking the other core costs ~1-2 µs.
 constexpr int64_t kParallelWork = 1 << 16;

@@ -21,6 +21,10 @@ using LayerGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 namespace fastcells::cpu {
 
+// Products of at most this many rows (a layer's batch, a cell step's) run as mat-vecs straight from the
+// weights (matmul_cpu.h); more rows take a packed GEMM (gemm_cpu.h).
+constexpr int64_t kSmallRows = 4;
+
 // The instruction set of the kernel copy the CPU ops run: "avx512", "avx2" or "baseline" (isa.h).
 const char* cpu_isa();
 // Whether bfloat16 layers multiply in bfloat16 in this process (bf16_products.h).

@@ -51,8 +51,9 @@ const CpuKernels& pick() {
 // bfloat16 and float16 tensors run the float32 kernels: each argument converted once per call (the
 // weights too: never per step), the outputs converted back to the input's dtype, saved activations
 // included (kept in 16 bits, as the CUDA ops and torch.nn keep them); the math and the states inside
-// stay float32. bfloat16 layers may multiply in bfloat16 (bf16_products.h); bfloat16 cell steps take
-// their weights unconverted (run_step).
+// stay float32. bfloat16 layers may multiply in bfloat16 (bf16_products.h), and then keep their tensors
+// in bfloat16 with no float32 copies (storage.h, run_layer); bfloat16 cell steps take their weights
+// unconverted (run_step).
 bool low_precision(const Tensor& x) {
   return x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
 }
@@ -92,6 +93,26 @@ auto run(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names, c
   size_t i = 0;
   (check_dtype(x, names[i++], args), ...);
   return to_dtype(kernel(f32(args)...), x.scalar_type());
+}
+
+// The rows of a state argument (h0, dhn), for the choice below; 0 for a malformed one, whose error the
+// kernels' checks raise.
+int64_t state_rows(const Tensor& state) { return state.dim() == 2 ? state.size(0) : 0; }
+
+// As run(), for the layer ops, whose kernels keep a bfloat16 layer's tensors in bfloat16 where its
+// products all run in bfloat16 (storage.h: a batch of more than kSmallRows rows, `batch`): then they
+// take the arguments as they are, and only the outputs they compute in float32 (states, gradients)
+// are converted.
+template <typename Kernel, typename... Args>
+auto run_layer(Kernel kernel, int64_t batch, const std::array<const char*, sizeof...(Args)>& names,
+               const Args&... args) {
+  const Tensor& x = std::get<0>(std::tie(args...));
+  if (x.scalar_type() != at::kBFloat16 || batch <= kSmallRows || !cpu_bf16_products()) {
+    return run(kernel, names, args...);
+  }
+  size_t i = 0;
+  (check_dtype(x, names[i++], args), ...);
+  return to_dtype(kernel(args...), x.scalar_type());
 }
 
 // An argument of a bfloat16 cell step as its kernel takes it: the weights (named w_*) unconverted,
@@ -138,7 +159,7 @@ LstmOutputs lstm_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const Option
                                const Tensor& w_hh, const OptionalTensor& w_hr,
                                const Tensor& batch_sizes, bool reverse, bool training) {
   const bf16::ProductsScope products(x.scalar_type() == at::kBFloat16);
-  return run(chosen_kernels().lstm_layer_fwd,
+  return run_layer(chosen_kernels().lstm_layer_fwd, state_rows(h0),
              {"x", "w_ih", "b_ih", "b_hh", "h0", "c0", "w_hh", "w_hr", "batch_sizes", "reverse", "training"},
              x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse, training);
 }
@@ -148,7 +169,7 @@ LstmGrads lstm_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& 
                              const Tensor& w_hh, const OptionalTensor& w_hr,
                              const Tensor& batch_sizes, bool reverse, bool need_dx) {
   const bf16::ProductsScope products(dy.scalar_type() == at::kBFloat16);
-  return run(chosen_kernels().lstm_layer_bwd,
+  return run_layer(chosen_kernels().lstm_layer_bwd, state_rows(dhn),
              {"dy", "dhn", "dcn", "saved", "x", "w_ih", "b_ih", "b_hh", "w_hh", "w_hr", "batch_sizes",
               "reverse", "need_dx"},
              dy, dhn, dcn, saved, x, w_ih, b_ih, b_hh, w_hh, w_hr, batch_sizes, reverse, need_dx);
@@ -163,7 +184,7 @@ LayerOutputs gru_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const Option
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
                                const Tensor& batch_sizes, bool reverse, bool training) {
   const bf16::ProductsScope products(x.scalar_type() == at::kBFloat16);
-  return run(chosen_kernels().gru_layer_fwd,
+  return run_layer(chosen_kernels().gru_layer_fwd, state_rows(h0),
              {"x", "w_ih", "b_ih", "b_hh", "h0", "w_hh", "batch_sizes", "reverse", "training"}, x, w_ih,
              b_ih, b_hh, h0, w_hh, batch_sizes, reverse, training);
 }
@@ -172,7 +193,7 @@ LayerGrads gru_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& 
                              const OptionalTensor& b_hh, const Tensor& w_hh,
                              const Tensor& batch_sizes, bool reverse, bool need_dx) {
   const bf16::ProductsScope products(dy.scalar_type() == at::kBFloat16);
-  return run(chosen_kernels().gru_layer_bwd,
+  return run_layer(chosen_kernels().gru_layer_bwd, state_rows(dhn),
              {"dy", "dhn", "saved", "x", "w_ih", "b_ih", "b_hh", "w_hh", "batch_sizes", "reverse",
               "need_dx"},
              dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, reverse, need_dx);
@@ -186,7 +207,7 @@ LayerOutputs rnn_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const Option
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
                                const Tensor& batch_sizes, bool relu, bool reverse, bool training) {
   const bf16::ProductsScope products(x.scalar_type() == at::kBFloat16);
-  return run(chosen_kernels().rnn_layer_fwd,
+  return run_layer(chosen_kernels().rnn_layer_fwd, state_rows(h0),
              {"x", "w_ih", "b_ih", "b_hh", "h0", "w_hh", "batch_sizes", "relu", "reverse", "training"}, x,
              w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse, training);
 }
@@ -195,7 +216,7 @@ LayerGrads rnn_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& 
                              const OptionalTensor& b_hh, const Tensor& w_hh,
                              const Tensor& batch_sizes, bool relu, bool reverse, bool need_dx) {
   const bf16::ProductsScope products(dy.scalar_type() == at::kBFloat16);
-  return run(chosen_kernels().rnn_layer_bwd,
+  return run_layer(chosen_kernels().rnn_layer_bwd, state_rows(dhn),
              {"dy", "dhn", "saved", "x", "w_ih", "b_ih", "b_hh", "w_hh", "batch_sizes", "relu", "reverse",
               "need_dx"},
              dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, relu, reverse, need_dx);

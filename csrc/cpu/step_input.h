@@ -44,33 +44,24 @@ inline bool project_per_step(const Schedule& sched, int64_t weight_bytes, bool l
 constexpr int64_t kMklRows = 64;
 constexpr int64_t kMklWork = int64_t{1} << 22;
 
-template <typename T>
+// T: the type the layer computes in; S: its storage type (storage.h), x's and w_ih's.
+template <typename T, typename S = T>
 class StepInput {
  public:
-  // x (N, I) contiguous, w_ih (G, I) contiguous, bias (G) or none: input_bias() of the cell;
-  // batch: the layer's (StepProduct); per_step: project_per_step().
+  // x (N, I) contiguous, w_ih (G, I) contiguous, bias (G, in T) or none: input_bias() of the cell;
+  // batch: the layer's (StepProduct); per_step: project_per_step(), which a layer storing in another
+  // type than it computes in always takes.
   StepInput(const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& bias,
             int64_t batch, bool per_step)
       : G_(w_ih.size(0)), I_(x.size(1)) {
-    if (!per_step) {
-      // One product over all N rows. Small ones with the steps' own GEMM: there at::mm's result
-      // (MKL's) depends on the number of threads (seen from 1 to 3 threads at 5 x 7 x 148 and
-      // 25 x 7 x 37). Large ones with at::mm, which is faster there (122 against about 60 GFLOP/s at
-      // 6400 x 512 x 2048 on 2 Zen 4 cores) and gave the same result for 1 to 3 threads at every size
-      // tried from 80 x 37 x 148 to 6400 x 512 x 2048 (tests/test_thread_count.py checks one).
-      const int64_t N = x.size(0);
-      if (N >= kMklRows && N * I_ * G_ >= kMklWork) {
-        gx_ = input_projection(x, w_ih, bias).contiguous();
-        return;
-      }
-      gx_ = at::empty({N, G_}, x.options());
-      StepProduct<T>(w_ih, /*transposed=*/true, N).run(x.data_ptr<T>(), I_, gx_.data_ptr<T>(), G_, N,
-                                                      /*accumulate=*/false);
-      if (bias.has_value()) add_bias_rows(gx_.data_ptr<T>(), G_, N, G_, bias->contiguous().data_ptr<T>());
-      return;
+    TORCH_CHECK(per_step || (std::is_same_v<S, T>), "StepInput: 16-bit storage projects per step");
+    if constexpr (std::is_same_v<S, T>) {
+      if (!per_step) project_up_front(x, w_ih, bias);
     }
+    if (!per_step) return;
     x_ = x;
-    bias_ = bias.has_value() ? bias->contiguous() : at::zeros({G_}, x.options());
+    bias_ = bias.has_value() ? bias->contiguous()
+                             : at::zeros({G_}, x.options().dtype(c10::CppTypeToScalarType<T>::value));
     w_ih_.emplace(w_ih, /*transposed=*/true, batch);
   }
 
@@ -79,7 +70,7 @@ class StepInput {
 
   // Per step only: out (bs, G), row stride ldo, (+)= x rows row0 .. row0 + bs @ W_ih^T.
   void project(int64_t bs, int64_t row0, T* out, int64_t ldo, bool accumulate) const {
-    w_ih_->run(x_.data_ptr<T>() + row0 * I_, I_, out, ldo, bs, accumulate);
+    w_ih_->run(x_.data_ptr<S>() + row0 * I_, I_, out, ldo, bs, accumulate);
   }
 
   // The input pre-activations with the bias of rows row0 .. row0 + bs, (bs, G) at row stride G: in
@@ -98,9 +89,27 @@ class StepInput {
   }
 
  private:
+  // One product over all N rows (S = T only). Small ones with the steps' own GEMM: there at::mm's
+  // result (MKL's) depends on the number of threads (seen from 1 to 3 threads at 5 x 7 x 148 and
+  // 25 x 7 x 37). Large ones with at::mm, which is faster there (122 against about 60 GFLOP/s at
+  // 6400 x 512 x 2048 on 2 Zen 4 cores) and gave the same result for 1 to 3 threads at every size
+  // tried from 80 x 37 x 148 to 6400 x 512 x 2048 (tests/test_thread_count.py checks one).
+  void project_up_front(const at::Tensor& x, const at::Tensor& w_ih,
+                        const c10::optional<at::Tensor>& bias) {
+    const int64_t N = x.size(0);
+    if (N >= kMklRows && N * I_ * G_ >= kMklWork) {
+      gx_ = input_projection(x, w_ih, bias).contiguous();
+      return;
+    }
+    gx_ = at::empty({N, G_}, x.options());
+    StepProduct<T>(w_ih, /*transposed=*/true, N).run(x.data_ptr<T>(), I_, gx_.data_ptr<T>(), G_, N,
+                                                    /*accumulate=*/false);
+    if (bias.has_value()) add_bias_rows(gx_.data_ptr<T>(), G_, N, G_, bias->contiguous().data_ptr<T>());
+  }
+
   int64_t G_, I_;
   at::Tensor gx_;                         // one GEMM up front: (N, G) with the bias, or else:
-  at::Tensor x_, bias_;                   // x (N, I) and the bias (G), zeros when absent
+  at::Tensor x_, bias_;                   // x (N, I, in S) and the bias (G), zeros when absent
   std::optional<StepProduct<T>> w_ih_;    // W_ih packed for the steps' products
 };
 

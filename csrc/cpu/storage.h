@@ -1,0 +1,135 @@
+// Where a layer's tensors live in another dtype than its math: the storage type S of a layer op's
+// sequence tensors (x, y, saved, dy) against the type T it computes in.
+//
+// A bfloat16 layer whose products all run in bfloat16 (bf16_products.h; batches of more than
+// kSmallRows rows) reads and writes its sequence tensors and weights in bfloat16 as they are, S =
+// c10::BFloat16 and T = float: no float32 copy of x, the weights, y or the saved activations is ever
+// made (those copies took a bfloat16 layer's peak memory above torch.nn's). The states, the products'
+// sums and the gate math stay float32, and each value is rounded once, as it is stored, exactly as the
+// float32 kernels' results were rounded by Tensor.to(torch.bfloat16) before: the results are the same.
+// Everywhere else S = T.
+#pragma once
+
+#include "isa_namespace.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "gemm_cpu.h"
+#include "matmul_cpu.h"
+
+namespace fastcells::cpu::FASTCELLS_ISA {
+
+// v rounded to bfloat16 to nearest even, NaN to a quiet NaN: c10::BFloat16(v)'s rounding, in a form
+// that vectorizes (no branch).
+inline c10::BFloat16 round_to_bf16(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return c10::BFloat16(static_cast<uint16_t>(v != v ? 0x7FC0u : rounded), c10::BFloat16::from_bits());
+}
+
+// A computed value as the layer stores it.
+template <typename S, typename T>
+inline S stored(T v) {
+  if constexpr (std::is_same_v<S, T>) {
+    return v;
+  } else {
+    static_assert(std::is_same_v<S, c10::BFloat16> && std::is_same_v<T, float>);
+    return round_to_bf16(v);
+  }
+}
+
+// n computed values stored at dst.
+template <typename S, typename T>
+inline void store_row(S* dst, const T* src, int64_t n) {
+  if constexpr (std::is_same_v<S, T>) {
+    std::memcpy(dst, src, n * sizeof(T));
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dst[j] = stored<S>(src[j]);
+  }
+}
+
+// A stored value as the math reads it (exact).
+template <typename T, typename S>
+inline T loaded(S v) {
+  return static_cast<T>(widen(v));
+}
+
+// Whether a layer op with these tensors (x or dy first; `batch` rows in its state) keeps bfloat16
+// storage (see above). register_cpu.cpp passes such calls' tensors unconverted.
+inline bool stores_bf16(at::ScalarType dtype, int64_t batch) {
+  return dtype == at::kBFloat16 && batch > kSmallRows && bf16_products<float>();
+}
+
+// The dtype a layer op computes in for its tensors' dtype: float32 for bfloat16 storage.
+inline at::ScalarType compute_dtype(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 ? at::kFloat : dtype;
+}
+
+// A fresh contiguous copy of t in the dtype the op computes in (the states, which the ops update in
+// place).
+inline at::Tensor compute_copy(const at::Tensor& t) {
+  return t.to(t.options().dtype(compute_dtype(t.scalar_type())), /*non_blocking=*/false, /*copy=*/true,
+              at::MemoryFormat::Contiguous);
+}
+
+// t in the dtype the op computes in (no copy where it is that dtype already): the biases.
+inline c10::optional<at::Tensor> compute_view(const c10::optional<at::Tensor>& t) {
+  if (!t.has_value()) return t;
+  return t->to(compute_dtype(t->scalar_type()));
+}
+
+// The backward ops store the gradients of the pre-activations (dgx, GRU's dgh) in S too, as their
+// products read them (rounded to bfloat16 either way). The bias gradients, their sums over all rows,
+// then add the float32 values as they are computed: each state row b sums its own rows over the steps
+// into a (B, G) float32 buffer (one thread owns a row at each step, and the steps run in order), and
+// column_sums() adds those B rows in order. So the sums do not depend on the number of threads either.
+// Nothing to do where S = T: the rows are summed afterwards (layers.h's input_grads).
+template <typename T, typename S>
+inline at::Tensor row_sum_buffer(int64_t batch, int64_t G, const at::Tensor& like) {
+  if constexpr (std::is_same_v<S, T>) return at::Tensor();
+  return at::zeros({batch, G}, like.options().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+// The column sums of rows (B, G), adding row after row; undefined for an undefined rows.
+template <typename T>
+inline at::Tensor column_sums(const at::Tensor& rows) {
+  if (!rows.defined()) return rows;
+  const int64_t B = rows.size(0), G = rows.size(1);
+  at::Tensor out = at::zeros({G}, rows.options());
+  const T* r = rows.data_ptr<T>();
+  T* o = out.data_ptr<T>();
+  for (int64_t b = 0; b < B; ++b) {
+#pragma omp simd
+    for (int64_t j = 0; j < G; ++j) o[j] += r[b * G + j];
+  }
+  return out;
+}
+
+// A layer op's dtype check (x or dy; `batch` rows in its state): float32 and float64, and bfloat16
+// where it keeps bfloat16 storage (register_cpu.cpp sends other 16-bit calls through the float32
+// kernels).
+inline void check_layer_dtype(const at::Tensor& x, const char* name, int64_t batch) {
+  const at::ScalarType dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || stores_bf16(dtype, batch), name,
+              " must be float32 or float64 for the cpu backend's kernels (bfloat16 with bfloat16 products and a "
+              "batch of more than ", kSmallRows, " rows), got ", dtype);
+}
+
+// body(T{}, S{}) for a layer op's dtype (checked by check_layer_dtype): T the type it computes in, S the
+// one it stores its sequence tensors in.
+template <typename F>
+void dispatch_storage(at::ScalarType dtype, const F& body) {
+  if (dtype == at::kBFloat16) {
+    body(float{}, c10::BFloat16{});
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES(dtype, "fastcells cpu layer op", [&] { body(scalar_t{}, scalar_t{}); });
+}
+
+}  // namespace fastcells::cpu::FASTCELLS_ISA
