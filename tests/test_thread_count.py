@@ -17,9 +17,11 @@ if "cpu" not in fastcells.available_backends("cpu"):
 # (hidden, batch). Thresholds: more than 4 rows take the packed GEMM (kSmallRows); row groups of at
 # least 4 rows where W_hh takes at most 128 KiB (LSTM H <= 90), else 6; no groups above 2 MiB (LSTM
 # H > 362); GRU and RNN project per step in inference from 32 rows; odd hidden sizes leave partial
-# blocks of 8 weight rows in the mat-vec split.
+# blocks of 8 weight rows in the mat-vec split; an LSTM of at most 4 rows splits its units between two
+# threads where H is a multiple of 8 and a step has at least 2^14 multiply-adds (unit_split.h: H=40,
+# B=4 splits 24 + 16 units).
 SHAPES = [(37, 1), (37, 4), (37, 5), (64, 7), (64, 8), (64, 9), (90, 8), (91, 8), (200, 11), (200, 12),
-          (200, 13), (200, 20), (64, 31), (64, 32), (362, 12), (363, 12)]
+          (200, 13), (200, 20), (64, 31), (64, 32), (362, 12), (363, 12), (64, 1), (128, 2), (40, 4)]
 KINDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 
 
@@ -105,3 +107,29 @@ def test_packed_batch_is_bitwise_the_same_with_1_and_2_threads():
     finally:
         torch.set_num_threads(before)
     assert torch.equal(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_small_packed_batch_split_by_units_is_bitwise_the_same_with_1_and_2_threads(training):
+    """An LSTM of at most 4 rows runs its units on two threads (csrc/cpu/unit_split.h) with h in two
+    buffers: sequences that end early (forward) or start late (reverse) must keep their state in both,
+    so the final states of all rows, and the outputs, are those of one thread's loop."""
+    torch.manual_seed(0)
+    ref, fast = make_layer_twins("lstm", 7, 64, 1, dtype=torch.float32, backend="cpu", bidirectional=True)
+    seqs = [torch.randn(n, 7) for n in (9, 6, 3, 1)]
+    packed = torch.nn.utils.rnn.pack_sequence(seqs)
+    states = tuple(torch.randn(2, 4, 64) for _ in range(2))
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with torch.set_grad_enabled(training):
+                out, (h, c) = fast(packed, states)
+            results.append([out.data.detach(), h.detach(), c.detach()])
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    with torch.no_grad():
+        expected, (h, c) = ref(packed, states)
+    torch.testing.assert_close(results[1], [expected.data, h, c], rtol=1e-5, atol=1e-5)
