@@ -52,6 +52,44 @@ struct PackedMatrix {
   }
 };
 
+#if FASTCELLS_ISA_AVX2
+// out[q * ldo + j] = rows[j * ldr + q] for q, j < 8: an 8 x 8 block of float32 transposed in registers.
+inline void transpose8x8(const float* rows, int64_t ldr, float* out, int64_t ldo) {
+  __m256 r[8], t[8];
+  for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(rows + j * ldr);
+  for (int j = 0; j < 8; j += 2) {  // pairs of rows interleaved
+    t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
+    t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+  }
+  for (int j = 0; j < 8; j += 4) {  // then 4-row columns in each 128-bit half
+    r[j] = _mm256_shuffle_ps(t[j], t[j + 2], 0x44);
+    r[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], 0xEE);
+    r[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0x44);
+    r[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0xEE);
+  }
+  // r[0..3]: columns 0, 1, 2, 3 of rows 0-3 (low halves) and 4, 5, 6, 7 (high); r[4..7] of rows 4-7.
+  for (int q = 0; q < 4; ++q) {
+    _mm256_storeu_ps(out + q * ldo, _mm256_permute2f128_ps(r[q], r[q + 4], 0x20));
+    _mm256_storeu_ps(out + (q + 4) * ldo, _mm256_permute2f128_ps(r[q], r[q + 4], 0x31));
+  }
+}
+#endif
+
+// out[p * P + j] = rows[j * k + p] for 8 rows j and all p < k: 8 rows of w written side by side into a
+// panel (P floats a row).
+template <typename T>
+inline void pack_8_rows(const T* rows, int64_t k, T* out, int64_t P) {
+  int64_t p = 0;
+#if FASTCELLS_ISA_AVX2
+  if constexpr (std::is_same_v<T, float>) {  // 8 x 8 blocks: 2-4x faster than the value loop below
+    for (; p + 8 <= k; p += 8) transpose8x8(rows + p, k, out + p * P, P);
+  }
+#endif
+  for (; p < k; ++p) {
+    for (int64_t j = 0; j < 8; ++j) out[p * P + j] = rows[j * k + p];
+  }
+}
+
 // Packs b = w^T for w (n, k) row-major (the forward product h @ W^T), or b = w for w (k, n) row-major
 // (the backward product dG @ W) when `transposed` is false.
 template <typename T>
@@ -61,7 +99,8 @@ PackedMatrix<T> pack_matrix(const at::Tensor& w, bool transposed) {
   packed.k = transposed ? w.size(1) : w.size(0);
   packed.n = transposed ? w.size(0) : w.size(1);
   packed.panels = (packed.n + P - 1) / P;
-  packed.storage = at::zeros({packed.panels * packed.k * P}, w.options());
+  // Every value is written below: only the padding of the last panel needs zeros.
+  packed.storage = at::empty({packed.panels * packed.k * P}, w.options());
   const T* src = w.template data_ptr<T>();
   T* dst = packed.storage.template data_ptr<T>();
   const int64_t k = packed.k, n = packed.n;
@@ -76,18 +115,16 @@ PackedMatrix<T> pack_matrix(const at::Tensor& w, bool transposed) {
       T* out = dst + panel * k * P;
       if (transposed) {
         int64_t c = 0;
-        for (; c + kRows <= cols; c += kRows) {
-          const T* rows = src + (panel * P + c) * k;
-          for (int64_t p = 0; p < k; ++p) {
-            for (int64_t j = 0; j < kRows; ++j) out[p * P + c + j] = rows[j * k + p];
-          }
-        }
+        for (; c + kRows <= cols; c += kRows) pack_8_rows(src + (panel * P + c) * k, k, out + c, P);
         for (; c < cols; ++c) {
           const T* row = src + (panel * P + c) * k;
           for (int64_t p = 0; p < k; ++p) out[p * P + c] = row[p];
         }
       } else {
         for (int64_t p = 0; p < k; ++p) std::memcpy(out + p * P, src + p * n + panel * P, cols * sizeof(T));
+      }
+      if (cols < P) {
+        for (int64_t p = 0; p < k; ++p) std::fill(out + p * P + cols, out + (p + 1) * P, T(0));
       }
     }
   });
