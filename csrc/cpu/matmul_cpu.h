@@ -85,6 +85,17 @@ inline __m256 load8(const c10::BFloat16* w) {  // 8 bfloat16 widened to float
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
 }
 
+// hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3 | x4+x5, x6+x7, y4+y5, y6+y7]: two rounds give each row's
+// sum over each 128-bit half; the permutes line the halves up so one add finishes all eight rows.
+inline void store_sums8(const __m256* acc, float* out) {
+  const __m256 r01 = _mm256_hadd_ps(acc[0], acc[1]), r23 = _mm256_hadd_ps(acc[2], acc[3]);
+  const __m256 r45 = _mm256_hadd_ps(acc[4], acc[5]), r67 = _mm256_hadd_ps(acc[6], acc[7]);
+  const __m256 r0123 = _mm256_hadd_ps(r01, r23), r4567 = _mm256_hadd_ps(r45, r67);
+  const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(r0123, r4567, 0x20),
+                                    _mm256_permute2f128_ps(r0123, r4567, 0x31));
+  _mm256_storeu_ps(out, sums);
+}
+
 template <typename W>
 inline void dot8(const W* w, int64_t ldw, const float* a, int64_t k, float* out) {
   __m256 acc[8];
@@ -94,23 +105,45 @@ inline void dot8(const W* w, int64_t ldw, const float* a, int64_t k, float* out)
     const __m256 av = _mm256_loadu_ps(a + p);
     for (int r = 0; r < 8; ++r) acc[r] = _mm256_fmadd_ps(load8(w + r * ldw + p), av, acc[r]);
   }
-  // hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3 | x4+x5, x6+x7, y4+y5, y6+y7]: two rounds give each row's
-  // sum over each 128-bit half; the permutes line the halves up so one add finishes all eight rows.
-  const __m256 r01 = _mm256_hadd_ps(acc[0], acc[1]), r23 = _mm256_hadd_ps(acc[2], acc[3]);
-  const __m256 r45 = _mm256_hadd_ps(acc[4], acc[5]), r67 = _mm256_hadd_ps(acc[6], acc[7]);
-  const __m256 r0123 = _mm256_hadd_ps(r01, r23), r4567 = _mm256_hadd_ps(r45, r67);
-  const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(r0123, r4567, 0x20),
-                                    _mm256_permute2f128_ps(r0123, r4567, 0x31));
-  _mm256_storeu_ps(out, sums);
+  store_sums8(acc, out);
   for (; p < k; ++p) {
     for (int r = 0; r < 8; ++r) out[r] += widen(w[r * ldw + p]) * a[p];
   }
 }
+
+#if FASTCELLS_ISA_AVX512
+// dot8 for two vectors a0 and a1 at once, each weight vector loaded once for both: the mat-vecs of 2-4
+// rows read the weight (from L2, at these sizes) half as often. Each sum is dot8's, operation for
+// operation. 16 accumulators: AVX-512's 32 registers only (AVX2's 16 would spill).
+template <typename W>
+inline void dot8x2(const W* w, int64_t ldw, const float* a0, const float* a1, int64_t k, float* out0,
+                   float* out1) {
+  __m256 acc0[8], acc1[8];
+  for (int r = 0; r < 8; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
+  int64_t p = 0;
+  for (; p + 8 <= k; p += 8) {
+    const __m256 av0 = _mm256_loadu_ps(a0 + p), av1 = _mm256_loadu_ps(a1 + p);
+    for (int r = 0; r < 8; ++r) {
+      const __m256 wv = load8(w + r * ldw + p);
+      acc0[r] = _mm256_fmadd_ps(wv, av0, acc0[r]);
+      acc1[r] = _mm256_fmadd_ps(wv, av1, acc1[r]);
+    }
+  }
+  store_sums8(acc0, out0);
+  store_sums8(acc1, out1);
+  for (; p < k; ++p) {
+    for (int r = 0; r < 8; ++r) {
+      out0[r] += widen(w[r * ldw + p]) * a0[p];
+      out1[r] += widen(w[r * ldw + p]) * a1[p];
+    }
+  }
+}
+#endif
 #endif
 
-// out[i] (n values) = dot(w row j, a) for j in [begin, end), or += when accumulate. Rows go by 8, then
-// 4, then 1, each summed its own way: callers split [0, n) between threads at multiples of 8
-// (for_row_blocks), so that which way a row takes, and so its result, does not depend on the split.
+// out[j] = dot(w row j, a) for j in [begin, end), or += when accumulate. Rows go by 8, then 4, then 1,
+// each summed its own way: callers split [0, n) between threads at multiples of 8 (for_row_blocks), so
+// that which way a row takes, and so its result, does not depend on the split.
 template <typename T, typename W>
 inline void matvec_rows(const W* w, int64_t ldw, const T* a, int64_t k, T* out, int64_t begin,
                         int64_t end, bool accumulate) {
@@ -132,6 +165,38 @@ inline void matvec_rows(const W* w, int64_t ldw, const T* a, int64_t k, T* out, 
     const T d = dot(w + j * ldw, a, k);
     out[j] = accumulate ? out[j] + d : d;
   }
+}
+
+// matvec_rows for m vectors: out row i (stride ldo) gets w rows [begin, end) times a row i (stride lda).
+// Where AVX-512 allows, pairs of vectors share each load of w in the 8-row blocks (dot8x2), with every
+// sum as matvec_rows makes it.
+template <typename T, typename W>
+inline void matvec_rows_multi(const W* w, int64_t ldw, const T* a, int64_t lda, int64_t m, int64_t k, T* out,
+                              int64_t ldo, int64_t begin, int64_t end, bool accumulate) {
+  int64_t i = 0;
+#if FASTCELLS_ISA_AVX512
+  if constexpr (std::is_same_v<T, float>) {
+    for (; i + 2 <= m; i += 2) {
+      const T* a0 = a + i * lda;
+      T* o0 = out + i * ldo;
+      T* o1 = o0 + ldo;
+      int64_t j = begin;
+      T v0[8], v1[8];
+      for (; j + 8 <= end; j += 8) {
+        dot8x2(w + j * ldw, ldw, a0, a0 + lda, k, v0, v1);
+        for (int q = 0; q < 8; ++q) {
+          o0[j + q] = accumulate ? o0[j + q] + v0[q] : v0[q];
+          o1[j + q] = accumulate ? o1[j + q] + v1[q] : v1[q];
+        }
+      }
+      if (j < end) {  // the 4-row and 1-row tails, one vector at a time as matvec_rows takes them
+        matvec_rows(w + j * ldw, ldw, a0, k, o0 + j, 0, end - j, accumulate);
+        matvec_rows(w + j * ldw, ldw, a0 + lda, k, o1 + j, 0, end - j, accumulate);
+      }
+    }
+  }
+#endif
+  for (; i < m; ++i) matvec_rows(w, ldw, a + i * lda, k, out + i * ldo, begin, end, accumulate);
 }
 
 // out (m, n) += bias (n), broadcast over rows.
@@ -183,8 +248,7 @@ void matmul_nt(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t
     return;
   }
   for_row_blocks(n, grain_for(m * k), [&](int64_t begin, int64_t end) {
-    for (int64_t i = 0; i < m; ++i)
-      matvec_rows(w, ldw, a + i * lda, k, out + i * ldo, begin, end, accumulate);
+    matvec_rows_multi(w, ldw, a, lda, m, k, out, ldo, begin, end, accumulate);
   });
 }
 
@@ -225,10 +289,8 @@ void step_projections(const T* x, int64_t kx, const W* w_ih, const T* b_ih, cons
     }
   } else if (m > 0 && n > 0) {
     for_row_blocks(n, grain_for(m * (kx + kh)), [&](int64_t begin, int64_t end) {
-      for (int64_t i = 0; i < m; ++i) {
-        matvec_rows(w_ih, kx, x + i * kx, kx, gx + i * n, begin, end, false);
-        matvec_rows(w_hh, kh, h + i * kh, kh, gh + i * n, begin, end, false);
-      }
+      matvec_rows_multi(w_ih, kx, x, kx, m, kx, gx, n, begin, end, false);
+      matvec_rows_multi(w_hh, kh, h, kh, m, kh, gh, n, begin, end, false);
     });
   }
   if (b_ih) add_bias_rows(gx, n, m, n, b_ih);
