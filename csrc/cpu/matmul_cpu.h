@@ -232,6 +232,17 @@ at::Tensor wrap(const T* data, int64_t rows, int64_t cols, int64_t ld) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
+// out (m, n) = a (m, k) @ w (n, k)^T, or += when accumulate, as mat-vecs reading w in place, its rows
+// split between threads. Row-major, leading dims given.
+template <typename T>
+void matvecs_nt(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t ldo, int64_t m,
+                int64_t n, int64_t k, bool accumulate) {
+  if (m == 0 || n == 0) return;
+  for_row_blocks(n, grain_for(m * k), [&](int64_t begin, int64_t end) {
+    matvec_rows_multi(w, ldw, a, lda, m, k, out, ldo, begin, end, accumulate);
+  });
+}
+
 // out (m, n) = a (m, k) @ w (n, k)^T, or += when accumulate. Row-major, leading dims given.
 // More than kSmallRows rows go to at::mm (the cell step ops with a batch).
 template <typename T>
@@ -247,9 +258,7 @@ void matmul_nt(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t
     }
     return;
   }
-  for_row_blocks(n, grain_for(m * k), [&](int64_t begin, int64_t end) {
-    matvec_rows_multi(w, ldw, a, lda, m, k, out, ldo, begin, end, accumulate);
-  });
+  matvecs_nt(a, lda, w, ldw, out, ldo, m, n, k, accumulate);
 }
 
 // out (m, n) = a (m, k) @ w (k, n), or += when accumulate, for a few rows (the backward of a step;

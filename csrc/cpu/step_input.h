@@ -43,6 +43,10 @@ inline bool project_per_step(const Schedule& sched, int64_t weight_bytes, bool l
 // Up-front input projections of at least this many rows and multiply-adds go to at::mm (see below).
 constexpr int64_t kMklRows = 64;
 constexpr int64_t kMklWork = int64_t{1} << 22;
+// Smaller ones of at most this many rows are mat-vecs reading W_ih in place: packing it for the GEMM
+// allocated a copy as large as W_ih (196 KiB for a GRU at H=128, more than torch.nn's whole B=1, T=50
+// call) and took as long as the mat-vecs save.
+constexpr int64_t kMatvecRows = 64;
 
 // T: the type the layer computes in; S: its storage type (storage.h), x's and w_ih's.
 template <typename T, typename S = T>
@@ -102,8 +106,12 @@ class StepInput {
       return;
     }
     gx_ = at::empty({N, G_}, x.options());
-    StepProduct<T>(w_ih, /*transposed=*/true, N).run(x.data_ptr<T>(), I_, gx_.data_ptr<T>(), G_, N,
-                                                    /*accumulate=*/false);
+    if (N <= kMatvecRows) {  // no packed copy of w_ih (matmul_cpu.h)
+      matvecs_nt(x.data_ptr<T>(), I_, w_ih.data_ptr<T>(), I_, gx_.data_ptr<T>(), G_, N, G_, I_, false);
+    } else {
+      StepProduct<T>(w_ih, /*transposed=*/true, N).run(x.data_ptr<T>(), I_, gx_.data_ptr<T>(), G_, N,
+                                                      /*accumulate=*/false);
+    }
     if (bias.has_value()) add_bias_rows(gx_.data_ptr<T>(), G_, N, G_, bias->contiguous().data_ptr<T>());
   }
 
