@@ -96,7 +96,7 @@ inline at::Tensor row_sum_buffer(int64_t batch, int64_t G, const at::Tensor& lik
   return at::zeros({batch, G}, like.options().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
-// The column sums of rows (B, G), adding row after row; undefined for an undefined rows.
+// The column sums of rows (B, G), adding row after row (an undefined tensor for undefined rows).
 template <typename T>
 inline at::Tensor column_sums(const at::Tensor& rows) {
   if (!rows.defined()) return rows;
