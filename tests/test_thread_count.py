@@ -114,7 +114,8 @@ def test_packed_batch_is_bitwise_the_same_with_1_and_2_threads():
 def test_small_packed_batch_split_by_units_is_bitwise_the_same_with_1_and_2_threads(training):
     """An LSTM of at most 4 rows runs its units on two threads (csrc/cpu/unit_split.h) with h in two
     buffers: sequences that end early (forward) or start late (reverse) must keep their state in both,
-    so the final states of all rows, and the outputs, are those of one thread's loop."""
+    so the final states of all rows, and the outputs, are those of one thread's loop. Its backward
+    splits the units too: the gradients of the initial states come out of that recurrence alone."""
     torch.manual_seed(0)
     ref, fast = make_layer_twins("lstm", 7, 64, 1, dtype=torch.float32, backend="cpu", bidirectional=True)
     seqs = [torch.randn(n, 7) for n in (9, 6, 3, 1)]
@@ -125,12 +126,17 @@ def test_small_packed_batch_split_by_units_is_bitwise_the_same_with_1_and_2_thre
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
+            leaves = tuple(s.clone().requires_grad_(training) for s in states)
             with torch.set_grad_enabled(training):
-                out, (h, c) = fast(packed, states)
+                out, (h, c) = fast(packed, leaves)
             results.append([out.data.detach(), h.detach(), c.detach()])
+            if training:
+                weights = torch.linspace(-1, 1, out.data.numel()).view_as(out.data)
+                ((out.data * weights).sum() + h.sum() - c.sum()).backward()
+                results[-1] += [leaf.grad for leaf in leaves]
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(a, b) for a, b in zip(*results))
     with torch.no_grad():
         expected, (h, c) = ref(packed, states)
-    torch.testing.assert_close(results[1], [expected.data, h, c], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][:3], [expected.data, h, c], rtol=1e-5, atol=1e-5)

@@ -25,21 +25,6 @@
 
 namespace fastcells::cpu::FASTCELLS_ISA {
 
-// Vectors as wide as the copy's registers (isa.h): 64 bytes where it may use AVX-512, else 32 (AVX2
-// registers; two SSE registers each in the baseline copy).
-#if FASTCELLS_ISA_AVX512
-constexpr int kVecBytes = 64;
-#else
-constexpr int kVecBytes = 32;
-#endif
-
-template <typename T>
-struct Vec {
-  typedef T type __attribute__((vector_size(kVecBytes)));
-  static constexpr int kLanes = kVecBytes / sizeof(T);
-  static constexpr int kPanel = 2 * kLanes;  // panel width in columns
-};
-
 constexpr int kGemmRows = 6;  // 6 rows x 2 vectors = 12 accumulators, + 2 panel loads + 1 broadcast
 
 // b (k, n) packed as ceil(n / kPanel) panels of (k, kPanel), zero-padded past column n.

@@ -25,6 +25,22 @@ namespace fastcells::cpu::FASTCELLS_ISA {
 
 // kSmallRows (ops_cpu.h): the most rows multiplied by these mat-vecs.
 
+// Vectors as wide as the copy's registers (isa.h): 64 bytes where it may use AVX-512, else 32 (AVX2
+// registers; two SSE registers each in the baseline copy).
+#if FASTCELLS_ISA_AVX512
+constexpr int kVecBytes = 64;
+#else
+constexpr int kVecBytes = 32;
+#endif
+
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(kVecBytes)));
+  static constexpr int kLanes = kVecBytes / sizeof(T);
+  static constexpr int kPanel = 2 * kLanes;  // panel width in columns
+};
+
+
 // Work (multiply-adds) below which a loop stays on one thread: waking the other core costs ~1-2 µs.
 constexpr int64_t kParallelWork = 1 << 16;
 
@@ -261,6 +277,86 @@ void matmul_nt(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t
   matvecs_nt(a, lda, w, ldw, out, ldo, m, n, k, accumulate);
 }
 
+// Columns [begin, end) of matmul_nn's product, each output element one chain of multiply-adds over w's
+// rows in order, starting from 0 (or from out when accumulating): the same sums however the columns
+// are split. Each row of w an axpy over the columns into every output row (read once for all m rows).
+template <typename T>
+inline void matmul_nn_axpy(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t ldo, int64_t m,
+                           int64_t k, int64_t begin, int64_t end, bool accumulate) {
+  if (!accumulate) {
+    for (int64_t i = 0; i < m; ++i) std::fill(out + i * ldo + begin, out + i * ldo + end, T(0));
+  }
+  for (int64_t r = 0; r < k; ++r) {
+    const T* w_row = w + r * ldw;
+    for (int64_t i = 0; i < m; ++i) {
+      const T coef = a[i * lda + r];
+      T* o_row = out + i * ldo;
+#pragma omp simd
+      for (int64_t j = begin; j < end; ++j) o_row[j] += coef * w_row[j];
+    }
+  }
+}
+
+#if FASTCELLS_ISA_AVX2
+// The chains of matmul_nn_axpy for M rows and kNnVecs vectors of columns from j, kept in registers
+// through all k rows of w (the axpy form loads and stores every output at every row of w: store-bound,
+// ~40 µs a step for B=4, H=256), each the same multiply-adds in the same order.
+constexpr int kNnVecs = FASTCELLS_ISA_AVX512 ? 4 : 2;  // 16 or 8 sums + the loads in the registers
+
+template <typename T, int M>
+inline void matmul_nn_block(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t ldo, int64_t k,
+                            int64_t j, bool accumulate) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  V acc[M][kNnVecs];
+  for (int i = 0; i < M; ++i) {
+    for (int q = 0; q < kNnVecs; ++q) {
+      if (accumulate) {
+        std::memcpy(&acc[i][q], out + i * ldo + j + q * L, sizeof(V));
+      } else {
+        acc[i][q] = V{};
+      }
+    }
+  }
+  for (int64_t r = 0; r < k; ++r) {
+    V wv[kNnVecs];
+    for (int q = 0; q < kNnVecs; ++q) std::memcpy(&wv[q], w + r * ldw + j + q * L, sizeof(V));
+    for (int i = 0; i < M; ++i) {
+      const V coef = a[i * lda + r] - V{};  // a broadcast (x - 0 is x, -0.0 included)
+      for (int q = 0; q < kNnVecs; ++q) acc[i][q] += coef * wv[q];
+    }
+  }
+  for (int i = 0; i < M; ++i) {
+    for (int q = 0; q < kNnVecs; ++q) std::memcpy(out + i * ldo + j + q * L, &acc[i][q], sizeof(V));
+  }
+}
+#endif
+
+// matmul_nn's product for columns [begin, end): register blocks of columns where the copy has the
+// vectors for them, the axpy form for the rest.
+template <typename T>
+inline void matmul_nn_columns(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t ldo,
+                              int64_t m, int64_t k, int64_t begin, int64_t end, bool accumulate) {
+  int64_t j = begin;
+#if FASTCELLS_ISA_AVX2
+  constexpr int64_t kBlock = kNnVecs * Vec<T>::kLanes;
+  for (int64_t i = 0; i < m; i += 4) {
+    const int64_t rows = std::min<int64_t>(4, m - i);
+    const T* a_i = a + i * lda;
+    T* out_i = out + i * ldo;
+    for (j = begin; j + kBlock <= end; j += kBlock) {
+      switch (rows) {
+        case 4: matmul_nn_block<T, 4>(a_i, lda, w, ldw, out_i, ldo, k, j, accumulate); break;
+        case 3: matmul_nn_block<T, 3>(a_i, lda, w, ldw, out_i, ldo, k, j, accumulate); break;
+        case 2: matmul_nn_block<T, 2>(a_i, lda, w, ldw, out_i, ldo, k, j, accumulate); break;
+        default: matmul_nn_block<T, 1>(a_i, lda, w, ldw, out_i, ldo, k, j, accumulate); break;
+      }
+    }
+  }
+#endif
+  if (j < end) matmul_nn_axpy(a, lda, w, ldw, out, ldo, m, k, j, end, accumulate);
+}
+
 // out (m, n) = a (m, k) @ w (k, n), or += when accumulate, for a few rows (the backward of a step;
 // more rows take the packed GEMM of gemm_cpu.h). Row-major, leading dims given.
 template <typename T>
@@ -269,16 +365,7 @@ void matmul_nn(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t
   if (m == 0 || n == 0) return;
   // Columns split across threads; each row of w is an axpy over the thread's columns.
   at::parallel_for(0, n, grain_for(m * k), [&](int64_t begin, int64_t end) {
-    for (int64_t i = 0; i < m; ++i) {
-      T* o_row = out + i * ldo;
-      if (!accumulate) std::fill(o_row + begin, o_row + end, T(0));
-      for (int64_t r = 0; r < k; ++r) {
-        const T coef = a[i * lda + r];
-        const T* w_row = w + r * ldw;
-#pragma omp simd
-        for (int64_t j = begin; j < end; ++j) o_row[j] += coef * w_row[j];
-      }
-    }
+    matmul_nn_columns(a, lda, w, ldw, out, ldo, m, k, begin, end, accumulate);
   });
 }
 
@@ -305,6 +392,31 @@ void step_projections(const T* x, int64_t kx, const W* w_ih, const T* b_ih, cons
   if (b_ih) add_bias_rows(gx, n, m, n, b_ih);
   if (b_hh) add_bias_rows(gh, n, m, n, b_hh);
 }
+
+// The pre-activations of a cell step, gx and gh (2 * m * n values): in a buffer of the calling
+// thread's, reused from call to call, where they take at most kMaxBytes (a fresh tensor cost a step an
+// allocation and was most of a B=1 step's memory: 2 of its 2.5 KiB at H=64), else in a fresh tensor.
+// The step ops never call back into Python, so a thread uses its buffer for one step at a time.
+template <typename T>
+class StepScratch {
+ public:
+  StepScratch(int64_t count, const at::TensorOptions& options) {
+    if (count * static_cast<int64_t>(sizeof(T)) <= kMaxBytes) {
+      static thread_local at::Tensor buffer;  // a tensor: no std:: template instantiated in this copy
+      if (!buffer.defined() || buffer.numel() < count) buffer = at::empty({count}, options);
+      data_ = buffer.template data_ptr<T>();
+    } else {
+      tensor_ = at::empty({count}, options);
+      data_ = tensor_.template data_ptr<T>();
+    }
+  }
+  T* data() const { return data_; }
+
+ private:
+  static constexpr int64_t kMaxBytes = 64 << 10;
+  at::Tensor tensor_;
+  T* data_ = nullptr;
+};
 
 // The dtype a step op's weights must have: x's, or bfloat16 for a bfloat16 call's float32 arguments
 // (step_projections below; register_cpu.cpp checks the call's dtypes before converting).

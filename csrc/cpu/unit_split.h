@@ -65,22 +65,25 @@ class StepBarrier {
   std::atomic<int64_t> arrived_{0};
 };
 
-// Runs step(u0, u1, bs, row0, parity) for every step that has rows, in time order (reversed for a
-// reverse layer), on two threads where they are free: units [u0, u1) of the H are one thread's;
-// parity (0, 1, 0, ...) picks the state buffer the step reads, the other being the one it writes.
-// Where only one thread runs the loop, it gets all units.
+// Runs step(u0, u1, bs, row0, parity, sync) for every step that has rows, in time order (reversed for
+// a reverse layer; the other way for backward), on two threads where they are free: units [u0, u1) of
+// the H are one thread's; parity (0, 1, 0, ...) tells the steps apart for double buffers; sync() waits
+// for the other thread to reach the same point of the same step (once a step, where the step needs
+// it). Where only one thread runs the loop, it gets all units and sync() returns at once.
 template <typename F>
-void for_each_step_by_units(const Schedule& sched, bool reverse, int64_t H, const F& step) {
+void for_each_step_by_units(const Schedule& sched, bool reverse, bool backward, int64_t H, const F& step) {
   const int64_t mid = (H / 2 + 7) / 8 * 8;  // a multiple of 8, < H for H >= 16
   StepBarrier barrier;
   at::parallel_for(0, 2, 1, [&](int64_t p0, int64_t p1) {
     const bool alone = p1 - p0 == 2;
     const int64_t u0 = p0 == 0 ? 0 : mid, u1 = p1 == 2 ? H : mid;
     int64_t done = 0;
-    for_each_step(sched, reverse, /*backward=*/false, [&](int64_t bs, int64_t row0) {
-      step(u0, u1, bs, row0, done & 1);
+    for_each_step(sched, reverse, backward, [&](int64_t bs, int64_t row0) {
+      const auto sync = [&] {
+        if (!alone) barrier.arrive_and_wait(done + 1);
+      };
+      step(u0, u1, bs, row0, done & 1, sync);
       ++done;
-      if (!alone) barrier.arrive_and_wait(done);
     });
   });
 }
