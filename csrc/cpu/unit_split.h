@@ -6,7 +6,8 @@
 // (T=200, B=1, H=128 LSTM: 1.1x torch.nn). Here both threads run the whole sequence, each on its half of
 // the hidden units, meeting once a step at a spinning barrier (a fraction of a µs): each computes the
 // gate rows of its units, updates them, and writes its half of h_t, which the other reads in the next
-// step (so h is double-buffered).
+// step (so h is double-buffered). Backward the same way: each thread its units' gate gradients, then,
+// past the barrier, its units' columns of dh_{t-1} = dG_t @ W_hh from all of dG_t.
 //
 // Results do not change: each gate row is still one mat-vec row (matvec_rows) summed the same way, and
 // the units split at a multiple of 8 of a hidden size that is one, so every row keeps the 8-row path
