@@ -78,8 +78,8 @@ inline at::Tensor compute_copy(const at::Tensor& t) {
               at::MemoryFormat::Contiguous);
 }
 
-// t in the dtype the op computes in (no copy where it is that dtype already): the biases.
-inline c10::optional<at::Tensor> compute_view(const c10::optional<at::Tensor>& t) {
+// t converted to the dtype the op computes in (no copy where it is in it already): the biases.
+inline c10::optional<at::Tensor> compute_cast(const c10::optional<at::Tensor>& t) {
   if (!t.has_value()) return t;
   return t->to(compute_dtype(t->scalar_type()));
 }
