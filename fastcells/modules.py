@@ -304,16 +304,14 @@ def _check_cell_args(input, states, input_size, hidden_size, weight):
                                f"at {input.device} and hidden{index} tensor at {state.device}")
 
 
-_STREAMING_DTYPES = (torch.float32, torch.float64)
-
-
 def _streaming_call(input):
     """Whether a cell call may take the streaming fast path: one fused step op of the cpu backend
     called straight from forward, with none of the Python checks (the op checks every shape, dtype and
     device itself; on any error the call goes the full way, which raises torch.nn's exception). Plain
-    batched CPU float tensors, no gradient, no autocast, where calls may skip the dispatcher
-    (backends/cpu.py: nothing traces or records them)."""
-    return (type(input) is torch.Tensor and input.is_cpu and input.dtype in _STREAMING_DTYPES
+    batched CPU tensors of the backend's dtypes (16-bit ones too: the op converts them as the full path
+    would), no gradient, no autocast, where calls may skip the dispatcher (backends/cpu.py: nothing
+    traces or records them)."""
+    return (type(input) is torch.Tensor and input.is_cpu and input.dtype in cpu_backend.DTYPES
             and input.dim() == 2 and not torch.is_grad_enabled() and not autocast.any_enabled()
             and cpu_backend.direct_calls_allowed())
 

@@ -653,15 +653,18 @@ def test_extension_loads_where_it_was_built():
 
 
 @pytest.mark.skipif(_extension.load_error is not None, reason="fastcells._C not loaded")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("kind", CELL_KINDS)
-def test_streaming_cell_step_skips_the_python_checks(kind, monkeypatch):
+def test_streaming_cell_step_skips_the_python_checks(kind, dtype, monkeypatch):
     """An inference call with a state runs the fused step op straight from forward (the op checks its
-    arguments itself), with torch.nn's results; with gradients it takes the full path."""
+    arguments itself), with torch.nn's results, in 16-bit dtypes too; with gradients it takes the full
+    path."""
     from fastcells import modules
 
-    ref, fast = make_cell_twins(kind, 4, 6, dtype=torch.float32, backend="cpu")
-    x = torch.randn(3, 4)
-    hx = random_cell_states(ref, 3, torch.float32)
+    ref, fast = make_cell_twins(kind, 4, 6, dtype=dtype, backend="cpu")
+    x = torch.randn(3, 4, dtype=dtype)
+    hx = random_cell_states(ref, 3, dtype)
+    tolerance = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
 
     def planted(*args):
         raise AssertionError("the full path ran")
@@ -671,7 +674,7 @@ def test_streaming_cell_step_skips_the_python_checks(kind, monkeypatch):
         got, expected = fast(x, hx), ref(x, hx)
     for a, b in zip(got if isinstance(got, tuple) else (got,),
                     expected if isinstance(expected, tuple) else (expected,)):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(a, b, **tolerance)
     with pytest.raises(AssertionError, match="the full path ran"):
         fast(x, hx)  # gradients enabled
 
