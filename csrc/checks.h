@@ -39,23 +39,31 @@ inline void check_bias(const c10::optional<at::Tensor>& bias, const char* name, 
               bias->device());
 }
 
+// A weight w named `name` on x's device, of x's dtype or of `weights` where given: the CPU step ops,
+// and layer ops of a few rows, take a bfloat16 call's weights unconverted, with its other tensors in
+// float32 (csrc/cpu/register_cpu.cpp).
+// (x_name: x's, in messages.)
+inline void check_weight(const at::Tensor& w, const char* name, const at::Tensor& x,
+                         c10::optional<at::ScalarType> weights, const char* x_name = "x") {
+  if (!weights.has_value()) {
+    TORCH_CHECK(w.scalar_type() == x.scalar_type(), name, " must have dtype ", x.scalar_type(), " like ", x_name,
+                ", got ", w.scalar_type());
+  } else {
+    TORCH_CHECK(w.scalar_type() == *weights, name, " must have dtype ", *weights, ", got ", w.scalar_type());
+  }
+  TORCH_CHECK(w.device() == x.device(), name, " must be on ", x.device(), " like ", x_name, ", got ", w.device());
+}
+
 // The input side of a layer or step op: x (N, I), w_ih (G, I), b_ih and b_hh (G) or none, all of
-// x's dtype and device (which dtypes are allowed is the device's check). `weights`: the dtype the
-// weights must have, where not x's (the CPU step ops of a bfloat16 call, whose weights come
-// unconverted: csrc/cpu/register_cpu.cpp).
+// x's dtype and device (which dtypes are allowed is the device's check); the weights of dtype
+// `weights` where given (check_weight).
 inline void check_input_args(const at::Tensor& x, const at::Tensor& w_ih,
                              const c10::optional<at::Tensor>& b_ih,
                              const c10::optional<at::Tensor>& b_hh, int64_t G,
                              c10::optional<at::ScalarType> weights = c10::nullopt) {
   FC_CHECK_DIM(x, 2);
   FC_CHECK_SHAPE(w_ih, G, x.size(1));
-  if (weights.has_value()) {
-    TORCH_CHECK(w_ih.scalar_type() == *weights, "w_ih must have dtype ", *weights, ", got ",
-                w_ih.scalar_type());
-    TORCH_CHECK(w_ih.device() == x.device(), "w_ih must be on ", x.device(), " like x, got ", w_ih.device());
-  } else {
-    FC_CHECK_LIKE(w_ih, x);
-  }
+  check_weight(w_ih, "w_ih", x, weights);
   check_bias(b_ih, "b_ih", G, x);
   check_bias(b_hh, "b_hh", G, x);
 }
@@ -73,10 +81,6 @@ inline int64_t check_step_args(const at::Tensor& x, const at::Tensor& h, const a
   FC_CHECK_LIKE(h, x);
   check_input_args(x, w_ih, b_ih, b_hh, G, weights);
   FC_CHECK_SHAPE(w_hh, G, H);
-  if (weights.has_value()) {
-    FC_CHECK_LIKE(w_hh, w_ih);
-  } else {
-    FC_CHECK_LIKE(w_hh, x);
-  }
+  check_weight(w_hh, "w_hh", x, weights);
   return H;
 }

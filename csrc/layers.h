@@ -3,8 +3,9 @@
 //
 // Shapes: N rows of the flattened sequence (see schedule.h), I input features, B batch, H hidden,
 // P = proj_size or H, G gate columns (4H LSTM, 3H GRU, H RNN). The checks cover shapes, and dtype and
-// device agreement between arguments; which dtypes a device computes in is checked by its own
-// implementation (FC_CHECK_FLOATING on the CPU).
+// device agreement between arguments (the weights' dtype may be another than x's where the caller
+// says which: `weights`, checks.h's check_weight); which dtypes a device computes in is checked by its
+// own implementation (FC_CHECK_FLOATING on the CPU).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -23,20 +24,21 @@ inline LstmLayout check_lstm_layer_fwd_args(const at::Tensor& x, const at::Tenso
                                             const c10::optional<at::Tensor>& b_hh,
                                             const at::Tensor& h0, const at::Tensor& c0,
                                             const at::Tensor& w_hh,
-                                            const c10::optional<at::Tensor>& w_hr) {
+                                            const c10::optional<at::Tensor>& w_hr,
+                                            c10::optional<at::ScalarType> weights = c10::nullopt) {
   FC_CHECK_DIM(c0, 2);
   const int64_t H = c0.size(1);
   if (w_hr.has_value()) FC_CHECK_DIM((*w_hr), 2);
   const LstmLayout L{H, w_hr.has_value() ? w_hr->size(0) : H, w_hr.has_value()};
-  check_input_args(x, w_ih, b_ih, b_hh, 4 * H);
+  check_input_args(x, w_ih, b_ih, b_hh, 4 * H, weights);
   FC_CHECK_SHAPE(h0, c0.size(0), L.P);
   FC_CHECK_SHAPE(w_hh, 4 * H, L.P);
   FC_CHECK_LIKE(h0, x);
   FC_CHECK_LIKE(c0, x);
-  FC_CHECK_LIKE(w_hh, x);
+  check_weight(w_hh, "w_hh", x, weights);
   if (L.proj) {
     FC_CHECK_SHAPE((*w_hr), L.P, H);  // (P was read from it: this checks its dims and H)
-    FC_CHECK_LIKE((*w_hr), x);
+    check_weight(*w_hr, "w_hr", x, weights);
   }
   return L;
 }
@@ -46,13 +48,14 @@ inline LstmLayout check_lstm_layer_fwd_args(const at::Tensor& x, const at::Tenso
 inline int64_t check_layer_fwd_args(const at::Tensor& x, const at::Tensor& w_ih,
                                     const c10::optional<at::Tensor>& b_ih,
                                     const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0,
-                                    const at::Tensor& w_hh, int64_t gates_per_unit) {
+                                    const at::Tensor& w_hh, int64_t gates_per_unit,
+                                    c10::optional<at::ScalarType> weights = c10::nullopt) {
   FC_CHECK_DIM(h0, 2);
   const int64_t H = h0.size(1), G = gates_per_unit * H;
-  check_input_args(x, w_ih, b_ih, b_hh, G);
+  check_input_args(x, w_ih, b_ih, b_hh, G, weights);
   FC_CHECK_SHAPE(w_hh, G, H);
   FC_CHECK_LIKE(h0, x);
-  FC_CHECK_LIKE(w_hh, x);
+  check_weight(w_hh, "w_hh", x, weights);
   return H;
 }
 
@@ -62,7 +65,7 @@ inline LstmLayout check_lstm_layer_bwd_args(
     const at::Tensor& dy, const at::Tensor& dhn, const at::Tensor& dcn, const at::Tensor& saved,
     const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
     const c10::optional<at::Tensor>& b_hh, const at::Tensor& w_hh,
-    const c10::optional<at::Tensor>& w_hr) {
+    const c10::optional<at::Tensor>& w_hr, c10::optional<at::ScalarType> weights = c10::nullopt) {
   FC_CHECK_DIM(dy, 2);
   FC_CHECK_DIM(dhn, 2);
   FC_CHECK_DIM(dcn, 2);
@@ -75,13 +78,13 @@ inline LstmLayout check_lstm_layer_bwd_args(
   FC_CHECK_LIKE(dhn, dy);
   FC_CHECK_LIKE(dcn, dy);
   FC_CHECK_LIKE(saved, dy);
-  FC_CHECK_LIKE(w_hh, dy);
+  FC_CHECK_LIKE(x, dy);
+  check_weight(w_hh, "w_hh", dy, weights, "dy");
   if (L.proj) {
     FC_CHECK_SHAPE((*w_hr), L.P, L.H);
-    FC_CHECK_LIKE((*w_hr), dy);
+    check_weight(*w_hr, "w_hr", dy, weights, "dy");
   }
-  FC_CHECK_LIKE(x, dy);
-  check_input_args(x, w_ih, b_ih, b_hh, 4 * L.H);
+  check_input_args(x, w_ih, b_ih, b_hh, 4 * L.H, weights);
   FC_CHECK_SHAPE(x, N, x.size(1));
   return L;
 }
@@ -92,7 +95,8 @@ inline int64_t check_layer_bwd_args(const at::Tensor& dy, const at::Tensor& dhn,
                                     const at::Tensor& saved, const at::Tensor& x,
                                     const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
                                     const c10::optional<at::Tensor>& b_hh, const at::Tensor& w_hh,
-                                    int64_t gates_per_unit, int64_t saved_per_unit) {
+                                    int64_t gates_per_unit, int64_t saved_per_unit,
+                                    c10::optional<at::ScalarType> weights = c10::nullopt) {
   FC_CHECK_DIM(dy, 2);
   FC_CHECK_DIM(dhn, 2);
   const int64_t H = dhn.size(1), N = dy.size(0), G = gates_per_unit * H;
@@ -101,9 +105,9 @@ inline int64_t check_layer_bwd_args(const at::Tensor& dy, const at::Tensor& dhn,
   FC_CHECK_SHAPE(w_hh, G, H);
   FC_CHECK_LIKE(dhn, dy);
   FC_CHECK_LIKE(saved, dy);
-  FC_CHECK_LIKE(w_hh, dy);
   FC_CHECK_LIKE(x, dy);
-  check_input_args(x, w_ih, b_ih, b_hh, G);
+  check_weight(w_hh, "w_hh", dy, weights, "dy");
+  check_input_args(x, w_ih, b_ih, b_hh, G, weights);
   FC_CHECK_SHAPE(x, N, x.size(1));
   return H;
 }

@@ -232,11 +232,24 @@ template <typename T>
 class StepProduct {
  public:
   // batch: the most rows any step of the layer has (all groups together).
-  // w in T, or in bfloat16 where the products are bfloat16 ones (storage.h).
+  // w in T, or in bfloat16 with T float: a bfloat16 layer's weights, which the mat-vecs of batches of
+  // at most kSmallRows rows and the bfloat16 products read as they are (a float32 copy of them took more
+  // memory than torch.nn's whole call at B=1, and a generation loop's one-step call longer than its
+  // arithmetic); a float32 copy is packed only for larger batches on CPUs without the bfloat16 products.
   StepProduct(const at::Tensor& w, bool transposed, int64_t batch)
       : transposed_(transposed), rows_(w.size(0)), cols_(w.size(1)) {
     if (batch > kSmallRows && bf16_products<T>()) {
       bf16_ = bf16::pack(w, transposed);
+      return;
+    }
+    if (w.scalar_type() != c10::CppTypeToScalarType<T>::value) {
+      TORCH_CHECK((std::is_same_v<T, float> && w.scalar_type() == at::kBFloat16),
+                  "StepProduct: weights must be float32 or bfloat16 for float32 rows, got ", w.scalar_type());
+      if (batch <= kSmallRows) {
+        w_bf16_ = w.template data_ptr<c10::BFloat16>();
+        return;
+      }
+      packed_ = pack_matrix<T>(w.to(c10::CppTypeToScalarType<T>::value), transposed);
       return;
     }
     w_ = w.template data_ptr<T>();
@@ -246,13 +259,12 @@ class StepProduct {
   void run(const T* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate) const {
     if constexpr (std::is_same_v<T, float>) {
       if (bf16_.storage.defined()) return bf16::gemm(a, lda, bf16_, out, ldo, m, accumulate);
+      if (w_bf16_) return run_in_place(w_bf16_, a, lda, out, ldo, m, accumulate);
     }
     if (packed_.storage.defined()) {
       gemm_packed(a, lda, packed_, out, ldo, m, accumulate);
-    } else if (transposed_) {
-      matmul_nt(a, lda, w_, cols_, out, ldo, m, rows_, cols_, accumulate);
     } else {
-      matmul_nn(a, lda, w_, cols_, out, ldo, m, cols_, rows_, accumulate);
+      run_in_place(w_, a, lda, out, ldo, m, accumulate);
     }
   }
 
@@ -265,7 +277,18 @@ class StepProduct {
   }
 
  private:
+  // The mat-vecs (or axpys) of matmul_cpu.h, reading w (T or bfloat16) in place.
+  template <typename W>
+  void run_in_place(const W* w, const T* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate) const {
+    if (transposed_) {
+      matmul_nt(a, lda, w, cols_, out, ldo, m, rows_, cols_, accumulate);
+    } else {
+      matmul_nn(a, lda, w, cols_, out, ldo, m, cols_, rows_, accumulate);
+    }
+  }
+
   const T* w_ = nullptr;
+  const c10::BFloat16* w_bf16_ = nullptr;  // or this: bfloat16 weights for at most kSmallRows rows
   bool transposed_;
   int64_t rows_, cols_;
   PackedMatrix<T> packed_;

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #if FASTCELLS_ISA_AVX2
 #include <immintrin.h>
@@ -44,8 +45,9 @@ struct Vec {
 // Work (multiply-adds) below which a loop stays on one thread: waking the other core costs ~1-2 µs.
 constexpr int64_t kParallelWork = 1 << 16;
 
-// Weights W are T, or bfloat16 for the steps of a bfloat16 cell (step_projections below), each
-// element widened to T exactly as it is read.
+// Weights W are T, or bfloat16 in a bfloat16 call of at most kSmallRows rows (a cell step:
+// step_projections below; a layer: gemm_cpu.h's StepProduct), each element widened to T exactly as it is
+// read: so the products are those of a float32 copy of the weights, which is never made.
 
 // A bfloat16 value as float: its 16 bits on top of a float's 32 (exact; what c10::BFloat16 does, in a
 // form the loops below vectorize).
@@ -58,6 +60,35 @@ inline float widen(c10::BFloat16 w) {
 template <typename T>
 inline T widen(T w) {
   return w;
+}
+
+// A vector V (of T) loaded from w: the values as they are, or widened from bfloat16.
+template <typename V, typename W>
+inline V load_widened(const W* w) {
+  using T = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>()[0])>>;
+  V v;
+  if constexpr (std::is_same_v<W, T>) {
+    std::memcpy(&v, w, sizeof(V));
+  } else {
+    static_assert(std::is_same_v<W, c10::BFloat16> && std::is_same_v<T, float> && sizeof(V) == kVecBytes);
+    typedef uint16_t Bits __attribute__((vector_size(kVecBytes / 2)));
+    typedef uint32_t Words __attribute__((vector_size(kVecBytes)));
+    Bits bits;
+    std::memcpy(&bits, w, sizeof(bits));
+    const Words wide = __builtin_convertvector(bits, Words) << 16;
+    std::memcpy(&v, &wide, sizeof(V));
+  }
+  return v;
+}
+
+// body(w) with the data of the weight tensor w as the mat-vecs below read it: const T*, or const
+// c10::BFloat16* where T is float and w bfloat16.
+template <typename T, typename F>
+inline void with_weights(const at::Tensor& w, const F& body) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (w.scalar_type() == at::kBFloat16) return body(w.data_ptr<c10::BFloat16>());
+  }
+  body(w.data_ptr<T>());
 }
 
 template <typename T, typename W>
@@ -250,8 +281,8 @@ at::Tensor wrap(const T* data, int64_t rows, int64_t cols, int64_t ld) {
 
 // out (m, n) = a (m, k) @ w (n, k)^T, or += when accumulate, as mat-vecs reading w in place, its rows
 // split between threads. Row-major, leading dims given.
-template <typename T>
-void matvecs_nt(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t ldo, int64_t m,
+template <typename T, typename W>
+void matvecs_nt(const T* a, int64_t lda, const W* w, int64_t ldw, T* out, int64_t ldo, int64_t m,
                 int64_t n, int64_t k, bool accumulate) {
   if (m == 0 || n == 0) return;
   for_row_blocks(n, grain_for(m * k), [&](int64_t begin, int64_t end) {
@@ -260,19 +291,21 @@ void matvecs_nt(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_
 }
 
 // out (m, n) = a (m, k) @ w (n, k)^T, or += when accumulate. Row-major, leading dims given.
-// More than kSmallRows rows go to at::mm (the cell step ops with a batch).
-template <typename T>
-void matmul_nt(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t ldo, int64_t m,
+// More than kSmallRows rows go to at::mm (the cell step ops with a batch; w in T).
+template <typename T, typename W>
+void matmul_nt(const T* a, int64_t lda, const W* w, int64_t ldw, T* out, int64_t ldo, int64_t m,
                int64_t n, int64_t k, bool accumulate) {
   if (m == 0 || n == 0) return;
-  if (m > kSmallRows) {
-    at::Tensor o = wrap(out, m, n, ldo);
-    if (accumulate) {
-      o.addmm_(wrap(a, m, k, lda), wrap(w, n, k, ldw).t());
-    } else {
-      at::mm_out(o, wrap(a, m, k, lda), wrap(w, n, k, ldw).t());
+  if constexpr (std::is_same_v<T, W>) {
+    if (m > kSmallRows) {
+      at::Tensor o = wrap(out, m, n, ldo);
+      if (accumulate) {
+        o.addmm_(wrap(a, m, k, lda), wrap(w, n, k, ldw).t());
+      } else {
+        at::mm_out(o, wrap(a, m, k, lda), wrap(w, n, k, ldw).t());
+      }
+      return;
     }
-    return;
   }
   matvecs_nt(a, lda, w, ldw, out, ldo, m, n, k, accumulate);
 }
@@ -280,19 +313,19 @@ void matmul_nt(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t
 // Columns [begin, end) of matmul_nn's product, each output element one chain of multiply-adds over w's
 // rows in order, starting from 0 (or from out when accumulating): the same sums however the columns
 // are split. Each row of w an axpy over the columns into every output row (read once for all m rows).
-template <typename T>
-inline void matmul_nn_axpy(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t ldo, int64_t m,
+template <typename T, typename W>
+inline void matmul_nn_axpy(const T* a, int64_t lda, const W* w, int64_t ldw, T* out, int64_t ldo, int64_t m,
                            int64_t k, int64_t begin, int64_t end, bool accumulate) {
   if (!accumulate) {
     for (int64_t i = 0; i < m; ++i) std::fill(out + i * ldo + begin, out + i * ldo + end, T(0));
   }
   for (int64_t r = 0; r < k; ++r) {
-    const T* w_row = w + r * ldw;
+    const W* w_row = w + r * ldw;
     for (int64_t i = 0; i < m; ++i) {
       const T coef = a[i * lda + r];
       T* o_row = out + i * ldo;
 #pragma omp simd
-      for (int64_t j = begin; j < end; ++j) o_row[j] += coef * w_row[j];
+      for (int64_t j = begin; j < end; ++j) o_row[j] += coef * widen(w_row[j]);
     }
   }
 }
@@ -303,8 +336,8 @@ inline void matmul_nn_axpy(const T* a, int64_t lda, const T* w, int64_t ldw, T* 
 // ~40 µs a step for B=4, H=256), each the same multiply-adds in the same order.
 constexpr int kNnVecs = FASTCELLS_ISA_AVX512 ? 4 : 2;  // 16 or 8 sums + the loads in the registers
 
-template <typename T, int M>
-inline void matmul_nn_block(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t ldo, int64_t k,
+template <typename T, int M, typename W>
+inline void matmul_nn_block(const T* a, int64_t lda, const W* w, int64_t ldw, T* out, int64_t ldo, int64_t k,
                             int64_t j, bool accumulate) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
@@ -320,7 +353,7 @@ inline void matmul_nn_block(const T* a, int64_t lda, const T* w, int64_t ldw, T*
   }
   for (int64_t r = 0; r < k; ++r) {
     V wv[kNnVecs];
-    for (int q = 0; q < kNnVecs; ++q) std::memcpy(&wv[q], w + r * ldw + j + q * L, sizeof(V));
+    for (int q = 0; q < kNnVecs; ++q) wv[q] = load_widened<V>(w + r * ldw + j + q * L);
     for (int i = 0; i < M; ++i) {
       const V coef = a[i * lda + r] - V{};  // a broadcast (x - 0 is x, -0.0 included)
       for (int q = 0; q < kNnVecs; ++q) acc[i][q] += coef * wv[q];
@@ -334,8 +367,8 @@ inline void matmul_nn_block(const T* a, int64_t lda, const T* w, int64_t ldw, T*
 
 // matmul_nn's product for columns [begin, end): register blocks of columns where the copy has the
 // vectors for them, the axpy form for the rest.
-template <typename T>
-inline void matmul_nn_columns(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t ldo,
+template <typename T, typename W>
+inline void matmul_nn_columns(const T* a, int64_t lda, const W* w, int64_t ldw, T* out, int64_t ldo,
                               int64_t m, int64_t k, int64_t begin, int64_t end, bool accumulate) {
   int64_t j = begin;
 #if FASTCELLS_ISA_AVX2
@@ -346,10 +379,10 @@ inline void matmul_nn_columns(const T* a, int64_t lda, const T* w, int64_t ldw, 
     T* out_i = out + i * ldo;
     for (j = begin; j + kBlock <= end; j += kBlock) {
       switch (rows) {
-        case 4: matmul_nn_block<T, 4>(a_i, lda, w, ldw, out_i, ldo, k, j, accumulate); break;
-        case 3: matmul_nn_block<T, 3>(a_i, lda, w, ldw, out_i, ldo, k, j, accumulate); break;
-        case 2: matmul_nn_block<T, 2>(a_i, lda, w, ldw, out_i, ldo, k, j, accumulate); break;
-        default: matmul_nn_block<T, 1>(a_i, lda, w, ldw, out_i, ldo, k, j, accumulate); break;
+        case 4: matmul_nn_block<T, 4, W>(a_i, lda, w, ldw, out_i, ldo, k, j, accumulate); break;
+        case 3: matmul_nn_block<T, 3, W>(a_i, lda, w, ldw, out_i, ldo, k, j, accumulate); break;
+        case 2: matmul_nn_block<T, 2, W>(a_i, lda, w, ldw, out_i, ldo, k, j, accumulate); break;
+        default: matmul_nn_block<T, 1, W>(a_i, lda, w, ldw, out_i, ldo, k, j, accumulate); break;
       }
     }
   }
@@ -359,8 +392,8 @@ inline void matmul_nn_columns(const T* a, int64_t lda, const T* w, int64_t ldw, 
 
 // out (m, n) = a (m, k) @ w (k, n), or += when accumulate, for a few rows (the backward of a step;
 // more rows take the packed GEMM of gemm_cpu.h). Row-major, leading dims given.
-template <typename T>
-void matmul_nn(const T* a, int64_t lda, const T* w, int64_t ldw, T* out, int64_t ldo, int64_t m,
+template <typename T, typename W>
+void matmul_nn(const T* a, int64_t lda, const W* w, int64_t ldw, T* out, int64_t ldo, int64_t m,
                int64_t n, int64_t k, bool accumulate) {
   if (m == 0 || n == 0) return;
   // Columns split across threads; each row of w is an axpy over the thread's columns.
@@ -418,9 +451,10 @@ class StepScratch {
   T* data_ = nullptr;
 };
 
-// The dtype a step op's weights must have: x's, or bfloat16 for a bfloat16 call's float32 arguments
-// (step_projections below; register_cpu.cpp checks the call's dtypes before converting).
-inline c10::optional<at::ScalarType> step_weights_dtype(const at::Tensor& x, const at::Tensor& w_ih) {
+// The dtype a step or layer op's weights must have (checks.h's check_weight): x's, or bfloat16 for a
+// bfloat16 call's float32 arguments (step_projections below, StepProduct; register_cpu.cpp checks the
+// call's dtypes before converting).
+inline c10::optional<at::ScalarType> weights_dtype(const at::Tensor& x, const at::Tensor& w_ih) {
   if (x.scalar_type() == at::kFloat && w_ih.scalar_type() == at::kBFloat16) return at::kBFloat16;
   return c10::nullopt;
 }

@@ -52,8 +52,8 @@ const CpuKernels& pick() {
 // weights too: never per step), the outputs converted back to the input's dtype, saved activations
 // included (kept in 16 bits, as the CUDA ops and torch.nn keep them); the math and the states inside
 // stay float32. bfloat16 layers may multiply in bfloat16 (bf16_products.h), and then keep their tensors
-// in bfloat16 with no float32 copies (storage.h, run_layer); bfloat16 cell steps take their weights
-// unconverted (run_step).
+// in bfloat16 with no float32 copies (storage.h, run_layer); bfloat16 cell steps, and layers of a few
+// rows, take their weights unconverted (run_keeping_weights).
 bool low_precision(const Tensor& x) {
   return x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
 }
@@ -99,48 +99,75 @@ auto run(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names, c
 // kernels' checks raise.
 int64_t state_rows(const Tensor& state) { return state.dim() == 2 ? state.size(0) : 0; }
 
-// As run(), for the layer ops, whose kernels keep a bfloat16 layer's tensors in bfloat16 where its
-// products all run in bfloat16 (storage.h: a batch of more than kSmallRows rows, `batch`): then they
-// take the arguments as they are, and only the outputs they compute in float32 (states, gradients)
-// are converted.
-template <typename Kernel, typename... Args>
-auto run_layer(Kernel kernel, int64_t batch, const std::array<const char*, sizeof...(Args)>& names,
-               const Args&... args) {
+// The weights' (named w_*) dtypes in a float32 call, x's: the kernels let bfloat16 weights through
+// with float32 x (other mismatches they refuse themselves, with x's dtype checked first).
+template <typename... Args>
+void check_weights(const std::array<const char*, sizeof...(Args)>& names, const Args&... args) {
   const Tensor& x = std::get<0>(std::tie(args...));
-  if (x.scalar_type() != at::kBFloat16 || batch <= kSmallRows || !cpu_bf16_products()) {
-    return run(kernel, names, args...);
-  }
+  if (x.scalar_type() != at::kFloat) return;
   size_t i = 0;
-  (check_dtype(x, names[i++], args), ...);
-  return to_dtype(kernel(args...), x.scalar_type());
+  ((names[i][0] == 'w' ? check_dtype(x, names[i], args) : void(), ++i), ...);
 }
 
-// An argument of a bfloat16 cell step as its kernel takes it: the weights (named w_*) unconverted,
-// the rest in float32.
-Tensor step_argument(const char* name, const Tensor& t) { return name[0] == 'w' ? t : f32(t); }
+// An argument of a bfloat16 call whose kernel reads the weights as they are: the weights (named w_*)
+// unconverted, the rest in float32.
+Tensor weights_kept(const char* name, const Tensor& t) { return name[0] == 'w' ? t : f32(t); }
+OptionalTensor weights_kept(const char* name, const OptionalTensor& t) { return name[0] == 'w' ? t : f32(t); }
 template <typename T>
-T step_argument(const char*, const T& t) {
+T weights_kept(const char*, const T& t) {
   return f32(t);
 }
 
 template <typename Kernel, typename Args, size_t... I>
-auto call_step(Kernel kernel, const std::array<const char*, sizeof...(I)>& names, const Args& args,
-               std::index_sequence<I...>) {
-  return kernel(step_argument(names[I], std::get<I>(args))...);
+auto call_keeping_weights(Kernel kernel, const std::array<const char*, sizeof...(I)>& names, const Args& args,
+                          std::index_sequence<I...>) {
+  return kernel(weights_kept(names[I], std::get<I>(args))...);
+}
+
+// Runs `kernel` on a bfloat16 call's arguments, its weights as they are and the rest in float32, and
+// converts the outputs back: for the kernels whose mat-vecs read bfloat16 weights (matmul_cpu.h), which
+// converting would copy whole at every call (a cell step, a generation loop's one-step layer call).
+template <typename Kernel, typename... Args>
+auto run_keeping_weights(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names,
+                         const Args&... args) {
+  const Tensor& x = std::get<0>(std::tie(args...));
+  return to_dtype(call_keeping_weights(kernel, names, std::tie(args...), std::index_sequence_for<Args...>{}),
+                  x.scalar_type());
+}
+
+// As run(), for the layer ops (`batch`: the rows of their state). A bfloat16 call goes one of three ways:
+// - with the bfloat16 products (storage.h: a batch of more than kSmallRows rows), the kernels take the
+//   arguments as they are and keep the layer's tensors in bfloat16; only the outputs they compute in
+//   float32 (states, gradients) are converted;
+// - with at most kSmallRows rows, the weights as they are and the rest in float32 (run_keeping_weights);
+// - else all in float32 (run).
+template <typename Kernel, typename... Args>
+auto run_layer(Kernel kernel, int64_t batch, const std::array<const char*, sizeof...(Args)>& names,
+               const Args&... args) {
+  const Tensor& x = std::get<0>(std::tie(args...));
+  if (x.scalar_type() != at::kBFloat16) {
+    check_weights(names, args...);
+    return run(kernel, names, args...);
+  }
+  size_t i = 0;
+  (check_dtype(x, names[i++], args), ...);
+  if (batch > kSmallRows && cpu_bf16_products()) return to_dtype(kernel(args...), x.scalar_type());
+  if (batch <= kSmallRows) return run_keeping_weights(kernel, names, args...);
+  return run(kernel, names, args...);
 }
 
 // As run(), for the cell step ops, whose kernels read a bfloat16 call's weights as they are (a step is
 // one call: converting them would copy the weights at every step; matmul_cpu.h's step_projections).
-// Since the kernels then let bfloat16 weights through with float32 arguments, every call's dtypes are
-// checked here.
 template <typename Kernel, typename... Args>
 auto run_step(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names, const Args&... args) {
   const Tensor& x = std::get<0>(std::tie(args...));
+  if (x.scalar_type() != at::kBFloat16) {
+    check_weights(names, args...);
+    return run(kernel, names, args...);
+  }
   size_t i = 0;
   (check_dtype(x, names[i++], args), ...);
-  if (x.scalar_type() != at::kBFloat16) return run(kernel, names, args...);
-  return to_dtype(call_step(kernel, names, std::tie(args...), std::index_sequence_for<Args...>{}),
-                  x.scalar_type());
+  return run_keeping_weights(kernel, names, args...);
 }
 
 }  // namespace

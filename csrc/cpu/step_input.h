@@ -98,21 +98,33 @@ class StepInput {
   // 25 x 7 x 37). Large ones with at::mm, which is faster there (122 against about 60 GFLOP/s at
   // 6400 x 512 x 2048 on 2 Zen 4 cores) and gave the same result for 1 to 3 threads at every size
   // tried from 80 x 37 x 148 to 6400 x 512 x 2048 (tests/test_thread_count.py checks one).
-  void project_up_front(const at::Tensor& x, const at::Tensor& w_ih,
+  // w_ih may be bfloat16 (StepProduct): the mat-vecs read it as it is, the GEMMs take a float32 copy.
+  void project_up_front(const at::Tensor& x, const at::Tensor& w_ih_given,
                         const c10::optional<at::Tensor>& bias) {
     const int64_t N = x.size(0);
-    if (N >= kMklRows && N * I_ * G_ >= kMklWork) {
+    const bool mkl = N >= kMklRows && N * I_ * G_ >= kMklWork;
+    if (!mkl && N <= kMatvecRows) {  // no packed copy of w_ih (matmul_cpu.h)
+      gx_ = at::empty({N, G_}, x.options());
+      with_weights<T>(w_ih_given, [&](const auto* w) {
+        matvecs_nt(x.data_ptr<T>(), I_, w, I_, gx_.data_ptr<T>(), G_, N, G_, I_, false);
+      });
+      add_bias(bias);
+      return;
+    }
+    const at::Tensor w_ih = w_ih_given.to(x.scalar_type());  // no copy where it is in T
+    if (mkl) {
       gx_ = input_projection(x, w_ih, bias).contiguous();
       return;
     }
     gx_ = at::empty({N, G_}, x.options());
-    if (N <= kMatvecRows) {  // no packed copy of w_ih (matmul_cpu.h)
-      matvecs_nt(x.data_ptr<T>(), I_, w_ih.data_ptr<T>(), I_, gx_.data_ptr<T>(), G_, N, G_, I_, false);
-    } else {
-      StepProduct<T>(w_ih, /*transposed=*/true, N).run(x.data_ptr<T>(), I_, gx_.data_ptr<T>(), G_, N,
-                                                      /*accumulate=*/false);
-    }
-    if (bias.has_value()) add_bias_rows(gx_.data_ptr<T>(), G_, N, G_, bias->contiguous().data_ptr<T>());
+    StepProduct<T>(w_ih, /*transposed=*/true, N).run(x.data_ptr<T>(), I_, gx_.data_ptr<T>(), G_, N,
+                                                    /*accumulate=*/false);
+    add_bias(bias);
+  }
+
+  // gx_ += bias, on every row.
+  void add_bias(const c10::optional<at::Tensor>& bias) {
+    if (bias.has_value()) add_bias_rows(gx_.data_ptr<T>(), G_, gx_.size(0), G_, bias->contiguous().data_ptr<T>());
   }
 
   int64_t G_, I_;
