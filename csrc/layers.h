@@ -152,7 +152,9 @@ struct RowSums {
   at::Tensor dgx, dgh_bias;
 };
 
-// operands: the dtype the GEMMs round their operands to (mm_in); none: dgx's.
+// operands: the dtype the GEMMs round their operands to (mm_in); none: dgx's. dw_ih comes in w_ih's
+// dtype (where the CPU ops take a bfloat16 call's weights as they are, and multiply in bfloat16, it is
+// never widened to float32 and rounded back).
 inline InputGrads input_grads(const at::Tensor& dgx, const at::Tensor& x, const at::Tensor& w_ih,
                               const c10::optional<at::Tensor>& b_ih,
                               const c10::optional<at::Tensor>& b_hh, const at::Tensor& dgh_bias,
@@ -166,7 +168,7 @@ inline InputGrads input_grads(const at::Tensor& dgx, const at::Tensor& x, const 
   const at::ScalarType in = operands.value_or(dgx.scalar_type());
   const at::Tensor dg = dgx.to(in);  // rounded once for both GEMMs
   InputGrads g{need_dx ? mm_in(dg, w_ih, in, dgx.scalar_type()) : absent(),
-               mm_in(dg.t(), x, in, dgx.scalar_type()), absent(), absent()};
+               mm_in(dg.t(), x, in, w_ih.scalar_type()), absent(), absent()};
   if (b_ih.has_value()) g.db_ih = sum_of(sums.dgx, dgx);
   if (b_hh.has_value()) {
     if (dgh_bias.defined()) {
@@ -181,11 +183,11 @@ inline InputGrads input_grads(const at::Tensor& dgx, const at::Tensor& x, const 
 // The LSTM weight gradients, one GEMM each over all rows after the time loop: dw_hh (4H, P) from the
 // gate gradients dgx (N, 4H), and dw_hr (P, H) from dh_rows (N, P), the gradients of the projected
 // outputs (empty without a projection).
-// operands as input_grads'.
+// operands as input_grads'; weights: the weights' dtype, the gradients' (none: dgx's).
 inline std::pair<at::Tensor, at::Tensor> lstm_weight_grads(
     const at::Tensor& dgx, const at::Tensor& saved, const at::Tensor& dh_rows, const LstmLayout& L,
-    c10::optional<at::ScalarType> operands = c10::nullopt) {
-  const at::ScalarType in = operands.value_or(dgx.scalar_type()), out = dgx.scalar_type();
+    c10::optional<at::ScalarType> operands = c10::nullopt, c10::optional<at::ScalarType> weights = c10::nullopt) {
+  const at::ScalarType in = operands.value_or(dgx.scalar_type()), out = weights.value_or(dgx.scalar_type());
   at::Tensor dw_hh = mm_in(dgx.t(), saved.narrow(1, L.h_prev(), L.P), in, out);
   at::Tensor dw_hr = L.proj ? mm_in(dh_rows.t(), saved.narrow(1, L.h_raw(), L.H), in, out)
                             : at::empty({0}, dgx.options());
