@@ -225,6 +225,28 @@ def test_write_all_returns_the_files_it_wrote(tmp_path):
                                  "x naive (cpu)": "4.00x"}]
 
 
+@pytest.mark.parametrize("cell", cases_mod.CELLS)
+def test_generate_cases_call_a_stacked_model_with_its_state(cell):
+    """A generation loop's call: x (1, 1, I) into a 2-layer model with the state (L, B, H) it returned,
+    the same state for every provider, and the report's label says how many layers."""
+    case = cases_mod.Case("generate", cell, "inference", "float32", hidden=8, batch=1, steps=1, input_size=8,
+                          layers=2)
+    x, hx = providers.make_inputs(case, "cpu")
+    states = hx if isinstance(hx, tuple) else (hx,)
+    assert x.shape == (1, 1, 8) and all(h.shape == (2, 1, 8) for h in states)
+    assert len(states) == (2 if cell == "lstm" else 1)
+    module = providers.build_torch_module(case, "cpu")
+    assert module.num_layers == 2
+    expected = module(x, hx)[0]
+    assert torch.equal(providers.make_inputs(case, "cpu")[0], x)
+    for provider in providers.providers_for(case, "cpu")[1:]:
+        got = providers.build_module(case, provider, "cpu")(x, hx)[0]
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert "L=2" in case.name
+    row = {**case.as_dict(), "provider": providers.TORCH}
+    assert report._case_label(row) == f"{cell.upper()} T=1 L=2 B=1 H=8 inference float32"
+
+
 def test_a_failing_provider_is_reported_not_fatal(monkeypatch, tmp_path):
     _plant_timings(monkeypatch, failing={providers.NAIVE})
     case = cases_mod.Case("step", "gru", "inference", "float32", hidden=8, batch=1, steps=0,
@@ -341,14 +363,16 @@ def test_real_measurement_of_our_providers_on_a_tiny_case():
 def test_quick_cases_cover_every_cell_and_group_except_long_ones():
     quick = cases_mod.make_cases("cpu", quick=True)
     assert {case.cell for case in quick} == set(cases_mod.CELLS)
-    assert {case.group for case in quick} == {"step", "fastrnns", "hidden", "batch"}
+    assert {case.group for case in quick} == {"step", "generate", "fastrnns", "hidden", "batch"}
     full = cases_mod.make_cases("cpu")
-    assert {case.group for case in full} == {"step", "fastrnns", "flashrnn", "hidden", "batch"}
+    assert {case.group for case in full} == {"step", "generate", "fastrnns", "flashrnn", "hidden", "batch"}
     flash = [c for c in full if c.group == "flashrnn"]
     assert all((c.batch, c.steps, c.hidden, c.input_size) == (16, 1024, 768, 768) for c in flash)
     fastrnns = [c for c in full if c.group == "fastrnns"]
     assert all((c.batch, c.steps, c.hidden, c.input_size) == (64, 100, 512, 512) for c in fastrnns)
     assert all(c.batch == 1 and c.steps == 0 for c in full if c.group == "step")
+    generate = [c for c in full if c.group == "generate"]
+    assert all((c.steps, c.batch, c.hidden, c.layers, c.mode) == (1, 1, 200, 2, "inference") for c in generate)
     assert [c.dtype for c in cases_mod.make_cases("cuda") if c.group == "flashrnn"].count("bfloat16") > 0
 
 

@@ -6,6 +6,8 @@ Groups (the issue's list):
   flashrnn   FlashRNN's configuration: B=16, T=1024, I=H=768 (bf16 on GPU)
   hidden     a sweep over the hidden size H at fixed B and T
   batch      a sweep over the batch size B at fixed H and T
+  generate   a generation loop's call: a 2-layer model, T=1, B=1, H=200, with the state it returned
+             (pytorch/examples' word language model generating text)
 """
 
 from dataclasses import asdict, dataclass
@@ -28,11 +30,13 @@ class Case:
     batch: int
     steps: int  # T; 0 means a single cell step (LSTMCell, ...)
     input_size: int
+    layers: int = 1  # num_layers of a layer module
 
     @property
     def name(self):
         kind = f"{self.cell.upper()}Cell step" if self.steps == 0 else f"{self.cell.upper()} T={self.steps}"
-        return (f"{self.group}: {kind} B={self.batch} I={self.input_size} H={self.hidden} "
+        layers = f" L={self.layers}" if self.layers > 1 else ""
+        return (f"{self.group}: {kind}{layers} B={self.batch} I={self.input_size} H={self.hidden} "
                 f"{self.mode} {self.dtype}")
 
     @property
@@ -54,14 +58,15 @@ def make_cases(device_type, quick=False, cells=CELLS, dtypes=None, modes=MODES):
     gpu = device_type != "cpu"
     cases = []
 
-    def add(group, cell, mode, dtype, hidden, batch, steps, input_size=None):
-        cases.append(Case(group, cell, mode, dtype, hidden, batch, steps, input_size or hidden))
+    def add(group, cell, mode, dtype, hidden, batch, steps, input_size=None, layers=1):
+        cases.append(Case(group, cell, mode, dtype, hidden, batch, steps, input_size or hidden, layers))
 
     for cell in cells:
         for dtype in dtypes:
             # streaming: inference only (a serving loop), at a small and a medium H
             for hidden in ((64, 256) if quick else (64, 256, 1024)):
                 add("step", cell, "inference", dtype, hidden, 1, 0)
+            add("generate", cell, "inference", dtype, 200, 1, 1, layers=2)
             for mode in modes:
                 # a quick CPU run keeps fastrnns inference only (training costs ~1 s a call)
                 if not quick or gpu or mode == "inference":

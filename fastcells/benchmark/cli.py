@@ -8,7 +8,7 @@ from .. import environment
 from . import cases as cases_mod
 from . import providers as providers_mod
 
-GROUPS = ("step", "fastrnns", "flashrnn", "hidden", "batch")
+GROUPS = ("step", "generate", "fastrnns", "flashrnn", "hidden", "batch")
 
 
 def add_arguments(parser):

@@ -41,7 +41,9 @@ def providers_for(case, device):
 def build_torch_module(case, device):
     """The torch.nn module of the case, with seeded weights, on ``device`` in the case's dtype."""
     torch.manual_seed(0)
-    module = FAMILIES[case.cell].classes(case.steps == 0, fast=False)(case.input_size, case.hidden)
+    module_class = FAMILIES[case.cell].classes(case.steps == 0, fast=False)
+    module = (module_class(case.input_size, case.hidden) if case.steps == 0
+              else module_class(case.input_size, case.hidden, num_layers=case.layers))
     return module.to(device=device, dtype=case.torch_dtype)
 
 
@@ -56,18 +58,22 @@ def build_module(case, provider, device):
 
 
 def make_inputs(case, device):
-    """(x, hx) for the case: x (T, B, I) for a layer or (B, I) for a cell step; hx None for layers
-    (zero state), a random state for cells."""
+    """(x, hx) for the case: x (T, B, I) for a layer or (B, I) for a cell step; hx a random state for
+    cells and the generate group's layers (L, B, H), else None (zero state)."""
     generator = torch.Generator().manual_seed(1)
     options = {"dtype": case.torch_dtype}
+
+    def random_state(*shape):
+        h = torch.randn(*shape, generator=generator, **options)
+        hx = (h, h.clone()) if case.cell == "lstm" else h
+        return tuple(t.to(device) for t in hx) if isinstance(hx, tuple) else hx.to(device)
+
     if case.steps == 0:
         x = torch.randn(case.batch, case.input_size, generator=generator, **options)
-        h = torch.randn(case.batch, case.hidden, generator=generator, **options)
-        hx = (h, h.clone()) if case.cell == "lstm" else h
-        hx = tuple(t.to(device) for t in hx) if isinstance(hx, tuple) else hx.to(device)
-        return x.to(device), hx
+        return x.to(device), random_state(case.batch, case.hidden)
     x = torch.randn(case.steps, case.batch, case.input_size, generator=generator, **options)
-    return x.to(device).requires_grad_(case.mode == "training"), None
+    hx = random_state(case.layers, case.batch, case.hidden) if case.group == "generate" else None
+    return x.to(device).requires_grad_(case.mode == "training"), hx
 
 
 def make_runner(case, provider, device):

@@ -1,7 +1,7 @@
 """Writes the results of a benchmark run: results.json, results.csv, report.md and PNG plots.
 
 A result row (one per case and provider) holds the case's fields (group, cell, mode, dtype, hidden,
-batch, steps, input_size, and its display name "case"), "provider", "time_s" (median seconds per call,
+batch, steps, input_size, layers, and its display name "case"), "provider", "time_s" (median seconds per call,
 None when the provider failed), "rounds_s", "peak_bytes", "x_vs_torch" / "x_vs_naive" (torch.nn's or
 the naive loop's time over this one: > 1 is faster), "iqr_s", "spread", "x_vs_torch_range" and
 "unstable" (stability.py), and "error" when the provider could not run.
@@ -15,7 +15,7 @@ from . import providers as providers_mod
 from . import stability
 
 CSV_FIELDS = ["device_name", "date", "git", "fastcells", "torch", "cuda", "cudnn", "triton", "group",
-              "cell", "mode", "dtype", "steps", "batch", "input_size", "hidden", "provider", "time_ms",
+              "cell", "mode", "dtype", "steps", "layers", "batch", "input_size", "hidden", "provider", "time_ms",
               "peak_mib", "x_vs_torch", "x_vs_naive", "spread", "x_vs_torch_low", "x_vs_torch_high",
               "unstable", "error"]
 
@@ -82,6 +82,7 @@ def write_csv(path, meta, rows):
                 **{key: versions.get(key) for key in ("fastcells", "torch", "cuda", "cudnn", "triton")},
                 **{key: row[key] for key in ("group", "cell", "mode", "dtype", "steps", "batch",
                                              "input_size", "hidden", "provider")},
+                "layers": row.get("layers", 1),
                 "time_ms": None if row["time_s"] is None else row["time_s"] * 1e3,
                 "peak_mib": None if row["peak_bytes"] is None else row["peak_bytes"] / 2**20,
                 "x_vs_torch": row["x_vs_torch"], "x_vs_naive": row["x_vs_naive"],
@@ -100,7 +101,8 @@ def _table(header, lines):
 
 def _case_label(row):
     kind = f"{row['cell'].upper()}Cell" if row["steps"] == 0 else f"{row['cell'].upper()} T={row['steps']}"
-    return f"{kind} B={row['batch']} H={row['hidden']} {row['mode']} {row['dtype']}"
+    layers = f" L={row['layers']}" if row.get("layers", 1) > 1 else ""
+    return f"{kind}{layers} B={row['batch']} H={row['hidden']} {row['mode']} {row['dtype']}"
 
 
 def markdown(meta, rows):
