@@ -27,16 +27,25 @@ def unusable_reason(device_type, dtype=None):
     return None
 
 
+# The checks of direct_calls_allowed, bound once: a cell's streaming step makes them all at every call,
+# and torch.jit.is_tracing() is torch._C._is_tracing() behind a TorchScript check (never scripted here).
+_is_compiling = torch.compiler.is_compiling
+_is_tracing = torch._C._is_tracing
+_function_mode = torch._C._is_torch_function_mode_enabled
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_functorch_transforms = torch._C._are_functorch_transforms_active
+
+
 def direct_calls_allowed():
     """Whether an op may be called in fastcells._C straight, through pybind11, past the dispatcher (its
     boxing, and for the layer ops the autograd registration's Python: ~5 µs a step op, ~20 µs a layer
     op): only where nothing records or transforms the calls, all of which see torch.ops calls only:
     not under torch.compile or torch.jit.trace (a traced module would replay no op), a
     ``__torch_function__`` or ``__torch_dispatch__`` mode (FakeTensor, an op recorder) or a functorch
-    transform (vmap, grad). Tensor subclasses are the caller's check."""
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()
-                or torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack() > 0
-                or torch._C._are_functorch_transforms_active())
+    transform (vmap, grad). Tensor subclasses are the caller's check. (torch.compile's check first: the
+    compiler then sees no other.)"""
+    return not (_is_compiling() or _is_tracing() or _function_mode() or _dispatch_modes()
+                or _functorch_transforms())
 
 
 def _direct_ops():
