@@ -162,11 +162,13 @@ def test_bf16_weight_gradients_error_bounded_by_torch_own(kind, batch):
                                                                                          torch_error)
 
 
-@pytest.mark.parametrize("hidden,batch", [(37, 5), (64, 16), (64, 32), (200, 13)])
+@pytest.mark.parametrize("hidden,batch", [(64, 1), (200, 4), (37, 5), (64, 16), (64, 32), (200, 13)])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 def test_bf16_outputs_are_bitwise_the_same_with_1_2_and_3_threads(kind, hidden, batch):
     """The bfloat16 GEMM sums each output element the same way however its rows and panels are split
-    between threads, as the float32 one does (tests/test_thread_count.py)."""
+    between threads, as the float32 one does (tests/test_thread_count.py); so do the mat-vecs of at most
+    4 rows that read bfloat16 weights as they are (an LSTM's units split between threads, GRU and RNN
+    projecting each step's input)."""
     torch.manual_seed(0)
     _, fast = make_layer_twins(kind, 7, hidden, 2, dtype=torch.bfloat16, backend="cpu")
     x = torch.randn(5, batch, 7, dtype=torch.bfloat16)
@@ -236,3 +238,17 @@ def test_small_bf16_layers_read_their_weights_in_place(kind, steps, batch, layer
     x = torch.randn(steps, batch, 128, dtype=torch.bfloat16)
     float32_weights = sum(p.numel() * 4 for name, p in fast.named_parameters() if "weight" in name) / 2**20
     assert _peak_mib(fast, x, training=False) < 0.5 * float32_weights
+
+
+@pytest.mark.parametrize("kind,batch", [("lstm", 1), ("gru", 1), ("gru", 4), ("rnn_tanh", 1)])
+def test_small_bf16_inference_holds_no_more_than_torch(kind, batch):
+    """A bfloat16 inference call of at most 4 rows holds no more memory than torch.nn's (T=50, H=128:
+    GRU B=1 57 against torch.nn's 96 KiB, B=4 219 against 285): GRU and RNN project their input step by
+    step there, instead of holding all steps' float32 projections (csrc/cpu/step_input.h). (Still more at
+    B=4: LSTM 870 against 538 KiB, its float32 projections up front and a float32 copy of W_ih, which
+    its unit split reads; RNN 204 against 180, the float32 copies of x and y.)"""
+    torch.manual_seed(0)
+    ref, fast = make_layer_twins(kind, 128, 128, 1, dtype=torch.float32, backend="cpu")
+    x = torch.randn(50, batch, 128, dtype=torch.bfloat16)
+    fast16, torch16 = _peak_mib(fast.bfloat16(), x, training=False), _peak_mib(ref.bfloat16(), x, training=False)
+    assert fast16 <= torch16, (fast16, torch16)

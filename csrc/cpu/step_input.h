@@ -28,7 +28,17 @@ namespace fastcells::cpu::FASTCELLS_ISA {
 // least 16 rows for each of two groups. Decided from the shape alone, not from the groups this call
 // got: the two ways round the sums differently (at::mm up front, the packed GEMM per step), and the
 // results must not depend on the number of threads (one thread then projects per step in one group).
-inline bool project_per_step(const Schedule& sched, int64_t weight_bytes, bool lstm, bool training) {
+//
+// widened_weights: a bfloat16 layer of at most kSmallRows rows whose mat-vecs read the weights as they
+// are (StepProduct). GRU and RNN inference then project per step too: the (N, G) float32 projections
+// were most of such a call's memory (GRU T=50 B=1 H=128: 131 KiB in all, 57 per step, torch.nn 96; at
+// B=4 699 and 219 against torch.nn's 285), for 6-20% more time there, where they run at 4-13x torch.nn
+// (medians of 7 interleaved rounds). In training, which holds far more, the projections up front cost no
+// peak memory, and per step was up to 4% slower. LSTM keeps them up front (161 KiB against 439 at
+// B=1), which its unit split needs.
+inline bool project_per_step(const Schedule& sched, int64_t weight_bytes, bool lstm, bool training,
+                             bool widened_weights) {
+  if (widened_weights && !lstm && !training) return true;
   // Multiplying in bfloat16 (bf16_products.h: batches of more than kSmallRows rows), the steps always
   // project their own rows: the (N, G) float32 projections of a layer are 2-4x its bfloat16 input and
   // output together (52 MiB at the fastrnns shape: twice torch.nn's whole call), and the per-step
