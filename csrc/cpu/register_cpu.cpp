@@ -156,18 +156,12 @@ auto run_layer(Kernel kernel, int64_t batch, const std::array<const char*, sizeo
   return run(kernel, names, args...);
 }
 
-// As run(), for the cell step ops, whose kernels read a bfloat16 call's weights as they are (a step is
-// one call: converting them would copy the weights at every step; matmul_cpu.h's step_projections).
+// As run_layer, for the cell step ops, whose kernels take a bfloat16 call's weights as they are at any
+// batch (a step is one call: converting them would copy the weights at every step; matmul_cpu.h's
+// step_projections): always run_layer's second way, as for a batch of no rows.
 template <typename Kernel, typename... Args>
 auto run_step(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names, const Args&... args) {
-  const Tensor& x = std::get<0>(std::tie(args...));
-  if (x.scalar_type() != at::kBFloat16) {
-    check_weights(names, args...);
-    return run(kernel, names, args...);
-  }
-  size_t i = 0;
-  (check_dtype(x, names[i++], args), ...);
-  return run_keeping_weights(kernel, names, args...);
+  return run_layer(kernel, /*batch=*/0, names, args...);
 }
 
 }  // namespace
