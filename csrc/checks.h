@@ -41,8 +41,7 @@ inline void check_bias(const c10::optional<at::Tensor>& bias, const char* name, 
 
 // A weight w named `name` on x's device, of x's dtype or of `weights` where given: the CPU step ops,
 // and layer ops of a few rows, take a bfloat16 call's weights unconverted, with its other tensors in
-// float32 (csrc/cpu/register_cpu.cpp).
-// (x_name: x's, in messages.)
+// float32 (csrc/cpu/register_cpu.cpp). x_name names x in the messages (dy for the backward ops).
 inline void check_weight(const at::Tensor& w, const char* name, const at::Tensor& x,
                          c10::optional<at::ScalarType> weights, const char* x_name = "x") {
   if (!weights.has_value()) {
