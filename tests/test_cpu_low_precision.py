@@ -186,6 +186,32 @@ def test_bf16_outputs_are_bitwise_the_same_with_1_2_and_3_threads(kind, hidden, 
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
 
+def test_bf16_lstm_split_by_panels_is_bitwise_the_same_with_1_2_and_3_threads():
+    """A bfloat16 LSTM of one row group of 5-11 rows keeps two threads for its whole time loop, splitting
+    each step's products by panels and its units between them (csrc/cpu/lstm_cpu.inc); outputs, states
+    and gradients are those of one thread, also for a packed, shrinking batch in both directions."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    _, fast = make_layer_twins("lstm", 24, 64, 1, dtype=torch.bfloat16, backend="cpu", bidirectional=True)
+    x = pack_padded_sequence(torch.randn(9, 7, 24, dtype=torch.bfloat16), torch.tensor([9, 9, 8, 6, 6, 3, 1]),
+                             enforce_sorted=False)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            fast.zero_grad()
+            data = x.data.clone().requires_grad_()
+            out, (h, c) = fast(x._replace(data=data))
+            (out.data.float().sum() + h.float().sum() + c.float().sum()).backward()
+            results.append([out.data, h, c, data.grad] + [p.grad for p in fast.parameters()])
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
 def _peak_mib(module, x, training):
     """Peak memory of one forward (and, training, backward) call, as the benchmark measures it."""
     from fastcells.benchmark.timing import peak_bytes
@@ -232,7 +258,8 @@ def test_small_bf16_layers_read_their_weights_in_place(kind, steps, batch, layer
     memory than torch.nn's whole call (T=50, B=1, H=128 inference: GRU 515 against torch.nn's 96 KiB, now
     131) and, converted at every call, made generation loops (T=1, B=1) slower than torch.nn (a 2-layer RNN
     at H=200: 0.84x, now 4.6x). The call's peak memory stays below half of one float32 copy of its
-    weights; the products are those of a float32 copy (exact), their errors bounded as above."""
+    weights; the products are exact (test_bf16_step_products_are_exact_sums_of_exact_products), their
+    errors bounded as above."""
     torch.manual_seed(0)
     fast = make_layer_twins(kind, 128, 128, layers, dtype=torch.float32, backend="cpu")[1].bfloat16()
     x = torch.randn(steps, batch, 128, dtype=torch.bfloat16)
@@ -245,10 +272,44 @@ def test_small_bf16_inference_holds_no_more_than_torch(kind, batch):
     """A bfloat16 inference call of at most 4 rows holds no more memory than torch.nn's (T=50, H=128:
     GRU B=1 57 against torch.nn's 96 KiB, B=4 219 against 285): GRU and RNN project their input step by
     step there, instead of holding all steps' float32 projections (csrc/cpu/step_input.h). (Still more at
-    B=4: LSTM 870 against 538 KiB, its float32 projections up front and a float32 copy of W_ih, which
-    its unit split reads; RNN 204 against 180, the float32 copies of x and y.)"""
+    B=4: LSTM 626 against 540 KiB, its float32 projections up front, which its unit split reads, and
+    float32 copies of x and y; RNN 209 against 185, those copies.)"""
     torch.manual_seed(0)
     ref, fast = make_layer_twins(kind, 128, 128, 1, dtype=torch.float32, backend="cpu")
     x = torch.randn(50, batch, 128, dtype=torch.bfloat16)
     fast16, torch16 = _peak_mib(fast.bfloat16(), x, training=False), _peak_mib(ref.bfloat16(), x, training=False)
     assert fast16 <= torch16, (fast16, torch16)
+
+
+@pytest.mark.parametrize("inputs,hidden,batch", [(1, 8, 1), (37, 20, 3), (32, 64, 4), (33, 200, 2),
+                                                 (100, 45, 1), (256, 256, 4)])
+@pytest.mark.parametrize("module", ["cell", "layer"])
+def test_bf16_step_products_are_exact_sums_of_exact_products(module, inputs, hidden, batch):
+    """The mat-vecs that read bfloat16 weights as they are (at most 4 rows: cell steps, small layers) sum
+    exact products in float32: on CPUs with AVX-512 BF16 as VDPBF16PS pairs (csrc/cpu/bf16_products.cpp),
+    elsewhere widened to float32. One step of a relu RNN shows the sums themselves: its output is the
+    pre-activation rounded once to bfloat16 (or 0), so it must be the exact sum (float64, from the same
+    bfloat16 values) to within half a bfloat16 ulp and float32's summation error. A product dropped or
+    misplaced (k or n not a multiple of the kernels' 32 pairs and 8 rows) is off by far more."""
+    torch.manual_seed(0)
+    if module == "cell":
+        ref = torch.nn.RNNCell(inputs, hidden, nonlinearity="relu")
+        fast = fastcells.RNNCell(inputs, hidden, nonlinearity="relu", backend="cpu")
+    else:
+        ref = torch.nn.RNN(inputs, hidden, nonlinearity="relu")
+        fast = fastcells.RNN(inputs, hidden, nonlinearity="relu", backend="cpu")
+    fast.load_state_dict(ref.state_dict())
+    fast = fast.bfloat16()
+    x = torch.randn(batch, inputs, dtype=torch.bfloat16)
+    h = torch.randn(batch, hidden, dtype=torch.bfloat16)
+    with torch.no_grad():
+        out = fast(x, h) if module == "cell" else fast(x[None], h[None])[0][0]
+    suffix = "" if module == "cell" else "_l0"
+    w_ih, w_hh, b_ih, b_hh = (getattr(fast, name + suffix).detach().double()
+                              for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    xd, hd = x.double(), h.double()
+    exact = (xd @ w_ih.T + b_ih + hd @ w_hh.T + b_hh).clamp(min=0)
+    magnitude = xd.abs() @ w_ih.abs().T + b_ih.abs() + hd.abs() @ w_hh.abs().T + b_hh.abs()
+    bound = 2.0**-8 * exact.abs() + (inputs + hidden + 4) * 2.0**-23 * magnitude
+    assert out.dtype == torch.bfloat16
+    assert ((out.double() - exact).abs() <= bound).all(), (out.double() - exact).abs().max()

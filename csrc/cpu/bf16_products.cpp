@@ -156,10 +156,11 @@ PackedWeight pack_as(const at::Tensor& w_in, bool transposed) {
   return packed;
 }
 
+// Panels [p0, p1) of the product, split between threads where `parallel`.
 template <typename A>
 void gemm_as(const A* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
-             bool accumulate) {
-  if (m == 0 || b.n == 0) return;
+             bool accumulate, int64_t p0, int64_t p1, bool parallel) {
+  if (m == 0 || p0 >= p1) return;
   const int64_t kp = (b.k + 1) / 2;
   const uint32_t* panels = reinterpret_cast<const uint32_t*>(b.storage.data_ptr<int32_t>());
   // A block of a's rows at a time (all of a step's rows but for groups of more than 128), rounded once
@@ -177,12 +178,104 @@ void gemm_as(const A* a, int64_t lda, const PackedWeight& b, float* out, int64_t
       round_row(a + (i0 + i) * lda, b.k, 2 * kp, reinterpret_cast<uint16_t*>(a_pairs.data() + i * kp));
     const uint32_t* a_p = a_pairs.data();
     float* out_p = out + i0 * ldo;
-    at::parallel_for(0, b.panels, grain, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
+    const auto run = [&](int64_t first, int64_t last) {
+      for (int64_t p = first; p < last; ++p) {
         const int64_t cols = std::min<int64_t>(kPanel, b.n - p * kPanel);
         gemm_panel(a_p, kp, panels + p * kp * kPanel, kp, out_p + p * kPanel, ldo, rows, cols, accumulate);
       }
-    });
+    };
+    if (parallel) {
+      at::parallel_for(p0, p1, grain, run);
+    } else {
+      run(p0, p1);
+    }
+  }
+}
+
+// Mat-vecs: 8 rows of w against RA rows of a at a time, 32 pairs of k per step, each product chain
+// in a register of 16 float32 sums, reduced at the end (sums8).
+
+constexpr int kMatvecRows = 8;  // rows of w in a tile: its block of k stays in L1 for all rows of a
+
+// The 16 lanes of each of v[0..7] summed, in lanes 0-7 of the result: pairs of lanes within each
+// 128-bit block, then the two halves of the block, then blocks 0+1 and 2+3, then those two. The same
+// additions for each v[r], whatever the others are (a tail tile repeats a row).
+__m256 sums8(const __m512* v) {
+  const auto pairs = [](__m512 x, __m512 y) {  // per block [x0+x2, y0+y2, x1+x3, y1+y3]
+    return _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+  };
+  const auto quads = [](__m512 x, __m512 y) {  // per block: the 4 rows' partial sums in order
+    const __m512d xd = _mm512_castps_pd(x), yd = _mm512_castps_pd(y);
+    return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(xd, yd)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(xd, yd)));
+  };
+  const __m512 r0123 = quads(pairs(v[0], v[1]), pairs(v[2], v[3]));
+  const __m512 r4567 = quads(pairs(v[4], v[5]), pairs(v[6], v[7]));
+  // Blocks [r0123 0+1, r0123 2+3, r4567 0+1, r4567 2+3], then [all of r0123, all of r4567].
+  const __m512 halves = _mm512_add_ps(_mm512_shuffle_f32x4(r0123, r4567, _MM_SHUFFLE(2, 0, 2, 0)),
+                                      _mm512_shuffle_f32x4(r0123, r4567, _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 total = _mm512_add_ps(_mm512_shuffle_f32x4(halves, halves, _MM_SHUFFLE(3, 1, 2, 0)),
+                                     _mm512_shuffle_f32x4(halves, halves, _MM_SHUFFLE(2, 0, 3, 1)));
+  return _mm512_castps512_ps256(total);
+}
+
+// One tile: `rows` <= 8 rows of w (w_rows[r]; the pointers past `rows` repeat a valid row) against RA
+// rows of a, rounded and zero-padded to kp32 elements at a stride of kp32. out (RA, rows) at stride ldo.
+template <int RA>
+void matvec_tile(const uint16_t* const* w_rows, int rows, const uint16_t* a, int64_t kp32, int64_t k,
+                 float* out, int64_t ldo, bool accumulate) {
+  __m512 acc[RA][kMatvecRows];
+  for (int i = 0; i < RA; ++i) {
+    for (int r = 0; r < kMatvecRows; ++r) acc[i][r] = _mm512_setzero_ps();
+  }
+  const auto step = [&](int64_t p, __mmask32 mask) {
+    __m512i av[RA];
+    for (int i = 0; i < RA; ++i) av[i] = _mm512_loadu_si512(a + i * kp32 + p);
+    for (int r = 0; r < kMatvecRows; ++r) {
+      const __m512i wv = _mm512_maskz_loadu_epi16(mask, w_rows[r] + p);  // zeros past k
+      for (int i = 0; i < RA; ++i) acc[i][r] = _mm512_dpbf16_ps(acc[i][r], (__m512bh)wv, (__m512bh)av[i]);
+    }
+  };
+  int64_t p = 0;
+  for (; p + 2 * kLanes <= k; p += 2 * kLanes) step(p, ~__mmask32{0});
+  if (p < k) step(p, static_cast<__mmask32>((uint64_t{1} << (k - p)) - 1));
+  const __mmask8 valid = static_cast<__mmask8>((1u << rows) - 1);
+  for (int i = 0; i < RA; ++i) {
+    __m256 sums = sums8(acc[i]);
+    float* o = out + i * ldo;
+    if (accumulate) sums = _mm256_add_ps(sums, _mm256_maskz_loadu_ps(valid, o));
+    _mm256_mask_storeu_ps(o, valid, sums);
+  }
+}
+
+void matvec_rows_impl(const uint16_t* w, int64_t ldw, const float* a, int64_t lda, int64_t m, int64_t k,
+                      float* out, int64_t ldo, int64_t begin, int64_t end, bool accumulate) {
+  const int64_t kp32 = std::max<int64_t>(1, (k + 2 * kLanes - 1) / (2 * kLanes)) * (2 * kLanes);
+  // a rounded a block of rows at a time (at most 16 KiB: one thread's buffer, kept for its next calls).
+  const int64_t block = std::clamp<int64_t>((1 << 13) / kp32, 1, 32);
+  thread_local std::vector<uint16_t> a_bf16;
+  if (static_cast<int64_t>(a_bf16.size()) < block * kp32) a_bf16.resize(block * kp32);
+  for (int64_t i0 = 0; i0 < m; i0 += block) {
+    const int64_t rows_a = std::min(block, m - i0);
+    for (int64_t i = 0; i < rows_a; ++i) round_row(a + (i0 + i) * lda, k, kp32, a_bf16.data() + i * kp32);
+    for (int64_t j = begin; j < end; j += kMatvecRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kMatvecRows, end - j));
+      const uint16_t* w_rows[kMatvecRows];
+      for (int r = 0; r < kMatvecRows; ++r) w_rows[r] = w + (j + std::min(r, rows - 1)) * ldw;
+      int64_t i = 0;
+      for (; rows_a - i >= 2; i += rows_a - i == 3 ? 3 : 2) {
+        float* o = out + (i0 + i) * ldo + j;
+        if (rows_a - i == 3) {
+          matvec_tile<3>(w_rows, rows, a_bf16.data() + i * kp32, kp32, k, o, ldo, accumulate);
+        } else {
+          matvec_tile<2>(w_rows, rows, a_bf16.data() + i * kp32, kp32, k, o, ldo, accumulate);
+        }
+      }
+      if (i < rows_a) {
+        matvec_tile<1>(w_rows, rows, a_bf16.data() + i * kp32, kp32, k, out + (i0 + i) * ldo + j, ldo,
+                       accumulate);
+      }
+    }
   }
 }
 
@@ -197,11 +290,25 @@ PackedWeight pack(const at::Tensor& w, bool transposed) {
 
 void gemm(const float* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
           bool accumulate) {
-  gemm_as(a, lda, b, out, ldo, m, accumulate);
+  gemm_as(a, lda, b, out, ldo, m, accumulate, 0, b.panels, /*parallel=*/true);
 }
 void gemm(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
           bool accumulate) {
-  gemm_as(a, lda, b, out, ldo, m, accumulate);
+  gemm_as(a, lda, b, out, ldo, m, accumulate, 0, b.panels, /*parallel=*/true);
+}
+void gemm_panels(const float* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
+                 bool accumulate, int64_t p0, int64_t p1) {
+  gemm_as(a, lda, b, out, ldo, m, accumulate, p0, p1, /*parallel=*/false);
+}
+void gemm_panels(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
+                 bool accumulate, int64_t p0, int64_t p1) {
+  gemm_as(a, lda, b, out, ldo, m, accumulate, p0, p1, /*parallel=*/false);
+}
+
+void matvec_rows(const c10::BFloat16* w, int64_t ldw, const float* a, int64_t lda, int64_t m, int64_t k,
+                 float* out, int64_t ldo, int64_t begin, int64_t end, bool accumulate) {
+  if (m == 0 || begin >= end) return;
+  matvec_rows_impl(reinterpret_cast<const uint16_t*>(w), ldw, a, lda, m, k, out, ldo, begin, end, accumulate);
 }
 
 }  // namespace fastcells::cpu::bf16
@@ -214,6 +321,17 @@ void gemm(const float*, int64_t, const PackedWeight&, float*, int64_t, int64_t, 
   TORCH_CHECK(false, "no bfloat16 products in this build");
 }
 void gemm(const c10::BFloat16*, int64_t, const PackedWeight&, float*, int64_t, int64_t, bool) {
+  TORCH_CHECK(false, "no bfloat16 products in this build");
+}
+void matvec_rows(const c10::BFloat16*, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t, int64_t,
+                 int64_t, bool) {
+  TORCH_CHECK(false, "no bfloat16 products in this build");
+}
+void gemm_panels(const float*, int64_t, const PackedWeight&, float*, int64_t, int64_t, bool, int64_t, int64_t) {
+  TORCH_CHECK(false, "no bfloat16 products in this build");
+}
+void gemm_panels(const c10::BFloat16*, int64_t, const PackedWeight&, float*, int64_t, int64_t, bool, int64_t,
+                 int64_t) {
   TORCH_CHECK(false, "no bfloat16 products in this build");
 }
 }  // namespace fastcells::cpu::bf16

@@ -10,7 +10,7 @@
 // backward does; the tests hold the gradients to torch.nn's own error.
 //
 // Compiled once, in bf16_products.cpp under its own `#pragma GCC target`; so nothing here is inline,
-// and the AVX-512 copy of the kernels (gemm_cpu.h) calls it only where cpu_has_products().
+// and the AVX-512 copy of the kernels (gemm_cpu.h, matmul_cpu.h) calls it only where cpu_has_products().
 #pragma once
 
 #include <ATen/ATen.h>
@@ -59,5 +59,22 @@ void gemm(const float* a, int64_t lda, const PackedWeight& b, float* out, int64_
 // widened to float32.
 void gemm(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
           bool accumulate);
+
+// gemm() for b's panels [p0, p1) only (its columns [32 p0, 32 p1), fewer in the last panel), on the
+// calling thread: for loops that split the panels between threads they keep for a whole sequence
+// (lstm_cpu.inc). Each output element is summed as gemm() sums it.
+void gemm_panels(const float* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
+                 bool accumulate, int64_t p0, int64_t p1);
+void gemm_panels(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
+                 bool accumulate, int64_t p0, int64_t p1);
+
+// Mat-vecs reading a bfloat16 weight w (n, k) row-major as it is: out row i (stride ldo), entries
+// [begin, end), (+)= w rows [begin, end) times round_bf16(a row i) (stride lda), for i < m. For the
+// layers of a few rows and the cell steps (matmul_cpu.h's matvec_rows_multi), which have too few rows
+// to pay for packing w, on CPUs with the products (their float32 mat-vecs widened each weight). Each
+// output is a sum of pair products in a fixed order, whatever [begin, end), m and the row's place in
+// them: splitting the rows between threads changes no result.
+void matvec_rows(const c10::BFloat16* w, int64_t ldw, const float* a, int64_t lda, int64_t m, int64_t k,
+                 float* out, int64_t ldo, int64_t begin, int64_t end, bool accumulate);
 
 }  // namespace fastcells::cpu::bf16

@@ -276,6 +276,18 @@ class StepProduct {
     TORCH_CHECK(false, "StepProduct: bfloat16 rows need the bfloat16 products");
   }
 
+  // With the bfloat16 products: the panels of 32 columns the product has, and run() for panels [p0, p1)
+  // of them on the calling thread (rows a in T or bfloat16), for loops that split them between threads.
+  int64_t bf16_panels() const { return bf16_.panels; }
+  template <typename A>
+  void run_panels(const A* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate, int64_t p0,
+                  int64_t p1) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (bf16_.storage.defined()) return bf16::gemm_panels(a, lda, bf16_, out, ldo, m, accumulate, p0, p1);
+    }
+    TORCH_CHECK(false, "StepProduct: run_panels needs the bfloat16 products");
+  }
+
  private:
   // The mat-vecs (or axpys) of matmul_cpu.h, reading w (T or bfloat16) in place.
   template <typename W>

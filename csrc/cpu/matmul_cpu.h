@@ -48,7 +48,8 @@ constexpr int64_t kParallelWork = 1 << 16;
 // Weights W are T, or bfloat16 in a bfloat16 call of at most kSmallRows rows (a cell step:
 // step_projections below; a layer: gemm_cpu.h's StepProduct), each element widened to T exactly as it is
 // read: the products are those of a float32 copy of the weights, which is never made (the dot products
-// of dot8 and dot8x2 add them in another order: widen16).
+// of dot8 and dot8x2 add them in another order: widen16). On CPUs with AVX-512 BF16 the mat-vecs of
+// bfloat16 weights multiply in bfloat16 instead (bf16_matvecs below).
 
 // A bfloat16 value as float: its 16 bits on top of a float's 32 (exact; what c10::BFloat16 does, in a
 // form the loops below vectorize).
@@ -261,14 +262,30 @@ inline void matvec_rows(const W* w, int64_t ldw, const T* a, int64_t k, T* out, 
   }
 }
 
+// Whether the mat-vecs of bfloat16 weights multiply in bfloat16 (bf16_products.h's matvec_rows, on
+// VDPBF16PS) rather than widen each weight to float32: in the AVX-512 copy, on a CPU with AVX-512 BF16.
+// A choice of the CPU alone, the same in every thread. The products then take a rounded to bfloat16:
+// exact for a cell step's x and h and a layer's x (bfloat16 tensors), and for a layer's h what
+// torch.nn keeps between steps.
+inline bool bf16_matvecs() {
+#if FASTCELLS_ISA_AVX512
+  return bf16::cpu_has_products();
+#else
+  return false;
+#endif
+}
+
 // matvec_rows for m vectors: out row i (stride ldo) gets w rows [begin, end) times a row i (stride lda).
 // Where AVX-512 allows, pairs of vectors share each load of w in the 8-row blocks (dot8x2), with every
-// sum as matvec_rows makes it.
+// sum as matvec_rows makes it; bfloat16 weights go to bf16_matvecs() where it is on.
 template <typename T, typename W>
 inline void matvec_rows_multi(const W* w, int64_t ldw, const T* a, int64_t lda, int64_t m, int64_t k, T* out,
                               int64_t ldo, int64_t begin, int64_t end, bool accumulate) {
   int64_t i = 0;
 #if FASTCELLS_ISA_AVX512
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<W, c10::BFloat16>) {
+    if (bf16_matvecs()) return bf16::matvec_rows(w, ldw, a, lda, m, k, out, ldo, begin, end, accumulate);
+  }
   if constexpr (std::is_same_v<T, float>) {
     for (; i + 2 <= m; i += 2) {
       const T* a0 = a + i * lda;

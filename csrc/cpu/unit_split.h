@@ -47,13 +47,26 @@ inline bool splits_units(int64_t batch, int64_t H, int64_t work_per_step) {
 #endif
 }
 
-// Two threads waiting for each other at the end of each step: a count that only grows.
+// Whether a bfloat16 layer's time loop over one row group of more than kSmallRows rows (row_groups.h:
+// fewer than 12 rows, or weights over 2 MiB) keeps two threads for the whole loop, splitting each
+// step's products by panels and its pointwise work by units (lstm_cpu.inc), instead of forking and
+// joining them at every step's products (LSTM T=50 B=8 H=256: libgomp took 18% of the time).
+inline bool splits_panels(int64_t batch, int64_t H, int64_t work_per_step, int64_t groups) {
+#if AT_PARALLEL_OPENMP
+  return batch > kSmallRows && groups == 1 && H >= 16 && work_per_step >= kUnitSplitWork &&
+         !at::in_parallel_region() && at::get_num_threads() >= 2;
+#else
+  return false;
+#endif
+}
+
+// Two threads waiting for each other, once or more a step: a count that only grows.
 class StepBarrier {
  public:
-  // Called by both threads after their `steps_done`-th step.
-  void arrive_and_wait(int64_t steps_done) {
+  // Called by both threads at their `meeting`-th meeting (1, 2, ...).
+  void arrive_and_wait(int64_t meeting) {
     arrived_.fetch_add(1, std::memory_order_acq_rel);
-    const int64_t target = 2 * steps_done;
+    const int64_t target = 2 * meeting;
     for (int64_t spins = 0; arrived_.load(std::memory_order_acquire) < target; ++spins) {
 #if defined(__x86_64__)
       _mm_pause();
@@ -69,8 +82,9 @@ class StepBarrier {
 // Runs step(u0, u1, bs, row0, parity, sync) for every step that has rows, in time order (reversed for
 // a reverse layer; the other way for backward), on two threads where they are free: units [u0, u1) of
 // the H are one thread's; parity (0, 1, 0, ...) tells the steps apart for double buffers; sync() waits
-// for the other thread to reach the same point of the same step (once a step, where the step needs
-// it). Where only one thread runs the loop, it gets all units and sync() returns at once.
+// for the other thread to reach the same point of the same step (as often in each step as the step
+// needs; both threads call it equally often). Where only one thread runs the loop, it gets all units
+// and sync() returns at once.
 template <typename F>
 void for_each_step_by_units(const Schedule& sched, bool reverse, bool backward, int64_t H, const F& step) {
   const int64_t mid = (H / 2 + 7) / 8 * 8;  // a multiple of 8, < H for H >= 16
@@ -78,10 +92,10 @@ void for_each_step_by_units(const Schedule& sched, bool reverse, bool backward, 
   at::parallel_for(0, 2, 1, [&](int64_t p0, int64_t p1) {
     const bool alone = p1 - p0 == 2;
     const int64_t u0 = p0 == 0 ? 0 : mid, u1 = p1 == 2 ? H : mid;
-    int64_t done = 0;
+    int64_t done = 0, meetings = 0;
     for_each_step(sched, reverse, backward, [&](int64_t bs, int64_t row0) {
       const auto sync = [&] {
-        if (!alone) barrier.arrive_and_wait(done + 1);
+        if (!alone) barrier.arrive_and_wait(++meetings);
       };
       step(u0, u1, bs, row0, done & 1, sync);
       ++done;
