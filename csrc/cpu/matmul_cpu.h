@@ -490,9 +490,10 @@ void step_projections(const T* x, int64_t kx, const W* w_ih, const T* b_ih, cons
   if (b_hh) add_bias_rows(gh, n, m, n, b_hh);
 }
 
-// The pre-activations of a cell step, gx and gh (2 * m * n values): in a buffer of the calling
-// thread's, reused from call to call, where they take at most kMaxBytes (a fresh tensor cost a step an
-// allocation and was most of a B=1 step's memory: 2 of its 2.5 KiB at H=64), else in a fresh tensor.
+// The pre-activations of a cell step, gx and gh (2 * m * n values), and a bfloat16 step's tensors
+// widened to float (storage.h's StepTensors): in a buffer of the calling thread's, reused from call to
+// call, where they take at most kMaxBytes (a fresh tensor cost a step an allocation and was most of a
+// B=1 step's memory: 2 of its 2.5 KiB at H=64), else in a fresh tensor.
 // The step ops never call back into Python, so a thread uses its buffer for one step at a time.
 template <typename T>
 class StepScratch {
@@ -523,30 +524,27 @@ inline c10::optional<at::ScalarType> weights_dtype(const at::Tensor& x, const at
   return c10::nullopt;
 }
 
-// step_projections of a step op's tensors: x (m, kx), h (m, kh) and the biases (undefined: none)
-// contiguous in T; gx and gh (m, n). The weights are T or, in a bfloat16 call, bfloat16: register_cpu.cpp
-// passes those unconverted, and up to kSmallRows rows the mat-vecs widen each element as they read it.
-// A cell step is one call, so converting the weights whole to float32 at every call was a copy per
-// step, bigger than the step's work: 2 MiB for an LSTMCell at H=256, whose fresh allocation could
-// page-fault on every call (0.1-0.5 ms a step, against 25 µs in float32).
+// step_projections of a step op's x (m, kx), h (m, kh) and biases (nullptr: none) in T, and its weight
+// tensors; gx and gh (m, n). The weights are T or, in a bfloat16 step (T float), bfloat16: register_cpu.cpp
+// passes those unconverted, and up to kSmallRows rows the mat-vecs read each element as it is. A cell
+// step is one call, so converting the weights whole to float32 at every call was a copy per step,
+// bigger than the step's work: 2 MiB for an LSTMCell at H=256, whose fresh allocation could page-fault
+// on every call (0.1-0.5 ms a step, against 25 µs in float32).
 template <typename T>
-void step_projections(const at::Tensor& x, const at::Tensor& w_ih_in, const at::Tensor& b_ih,
-                      const at::Tensor& h, const at::Tensor& w_hh_in, const at::Tensor& b_hh, T* gx,
-                      T* gh) {
-  const int64_t m = x.size(0), n = w_ih_in.size(0);
-  const T* bi = b_ih.defined() ? b_ih.data_ptr<T>() : nullptr;
-  const T* bh = b_hh.defined() ? b_hh.data_ptr<T>() : nullptr;
+void step_projections(const T* x, int64_t kx, const at::Tensor& w_ih_in, const T* bi, const T* h, int64_t kh,
+                      const at::Tensor& w_hh_in, const T* bh, T* gx, T* gh, int64_t m) {
+  const int64_t n = w_ih_in.size(0);
   const at::Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   if constexpr (std::is_same_v<T, float>) {
     if (w_ih.scalar_type() == at::kBFloat16 && m <= kSmallRows) {
-      step_projections(x.data_ptr<T>(), x.size(1), w_ih.data_ptr<c10::BFloat16>(), bi, h.data_ptr<T>(),
-                       h.size(1), w_hh.data_ptr<c10::BFloat16>(), bh, gx, gh, m, n);
+      step_projections(x, kx, w_ih.data_ptr<c10::BFloat16>(), bi, h, kh, w_hh.data_ptr<c10::BFloat16>(), bh, gx,
+                       gh, m, n);
       return;
     }
   }
-  const at::Tensor wi = w_ih.to(x.scalar_type()), wh = w_hh.to(x.scalar_type());  // T: no copy
-  step_projections(x.data_ptr<T>(), x.size(1), wi.data_ptr<T>(), bi, h.data_ptr<T>(), h.size(1),
-                   wh.data_ptr<T>(), bh, gx, gh, m, n);
+  const at::ScalarType t = c10::CppTypeToScalarType<T>::value;
+  const at::Tensor wi = w_ih.to(t), wh = w_hh.to(t);  // T: no copy
+  step_projections(x, kx, wi.data_ptr<T>(), bi, h, kh, wh.data_ptr<T>(), bh, gx, gh, m, n);
 }
 
 }  // namespace fastcells::cpu::FASTCELLS_ISA

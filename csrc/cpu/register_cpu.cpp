@@ -52,8 +52,8 @@ const CpuKernels& pick() {
 // weights too: never per step), the outputs converted back to the input's dtype, saved activations
 // included (kept in 16 bits, as the CUDA ops and torch.nn keep them); the math and the states inside
 // stay float32. bfloat16 layers may multiply in bfloat16 (bf16_products.h), and then keep their tensors
-// in bfloat16 with no float32 copies (storage.h, run_layer); bfloat16 cell steps, and layers of a few
-// rows, take their weights unconverted (run_keeping_weights).
+// in bfloat16 with no float32 copies (storage.h, run_layer); layers of a few rows take their weights
+// unconverted (run_keeping_weights), and bfloat16 cell steps all their tensors (run_step).
 bool low_precision(const Tensor& x) {
   return x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
 }
@@ -156,12 +156,19 @@ auto run_layer(Kernel kernel, int64_t batch, const std::array<const char*, sizeo
   return run(kernel, names, args...);
 }
 
-// As run_layer, for the cell step ops, whose kernels take a bfloat16 call's weights as they are at any
-// batch (a step is one call: converting them would copy the weights at every step; matmul_cpu.h's
-// step_projections): always run_layer's second way, as for a batch of no rows.
+// As run(), for the cell step ops, whose kernels take a bfloat16 call's tensors as they are: the weights
+// (a step is one call: converting them would copy the weights at every step; matmul_cpu.h's
+// step_projections) and the rest, which they widen into their own scratch (storage.h's StepTensors).
 template <typename Kernel, typename... Args>
 auto run_step(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names, const Args&... args) {
-  return run_layer(kernel, /*batch=*/0, names, args...);
+  const Tensor& x = std::get<0>(std::tie(args...));
+  if (x.scalar_type() != at::kBFloat16) {
+    check_weights(names, args...);
+    return run(kernel, names, args...);
+  }
+  size_t i = 0;
+  (check_dtype(x, names[i++], args), ...);
+  return kernel(args...);
 }
 
 }  // namespace
