@@ -135,6 +135,20 @@ auto run_keeping_weights(Kernel kernel, const std::array<const char*, sizeof...(
                   x.scalar_type());
 }
 
+// Whether a call (x or dy first) is in bfloat16, every floating-point argument checked to be too; a
+// call in another dtype gets its weights' dtypes checked (check_weights) instead.
+template <typename... Args>
+bool bfloat16_call(const std::array<const char*, sizeof...(Args)>& names, const Args&... args) {
+  const Tensor& x = std::get<0>(std::tie(args...));
+  if (x.scalar_type() != at::kBFloat16) {
+    check_weights(names, args...);
+    return false;
+  }
+  size_t i = 0;
+  (check_dtype(x, names[i++], args), ...);
+  return true;
+}
+
 // As run(), for the layer ops (`batch`: the rows of their state). A bfloat16 call goes one of three ways:
 // - with the bfloat16 products (storage.h: a batch of more than kSmallRows rows), the kernels take the
 //   arguments as they are and keep the layer's tensors in bfloat16; only the outputs they compute in
@@ -144,13 +158,8 @@ auto run_keeping_weights(Kernel kernel, const std::array<const char*, sizeof...(
 template <typename Kernel, typename... Args>
 auto run_layer(Kernel kernel, int64_t batch, const std::array<const char*, sizeof...(Args)>& names,
                const Args&... args) {
+  if (!bfloat16_call(names, args...)) return run(kernel, names, args...);
   const Tensor& x = std::get<0>(std::tie(args...));
-  if (x.scalar_type() != at::kBFloat16) {
-    check_weights(names, args...);
-    return run(kernel, names, args...);
-  }
-  size_t i = 0;
-  (check_dtype(x, names[i++], args), ...);
   if (batch > kSmallRows && cpu_bf16_products()) return to_dtype(kernel(args...), x.scalar_type());
   if (batch <= kSmallRows) return run_keeping_weights(kernel, names, args...);
   return run(kernel, names, args...);
@@ -161,13 +170,7 @@ auto run_layer(Kernel kernel, int64_t batch, const std::array<const char*, sizeo
 // step_projections) and the rest, which they widen into their own scratch (storage.h's StepTensors).
 template <typename Kernel, typename... Args>
 auto run_step(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names, const Args&... args) {
-  const Tensor& x = std::get<0>(std::tie(args...));
-  if (x.scalar_type() != at::kBFloat16) {
-    check_weights(names, args...);
-    return run(kernel, names, args...);
-  }
-  size_t i = 0;
-  (check_dtype(x, names[i++], args), ...);
+  if (!bfloat16_call(names, args...)) return run(kernel, names, args...);
   return kernel(args...);
 }
 
