@@ -41,9 +41,9 @@ inline void check_bias(const c10::optional<at::Tensor>& bias, const char* name, 
               bias->device());
 }
 
-// A weight w named `name` on x's device, of x's dtype or of `weights` where given: the CPU step ops,
-// and layer ops of a few rows, take a bfloat16 call's weights unconverted, with its other tensors in
-// float32 (csrc/cpu/register_cpu.cpp). x_name names x in the messages (dy for the backward ops).
+// A weight w named `name` on x's device, of x's dtype or of `weights` where given: the CPU layer ops of
+// a few rows take a bfloat16 call's weights unconverted, with its other tensors in float32
+// (csrc/cpu/register_cpu.cpp). x_name names x in the messages (dy for the backward ops).
 inline void check_weight(const at::Tensor& w, const char* name, const at::Tensor& x,
                          c10::optional<at::ScalarType> weights, const char* x_name = "x") {
   if (!weights.has_value()) {
@@ -73,15 +73,14 @@ inline void check_input_args(const at::Tensor& x, const at::Tensor& w_ih,
 // G = gates_per_unit * H. Returns H.
 inline int64_t check_step_args(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
                                const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-                               const c10::optional<at::Tensor>& b_hh, int64_t gates_per_unit,
-                               c10::optional<at::ScalarType> weights = c10::nullopt) {
+                               const c10::optional<at::Tensor>& b_hh, int64_t gates_per_unit) {
   FC_CHECK_DIM(x, 2);
   FC_CHECK_DIM(h, 2);
   const int64_t H = h.size(1), G = gates_per_unit * H;
   FC_CHECK_SHAPE(h, x.size(0), H);
   FC_CHECK_LIKE(h, x);
-  check_input_args(x, w_ih, b_ih, b_hh, G, weights);
+  check_input_args(x, w_ih, b_ih, b_hh, G);
   FC_CHECK_SHAPE(w_hh, G, H);
-  check_weight(w_hh, "w_hh", x, weights);
+  check_weight(w_hh, "w_hh", x, c10::nullopt);
   return H;
 }

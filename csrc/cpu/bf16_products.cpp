@@ -251,7 +251,8 @@ void matvec_tile(const uint16_t* const* w_rows, int rows, const uint16_t* a, int
 void matvec_rows_impl(const uint16_t* w, int64_t ldw, const float* a, int64_t lda, int64_t m, int64_t k,
                       float* out, int64_t ldo, int64_t begin, int64_t end, bool accumulate) {
   const int64_t kp32 = std::max<int64_t>(1, (k + 2 * kLanes - 1) / (2 * kLanes)) * (2 * kLanes);
-  // a rounded a block of rows at a time (at most 16 KiB: one thread's buffer, kept for its next calls).
+  // a rounded a block of rows at a time (16 KiB, or one row where k is longer: one thread's buffer,
+  // kept for its next calls).
   const int64_t block = std::clamp<int64_t>((1 << 13) / kp32, 1, 32);
   thread_local std::vector<uint16_t> a_bf16;
   if (static_cast<int64_t>(a_bf16.size()) < block * kp32) a_bf16.resize(block * kp32);

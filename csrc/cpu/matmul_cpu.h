@@ -516,9 +516,9 @@ class StepScratch {
   T* data_ = nullptr;
 };
 
-// The dtype a step or layer op's weights must have (checks.h's check_weight): x's, or bfloat16 for a
-// bfloat16 call's float32 arguments (step_projections below, StepProduct; register_cpu.cpp checks the
-// call's dtypes before converting).
+// The dtype a layer op's weights must have (checks.h's check_weight): x's, or bfloat16 for a bfloat16
+// call's float32 arguments (a batch of at most kSmallRows rows: StepProduct; register_cpu.cpp checks the
+// call's dtypes before converting). A cell step op gets a bfloat16 call's tensors all in bfloat16.
 inline c10::optional<at::ScalarType> weights_dtype(const at::Tensor& x, const at::Tensor& w_ih) {
   if (x.scalar_type() == at::kFloat && w_ih.scalar_type() == at::kBFloat16) return at::kBFloat16;
   return c10::nullopt;
