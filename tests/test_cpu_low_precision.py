@@ -235,9 +235,9 @@ def test_bf16_layers_store_16_bits_without_float32_copies(kind, training):
     y, the saved activations and the gate gradients in bfloat16 (csrc/cpu/storage.h): no float32 copy of
     them is made. Inference then holds a quarter to half the memory of the float32 call, and less than
     torch.nn's bfloat16 call (T=50, B=16, H=256: LSTM 1.50 against torch.nn's 3.20 MiB; 4.72 with float32
-    copies). Training holds 0.65-0.76 of float32's here (oneDNN's bfloat16 GEMMs of the weight gradients
+    copies). Training holds 0.72 of float32's here (oneDNN's bfloat16 GEMMs of the weight gradients
     allocate scratch where MKL's float32 ones allocate none that torch sees; with float32 copies it was
-    1.6x), LSTM less than torch.nn's (7.7 against 16.3 MiB at the shape above); GRU and RNN training stay
+    1.6x), LSTM less than torch.nn's (6.9 against 16.3 MiB at the shape above); GRU and RNN training stay
     above torch.nn, whose per-step autograd frees each step's saved tensors as its backward passes them."""
     torch.manual_seed(0)
     ref, fast = make_layer_twins(kind, 64, 64, 1, dtype=torch.float32, backend="cpu")

@@ -172,6 +172,17 @@ inline void check_layer_dtype(const at::Tensor& x, const char* name, int64_t bat
               "batch of more than ", kSmallRows, " rows), got ", dtype);
 }
 
+// The gradient of a layer's output, dy (N, H), as the backward ops read it: row n's H values contiguous
+// at dy.data_ptr() + n * dy.stride(0). Where its rows are contiguous already it is taken as it is: a
+// bidirectional layer's dy is a column slice of its output's gradient. Where all rows are one (a loss's
+// gradient reaches the layer expanded: sum() and mean() give every stride 0), one row is copied. Copies
+// of the whole of dy took GRU and RNN training calls above torch.nn's peak memory.
+inline at::Tensor with_contiguous_rows(const at::Tensor& dy) {
+  if (dy.size(1) <= 1 || dy.stride(1) == 1) return dy;
+  if (dy.size(0) > 0 && dy.stride(0) == 0) return dy.narrow(0, 0, 1).contiguous().expand(dy.sizes());
+  return dy.contiguous();
+}
+
 // body(T{}, S{}) for a layer op's dtype (checked by check_layer_dtype): T the type it computes in, S the
 // one it stores its sequence tensors in.
 template <typename F>

@@ -1,0 +1,102 @@
+"""What the cpu backend's layer backward ops allocate (issue 16: a call's peak memory no more than
+torch.nn's). The gradient of a layer's output is read as autograd gives it, not copied (csrc/cpu/
+storage.h's with_contiguous_rows), and the GRU keeps one (N, H) block of its hidden-side gradients,
+not (N, 3H) (csrc/cpu/gru_cpu.inc). Peak memory is measured as the benchmark measures it."""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fastcells
+from fastcells.benchmark.timing import peak_bytes
+from conftest import make_layer_twins
+
+if "cpu" not in fastcells.available_backends("cpu"):
+    pytest.skip("the cpu backend is not built", allow_module_level=True)
+
+ops = torch.ops.fastcells
+KINDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+
+
+def _grads(module, x, packed, output_grad):
+    """x's and the parameters' gradients after backward from ``output_grad(y)`` (a loss or a tensor)."""
+    module.zero_grad()
+    x = x.detach().requires_grad_()
+    lengths = [x.shape[0] - i // 2 for i in range(x.shape[1])]  # non-increasing
+    out, _ = module(pack_padded_sequence(x, lengths) if packed else x)
+    y = out.data if packed else out
+    grad = output_grad(y)
+    if grad.dim() == 0:
+        grad.backward()
+    else:
+        y.backward(grad)
+    return [x.grad] + [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("dtype,batch", [(torch.float64, 3), (torch.float32, 6), (torch.bfloat16, 6)])
+@pytest.mark.parametrize("kind", KINDS)
+def test_output_gradients_are_read_as_autograd_gives_them(kind, dtype, batch, bidirectional, packed):
+    """A loss's gradient often reaches the layer expanded (sum() and mean(): every stride 0; a per-unit
+    weight: the rows share one), and a bidirectional layer's op gets a column slice of it. The ops read
+    these in place: the gradients are bitwise those of the same values given contiguous. bfloat16 at
+    batch 6 keeps its tensors in bfloat16 where the CPU multiplies in it (csrc/cpu/storage.h)."""
+    torch.manual_seed(0)
+    _, fast = make_layer_twins(kind, 7, 9, 2, dtype=dtype, backend="cpu", bidirectional=bidirectional)
+    x = torch.randn(5, batch, 7, dtype=dtype)
+    row = torch.randn(9 * (2 if bidirectional else 1), dtype=dtype)
+    pairs = [(lambda y: y.sum(), lambda y: torch.ones_like(y)),
+             (lambda y: row.expand_as(y), lambda y: row.expand_as(y).contiguous())]
+    for given, contiguous in pairs:
+        expected = _grads(fast, x, packed, contiguous)
+        got = _grads(fast, x, packed, given)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def _backward_peak(module, x, output_grad):
+    """Peak bytes of the backward alone (the forward runs before the measurement)."""
+    def call():
+        y, _ = module(x)
+        grad = output_grad(y)
+        run = (lambda: y.sum().backward()) if grad is None else (lambda: y.backward(grad))
+        return run
+    call()()  # the parameters' .grad exist, so the measured call accumulates into them in place
+    run = call()
+    return peak_bytes(run, "cpu")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_expanded_output_gradient_is_not_copied(kind):
+    """y.sum().backward() holds no more than a backward given a contiguous gradient made beforehand: the
+    op copies no (N, H) block of ones (it did, 800 KiB of a GRU's training call at T=50 B=16 H=256)."""
+    torch.manual_seed(0)
+    _, fast = make_layer_twins(kind, 32, 32, 1, dtype=torch.float32, backend="cpu")
+    x = torch.randn(20, 8, 32, requires_grad=True)
+    ones = torch.ones(20, 8, 32)
+    expanded = _backward_peak(fast, x, lambda y: None)
+    contiguous = _backward_peak(fast, x, lambda y: ones)
+    assert expanded <= contiguous + 1024, (expanded, contiguous)  # one row and sum()'s scalars; a copy: 20 KiB
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gru_backward_keeps_one_block_of_hidden_side_gradients(dtype):
+    """The gradients of W_hh h + b_hh equal those of the input projections for r and z: the GRU backward
+    op keeps only their n block (N, H) beside dgx (N, 3H), and one step's rows for the recurrent product.
+    Its peak: its outputs, dgx, that block, at most a packed copy of W_hh and two steps' rows (before, a
+    second (N, 3H) block: 2NH more)."""
+    T, B, H, I = 20, 8, 48, 40
+    N, G = T * B, 3 * H
+    gen = torch.Generator().manual_seed(3)
+    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=dtype)  # noqa: E731
+    x, w_ih, w_hh, b_ih, b_hh, h0 = rand(N, I), rand(G, I), rand(G, H) / 4, rand(G), rand(G), rand(B, H)
+    sizes = torch.full((T,), B, dtype=torch.long)
+    saved = ops.gru_layer_fwd(x, w_ih, b_ih, b_hh, h0, w_hh, sizes, False, True)[2]
+    dy, dhn = rand(N, H), rand(B, H)
+    outputs = []
+    peak = peak_bytes(lambda: outputs.append(
+        ops.gru_layer_bwd(dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh, sizes, False, True)), "cpu")
+    size = dtype.itemsize if hasattr(dtype, "itemsize") else torch.finfo(dtype).bits // 8
+    returned = sum(t.numel() for t in outputs[-1]) * size
+    allowed = returned + (N * G + N * H + G * H + 2 * B * G) * size + 8192
+    assert peak <= allowed, (peak, allowed, allowed + 2 * N * H * size)
