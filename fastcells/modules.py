@@ -91,14 +91,13 @@ class _FusedRNNBase(nn.RNNBase):
         is_lstm = self.mode == "LSTM"
         h, c = hx if is_lstm else (hx, None)
         data = input.transpose(0, 1) if self.batch_first else input
-        steps, batch, features = data.shape
+        steps, batch, _ = data.shape
         states = (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
         if steps == 0 or h.shape != states or (is_lstm and c.shape != states):
             raise ValueError("not a shape the direct path takes")
-        y, hn, cn = _extension.C.stack_inference(
-            self.mode, data.reshape(steps * batch, features), cpu_backend.padded_batch_sizes(steps, batch),
-            h, c, self._flat_weights, self.num_layers, self.bidirectional, self.bias)
-        output = y.view(steps, batch, y.size(1))
+        output, hn, cn = _extension.C.stack_inference(
+            self.mode, data, cpu_backend.padded_batch_sizes(steps, batch), h, c, self._flat_weights,
+            self.num_layers, self.bidirectional, self.bias)
         return (output.transpose(0, 1) if self.batch_first else output), ((hn, cn) if is_lstm else hn)
 
     def _check_states(self, input, batch_sizes, mini_batch, hx, cx):

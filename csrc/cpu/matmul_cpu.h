@@ -320,6 +320,16 @@ inline void add_bias_rows(T* out, int64_t ldo, int64_t m, int64_t n, const T* bi
   }
 }
 
+// out (m, n) += (bias + bias2) (n), broadcast over rows: each sum rounded as a tensor of them would be.
+template <typename T>
+inline void add_bias_sum_rows(T* out, int64_t ldo, int64_t m, int64_t n, const T* bias, const T* bias2) {
+  for (int64_t i = 0; i < m; ++i) {
+    T* row = out + i * ldo;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) row[j] += bias[j] + bias2[j];
+  }
+}
+
 // Grain (in batch rows) of the pointwise pass over rows of H units: one thread below 4096 units.
 inline int64_t pointwise_grain(int64_t H) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, H)); }
 

@@ -62,20 +62,28 @@ constexpr int64_t kMatvecRows = 64;
 template <typename T, typename S = T>
 class StepInput {
  public:
-  // x (N, I) contiguous, w_ih (G, I) contiguous, bias (G, in T) or none: input_bias() of the cell;
-  // batch: the layer's (StepProduct); per_step: project_per_step(), which a layer storing in another
-  // type than it computes in always takes.
-  StepInput(const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& bias,
-            int64_t batch, bool per_step)
+  // x (N, I) contiguous, w_ih (G, I) contiguous, b_ih and b_hh (G, in T) or none; b_hh is added here
+  // where the cell adds it to the input pre-activations (adds_b_hh: LSTM and RNN; layers.h's
+  // input_bias). batch: the layer's (StepProduct); per_step: project_per_step(), which a layer storing
+  // in another type than it computes in always takes.
+  StepInput(const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
+            const c10::optional<at::Tensor>& b_hh, bool adds_b_hh, int64_t batch, bool per_step)
       : G_(w_ih.size(0)), I_(x.size(1)) {
     TORCH_CHECK(per_step || (std::is_same_v<S, T>), "StepInput: 16-bit storage projects per step");
+    const c10::optional<at::Tensor> no_bias;
+    const c10::optional<at::Tensor>& bias2 = adds_b_hh && b_ih.has_value() ? b_hh : no_bias;
+    const c10::optional<at::Tensor>& bias = adds_b_hh && !b_ih.has_value() ? b_hh : b_ih;
     if constexpr (std::is_same_v<S, T>) {
-      if (!per_step) project_up_front(x, w_ih, bias);
+      if (!per_step) project_up_front(x, w_ih, bias, bias2);
     }
     if (!per_step) return;
     x_ = x;
-    bias_ = bias.has_value() ? bias->contiguous()
-                             : at::zeros({G_}, x.options().dtype(c10::CppTypeToScalarType<T>::value));
+    if (bias2.has_value()) {
+      bias_ = *bias + *bias2;
+    } else {
+      bias_ = bias.has_value() ? bias->contiguous()
+                               : at::zeros({G_}, x.options().dtype(c10::CppTypeToScalarType<T>::value));
+    }
     w_ih_.emplace(w_ih, /*transposed=*/true, batch);
   }
 
@@ -116,8 +124,10 @@ class StepInput {
   // 6400 x 512 x 2048 on 2 Zen 4 cores) and gave the same result for 1 to 3 threads at every size
   // tried from 80 x 37 x 148 to 6400 x 512 x 2048 (tests/test_thread_count.py checks one).
   // w_ih may be bfloat16 (StepProduct): the mat-vecs read it as it is, the GEMMs take a float32 copy.
-  void project_up_front(const at::Tensor& x, const at::Tensor& w_ih_given,
-                        const c10::optional<at::Tensor>& bias) {
+  // bias + bias2 (either may be absent) is added to every row: summed as the rows are made, not into a
+  // tensor first (which took 0.5 of a generation loop's 7 µs one-step RNN layer call).
+  void project_up_front(const at::Tensor& x, const at::Tensor& w_ih_given, const c10::optional<at::Tensor>& bias,
+                        const c10::optional<at::Tensor>& bias2) {
     const int64_t N = x.size(0);
     const bool mkl = N >= kMklRows && N * I_ * G_ >= kMklWork;
     // bfloat16 weights multiplied in bfloat16 (bf16_matvecs): the mat-vecs at any N, rather than a float32
@@ -128,23 +138,30 @@ class StepInput {
       with_weights<T>(w_ih_given, [&](const auto* w) {
         matvecs_nt(x.data_ptr<T>(), I_, w, I_, gx_.data_ptr<T>(), G_, N, G_, I_, false);
       });
-      add_bias(bias);
+      add_bias(bias, bias2);
       return;
     }
     const at::Tensor w_ih = w_ih_given.to(x.scalar_type());  // no copy where it is in T
     if (mkl) {
-      gx_ = input_projection(x, w_ih, bias).contiguous();
+      gx_ = input_projection(x, w_ih, bias2.has_value() ? c10::optional<at::Tensor>(*bias + *bias2) : bias)
+                .contiguous();
       return;
     }
     gx_ = at::empty({N, G_}, x.options());
     StepProduct<T>(w_ih, /*transposed=*/true, N).run(x.data_ptr<T>(), I_, gx_.data_ptr<T>(), G_, N,
                                                     /*accumulate=*/false);
-    add_bias(bias);
+    add_bias(bias, bias2);
   }
 
-  // gx_ += bias, on every row.
-  void add_bias(const c10::optional<at::Tensor>& bias) {
-    if (bias.has_value()) add_bias_rows(gx_.data_ptr<T>(), G_, gx_.size(0), G_, bias->contiguous().data_ptr<T>());
+  // gx_ += bias (+ bias2), on every row.
+  void add_bias(const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& bias2) {
+    if (!bias.has_value()) return;
+    const at::Tensor b = bias->contiguous();
+    if (bias2.has_value()) {
+      add_bias_sum_rows(gx_.data_ptr<T>(), G_, gx_.size(0), G_, b.data_ptr<T>(), bias2->contiguous().data_ptr<T>());
+    } else {
+      add_bias_rows(gx_.data_ptr<T>(), G_, gx_.size(0), G_, b.data_ptr<T>());
+    }
   }
 
   int64_t G_, I_;
