@@ -111,6 +111,13 @@ class StepInput {
     return scratch;
   }
 
+  // Up front only: rows row0.. of gx, which each step may accumulate its products into (a row is read
+  // by its own step alone).
+  T* rows_to_accumulate(int64_t row0) const {
+    TORCH_CHECK(!per_step(), "StepInput: no rows up front");
+    return gx_.data_ptr<T>() + row0 * G_;
+  }
+
   // What the pointwise pass adds for sequence row `row`: its gx row, or per step the bias alone
   // (the products went into the gate buffer).
   const T* row(int64_t row) const {
