@@ -19,7 +19,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stack_inference_cpu(
               flat_weights.size());
   TORCH_CHECK(x.dim() == 2 || x.dim() == 3, "stack_inference: x must be 2-D or 3-D, got ", x.dim(), "-D");
   std::vector<at::Tensor> h_finals, c_finals, outputs;
-  at::Tensor layer_input = x.dim() == 3 ? x.reshape({-1, x.size(2)}) : x;
+  at::Tensor layer_input = x.dim() == 3 ? x.reshape({x.size(0) * x.size(1), x.size(2)}) : x;
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     outputs.clear();
     for (int64_t direction = 0; direction < directions; ++direction) {

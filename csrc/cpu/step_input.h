@@ -131,8 +131,8 @@ class StepInput {
   // 6400 x 512 x 2048 on 2 Zen 4 cores) and gave the same result for 1 to 3 threads at every size
   // tried from 80 x 37 x 148 to 6400 x 512 x 2048 (tests/test_thread_count.py checks one).
   // w_ih may be bfloat16 (StepProduct): the mat-vecs read it as it is, the GEMMs take a float32 copy.
-  // bias + bias2 (either may be absent) is added to every row: summed as the rows are made, not into a
-  // tensor first (which took 0.5 of a generation loop's 7 µs one-step RNN layer call).
+  // bias (+ bias2, given only with bias) is added to every row, the two summed as the rows are made, not
+  // into a tensor first (which took 0.5 of a generation loop's 7 µs one-step RNN layer call).
   void project_up_front(const at::Tensor& x, const at::Tensor& w_ih_given, const c10::optional<at::Tensor>& bias,
                         const c10::optional<at::Tensor>& bias2) {
     const int64_t N = x.size(0);
