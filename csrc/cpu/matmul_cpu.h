@@ -310,23 +310,19 @@ inline void matvec_rows_multi(const W* w, int64_t ldw, const T* a, int64_t lda, 
   for (; i < m; ++i) matvec_rows(w, ldw, a + i * lda, k, out + i * ldo, begin, end, accumulate);
 }
 
-// out (m, n) += bias (n), broadcast over rows.
+// out (m, n) += bias (n), broadcast over rows; with bias2, += (bias + bias2), each sum rounded as a tensor
+// of them would be.
 template <typename T>
-inline void add_bias_rows(T* out, int64_t ldo, int64_t m, int64_t n, const T* bias) {
+inline void add_bias_rows(T* out, int64_t ldo, int64_t m, int64_t n, const T* bias, const T* bias2 = nullptr) {
   for (int64_t i = 0; i < m; ++i) {
     T* row = out + i * ldo;
+    if (bias2) {
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) row[j] += bias[j];
-  }
-}
-
-// out (m, n) += (bias + bias2) (n), broadcast over rows: each sum rounded as a tensor of them would be.
-template <typename T>
-inline void add_bias_sum_rows(T* out, int64_t ldo, int64_t m, int64_t n, const T* bias, const T* bias2) {
-  for (int64_t i = 0; i < m; ++i) {
-    T* row = out + i * ldo;
+      for (int64_t j = 0; j < n; ++j) row[j] += bias[j] + bias2[j];
+    } else {
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) row[j] += bias[j] + bias2[j];
+      for (int64_t j = 0; j < n; ++j) row[j] += bias[j];
+    }
   }
 }
 

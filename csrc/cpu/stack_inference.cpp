@@ -17,9 +17,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stack_inference_cpu(
   TORCH_CHECK(static_cast<int64_t>(flat_weights.size()) == num_layers * directions * per_layer,
               "stack_inference: expected ", num_layers * directions * per_layer, " weights, got ",
               flat_weights.size());
-  TORCH_CHECK(x.dim() == 2 || x.dim() == 3, "stack_inference: x must be 2-D or 3-D, got ", x.dim(), "-D");
+  TORCH_CHECK(x.dim() == 3, "stack_inference: x must be (T, B, I), got ", x.dim(), "-D");
   std::vector<at::Tensor> h_finals, c_finals, outputs;
-  at::Tensor layer_input = x.dim() == 3 ? x.reshape({x.size(0) * x.size(1), x.size(2)}) : x;
+  at::Tensor layer_input = x.reshape({x.size(0) * x.size(1), x.size(2)});
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     outputs.clear();
     for (int64_t direction = 0; direction < directions; ++direction) {
@@ -45,8 +45,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stack_inference_cpu(
     }
     layer_input = directions == 1 ? outputs[0] : at::cat(outputs, 1);
   }
-  const at::Tensor y = x.dim() == 3 ? layer_input.view({x.size(0), x.size(1), layer_input.size(1)}) : layer_input;
-  return {y, at::stack(h_finals), lstm ? at::stack(c_finals) : at::Tensor()};
+  return {layer_input.view({x.size(0), x.size(1), layer_input.size(1)}), at::stack(h_finals),
+          lstm ? at::stack(c_finals) : at::Tensor()};
 }
 
 }  // namespace fastcells::cpu

@@ -12,11 +12,10 @@
 
 namespace fastcells::cpu {
 
-// mode: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU". x (N, I) rows of a padded or packed sequence with
-// batch_sizes (T), or a padded sequence (T, B, I) (reshaped here, not in Python: 0.7 µs there);
-// hx (L * D, B, H), cx likewise for LSTM (else undefined); flat_weights as torch.nn.RNNBase._flat_weights
-// (no projection). Returns y (N, D * H), or (T, B, D * H) for a (T, B, I) x, hn (L * D, B, H) and cn
-// (LSTM; else undefined).
+// mode: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU". x (T, B, I) a padded sequence with batch_sizes (T) (its
+// rows reshaped here, not in Python: 0.7 µs there); hx (L * D, B, H), cx likewise for LSTM (else
+// undefined); flat_weights as torch.nn.RNNBase._flat_weights (no projection). Returns y (T, B, D * H),
+// hn (L * D, B, H) and cn (LSTM; else undefined).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> stack_inference_cpu(
     const std::string& mode, const at::Tensor& x, const at::Tensor& batch_sizes, const at::Tensor& hx,
     const c10::optional<at::Tensor>& cx, const std::vector<at::Tensor>& flat_weights, int64_t num_layers,

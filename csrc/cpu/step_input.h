@@ -163,12 +163,8 @@ class StepInput {
   // gx_ += bias (+ bias2), on every row.
   void add_bias(const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& bias2) {
     if (!bias.has_value()) return;
-    const at::Tensor b = bias->contiguous();
-    if (bias2.has_value()) {
-      add_bias_sum_rows(gx_.data_ptr<T>(), G_, gx_.size(0), G_, b.data_ptr<T>(), bias2->contiguous().data_ptr<T>());
-    } else {
-      add_bias_rows(gx_.data_ptr<T>(), G_, gx_.size(0), G_, b.data_ptr<T>());
-    }
+    const at::Tensor b = bias->contiguous(), b2 = bias2.has_value() ? bias2->contiguous() : at::Tensor();
+    add_bias_rows(gx_.data_ptr<T>(), G_, gx_.size(0), G_, b.data_ptr<T>(), b2.defined() ? b2.data_ptr<T>() : nullptr);
   }
 
   int64_t G_, I_;
