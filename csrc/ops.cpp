@@ -89,6 +89,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The instruction set of the CPU kernels this process runs: avx512, avx2 or baseline.");
   m.def("cpu_bf16_products", &fastcells::cpu::cpu_bf16_products,
         "Whether bfloat16 layers multiply in bfloat16 (AVX-512 BF16) in this process.");
+  m.def("cpu_amx_products", &fastcells::cpu::cpu_amx_products,
+        "Whether those products run on AMX tiles (more than 4 rows a step) in this process.");
   // The saved layouts of fastcells/saved_layout.h for H hidden units and P = proj_size (LSTM), as
   // {name: column offset or width}: what tests/test_saved_layout.py checks the Python mirror against.
   m.def("saved_layouts", [](int64_t H, int64_t P) {

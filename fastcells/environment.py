@@ -30,7 +30,7 @@ def device_name(device):
         return torch.cuda.get_device_name(device)
     isa = cpu_kernels_isa()
     if isa and cpu_bf16_products():
-        isa += " (bf16 products)"
+        isa += " (AMX bf16 products)" if cpu_amx_products() else " (bf16 products)"
     return f"{cpu_name()} ({torch.get_num_threads()} threads{f', {isa} kernels' if isa else ''})"
 
 
@@ -48,6 +48,14 @@ def cpu_bf16_products():
     from . import _extension
 
     return bool(_extension.C is not None and getattr(_extension.C, "cpu_bf16_products", lambda: False)())
+
+
+def cpu_amx_products():
+    """Whether those bfloat16 products run on AMX tiles in this process (csrc/cpu/bf16_products.h:
+    cpu_has_amx; FASTCELLS_CPU_AMX=0 turns them off)."""
+    from . import _extension
+
+    return bool(_extension.C is not None and getattr(_extension.C, "cpu_amx_products", lambda: False)())
 
 
 def device_slug(device):

@@ -38,8 +38,12 @@ def describe(device_types_):
             if device_type == "cpu" and name == "cpu" and reason is None:
                 lines.append(f"  {'':10} kernels for {environment.cpu_kernels_isa()} (the best this CPU "
                              "runs, or FASTCELLS_CPU_ISA)")
-                products = ("bfloat16 (AVX-512 BF16)" if environment.cpu_bf16_products()
-                            else "float32 (no AVX-512 BF16 in this CPU or these kernels)")
+                if environment.cpu_amx_products():
+                    products = "bfloat16 (AMX tiles; AVX-512 BF16 for up to 4 rows, or FASTCELLS_CPU_AMX=0)"
+                elif environment.cpu_bf16_products():
+                    products = "bfloat16 (AVX-512 BF16)"
+                else:
+                    products = "float32 (no AVX-512 BF16 in this CPU or these kernels)"
                 lines.append(f"  {'':10} bfloat16 layers multiply in {products}")
     return lines
 

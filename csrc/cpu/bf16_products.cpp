@@ -8,11 +8,17 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FASTCELLS_BF16_PRODUCTS 1
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #else
 #define FASTCELLS_BF16_PRODUCTS 0
 #endif
@@ -35,6 +41,26 @@ bool cpu_has_products() {
 #endif
 }
 
+bool cpu_has_amx() {
+#if FASTCELLS_BF16_PRODUCTS
+  static const bool has = [] {
+    const char* env = std::getenv("FASTCELLS_CPU_AMX");
+    if (env && std::string(env) == "0") return false;
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!cpu_has_products() || !__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    constexpr unsigned kAmxBf16 = 1u << 22, kAmxTile = 1u << 24;  // CPUID.(7, 0).EDX
+    if ((edx & (kAmxBf16 | kAmxTile)) != (kAmxBf16 | kAmxTile)) return false;
+    // Linux hands out the tile registers' state only to processes that ask for it (once per process;
+    // torch's oneDNN asks too). Without it, the first tile instruction would kill the process.
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 ProductsScope::ProductsScope(bool on) : previous_(products_scope) { products_scope = on; }
 ProductsScope::~ProductsScope() { products_scope = previous_; }
 
@@ -44,7 +70,7 @@ bool products_on() { return products_scope && cpu_has_products(); }
 
 #if FASTCELLS_BF16_PRODUCTS
 // Only the code below uses the instructions: the headers above stay baseline (see isa_prelude.h).
-#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512bf16")
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")
 
 namespace fastcells::cpu::bf16 {
 namespace {
@@ -124,6 +150,101 @@ void gemm_panel(const uint32_t* a, int64_t lda, const uint32_t* panel, int64_t k
   });
 }
 
+// AMX (Advanced Matrix Extensions): TDPBF16PS multiplies a tile of 16 rows x 16 pairs of a by a tile
+// of 16 pairs x 16 columns of b into 16 x 16 float32 sums, 16 times the work of a VDPBF16PS per
+// instruction. A panel's 32 columns are two such b tiles side by side (a pair row of the panel is 128
+// bytes: the tile loads take that stride), and a's rows two tiles of 16; so 4 tiles of sums, 2 of a and
+// 2 of b use the 8 tile registers. k runs in chunks of kAmxPairs pairs, every output element's sums in
+// the same chunk order whatever its row's or column's place: results do not depend on the split.
+constexpr int64_t kAmxPairs = 16;  // pairs of k in a tile row (64 bytes)
+constexpr int64_t kAmxRows = 16;   // rows of a tile
+
+// The tile shapes (palette 1): every tile 16 rows of 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Loads the tile configuration on this thread for its lifetime, then releases the tiles (their state
+// then costs the thread nothing at context switches).
+class TileScope {
+ public:
+  TileScope() {
+    TileConfig config;
+    for (int t = 0; t < 8; ++t) {
+      config.bytes_per_row[t] = kAmxPairs * 4;
+      config.rows[t] = kAmxRows;
+    }
+    _tile_loadconfig(&config);
+  }
+  ~TileScope() { _tile_release(); }
+  TileScope(const TileScope&) = delete;
+  TileScope& operator=(const TileScope&) = delete;
+};
+
+// The tiles' sums (rows x cols of them, at a stride of kPanel) into out: written, or added to out's
+// values after the products were summed (as the other kernels add them).
+void store_sums(const float* sums, int64_t rows, int64_t cols, float* out, int64_t ldo, bool accumulate) {
+  const __mmask16 mask0 = static_cast<__mmask16>(cols >= kLanes ? 0xffff : (1u << cols) - 1);
+  const __mmask16 mask1 = static_cast<__mmask16>((1u << std::max<int64_t>(0, cols - kLanes)) - 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    __m512 s0 = _mm512_loadu_ps(sums + r * kPanel), s1 = _mm512_loadu_ps(sums + r * kPanel + kLanes);
+    float* o = out + r * ldo;
+    if (accumulate) {
+      s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(mask0, o));
+      s1 = _mm512_add_ps(s1, _mm512_maskz_loadu_ps(mask1, o + kLanes));
+    }
+    _mm512_mask_storeu_ps(o, mask0, s0);
+    _mm512_mask_storeu_ps(o + kLanes, mask1, s1);
+  }
+}
+
+// out (rows, columns [32 p0, 32 p1) of n) (+)= a @ panels p0..p1-1; a: rows padded with zeros to a
+// multiple of kAmxRows, kp pairs each (a multiple of kAmxPairs, zero past k, as the panels' rows).
+void amx_panels(const uint32_t* a, int64_t kp, const uint32_t* panels, float* out, int64_t ldo,
+                int64_t rows, int64_t n, bool accumulate, int64_t p0, int64_t p1) {
+  const TileScope tiles;
+  alignas(64) float sums[2 * kAmxRows * kPanel];
+  const int64_t a_stride = kp * 4, panel_stride = kPanel * 4;  // bytes between tile rows
+  for (int64_t p = p0; p < p1; ++p) {
+    const uint32_t* panel = panels + p * kp * kPanel;
+    const int64_t cols = std::min<int64_t>(kPanel, n - p * kPanel);
+    for (int64_t r0 = 0; r0 < rows; r0 += 2 * kAmxRows) {
+      const uint32_t* a0 = a + r0 * kp;
+      const bool two = rows - r0 > kAmxRows;  // a second tile of rows
+      _tile_zero(0);
+      _tile_zero(1);
+      if (two) {
+        _tile_zero(2);
+        _tile_zero(3);
+      }
+      for (int64_t q = 0; q < kp; q += kAmxPairs) {
+        _tile_loadd(6, panel + q * kPanel, panel_stride);
+        _tile_loadd(7, panel + q * kPanel + kLanes, panel_stride);
+        _tile_loadd(4, a0 + q, a_stride);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        if (two) {
+          _tile_loadd(5, a0 + kAmxRows * kp + q, a_stride);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+      }
+      _tile_stored(0, sums, panel_stride);
+      _tile_stored(1, sums + kLanes, panel_stride);
+      if (two) {
+        _tile_stored(2, sums + kAmxRows * kPanel, panel_stride);
+        _tile_stored(3, sums + kAmxRows * kPanel + kLanes, panel_stride);
+      }
+      store_sums(sums, std::min<int64_t>(2 * kAmxRows, rows - r0), cols, out + r0 * ldo + p * kPanel, ldo,
+                 accumulate);
+    }
+  }
+}
+
 // pack() for w's element type W: float or c10::BFloat16.
 template <typename W>
 PackedWeight pack_as(const at::Tensor& w_in, bool transposed) {
@@ -134,7 +255,8 @@ PackedWeight pack_as(const at::Tensor& w_in, bool transposed) {
   packed.k = columns.size(1);
   packed.panels = (packed.n + kPanel - 1) / kPanel;
   const int64_t kp = (packed.k + 1) / 2;
-  packed.storage = at::zeros({packed.panels * kp * kPanel}, w_in.options().dtype(at::kInt));
+  packed.kp = (kp + kAmxPairs - 1) / kAmxPairs * kAmxPairs;
+  packed.storage = at::zeros({packed.panels * packed.kp * kPanel}, w_in.options().dtype(at::kInt));
   const W* src = columns.data_ptr<W>();
   uint32_t* dst = reinterpret_cast<uint32_t*>(packed.storage.data_ptr<int32_t>());
   const int64_t n = packed.n, k = packed.k;
@@ -147,7 +269,7 @@ PackedWeight pack_as(const at::Tensor& w_in, bool transposed) {
       const int64_t cols = std::min<int64_t>(kPanel, n - panel * kPanel);
       for (int64_t c = 0; c < cols; ++c)
         round_row(src + (panel * kPanel + c) * k, k, 2 * kp, reinterpret_cast<uint16_t*>(&pairs[c * kp]));
-      uint32_t* out = dst + panel * kp * kPanel;
+      uint32_t* out = dst + panel * packed.kp * kPanel;
       for (int64_t q = 0; q < kp; ++q) {
         for (int64_t c = 0; c < cols; ++c) out[q * kPanel + c] = pairs[c * kp + q];
       }
@@ -161,27 +283,36 @@ template <typename A>
 void gemm_as(const A* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
              bool accumulate, int64_t p0, int64_t p1, bool parallel) {
   if (m == 0 || p0 >= p1) return;
-  const int64_t kp = (b.k + 1) / 2;
+  const bool amx = cpu_has_amx();
+  const int64_t kp = (b.k + 1) / 2;  // pairs in k; a's rows and b's panels have b.kp, zero-padded
   const uint32_t* panels = reinterpret_cast<const uint32_t*>(b.storage.data_ptr<int32_t>());
   // A block of a's rows at a time (all of a step's rows but for groups of more than 128), rounded once
   // before its panels are split between threads, so that each panel reads the block from the core's
   // L2 rather than all of a from memory. One buffer per calling
-  // thread: row groups (row_groups.h) call this from several threads at once.
+  // thread: row groups (row_groups.h) call this from several threads at once. The tiles read whole
+  // blocks of kAmxRows rows: the rows past m are zeros.
   constexpr int64_t kRowBlock = 128;
+  static_assert(kRowBlock % kAmxRows == 0);
   thread_local std::vector<uint32_t> a_pairs;
   const int64_t block_rows = std::min(m, kRowBlock);
-  if (static_cast<int64_t>(a_pairs.size()) < block_rows * kp) a_pairs.resize(block_rows * kp);
+  const int64_t buffer_rows = amx ? (block_rows + kAmxRows - 1) / kAmxRows * kAmxRows : block_rows;
+  if (static_cast<int64_t>(a_pairs.size()) < buffer_rows * b.kp) a_pairs.resize(buffer_rows * b.kp);
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, block_rows * b.k * kPanel));
   for (int64_t i0 = 0; i0 < m; i0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, m - i0);
     for (int64_t i = 0; i < rows; ++i)
-      round_row(a + (i0 + i) * lda, b.k, 2 * kp, reinterpret_cast<uint16_t*>(a_pairs.data() + i * kp));
+      round_row(a + (i0 + i) * lda, b.k, 2 * b.kp, reinterpret_cast<uint16_t*>(a_pairs.data() + i * b.kp));
     const uint32_t* a_p = a_pairs.data();
     float* out_p = out + i0 * ldo;
+    if (amx) {
+      const int64_t padded = (rows + kAmxRows - 1) / kAmxRows * kAmxRows;
+      std::fill(a_pairs.begin() + rows * b.kp, a_pairs.begin() + padded * b.kp, uint32_t{0});
+    }
     const auto run = [&](int64_t first, int64_t last) {
+      if (amx) return amx_panels(a_p, b.kp, panels, out_p, ldo, rows, b.n, accumulate, first, last);
       for (int64_t p = first; p < last; ++p) {
         const int64_t cols = std::min<int64_t>(kPanel, b.n - p * kPanel);
-        gemm_panel(a_p, kp, panels + p * kp * kPanel, kp, out_p + p * kPanel, ldo, rows, cols, accumulate);
+        gemm_panel(a_p, b.kp, panels + p * b.kp * kPanel, kp, out_p + p * kPanel, ldo, rows, cols, accumulate);
       }
     };
     if (parallel) {

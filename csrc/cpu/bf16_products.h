@@ -1,6 +1,7 @@
 // Products with bfloat16 operands and float32 sums, for bfloat16 layers on CPUs with AVX-512 BF16
 // (its VDPBF16PS multiplies 32 bfloat16 pairs into 16 float32 sums per instruction: twice the float32
-// FMA's work, from half the weight bytes).
+// FMA's work, from half the weight bytes), and on AMX tiles where the CPU has them (an Intel Xeon:
+// there VDPBF16PS ran at half the float32 FMA's rate, and torch.nn's oneDNN layers use the tiles).
 //
 // bfloat16 calls run the float32 kernels (register_cpu.cpp). In their forward, the recurrent and
 // input products may round their operands to bfloat16 and lose nothing torch.nn keeps: the weights
@@ -22,6 +23,12 @@ namespace fastcells::cpu::bf16 {
 // Whether the running CPU has AVX-512 BF16 and this build compiled its products; read once.
 bool cpu_has_products();
 
+// Whether the packed products (gemm, gemm_panels) run on AMX tiles: the CPU has AMX-BF16 (with
+// AVX-512 BF16) and Linux granted this process the tile registers; FASTCELLS_CPU_AMX=0 turns them off
+// (the VDPBF16PS kernels then). Read once. Their sums are added in another order than VDPBF16PS's:
+// a bfloat16 layer's result depends on this choice, never on the number of threads.
+bool cpu_has_amx();
+
 // Set by register_cpu.cpp around the float32 kernels of a bfloat16 layer op (forward or backward):
 // while one is alive in a thread, products_on() is true there (on a CPU with the instructions). A
 // scope, not an argument, because the kernels' signatures are the op schemas'.
@@ -39,11 +46,12 @@ class ProductsScope {
 // Whether this thread's current call may multiply in bfloat16.
 bool products_on();
 
-// b (k, n) as bfloat16 pairs: ceil(n / 32) panels, each ceil(k / 2) rows of 32 columns, a column's
-// entry the 32-bit pair (b[2q][c], b[2q + 1][c]); zero past column n and past row k.
+// b (k, n) as bfloat16 pairs: ceil(n / 32) panels, each kp rows of 32 columns, a column's entry the
+// 32-bit pair (b[2q][c], b[2q + 1][c]); zero past column n and past row k. kp: ceil(k / 2) rounded up
+// to a multiple of 16 (an AMX tile's pairs).
 struct PackedWeight {
   at::Tensor storage;  // int32 (the pairs)
-  int64_t k = 0, n = 0, panels = 0;
+  int64_t k = 0, n = 0, panels = 0, kp = 0;
 };
 
 // Packs b = w^T for w (n, k) (transposed, the forward product a @ W^T) or b = w for w (k, n); w in

@@ -29,6 +29,8 @@ constexpr int64_t kSmallRows = 4;
 const char* cpu_isa();
 // Whether bfloat16 layers multiply in bfloat16 in this process (bf16_products.h).
 bool cpu_bf16_products();
+// Whether their packed products run on AMX tiles (bf16_products.h: cpu_has_amx).
+bool cpu_amx_products();
 
 LstmOutputs lstm_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& c0,

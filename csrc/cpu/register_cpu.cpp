@@ -184,6 +184,7 @@ const CpuKernels& chosen_kernels() {
 const char* cpu_isa() { return chosen_kernels().isa; }
 
 bool cpu_bf16_products() { return chosen_kernels().bf16_products && bf16::cpu_has_products(); }
+bool cpu_amx_products() { return cpu_bf16_products() && bf16::cpu_has_amx(); }
 
 LstmOutputs lstm_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& c0,
