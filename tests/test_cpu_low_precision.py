@@ -128,8 +128,8 @@ def _amx_expected():
     """Whether the packed bfloat16 products should run on AMX tiles here (csrc/cpu/bf16_products.h)."""
     from fastcells import _extension
 
-    return (_cpu_has_avx512_bf16() and _extension.C.cpu_isa() == "avx512" and {"amx_bf16", "amx_tile"} <= _cpu_flags()
-            and os.environ.get("FASTCELLS_CPU_AMX") != "0")
+    return (_cpu_has_avx512_bf16() and _extension.C.cpu_isa() == "avx512"
+            and {"amx_bf16", "amx_tile"} <= _cpu_flags() and os.environ.get("FASTCELLS_CPU_AMX") != "0")
 
 
 def test_bf16_products_are_used_where_the_cpu_has_them():
@@ -319,10 +319,11 @@ def test_bf16_step_products_are_exact_sums_of_exact_products(module, inputs, hid
     """The mat-vecs that read bfloat16 weights as they are (at most 4 rows: cell steps, small layers) sum
     exact products in float32: on CPUs with AVX-512 BF16 as VDPBF16PS pairs (csrc/cpu/bf16_products.cpp),
     elsewhere widened to float32; so do the packed products of more rows (VDPBF16PS, or AMX tiles of 16
-    rows and 32 k: batch 17 and 33 leave partial tiles, k = 33 and 37 partial pairs and chunks). One step of a relu RNN shows the sums themselves: its output is the
-    pre-activation rounded once to bfloat16 (or 0), so it must be the exact sum (float64, from the same
-    bfloat16 values) to within half a bfloat16 ulp and float32's summation error. A product dropped or
-    misplaced (k or n not a multiple of the kernels' 32 pairs and 8 rows) is off by far more."""
+    rows and 32 k: batch 17 and 33 leave partial tiles, k = 33 and 37 partial pairs and chunks). One step
+    of a relu RNN shows the sums themselves: its output is the pre-activation rounded once to bfloat16
+    (or 0), so it must be the exact sum (float64, from the same bfloat16 values) to within half a bfloat16
+    ulp and float32's summation error. A product dropped or misplaced (k or n not a multiple of the
+    kernels' 32 pairs and 8 rows) is off by far more."""
     torch.manual_seed(0)
     if module == "cell":
         ref = torch.nn.RNNCell(inputs, hidden, nonlinearity="relu")
