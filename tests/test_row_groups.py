@@ -53,3 +53,30 @@ def test_float32_groups_of_gemm_tiles(kind, threads):
     expected = forward_backward(ref, x)
     got = forward_backward(fast, x)
     assert_same_results(got, expected, dtype, atol=2e-5, rtol=2e-5)
+
+
+# 39 sequences of up to 75 steps: where the steps project their own input rows, they do so up to 32
+# steps at a time (csrc/cpu/step_input.h: steps_at_once), so each group runs several chunks of steps,
+# the last one partial, with rows ending inside a chunk; packed and reversed, a chunk's rows are not
+# adjacent in the input and are gathered first. LSTM projects per step from 8 rows (two groups of 4),
+# GRU and RNN in inference from 32.
+LONG_LENGTHS = [75, 70, 70, 64, 40, 33, 32, 31, 20, 5, 2, 2, 1] * 3
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("kind", LAYER_KINDS)
+def test_per_step_projections_in_chunks_of_steps_match_torch(kind, packed, training, threads):
+    dtype = torch.float64
+    ref, fast = make_layer_twins(kind, I, H, 2, bidirectional=True, dtype=dtype, backend="cpu")
+    batch = len(LONG_LENGTHS)
+    x = torch.randn(max(LONG_LENGTHS), batch, I, generator=torch.Generator().manual_seed(9), dtype=dtype)
+    hx = random_layer_states(ref, batch, dtype)
+    prepare = None
+    if packed:
+        def prepare(leaf):
+            return pack_padded_sequence(leaf, torch.tensor(LONG_LENGTHS), enforce_sorted=False)
+    with torch.set_grad_enabled(training):
+        expected = forward_backward(ref, x, hx, prepare=prepare, backward=training)
+        got = forward_backward(fast, x, hx, prepare=prepare, backward=training)
+    assert_same_results(got, expected, dtype)

@@ -92,20 +92,29 @@ inline RowGroups split_rows(const Schedule& sched, int64_t weight_bytes) {
   return split;
 }
 
-// Runs the time loop of each group, each group on its own thread: step(g0, bs, row0) for every step
-// in which the group has active rows, in time order, or reversed for backward. g0: the group's first
-// batch row; bs: its active rows at that step (rows g0 .. g0 + bs of the state buffers); row0: the
-// first of them in the flattened (N, ...) sequence. One group runs on the calling thread directly:
+// A step of a group: its active rows at that step, and the first of them in the flattened sequence.
+struct GroupStep {
+  int64_t rows, row0;
+};
+
+// Runs the time loop of each group, each group on its own thread, `chunk` steps at a time:
+// steps(g0, group_steps, count) for each run of up to `chunk` consecutive steps in which the group has
+// active rows, in time order, or reversed for backward. g0: the group's first batch row; a step's
+// `rows` are rows g0 .. g0 + rows of the state buffers. One group runs on the calling thread directly:
 // inside at::parallel_for, even on one thread, ATen marks the code as in a parallel region, and the
 // step's own parallel loops would then run on one thread.
 template <typename F>
-void for_each_group_step(const RowGroups& split, const Schedule& sched, bool reverse, bool backward,
-                         const F& step) {
+void for_each_group_chunk(const RowGroups& split, const Schedule& sched, bool reverse, bool backward,
+                          int64_t chunk, const F& steps) {
   auto run_group = [&](int64_t g0, int64_t g1) {
+    std::vector<GroupStep> group_steps;
+    group_steps.reserve(sched.steps);
     for_each_step(sched, reverse, backward, [&](int64_t bs, int64_t row0) {
       const int64_t group_rows = std::min(bs, g1) - g0;
-      if (group_rows > 0) step(g0, group_rows, row0 + g0);
+      if (group_rows > 0) group_steps.push_back({group_rows, row0 + g0});
     });
+    const int64_t n = static_cast<int64_t>(group_steps.size());
+    for (int64_t s = 0; s < n; s += chunk) steps(g0, group_steps.data() + s, std::min(chunk, n - s));
   };
   if (split.count() == 1) {
     run_group(split.bounds[0], split.bounds[1]);
@@ -113,6 +122,15 @@ void for_each_group_step(const RowGroups& split, const Schedule& sched, bool rev
   }
   at::parallel_for(0, split.count(), 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) run_group(split.bounds[q], split.bounds[q + 1]);
+  });
+}
+
+// for_each_group_chunk one step at a time: step(g0, rows, row0) for each step of each group.
+template <typename F>
+void for_each_group_step(const RowGroups& split, const Schedule& sched, bool reverse, bool backward,
+                         const F& step) {
+  for_each_group_chunk(split, sched, reverse, backward, 1, [&](int64_t g0, const GroupStep* s, int64_t) {
+    step(g0, s->rows, s->row0);
   });
 }
 

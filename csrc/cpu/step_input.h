@@ -28,6 +28,12 @@ namespace fastcells::cpu::FASTCELLS_ISA {
 // least 16 rows for each of two groups. Decided from the shape alone, not from the groups this call
 // got: the two ways round the sums differently (at::mm up front, the packed GEMM per step), and the
 // results must not depend on the number of threads (one thread then projects per step in one group).
+// "Per step" means a chunk of steps at a time (project_steps): step by step, each step read W_ih and
+// W_hh (2 MiB for an LSTM at H = 256 in float32), which overflowed the 2 MiB L2 of an Intel Xeon, whose
+// L3 is slow: LSTM T=50 B=16 H=256 float32 inference took 4.0-4.9 ms step by step, 3.3-3.5 ms with
+// chunks of 16-32 steps, about as fast as one GEMM up front (3.4 ms; torch.nn 3.2-4.0 ms in the same
+// runs); RNN T=100 B=32 H=512 10.8 against 12.7 ms. GRU and RNN at H = 256, whose weights fit in L2,
+// ran as fast either way.
 //
 // widened_weights: a bfloat16 layer of at most kSmallRows rows whose mat-vecs read the weights as they
 // are (StepProduct). GRU and RNN inference then project per step too: the (N, G) float32 projections
@@ -57,6 +63,11 @@ constexpr int64_t kMklWork = int64_t{1} << 22;
 // allocated a copy as large as W_ih (196 KiB for a GRU at H=128, more than torch.nn's whole B=1, T=50
 // call) and took as long as the mat-vecs save.
 constexpr int64_t kMatvecRows = 64;
+
+// project_steps(): at most this many steps at once, their pre-activations at most this many bytes (the
+// buffer of all row groups together).
+constexpr int64_t kMaxProjectedSteps = 32;
+constexpr int64_t kProjectedBytes = int64_t{1} << 20;
 
 // T: the type the layer computes in; S: its storage type (storage.h), x's and w_ih's.
 template <typename T, typename S = T>
@@ -95,6 +106,37 @@ class StepInput {
     w_ih_->run(x_.data_ptr<S>() + row0 * I_, I_, out, ldo, bs, accumulate);
   }
 
+  // Per step only: project() for `count` consecutive steps of a row group as one product, their rows
+  // one after the other in out (ldo apart), so that W_ih is read once for them all: each step then
+  // reads W_hh alone, and W_ih and W_hh together (2 MiB at H = 256 in float32) need not fit in a
+  // core's L2. The steps' rows of x are gathered into one block first, unless they follow each other
+  // already. Each output is summed as project() sums it (gemm_cpu.h: the same whatever the rows).
+  void project_steps(const GroupStep* steps, int64_t count, T* out, int64_t ldo) const {
+    int64_t rows = 0;
+    bool adjacent = true;
+    for (int64_t j = 0; j < count; ++j) {
+      adjacent = adjacent && steps[j].row0 == steps[0].row0 + rows;
+      rows += steps[j].rows;
+    }
+    if (adjacent) return project(rows, steps[0].row0, out, ldo, /*accumulate=*/false);
+    at::Tensor block = at::empty({rows, I_}, x_.options());
+    S* dst = block.data_ptr<S>();
+    for (int64_t j = 0; j < count; ++j) {
+      const int64_t n = steps[j].rows * I_;
+      std::memcpy(dst, x_.data_ptr<S>() + steps[j].row0 * I_, n * sizeof(S));
+      dst += n;
+    }
+    w_ih_->run(block.data_ptr<S>(), I_, out, ldo, rows, /*accumulate=*/false);
+  }
+
+  // How many steps project_steps() should take at once, for a layer whose steps' pre-activations take
+  // step_bytes each: one where more rows would not spare reads of W_ih (its mat-vecs), else as many
+  // as fit in kProjectedBytes (so they stay in L2 beside W_hh).
+  int64_t steps_at_once(int64_t step_bytes) const {
+    if (!per_step() || !w_ih_->packs_weight()) return 1;
+    return std::clamp<int64_t>(kProjectedBytes / std::max<int64_t>(1, step_bytes), 1, kMaxProjectedSteps);
+  }
+
   // project() for the bfloat16 products' panels [p0, p1) of the columns, on the calling thread
   // (StepProduct::run_panels).
   void project_panels(int64_t bs, int64_t row0, T* out, int64_t ldo, bool accumulate, int64_t p0,
@@ -102,12 +144,18 @@ class StepInput {
     w_ih_->run_panels(x_.data_ptr<S>() + row0 * I_, I_, out, ldo, bs, accumulate, p0, p1);
   }
 
-  // The input pre-activations with the bias of rows row0 .. row0 + bs, (bs, G) at row stride G: in
-  // gx, or per step computed into `scratch` (for GRU, whose input and hidden projections stay apart).
-  const T* rows(int64_t bs, int64_t row0, T* scratch) const {
-    if (!per_step()) return gx_.data_ptr<T>() + row0 * G_;
-    project(bs, row0, scratch, G_, /*accumulate=*/false);
-    add_bias_rows(scratch, G_, bs, G_, bias_.data_ptr<T>());
+  // The input pre-activations with the bias of `count` steps' rows of a group, one after the other at
+  // row stride G: in gx (one step at a time: steps_at_once()), or per step computed into `scratch`
+  // (for GRU, whose input and hidden projections stay apart).
+  const T* rows(const GroupStep* steps, int64_t count, T* scratch) const {
+    if (!per_step()) {
+      TORCH_CHECK(count == 1, "StepInput: projections up front are taken one step at a time");
+      return gx_.data_ptr<T>() + steps[0].row0 * G_;
+    }
+    project_steps(steps, count, scratch, G_);
+    int64_t rows = 0;
+    for (int64_t j = 0; j < count; ++j) rows += steps[j].rows;
+    add_bias_rows(scratch, G_, rows, G_, bias_.data_ptr<T>());
     return scratch;
   }
 
