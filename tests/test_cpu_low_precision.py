@@ -2,6 +2,7 @@
 activations, float32 math and states inside (csrc/cpu/register_cpu.cpp). The error against float64 is
 bounded by torch.nn's own in the same dtype, as on the GPU; `auto` picks the cpu backend for them."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -240,6 +241,43 @@ def test_bf16_lstm_split_by_panels_is_bitwise_the_same_with_1_2_and_3_threads():
         torch.set_num_threads(before)
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+@pytest.mark.parametrize("batch", [7, 16])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_bf16_packed_layers_error_bounded_by_torch_own(kind, batch):
+    """bfloat16 layers project their input rows a few steps at a time (csrc/cpu/step_input.h:
+    project_steps, at most 4 steps in 16-bit layers): 11 steps make chunks of 4, 4 and 3, and a packed,
+    shrinking batch in both directions has rows ending inside a chunk, its rows gathered first. Output
+    and input gradient against float64, within a small multiple of torch.nn's own error."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    ref64, fast = make_layer_twins(kind, 8, 37, 1, dtype=torch.float64, backend="cpu", bidirectional=True)
+    with torch.no_grad():
+        for p in ref64.parameters():
+            p.copy_(p.bfloat16().double())
+    fast = fast.bfloat16()
+    fast.load_state_dict(ref64.state_dict())
+    ref16 = copy.deepcopy(ref64).bfloat16()
+    lengths = torch.tensor([11, 11, 10, 9, 5, 4, 1, 8, 7, 3, 2, 6, 11, 1, 4, 9][:batch])
+    x = torch.randn(11, batch, 8).bfloat16()
+
+    def run(module, dtype):
+        leaf = x.to(dtype).clone().requires_grad_()  # never x itself
+        out, _ = module(pack_padded_sequence(leaf, lengths, enforce_sorted=False))
+        out.data.float().sum().backward()
+        return out.data.double(), leaf.grad.double()
+
+    out64, grad64 = run(ref64, torch.float64)
+
+    def error(module):
+        out, grad = run(module, torch.bfloat16)
+        errors = [(out - out64).abs().max() / out64.abs().max(), (grad - grad64).abs().max() / grad64.abs().max()]
+        return torch.stack(errors).max().item()  # NaN if either is
+
+    fast_error, torch_error = error(fast), error(ref16)
+    assert fast_error <= max(4 * torch_error, 4 * torch.finfo(torch.bfloat16).eps), (fast_error, torch_error)
 
 
 def _peak_mib(module, x, training):

@@ -273,9 +273,9 @@ class StepProduct {
     }
   }
 
-  // Whether the product packs the weight (the float32 GEMM): then it reads each panel once for all of a
-  // call's rows, and gains from more rows a call.
-  bool packs_weight() const { return packed_.storage.defined(); }
+  // Whether the product packs the weight (the float32 GEMM or the bfloat16 products): then it reads each
+  // panel once for all of a call's rows, and gains from more rows a call.
+  bool packs_weight() const { return packed_.storage.defined() || bf16_.storage.defined(); }
 
   // The same for rows a stored in bfloat16 (storage.h), with the bfloat16 products.
   void run(const c10::BFloat16* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate) const {

@@ -79,9 +79,9 @@ class StepBarrier {
   std::atomic<int64_t> arrived_{0};
 };
 
-// Runs step(u0, u1, bs, row0, parity, sync) for every step that has rows, in time order (reversed for
+// Runs step(u0, u1, bs, row0, index, sync) for every step that has rows, in time order (reversed for
 // a reverse layer; the other way for backward), on two threads where they are free: units [u0, u1) of
-// the H are one thread's; parity (0, 1, 0, ...) tells the steps apart for double buffers; sync() waits
+// the H are one thread's; index (0, 1, 2, ...) counts the steps that have rows; sync() waits
 // for the other thread to reach the same point of the same step (as often in each step as the step
 // needs; both threads call it equally often). Where only one thread runs the loop, it gets all units
 // and sync() returns at once.
@@ -97,7 +97,7 @@ void for_each_step_by_units(const Schedule& sched, bool reverse, bool backward, 
       const auto sync = [&] {
         if (!alone) barrier.arrive_and_wait(++meetings);
       };
-      step(u0, u1, bs, row0, done & 1, sync);
+      step(u0, u1, bs, row0, done, sync);
       ++done;
     });
   });
