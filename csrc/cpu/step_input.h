@@ -1,9 +1,10 @@
 // Where the CPU layer loops get each step's input pre-activations x_t @ W_ih^T + bias: one GEMM over all
 // N rows before the time loop, or, where the batch is split into row groups (row_groups.h), each
-// thread multiplying its own rows of x_t by W_ih^T step by step, so the (N, G) projections never go out
-// to memory and back (13 MB at T=100, B=32, H=256 for an LSTM). With one group, one GEMM up front always
-// does better: the steps' products split their columns between threads, and a few rows per step make
-// a poor GEMM. With several, it depends on the cell (project_per_step).
+// thread multiplying its own rows of x by W_ih^T a few steps at a time (project_steps), so the (N, G)
+// projections never go out to memory and back (13 MB at T=100, B=32, H=256 for an LSTM). With one group
+// in float32, one GEMM up front always does better: the steps' products split their columns between
+// threads, and a few rows per step make a poor GEMM. With several, it depends on the cell
+// (project_per_step); bfloat16 layers of more than kSmallRows rows always project per step.
 #pragma once
 
 #include "isa_namespace.h"
