@@ -55,11 +55,10 @@ def test_float32_groups_of_gemm_tiles(kind, threads):
     assert_same_results(got, expected, dtype, atol=2e-5, rtol=2e-5)
 
 
-# 39 sequences of up to 75 steps: where the steps project their own input rows, they do so up to 32
-# steps at a time (csrc/cpu/step_input.h: steps_at_once), so each group runs several chunks of steps,
+# 39 sequences of up to 75 steps: layers of more than 4 rows project their input rows up to 32 steps
+# at a time (csrc/cpu/step_input.h: steps_at_once), so each row group runs several chunks of steps,
 # the last one partial, with rows ending inside a chunk; packed and reversed, a chunk's rows are not
-# adjacent in the input and are gathered first. LSTM projects per step from 8 rows (two groups of 4),
-# GRU and RNN in inference from 32.
+# adjacent in the input and are gathered first.
 LONG_LENGTHS = [75, 70, 70, 64, 40, 33, 32, 31, 20, 5, 2, 2, 1] * 3
 
 

@@ -16,11 +16,10 @@ if "cpu" not in fastcells.available_backends("cpu"):
 
 # (hidden, batch). Thresholds: more than 4 rows take the packed GEMM (kSmallRows); row groups of at
 # least 4 rows where W_hh takes at most 128 KiB (LSTM H <= 90), else 6; no groups above 2 MiB (LSTM
-# H > 362); GRU and RNN project per step in inference from 32 rows; odd hidden sizes leave partial
-# blocks of 8 weight rows in the mat-vec split; an LSTM of at most 4 rows splits its units between two
-# threads where H is a multiple of 8 and a step has at least 2^14 multiply-adds (unit_split.h: H=40,
-# B=4 splits 24 + 16 units); input projections up front of at most 64 rows (T=5 here: batch 12 and 13)
-# are mat-vecs (step_input.h).
+# H > 362); more than 4 rows project their input per step, a chunk of steps at a time, at most 4 up
+# front (step_input.h); odd hidden sizes leave partial blocks of 8 weight rows in the mat-vec split; an
+# LSTM of at most 4 rows splits its units between two threads where H is a multiple of 8 and a step has
+# at least 2^14 multiply-adds (unit_split.h: H=40, B=4 splits 24 + 16 units).
 SHAPES = [(37, 1), (37, 4), (37, 5), (64, 7), (64, 8), (64, 9), (90, 8), (91, 8), (200, 11), (200, 12),
           (200, 13), (200, 20), (64, 31), (64, 32), (362, 12), (363, 12), (64, 1), (128, 2), (40, 4)]
 KINDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]

@@ -46,13 +46,6 @@ inline int64_t min_rows_per_group(int64_t weight_bytes) {
   return weight_bytes <= kSmallWeightBytes ? kMinRowsPerGroupSmallWeights : kMinRowsPerGroup;
 }
 
-// Whether the batch splits into row groups where two threads or more run it: a property of the shape
-// alone, for choices that must not depend on the number of threads (step_input.h).
-inline bool splits_given_threads(const Schedule& sched, int64_t weight_bytes) {
-  const int64_t B = sched.steps ? sched.sizes[0] : 0;
-  return weight_bytes <= kMaxGroupedWeightBytes && B >= 2 * min_rows_per_group(weight_bytes);
-}
-
 // One group per thread when the batch and the weights allow it (see above), else one group of all
 // rows (whose steps then split their work between threads themselves). With a shrinking (packed)
 // batch, row b takes part in as many steps as its sequence is long; the bounds split the total of

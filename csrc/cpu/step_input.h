@@ -1,10 +1,7 @@
 // Where the CPU layer loops get each step's input pre-activations x_t @ W_ih^T + bias: one GEMM over all
-// N rows before the time loop, or, where the batch is split into row groups (row_groups.h), each
-// thread multiplying its own rows of x by W_ih^T a few steps at a time (project_steps), so the (N, G)
-// projections never go out to memory and back (13 MB at T=100, B=32, H=256 for an LSTM). With one group
-// in float32, one GEMM up front always does better: the steps' products split their columns between
-// threads, and a few rows per step make a poor GEMM. With several, it depends on the cell
-// (project_per_step); bfloat16 layers of more than kSmallRows rows always project per step.
+// N rows before the time loop, or each row group's thread (row_groups.h) multiplying its own rows of x
+// by W_ih^T a chunk of steps at a time (project_steps), so that the (N, G) projections never go out to
+// memory and back (13 MB at T=100, B=32, H=256 for an LSTM): project_per_step says which.
 #pragma once
 
 #include "isa_namespace.h"
@@ -20,41 +17,30 @@
 
 namespace fastcells::cpu::FASTCELLS_ISA {
 
-// Whether the steps of a layer project their own input rows. Measured on the 2-core EPYC (float32,
-// H=256, medians of 7 interleaved rounds in one process; time per step projection / time with one GEMM
-// up front, with 2 row groups): LSTM gains with 8 rows a group (T=50 B=16: 0.96x inference, 0.97x
-// training) and 16 (T=100 B=32: 0.93x, 0.95x). GRU and RNN lose with 8 rows (1.09-1.16x) and in
-// training (1.03-1.07x with 16 rows), and gain in inference with 16 rows (0.88x GRU, 0.90x RNN): so
-// LSTM projects per step wherever the batch splits into groups, GRU and RNN only in inference with at
-// least 16 rows for each of two groups. Decided from the shape alone, not from the groups this call
-// got: the two ways round the sums differently (at::mm up front, the packed GEMM per step), and the
-// results must not depend on the number of threads (one thread then projects per step in one group).
-// "Per step" means a chunk of steps at a time (project_steps): step by step, each step read W_ih and
-// W_hh (2 MiB for an LSTM at H = 256 in float32), which overflowed the 2 MiB L2 of an Intel Xeon, whose
-// L3 is slow: LSTM T=50 B=16 H=256 float32 inference took 4.0-4.9 ms step by step, 3.3-3.5 ms with
-// chunks of 16-32 steps, about as fast as one GEMM up front (3.4 ms; torch.nn 3.2-4.0 ms in the same
-// runs); RNN T=100 B=32 H=512 10.8 against 12.7 ms. GRU and RNN at H = 256, whose weights fit in L2,
-// ran as fast either way.
+// Whether the steps of a layer project their own input rows, a chunk of steps at a time (project_steps:
+// W_ih read once a chunk, the products made by the packed GEMM over all the chunk's rows), rather than
+// one GEMM over all N rows up front. Every layer of more than kSmallRows rows does: its (N, G)
+// projections never go out to memory and back (52 MiB for an LSTM at the fastrnns shape, T=100 B=64
+// H=512), and on the Intel Xeon (float32, torch.nn and fastcells side by side, 5 interleaved rounds,
+// fastcells' median time up front / per step) it ran as fast or faster everywhere measured: LSTM
+// T=100 B=64 H=512 inference 107.8 / 98.5 ms, training 362.5 / 359.2; T=50 B=8 H=256 inference 2.16 /
+// 2.09; GRU T=100 B=64 H=512 inference 88.5 / 71.7, T=50 B=16 H=256 inference 2.83 / 2.77, training
+// 8.89 / 8.97; RNN T=100 B=64 H=512 inference 24.1 / 24.6, T=50 B=16 H=256 training 3.48 / 3.45.
+// (Step by step, each step reading W_ih beside W_hh, 2 MiB for an LSTM at H=256, more than this Xeon's
+// L2, LSTM T=50 B=16 H=256 inference took 4.0-4.9 ms, 3.3-3.5 in chunks of 16-32 steps.) Decided from
+// the shape alone: the two ways round the sums differently (at::mm up front, the packed GEMM per step),
+// and the results must not depend on the number of threads.
 //
-// widened_weights: a bfloat16 layer of at most kSmallRows rows whose mat-vecs read the weights as they
-// are (StepProduct). GRU and RNN inference then project per step too: the (N, G) float32 projections
-// were most of such a call's memory (GRU T=50 B=1 H=128: 131 KiB in all, 57 per step, torch.nn 96; at
-// B=4 699 and 219 against torch.nn's 285), for 6-20% more time there, where they run at 4-13x torch.nn
-// (medians of 7 interleaved rounds). In training, which holds far more, the projections up front cost no
-// peak memory, and per step was up to 4% slower. LSTM keeps them up front (161 KiB against 439 at
-// B=1), which its unit split needs.
-inline bool project_per_step(const Schedule& sched, int64_t weight_bytes, bool lstm, bool training,
-                             bool widened_weights) {
-  if (widened_weights && !lstm && !training) return true;
-  // Multiplying in bfloat16 (bf16_products.h: batches of more than kSmallRows rows), the steps always
-  // project their own rows: the (N, G) float32 projections of a layer are 2-4x its bfloat16 input and
-  // output together (52 MiB at the fastrnns shape: twice torch.nn's whole call), and the per-step
-  // products ran faster there too (LSTM T=100 B=64 H=512: 0.63x torch.nn bfloat16 with one GEMM up
-  // front, 0.92x per step; GRU 1.02x, 1.12x). Fewer rows keep their float32 mat-vecs, and one GEMM up
-  // front (per step: LSTM T=50 B=1 H=128 went from 0.98x to 0.70x).
-  if (bf16_products<float>() && sched.batch > kSmallRows) return true;
-  if (!splits_given_threads(sched, weight_bytes)) return false;
-  return lstm || (!training && sched.sizes[0] >= 2 * 16);
+// At most kSmallRows rows, whose steps multiply with mat-vecs reading the weights in place, project up
+// front (per step: LSTM T=50 B=1 H=128 went from 0.98x to 0.70x torch.nn), except where the weights are
+// bfloat16 (widened_weights: StepProduct) in GRU and RNN inference: the (N, G) float32 projections were
+// most of such a call's memory (GRU T=50 B=1 H=128: 131 KiB in all, 57 per step, torch.nn 96; at B=4 699
+// and 219 against torch.nn's 285), for 6-20% more time there, where they run at 4-13x torch.nn. In
+// training, which holds far more, the projections up front cost no peak memory, and per step was up to
+// 4% slower. LSTM keeps them up front (161 KiB against 439 at B=1), which its unit split needs.
+inline bool project_per_step(const Schedule& sched, bool lstm, bool training, bool widened_weights) {
+  if (sched.batch > kSmallRows) return true;
+  return widened_weights && !lstm && !training;
 }
 
 // Up-front input projections of at least this many rows and multiply-adds go to at::mm (see below).
