@@ -27,21 +27,28 @@ def threads(request):
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-@pytest.mark.parametrize("kind", LAYER_KINDS)
-def test_split_batch_matches_torch(kind, packed, threads):
+def _assert_matches_torch(kind, lengths, packed, seed, training=True):
+    """A 2-layer bidirectional float64 layer on ``len(lengths)`` sequences of up to ``max(lengths)`` steps
+    (packed with those lengths, or padded): outputs, states and (training) gradients against torch.nn."""
     dtype = torch.float64
     ref, fast = make_layer_twins(kind, I, H, 2, bidirectional=True, dtype=dtype, backend="cpu")
-    batch = len(LENGTHS)
-    x = torch.randn(max(LENGTHS), batch, I, generator=torch.Generator().manual_seed(7), dtype=dtype)
+    batch = len(lengths)
+    x = torch.randn(max(lengths), batch, I, generator=torch.Generator().manual_seed(seed), dtype=dtype)
     hx = random_layer_states(ref, batch, dtype)
     prepare = None
     if packed:
         def prepare(leaf):
-            return pack_padded_sequence(leaf, torch.tensor(LENGTHS), enforce_sorted=False)
-    expected = forward_backward(ref, x, hx, prepare=prepare)
-    got = forward_backward(fast, x, hx, prepare=prepare)
+            return pack_padded_sequence(leaf, torch.tensor(lengths), enforce_sorted=False)
+    with torch.set_grad_enabled(training):
+        expected = forward_backward(ref, x, hx, prepare=prepare, backward=training)
+        got = forward_backward(fast, x, hx, prepare=prepare, backward=training)
     assert_same_results(got, expected, dtype)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("kind", LAYER_KINDS)
+def test_split_batch_matches_torch(kind, packed, threads):
+    _assert_matches_torch(kind, LENGTHS, packed, seed=7)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
@@ -66,16 +73,4 @@ LONG_LENGTHS = [75, 70, 70, 64, 40, 33, 32, 31, 20, 5, 2, 2, 1] * 3
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("kind", LAYER_KINDS)
 def test_per_step_projections_in_chunks_of_steps_match_torch(kind, packed, training, threads):
-    dtype = torch.float64
-    ref, fast = make_layer_twins(kind, I, H, 2, bidirectional=True, dtype=dtype, backend="cpu")
-    batch = len(LONG_LENGTHS)
-    x = torch.randn(max(LONG_LENGTHS), batch, I, generator=torch.Generator().manual_seed(9), dtype=dtype)
-    hx = random_layer_states(ref, batch, dtype)
-    prepare = None
-    if packed:
-        def prepare(leaf):
-            return pack_padded_sequence(leaf, torch.tensor(LONG_LENGTHS), enforce_sorted=False)
-    with torch.set_grad_enabled(training):
-        expected = forward_backward(ref, x, hx, prepare=prepare, backward=training)
-        got = forward_backward(fast, x, hx, prepare=prepare, backward=training)
-    assert_same_results(got, expected, dtype)
+    _assert_matches_torch(kind, LONG_LENGTHS, packed, seed=9, training=training)
