@@ -89,19 +89,15 @@ class StepInput {
     w_ih_.emplace(w_ih, /*transposed=*/true, batch);
   }
 
-  // Whether the steps project their own rows (then project() writes products without the bias).
+  // Whether the steps project their own rows (then project_steps() writes products without the bias).
   bool per_step() const { return !gx_.defined(); }
 
-  // Per step only: out (bs, G), row stride ldo, (+)= x rows row0 .. row0 + bs @ W_ih^T.
-  void project(int64_t bs, int64_t row0, T* out, int64_t ldo, bool accumulate) const {
-    w_ih_->run(x_.data_ptr<S>() + row0 * I_, I_, out, ldo, bs, accumulate);
-  }
-
-  // Per step only: project() for `count` consecutive steps of a row group as one product, their rows
-  // one after the other in out (ldo apart), so that W_ih is read once for them all: each step then
-  // reads W_hh alone, and W_ih and W_hh together (2 MiB at H = 256 in float32) need not fit in a
-  // core's L2. The steps' rows of x are gathered into one block first, unless they follow each other
-  // already. Each output is summed as project() sums it (gemm_cpu.h: the same whatever the rows).
+  // Per step only: out = the x rows of `count` consecutive steps of a row group @ W_ih^T, as one product,
+  // the steps' rows one after the other in out (ldo apart), so that W_ih is read once for them all: each
+  // step then reads W_hh alone, and W_ih and W_hh together (2 MiB at H = 256 in float32) need not fit in
+  // a core's L2. The steps' rows of x are gathered into one block first, unless they follow each other
+  // already. Each output is summed as one step's own product would sum it (gemm_cpu.h: the same
+  // whatever the rows).
   //
   // With p0 <= p1, only the bfloat16 products' panels [p0, p1) of the columns, on the calling thread
   // (StepProduct::run_panels), for loops that split them between threads.
