@@ -83,7 +83,18 @@ class _FusedRNNBase(nn.RNNBase):
                 and self.backend in ("auto", "cpu") and cpu_backend.unusable_reason("cpu") is None
                 and cpu_backend.direct_calls_allowed())
 
-    def _direct_inference(self, input, hx):
+    def _weights_now(self):
+        """The layer's weights as its forward reads them: ``self._flat_weights``, or the weights' getters
+        where one is no longer the tensor that list holds (a parametrization, torch.nn.utils.parametrize,
+        computes its weight at every access), as torch.nn's forward refreshes them
+        (RNNBase._update_flat_weights): a dict lookup per weight, for a generation loop's call."""
+        params, flat = self._parameters, self._flat_weights
+        for name, weight in zip(self._flat_weights_names, flat):
+            if params.get(name) is not weight:
+                return [getattr(self, name, None) for name in self._flat_weights_names]
+        return flat
+
+    def _direct_inference(self, input, hx, flat_weights):
         """The forward of a generation loop's call (T steps, often 1) without the full path's Python:
         the same layer ops as the full path, in one call of fastcells._C (csrc/cpu/stack_inference.h).
         The ops check every shape, dtype and device they see; the states' shapes are checked here, and
@@ -96,7 +107,7 @@ class _FusedRNNBase(nn.RNNBase):
         if steps == 0 or h.shape != states or (is_lstm and c.shape != states):
             raise ValueError("not a shape the direct path takes")
         output, hn, cn = _extension.C.stack_inference(
-            self.mode, data, cpu_backend.padded_batch_sizes(steps, batch), h, c, self._flat_weights,
+            self.mode, data, cpu_backend.padded_batch_sizes(steps, batch), h, c, flat_weights,
             self.num_layers, self.bidirectional, self.bias)
         return (output.transpose(0, 1) if self.batch_first else output), ((hn, cn) if is_lstm else hn)
 
@@ -116,9 +127,10 @@ class _FusedRNNBase(nn.RNNBase):
         _check_state_like_input("hx", hx, input)
 
     def forward(self, input, hx=None):
+        flat_weights = self._weights_now()
         if hx is not None and self._direct_inference_allowed(input):
             try:
-                return self._direct_inference(input, hx)
+                return self._direct_inference(input, hx, flat_weights)
             except (RuntimeError, TypeError, ValueError, IndexError, AttributeError):
                 pass  # the full path below raises torch.nn's exception for this call
         # Under torch.onnx.export (either exporter) fastcells' ops, which have no ONNX translation, stay
@@ -168,7 +180,7 @@ class _FusedRNNBase(nn.RNNBase):
             rows = data.reshape(steps * mini_batch, data.size(2))
             batch_sizes = torch.full((steps,), mini_batch, dtype=torch.long)
 
-        device_type, flat_weights = data.device.type, self._flat_weights
+        device_type = data.device.type
         dtype = autocast.compute_dtype(self.mode, device_type, flat_weights[0].dtype)
         if dtype is not None:  # under autocast: compute in the dtype torch.nn would, autocast off inside
             rows, hx, cx = (autocast.cast(t, dtype) for t in (rows, hx, cx))
@@ -357,10 +369,14 @@ class _FusedCellMixin:
         return text if self.backend == "auto" else f"{text}, backend={self.backend!r}"
 
     def _weights(self):
-        """(weight_ih, weight_hh, bias_ih, bias_hh), read from the parameter dict in one go: each
-        ``self.weight_ih`` goes through nn.Module.__getattr__ (~1 µs), which a streaming step feels."""
+        """(weight_ih, weight_hh, bias_ih, bias_hh), read from the parameter dict in one go (each
+        ``self.weight_ih`` goes through nn.Module.__getattr__, ~1 µs), or through their getters where a
+        parametrization (torch.nn.utils.parametrize) or pruning has taken them out of it."""
         params = self._parameters
-        return params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"]
+        try:
+            return params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"]
+        except KeyError:
+            return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
 
     def _batched(self, name, input, hx, count, weight_ih):
         """Checks dims as torch.nn and returns (input (B, I), states [(B, H)] * count, is_batched)."""
