@@ -22,6 +22,7 @@
 #include "cpu/stack_inference.h"
 #include "fastcells/saved_layout.h"
 #include "plan_tables.h"
+#include "streaming_step.h"
 #ifdef FASTCELLS_WITH_CUDA
 #include "cuda/layers_cuda.h"
 #endif
@@ -76,6 +77,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_step_fwd", &fastcells::cpu::lstm_step_fwd_cpu, ReleaseGil());
   m.def("gru_step_fwd", &fastcells::cpu::gru_step_fwd_cpu, ReleaseGil());
   m.def("rnn_step_fwd", &fastcells::cpu::rnn_step_fwd_cpu, ReleaseGil());
+  // A cell's whole streaming call (fastcells/modules.py's cells), which releases the GIL while its op runs.
+  m.def("streaming_step", &fastcells::streaming_step);
+  m.def("streaming_allowed", &fastcells::streaming_allowed);
   // The CPU layer forward ops, for inference calls in eager mode (backends/cpu.py): a one-step call of
   // a 2-layer RNN at H=200 (a generation loop) spent most of its time in the dispatcher and the
   // autograd registration's Python.

@@ -10,6 +10,7 @@
 #include "ops_cpu.h"
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -522,6 +523,12 @@ class StepScratch {
   T* data_ = nullptr;
 };
 
+// A step op's output (rows, H), x's dtype, straight from the CPU allocator: at::empty goes through the
+// dispatcher, ~0.1 µs a tensor of a ~4 µs LSTMCell step at B=1 H=64.
+inline at::Tensor step_output(int64_t rows, int64_t H, const at::Tensor& x) {
+  return at::Tensor(at::detail::empty_cpu({rows, H}, x.scalar_type()));
+}
+
 // The dtype a layer op's weights must have (checks.h's check_weight): x's, or bfloat16 for a bfloat16
 // call's float32 arguments (a batch of at most kSmallRows rows: StepProduct; register_cpu.cpp checks the
 // call's dtypes before converting). A cell step op gets a bfloat16 call's tensors all in bfloat16.
@@ -549,7 +556,8 @@ void step_projections(const T* x, int64_t kx, const at::Tensor& w_ih_in, const T
     }
   }
   const at::ScalarType t = c10::CppTypeToScalarType<T>::value;
-  const at::Tensor wi = w_ih.to(t), wh = w_hh.to(t);  // T: no copy
+  // (Weights in T already, as they are: Tensor.to goes through the dispatcher even where it does nothing.)
+  const at::Tensor wi = w_ih.scalar_type() == t ? w_ih : w_ih.to(t), wh = w_hh.scalar_type() == t ? w_hh : w_hh.to(t);
   step_projections(x, kx, wi.data_ptr<T>(), bi, h, kh, wh.data_ptr<T>(), bh, gx, gh, m, n);
 }
 

@@ -59,8 +59,8 @@ _FUNCTIONS = None
 
 def functions():
     """The backend's layer and step functions (call only when unusable_reason says it can run). Its
-    ``streaming_steps`` are fastcells._C's step functions, which the cells' streaming path calls
-    straight from forward (modules.py)."""
+    ``streaming_steps`` is fastcells._C, whose ``streaming_step`` the cells' streaming path calls
+    straight from their ``__call__`` (modules.py)."""
     global _FUNCTIONS
     if _FUNCTIONS is None:
         ops = torch.ops.fastcells

@@ -39,8 +39,8 @@ class LayerOps:
     """Backend ``NAME``'s six functions over its layer forward ops ``lstm_fwd``, ``gru_fwd``, ``rnn_fwd``
     (schemas in csrc/ops.cpp). ``step_ops()``, when given, returns a namespace with the fused inference
     step ops ``lstm_step_fwd``, ``gru_step_fwd``, ``rnn_step_fwd`` for steps without gradients;
-    ``streaming_steps`` such a namespace that the cells' streaming path may call straight from forward
-    (modules.py), or None. ``inference_ops()``, when given, returns a namespace with the layer forward
+    ``streaming_steps`` a namespace with ``streaming_step``, which the cells' streaming path calls
+    straight from their ``__call__`` (modules.py, csrc/streaming_step.h), or None. ``inference_ops()``, when given, returns a namespace with the layer forward
     ops ``lstm_layer_fwd``, ``gru_layer_fwd``, ``rnn_layer_fwd`` for calls without gradients (the cpu
     backend's pybind11 entries, which skip the dispatcher)."""
 

@@ -1,0 +1,23 @@
+// A cell's streaming step called from Python in one go (csrc/streaming_step.cpp).
+#pragma once
+
+#include <torch/extension.h>
+
+namespace fastcells {
+
+// The cells' step kinds, as fastcells/modules.py's cells name them (_STEP_KIND).
+enum class StepKind : int { kLstm = 0, kGru = 1, kRnnTanh = 2, kRnnRelu = 3 };
+
+// One inference step of a cell, `input` (B, I) and `hx` ((h, c) for an LSTM, else h, each (B, H)) as the
+// cell's forward got them, its weights read from `parameters` (the module's parameter dict): the new
+// state, or None where the call must take the cell's full forward (anything but plain CPU tensors of
+// the cpu backend's dtypes in a tuple-free inference call nothing records, or an argument the step op
+// refuses: the full forward then raises torch.nn's exception).
+pybind11::object streaming_step(int kind, pybind11::handle input, pybind11::handle hx,
+                                pybind11::handle parameters);
+
+// Whether fastcells._C's functions may run in place of torch.ops calls on this thread: no autograd, no
+// autocast, and nothing that records or transforms the calls (see streaming_step.cpp).
+bool streaming_allowed();
+
+}  // namespace fastcells
