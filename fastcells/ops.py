@@ -7,7 +7,9 @@ csrc/cpu, CUDA ones in csrc/cuda) and the triton backend's ``triton_lstm_layer_f
 low-precision tensors. A fake gives the output shapes without computing (what lets
 ``torch.compile(fullgraph=True)`` trace a fastcells model) and checks the shapes it reads with
 ``torch._check``; an autograd formula routes a layer op's gradient to its backward op, which never
-re-runs the forward.
+re-runs the forward, except where autograd records the backward itself (``create_graph=True``):
+the backward ops are not differentiable, so the gradients are then those of the reference backend's
+layer run again (``_recorded_grads``).
 
 Shapes as in csrc/ops.cpp: N rows, I input features, B batch, H hidden, P = proj_size or H.
 """
@@ -74,6 +76,29 @@ def _present(grad, tensor):
     return grad if tensor is not None else None
 
 
+def _recorded_grads(ctx, reference_layer, inputs, flags, output_grads):
+    """The gradients of a layer op's inputs, recorded by autograd: for a backward under
+    ``create_graph=True`` (a double backward, a gradient penalty, Hessian-vector products), as torch.nn's
+    CPU layers allow. The backward ops' formulas are not differentiable, so ``reference_layer`` (the
+    reference backend's: torch ops, one step at a time) runs again on the saved inputs, autograd
+    recording it, and its gradients are taken with ``create_graph``: slow, but only on this path.
+    ``inputs``: the op's tensor inputs up to batch_sizes (None for an absent one), ``flags``: batch_sizes
+    and the flags after it, ``output_grads``: the gradients of the op's outputs but ``saved``. Returns
+    a gradient (or None) per input."""
+    wanted = [t for t, needed in zip(inputs, ctx.needs_input_grad) if t is not None and needed]
+    outputs = reference_layer(*inputs, *flags)
+    grads = iter(torch.autograd.grad(outputs, wanted, output_grads, create_graph=True, allow_unused=True))
+    return [next(grads) if t is not None and needed else None
+            for t, needed in zip(inputs, ctx.needs_input_grad)]
+
+
+def _reference(name):
+    """The reference backend's layer function ``name`` (imported late: the backends import this module)."""
+    from .backends import reference
+
+    return getattr(reference, name)
+
+
 # ---- LSTM ---------------------------------------------------------------------------------------
 
 
@@ -108,16 +133,19 @@ def lstm_autograd(bwd_op):
     def setup(ctx, inputs, output):
         x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse, training = inputs
         _setup_saved(ctx, output[3], training)
-        ctx.save_for_backward(output[3], x, w_ih, b_ih, b_hh, w_hh, w_hr, batch_sizes)
+        ctx.save_for_backward(output[3], x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes)
         ctx.reverse, ctx.batch = reverse, h0.shape[0]
 
     def backward(ctx, dy, dhn, dcn, _dsaved):
         _require_saved(ctx)
-        saved, x, w_ih, b_ih, b_hh, w_hh, w_hr, batch_sizes = ctx.saved_tensors
+        saved, x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes = ctx.saved_tensors
         H, P = w_hh.shape[0] // 4, w_hh.shape[1]
         dy = _or_zeros(dy, w_hh, (saved.shape[0], P))
         dhn = _or_zeros(dhn, w_hh, (ctx.batch, P))
         dcn = _or_zeros(dcn, w_hh, (ctx.batch, H))
+        if torch.is_grad_enabled():
+            return (*_recorded_grads(ctx, _reference("lstm_layer"), (x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr),
+                                     (batch_sizes, ctx.reverse), (dy, dhn, dcn)), None, None, None)
         need_dx = ctx.needs_input_grad[0]
         dx, dh0, dc0, dw_ih, db_ih, db_hh, dw_hh, dw_hr = bwd_op(
             dy, dhn, dcn, saved, x, w_ih, b_ih, b_hh, w_hh, w_hr, batch_sizes, ctx.reverse, need_dx)
@@ -153,22 +181,27 @@ def single_state_bwd_fake(saved_width):
     return fake
 
 
-def single_state_autograd(bwd_op):
+def single_state_autograd(bwd_op, reference_name):
     """(backward, setup_context) of a GRU or RNN layer forward op whose backward op is ``bwd_op``: the
-    flags after batch_sizes (RNN's relu, reverse) pass through to it."""
+    flags after batch_sizes (RNN's relu, reverse) pass through to it. ``reference_name``: the reference
+    backend's layer function of the op."""
 
     def setup(ctx, inputs, output):
         x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, *flags, training = inputs
         _setup_saved(ctx, output[2], training)
-        ctx.save_for_backward(output[2], x, w_ih, b_ih, b_hh, w_hh, batch_sizes)
+        ctx.save_for_backward(output[2], x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes)
         ctx.flags, ctx.batch = tuple(flags), h0.shape[0]
 
     def backward(ctx, dy, dhn, _dsaved):
         _require_saved(ctx)
-        saved, x, w_ih, b_ih, b_hh, w_hh, batch_sizes = ctx.saved_tensors
+        saved, x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes = ctx.saved_tensors
         H = w_hh.shape[1]
         dy = _or_zeros(dy, w_hh, (saved.shape[0], H))
         dhn = _or_zeros(dhn, w_hh, (ctx.batch, H))
+        if torch.is_grad_enabled():
+            grads = _recorded_grads(ctx, _reference(reference_name), (x, w_ih, b_ih, b_hh, h0, w_hh),
+                                    (batch_sizes, *ctx.flags), (dy, dhn))
+            return (*grads, None) + (None,) * len(ctx.flags) + (None,)
         need_dx = ctx.needs_input_grad[0]
         dx, dh0, dw_ih, db_ih, db_hh, dw_hh = bwd_op(dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh,
                                                      batch_sizes, *ctx.flags, need_dx)
@@ -176,6 +209,14 @@ def single_state_autograd(bwd_op):
                  dw_hh, None) + (None,) * len(ctx.flags) + (None,))
 
     return backward, setup
+
+
+def gru_autograd(bwd_op):
+    return single_state_autograd(bwd_op, "gru_layer")
+
+
+def rnn_autograd(bwd_op):
+    return single_state_autograd(bwd_op, "rnn_layer")
 
 
 def register_layer_op(fwd_name, bwd_name, fwd_fake, bwd_fake, autograd):
@@ -193,10 +234,10 @@ def register():
                       lstm_autograd)
     register_layer_op("gru_layer_fwd", "gru_layer_bwd",
                       single_state_fwd_fake(3, gru_saved_width, same_dtype),
-                      single_state_bwd_fake(gru_saved_width), single_state_autograd)
+                      single_state_bwd_fake(gru_saved_width), gru_autograd)
     register_layer_op("rnn_layer_fwd", "rnn_layer_bwd",
                       single_state_fwd_fake(1, rnn_saved_width, same_dtype),
-                      single_state_bwd_fake(rnn_saved_width), single_state_autograd)
+                      single_state_bwd_fake(rnn_saved_width), rnn_autograd)
 
     # The step ops: inference only (a step that needs gradients runs as a one-step layer op).
     @torch.library.register_fake("fastcells::lstm_step_fwd")

@@ -86,4 +86,4 @@ def gru_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, x: Tensor, w_ih: Tenso
 
 ops.register_layer_op("triton_gru_layer_fwd", "triton_gru_layer_bwd",
                       ops.single_state_fwd_fake(3, gru_saved_width, launch.compute_dtype),
-                      ops.single_state_bwd_fake(gru_saved_width), ops.single_state_autograd)
+                      ops.single_state_bwd_fake(gru_saved_width), ops.gru_autograd)

@@ -83,4 +83,4 @@ def rnn_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, x: Tensor, w_ih: Tenso
 
 ops.register_layer_op("triton_rnn_layer_fwd", "triton_rnn_layer_bwd",
                       ops.single_state_fwd_fake(1, rnn_saved_width, launch.compute_dtype),
-                      ops.single_state_bwd_fake(rnn_saved_width), ops.single_state_autograd)
+                      ops.single_state_bwd_fake(rnn_saved_width), ops.rnn_autograd)
