@@ -10,6 +10,7 @@
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
+#include <torch/csrc/autograd/forward_grad.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/jit/frontend/tracer.h>
 
@@ -72,13 +73,16 @@ bool streaming_allowed() {
   // answer each (tests/test_streaming_call.py checks them against each other):
   // - autocast on any device type: its dispatch key is no longer excluded (at::autocast::is_autocast_enabled);
   // - functorch transforms (vmap, grad) push their dynamic-layer keys onto the included set;
-  // - torch_function modes, torch_dispatch modes (FakeTensor, recorders) and torch.jit.trace.
+  // - torch_function modes, torch_dispatch modes (FakeTensor, recorders) and torch.jit.trace;
+  // - forward-mode AD: a dual level is open (backends/cpu.py's dual_level_open), whose tangents the op
+  //   would drop.
   const c10::impl::LocalDispatchKeySet keys = c10::impl::tls_local_dispatch_key_set();
   const bool autocast = !keys.excluded_.isSupersetOf(c10::autocast_dispatch_keyset);
   const bool functorch = keys.included_.has(c10::DispatchKey::FuncTorchDynamicLayerFrontMode) ||
                          keys.included_.has(c10::DispatchKey::FuncTorchDynamicLayerBackMode);
   return !(at::GradMode::is_enabled() || autocast || functorch || at::impl::torch_function_mode_enabled() ||
-           c10::impl::TorchDispatchModeTLS::any_modes_set() || torch::jit::tracer::isTracing());
+           c10::impl::TorchDispatchModeTLS::any_modes_set() || torch::jit::tracer::isTracing() ||
+           torch::autograd::ForwardADLevel::try_get_by_idx(0) != nullptr);
 }
 
 py::object streaming_step(int kind, py::handle input, py::handle hx, py::handle parameters) {

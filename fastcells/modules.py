@@ -56,6 +56,22 @@ def _exporting_to_onnx():
     return (torch.jit.is_tracing() or torch.compiler.is_compiling()) and torch.onnx.is_in_onnx_export()
 
 
+_is_compiling = torch.compiler.is_compiling
+_functorch_transforms = torch._C._are_functorch_transforms_active
+
+
+def _backend_for_call(requested, device_type, dtype):
+    """The backend functions of a module's call: its backend's (backends.resolve), or the reference
+    backend's torch operations, which every transform handles, under a torch.func transform (grad, vjp,
+    jacrev, jvp, vmap) or where forward-mode AD may be at work (torch.autograd.forward_ad): the fused
+    ops' autograd (torch.library.register_autograd) supports neither the transforms that differentiate
+    nor forward mode, and torch.nn's layers and cells run under both. (Not while Dynamo traces: it sees
+    the transforms' own functions, not this state.)"""
+    if not _is_compiling() and (_functorch_transforms() or cpu_backend.dual_level_open()):
+        requested = "reference"
+    return backends.resolve(requested, device_type, dtype)
+
+
 class _FusedRNNBase(nn.RNNBase):
     """Forward shared by LSTM, GRU and RNN: argument checks as torch.nn, then functional.rnn."""
 
@@ -187,7 +203,7 @@ class _FusedRNNBase(nn.RNNBase):
             rows, hx, cx = (autocast.cast(t, dtype) for t in (rows, hx, cx))
             flat_weights = [autocast.cast(w, dtype) for w in flat_weights]
         with autocast.off(device_type) if dtype is not None else contextlib.nullcontext():
-            backend = backends.resolve("reference" if exporting else self.backend, device_type, rows.dtype)
+            backend = _backend_for_call("reference" if exporting else self.backend, device_type, rows.dtype)
             if dispatch.runs_torch(self, backend, rows, flat_weights, mini_batch):
                 y, hn, cn = functional.torch_rnn(
                     self.mode, rows, batch_sizes, hx, cx, flat_weights, padded=not packed,
@@ -315,8 +331,6 @@ def _check_cell_args(input, states, input_size, hidden_size, weight):
             raise RuntimeError(f"Input and hidden tensors are not at the same device, found input tensor "
                                f"at {input.device} and hidden{index} tensor at {state.device}")
 
-
-_is_compiling = torch.compiler.is_compiling
 
 # fastcells._C.streaming_step's kinds of step (csrc/streaming_step.h's StepKind)
 _STEP_KINDS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
@@ -448,7 +462,7 @@ class LSTMCell(_FusedCellMixin, nn.LSTMCell):
 
     def _forward(self, input, hx, weights):
         x, (h, c), is_batched = self._batched("LSTMCell", input, hx, 2, weights[0])
-        backend = backends.resolve(self.backend, x.device.type, x.dtype)
+        backend = _backend_for_call(self.backend, x.device.type, x.dtype)
         h, c = backend.lstm_step(x, h, c, *weights)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
@@ -469,7 +483,7 @@ class GRUCell(_FusedCellMixin, nn.GRUCell):
 
     def _forward(self, input, hx, weights):
         x, (h,), is_batched = self._batched("GRUCell", input, hx, 1, weights[0])
-        backend = backends.resolve(self.backend, x.device.type, x.dtype)
+        backend = _backend_for_call(self.backend, x.device.type, x.dtype)
         h = backend.gru_step(x, h, *weights)
         return h if is_batched else h.squeeze(0)
 
@@ -496,6 +510,6 @@ class RNNCell(_FusedCellMixin, nn.RNNCell):
     def _forward(self, input, hx, weights):
         x, (h,), is_batched = self._batched("RNNCell", input, hx, 1, weights[0])
         relu = self._relu()
-        backend = backends.resolve(self.backend, x.device.type, x.dtype)
+        backend = _backend_for_call(self.backend, x.device.type, x.dtype)
         h = backend.rnn_step(x, h, *weights, relu)
         return h if is_batched else h.squeeze(0)

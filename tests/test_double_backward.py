@@ -20,48 +20,42 @@ def _tensors(value):
     return [t for item in value for t in _tensors(item)]
 
 
-def _second_order(module, x, states):
+def _second_order(module, x, states, packed):
     """The first-order gradients of a penalty on the outputs (recorded), and the gradients of their
     squared sum with respect to the input, the initial states and every parameter."""
     leaves = [x, *states]
-    outputs = _tensors(module(pack_padded_sequence(x, torch.tensor([4, 3, 3, 1])) if module.packed
-                              else x, tuple(states) if len(states) == 2 else states[0]))
+    sequence = pack_padded_sequence(x, torch.tensor([4, 3, 3, 1])) if packed else x
+    outputs = _tensors(module(sequence, tuple(states) if len(states) == 2 else states[0]))
     penalty = sum((t * t.detach().sin()).sum() for t in outputs)
     first = torch.autograd.grad(penalty, leaves, create_graph=True)
     second = torch.autograd.grad(sum(g.pow(2).sum() for g in first), [*leaves, *module.parameters()])
     return [*first, *second]
 
 
+def _assert_second_order_matches(ref, fast, x, states, packed=False):
+    """fastcells' first and second derivatives (_second_order) are torch.nn's, on fresh leaves each."""
+    states = list(states) if isinstance(states, tuple) else [states]
+    results = []
+    for module in (ref, fast):
+        leaves = [x.clone().requires_grad_(), *(s.clone().requires_grad_() for s in states)]
+        results.append(_second_order(module, leaves[0], leaves[1:], packed))
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-8)
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("kind", ["lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu"])
 def test_layer_second_derivatives_match_torch(kind, packed, backend):
     ref, fast = make_layer_twins(kind, 3, 5, 2, bidirectional=True, backend=backend)
-    generator = torch.Generator().manual_seed(7)
-    x = torch.randn(4, 4, 3, dtype=DT, generator=generator)
-    states = random_layer_states(ref, 4, DT)
-    states = list(states) if isinstance(states, tuple) else [states]
-    results = []
-    for module in (ref, fast):
-        module.packed = packed
-        leaves = [x.clone().requires_grad_(), *(s.clone().requires_grad_() for s in states)]
-        results.append(_second_order(module, leaves[0], leaves[1:]))
-    for got, expected in zip(results[1], results[0], strict=True):
-        torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-8)
+    x = torch.randn(4, 4, 3, dtype=DT, generator=torch.Generator().manual_seed(7))
+    _assert_second_order_matches(ref, fast, x, random_layer_states(ref, 4, DT), packed)
 
 
 @pytest.mark.parametrize("kind", CELL_KINDS)
 def test_cell_second_derivatives_match_torch(kind, backend):
     ref, fast = make_cell_twins(kind, 3, 5, backend=backend)
     x = torch.randn(4, 3, dtype=DT, generator=torch.Generator().manual_seed(7))
-    states = random_cell_states(ref, 4, DT)
-    states = list(states) if isinstance(states, tuple) else [states]
-    results = []
-    for module in (ref, fast):
-        module.packed = False
-        leaves = [x.clone().requires_grad_(), *(s.clone().requires_grad_() for s in states)]
-        results.append(_second_order(module, leaves[0], leaves[1:]))
-    for got, expected in zip(results[1], results[0], strict=True):
-        torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-8)
+    _assert_second_order_matches(ref, fast, x, random_cell_states(ref, 4, DT))
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])

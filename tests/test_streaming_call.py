@@ -196,6 +196,8 @@ CONTEXTS = {
     "vmap": (lambda check: _in_context(torch.no_grad)(lambda: _in_vmap(check)), False),
     "grad_transform": (_in_grad_transform, False),
     "jit_trace": (_in_jit_trace, False),
+    "forward_ad_dual_level": (_in_context(lambda: _nested(torch.no_grad(), torch.autograd.forward_ad.dual_level())),
+                              False),
 }
 
 

@@ -8,6 +8,7 @@ the fused step ops. Inference calls skip the dispatcher where nothing records th
 import functools
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
 from .. import _extension
 from .layer_ops import LayerOps
@@ -36,16 +37,22 @@ _dispatch_modes = torch._C._len_torch_dispatch_stack
 _functorch_transforms = torch._C._are_functorch_transforms_active
 
 
+def dual_level_open():
+    """Whether forward-mode AD may be at work (a ``torch.autograd.forward_ad.dual_level`` is open): the
+    fused ops have no forward-mode formula, and a direct call would drop the tangents."""
+    return getattr(_forward_ad, "_current_level", -1) >= 0
+
+
 def direct_calls_allowed():
     """Whether an op may be called in fastcells._C straight, through pybind11, past the dispatcher (its
     boxing, and for the layer ops the autograd registration's Python: ~5 µs a step op, ~20 µs a layer
     op): only where nothing records or transforms the calls, all of which see torch.ops calls only:
     not under torch.compile or torch.jit.trace (a traced module would replay no op), a
     ``__torch_function__`` or ``__torch_dispatch__`` mode (FakeTensor, an op recorder) or a functorch
-    transform (vmap, grad). Tensor subclasses are the caller's check. (torch.compile's check first: the
-    compiler then sees no other.)"""
+    transform (vmap, grad), nor where forward-mode AD may be at work (dual_level_open). Tensor subclasses
+    are the caller's check. (torch.compile's check first: the compiler then sees no other.)"""
     return not (_is_compiling() or _is_tracing() or _function_mode() or _dispatch_modes()
-                or _functorch_transforms())
+                or _functorch_transforms() or dual_level_open())
 
 
 def _direct_ops():
