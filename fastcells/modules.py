@@ -375,6 +375,8 @@ class _FusedCellMixin:
         cpu backend's fused step op from fastcells._C.streaming_step, which checks all that in C++
         (csrc/streaming_step.cpp), and the op every shape, dtype and device. The new state, or None
         where the call must take the full path (which raises torch.nn's exception for bad input)."""
+        if not getattr(input, "is_cpu", False):  # another device's call: the cpu backend is not asked
+            return None  # (a module or FASTCELLS_BACKEND naming the cuda backend would raise there)
         steps = backends.resolve(self.backend, "cpu", torch.float32).streaming_steps
         kind = self._step_kind()
         if steps is None or kind is None:

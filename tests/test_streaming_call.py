@@ -10,7 +10,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastcells
-from fastcells import _extension, autocast
+from fastcells import _extension, autocast, backends
 from fastcells.backends import cpu as cpu_backend
 
 from conftest import CELL_KINDS, make_cell_twins, random_cell_states
@@ -250,3 +250,20 @@ def test_streaming_step_refuses_what_it_cannot_take(kind):
         assert step(code, x, hx, params) is None
     with pytest.raises(ValueError, match="unknown step kind"):
         step(7, x, hx, dict(fast._parameters))
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_other_devices_never_ask_for_the_cpu_backend(kind, monkeypatch):
+    """A call on another device's tensors (meta here; CUDA on a GPU) takes the full path without asking
+    for the cpu backend, which a module or FASTCELLS_BACKEND naming the cuda backend refuses (raises)."""
+    ref, _ = make_cell_twins(kind, 4, 5, backend="cpu")
+    cell = CELL_KINDS[kind][1](4, 5, device="meta", **CELL_KINDS[kind][2])
+    hx = random_cell_states(ref, 3, torch.float32)
+    hx = tuple(t.to("meta") for t in hx) if isinstance(hx, tuple) else hx.to("meta")
+    asked, resolve = [], backends.resolve
+    monkeypatch.setattr(backends, "resolve", lambda requested, device_type, dtype: (
+        asked.append(device_type), resolve(requested, device_type, dtype))[1])
+    with torch.no_grad():
+        output = cell(torch.empty(3, 4, device="meta"), hx)
+    assert all(t.is_meta for t in _state_tuple(output))
+    assert asked == ["meta"]
