@@ -57,6 +57,7 @@ def _exporting_to_onnx():
 
 
 _is_compiling = torch.compiler.is_compiling
+_grad_enabled = torch.is_grad_enabled
 _functorch_transforms = torch._C._are_functorch_transforms_active
 
 
@@ -375,8 +376,12 @@ class _FusedCellMixin:
         cpu backend's fused step op from fastcells._C.streaming_step, which checks all that in C++
         (csrc/streaming_step.cpp), and the op every shape, dtype and device. The new state, or None
         where the call must take the full path (which raises torch.nn's exception for bad input)."""
-        if not getattr(input, "is_cpu", False):  # another device's call: the cpu backend is not asked
-            return None  # (a module or FASTCELLS_BACKEND naming the cuda backend would raise there)
+        # A call with gradients (training) or on another device's tensors stops here, before the
+        # backend lookup and the C++ call (which would refuse it too): __call__ and then forward would
+        # otherwise both try. (The cpu backend is never asked for another device's call: a module or
+        # FASTCELLS_BACKEND naming the cuda backend would raise there.)
+        if _grad_enabled() or not getattr(input, "is_cpu", False):
+            return None
         steps = backends.resolve(self.backend, "cpu", torch.float32).streaming_steps
         kind = self._step_kind()
         if steps is None or kind is None:

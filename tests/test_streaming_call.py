@@ -3,6 +3,8 @@ state skips nn.Module.__call__ and forward's Python, so it must keep everything 
 hooks, a replaced forward, and the full path wherever something traces, transforms or records the call
 (fastcells._C.streaming_allowed, checked against the Python checks it stands for)."""
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -201,19 +203,11 @@ CONTEXTS = {
 }
 
 
-class _nested:
-    """Two context managers entered in order (a contextlib.ExitStack in one expression)."""
-
-    def __init__(self, first, second):
-        self.managers = (first, second)
-
-    def __enter__(self):
-        for manager in self.managers:
-            manager.__enter__()
-
-    def __exit__(self, *exc):
-        for manager in reversed(self.managers):
-            manager.__exit__(*exc)
+@contextlib.contextmanager
+def _nested(first, second):
+    """Two context managers entered in order, as one."""
+    with first, second:
+        yield
 
 
 @pytest.mark.parametrize("context", CONTEXTS)
