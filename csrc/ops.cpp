@@ -80,6 +80,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // A cell's whole streaming call (fastcells/modules.py's cells), which releases the GIL while its op runs.
   m.def("streaming_step", &fastcells::streaming_step);
   m.def("streaming_allowed", &fastcells::streaming_allowed);
+  m.def("cell_streaming_call", &fastcells::cell_streaming_call);
+  m.def("set_up_cell_calls", &fastcells::set_up_cell_calls);
   // The CPU layer forward ops, for inference calls in eager mode (backends/cpu.py): a one-step call of
   // a 2-layer RNN at H=200 (a generation loop) spent most of its time in the dispatcher and the
   // autograd registration's Python.

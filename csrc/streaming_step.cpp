@@ -14,6 +14,9 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/jit/frontend/tracer.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "cpu/ops_cpu.h"
 
 namespace fastcells {
@@ -62,6 +65,81 @@ PyObject* interned(const char* name) { return PyUnicode_InternFromString(name); 
 // tenth of a B=1 H=64 LSTMCell step (~1.5 µs of products), which holds it for less time than Python's
 // switch interval (5 ms) lets a thread run anyway. Larger steps let other threads run while they compute.
 constexpr int64_t kStepProductsHoldingGil = int64_t{1} << 18;
+
+// What set_up_cell_calls gave; owned for the life of the process (never destroyed: Python may be gone by
+// then).
+PyObject* g_cells_forward = nullptr;
+bool g_auto_is_cpu = false;
+
+// The module's instance attribute `name` (borrowed from `dict`, its __dict__), or nullptr.
+PyObject* instance_attribute(PyObject* dict, PyObject* name) {
+  PyObject* value = PyDict_GetItemWithError(dict, name);
+  if (value == nullptr && PyErr_Occurred()) throw py::error_already_set();
+  return value;
+}
+
+// Whether a hook dict holds a hook (absent, or not a dict: counted as holding one, so the full path runs).
+bool has_hooks(PyObject* hooks) { return hooks == nullptr || !PyDict_Check(hooks) || PyDict_GET_SIZE(hooks) > 0; }
+
+// Whether nn.Module.__call__ on `module` would call the cells' forward and nothing else: the test of
+// torch/nn/modules/module.py's _wrapped_call_impl and _call_impl (the global hook dicts are read at every
+// call, as torch reads them).
+bool only_forward_would_run(PyObject* module, PyObject* dict) {
+  static PyObject* const kForwardHooks = interned("_forward_hooks");
+  static PyObject* const kForwardPreHooks = interned("_forward_pre_hooks");
+  static PyObject* const kBackwardHooks = interned("_backward_hooks");
+  static PyObject* const kBackwardPreHooks = interned("_backward_pre_hooks");
+  static PyObject* const kCompiledCall = interned("_compiled_call_impl");
+  static PyObject* const kForward = interned("forward");
+  static PyObject* const kGlobalHooks[] = {interned("_global_forward_hooks"), interned("_global_forward_pre_hooks"),
+                                           interned("_global_backward_hooks"), interned("_global_backward_pre_hooks")};
+  for (PyObject* name : {kForwardHooks, kForwardPreHooks, kBackwardHooks, kBackwardPreHooks}) {
+    if (has_hooks(instance_attribute(dict, name))) return false;
+  }
+  if (instance_attribute(dict, kForward) != nullptr) return false;
+  // Module.compile sets _compiled_call_impl on the instance; nn.Module's class attribute says None.
+  const py::object compiled = py::reinterpret_steal<py::object>(PyObject_GetAttr(module, kCompiledCall));
+  if (!compiled) throw py::error_already_set();
+  if (!compiled.is_none()) return false;
+  if (g_cells_forward == nullptr || _PyType_Lookup(Py_TYPE(module), kForward) != g_cells_forward) return false;
+  static PyObject* const torch_module = PyImport_ImportModule("torch.nn.modules.module");  // kept for good
+  if (torch_module == nullptr) throw py::error_already_set();
+  for (PyObject* name : kGlobalHooks) {
+    const py::object hooks = py::reinterpret_steal<py::object>(PyObject_GetAttr(torch_module, name));
+    if (!hooks) throw py::error_already_set();
+    if (has_hooks(hooks.ptr())) return false;
+  }
+  return true;
+}
+
+// Whether the module's backend (its `backend` attribute, and for "auto" FASTCELLS_BACKEND first) is the
+// cpu backend, as fastcells/backends/__init__.py's select picks it. Any other name, valid or not, is
+// the full path's to use or refuse. (Python's os.environ writes through to the C environment.)
+bool backend_is_cpu(PyObject* dict) {
+  static PyObject* const kBackend = interned("backend");
+  PyObject* requested = instance_attribute(dict, kBackend);
+  if (requested == nullptr || !PyUnicode_Check(requested)) return false;
+  if (PyUnicode_CompareWithASCIIString(requested, "cpu") == 0) return true;
+  if (PyUnicode_CompareWithASCIIString(requested, "auto") != 0) return false;
+  const char* env = std::getenv("FASTCELLS_BACKEND");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return g_auto_is_cpu;
+  return std::strcmp(env, "cpu") == 0;
+}
+
+// The step kind of the module's class (_STREAMING_KIND), an RNN cell's by its nonlinearity; -1 if none.
+int step_kind(PyObject* module, PyObject* dict) {
+  static PyObject* const kStreamingKind = interned("_STREAMING_KIND");
+  static PyObject* const kNonlinearity = interned("nonlinearity");
+  PyObject* kind = _PyType_Lookup(Py_TYPE(module), kStreamingKind);
+  if (kind == nullptr || !PyLong_CheckExact(kind)) return -1;
+  const long value = PyLong_AsLong(kind);
+  if (value != static_cast<long>(StepKind::kRnnTanh)) return static_cast<int>(value);
+  PyObject* nonlinearity = instance_attribute(dict, kNonlinearity);
+  if (nonlinearity == nullptr || !PyUnicode_Check(nonlinearity)) return -1;
+  if (PyUnicode_CompareWithASCIIString(nonlinearity, "tanh") == 0) return static_cast<int>(StepKind::kRnnTanh);
+  if (PyUnicode_CompareWithASCIIString(nonlinearity, "relu") == 0) return static_cast<int>(StepKind::kRnnRelu);
+  return -1;  // an unknown one: the full path raises torch.nn's error
+}
 
 py::object wrap(at::Tensor tensor) { return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(tensor))); }
 
@@ -135,6 +213,27 @@ py::object streaming_step(int kind, py::handle input, py::handle hx, py::handle 
   }
   if (step != StepKind::kLstm) return wrap(std::move(h_new));
   return py::make_tuple(wrap(std::move(h_new)), wrap(std::move(c_new)));
+}
+
+void set_up_cell_calls(py::object cells_forward, bool auto_is_cpu) {
+  PyObject* previous = g_cells_forward;
+  g_cells_forward = cells_forward.release().ptr();
+  Py_XDECREF(previous);
+  g_auto_is_cpu = auto_is_cpu;
+}
+
+py::object cell_streaming_call(py::handle module, py::handle input, py::handle hx, bool whole_call) {
+  static PyObject* const kParameters = interned("_parameters");
+  // Gradients (a training step) first: the cheapest reason, and the commonest, to take the full path.
+  if (at::GradMode::is_enabled()) return py::none();
+  const py::object dict = py::reinterpret_steal<py::object>(PyObject_GenericGetDict(module.ptr(), nullptr));
+  if (!dict) throw py::error_already_set();
+  if (!PyDict_Check(dict.ptr()) || !backend_is_cpu(dict.ptr())) return py::none();
+  if (whole_call && !only_forward_would_run(module.ptr(), dict.ptr())) return py::none();
+  const int kind = step_kind(module.ptr(), dict.ptr());
+  PyObject* parameters = instance_attribute(dict.ptr(), kParameters);
+  if (kind < 0 || parameters == nullptr) return py::none();
+  return streaming_step(kind, input, hx, parameters);
 }
 
 }  // namespace fastcells

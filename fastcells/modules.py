@@ -333,26 +333,22 @@ def _check_cell_args(input, states, input_size, hidden_size, weight):
                                f"at {input.device} and hidden{index} tensor at {state.device}")
 
 
-# fastcells._C.streaming_step's kinds of step (csrc/streaming_step.h's StepKind)
+# fastcells._C.streaming_step's kinds of step (csrc/streaming_step.h's StepKind): the cells' _STREAMING_KIND
 _STEP_KINDS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
 
-# nn.Module.__call__ calls forward straight where none of these hold a hook (Module._call_impl).
-_GLOBAL_HOOKS = (_nn_module._global_backward_pre_hooks, _nn_module._global_backward_hooks,
-                 _nn_module._global_forward_hooks, _nn_module._global_forward_pre_hooks)
+
+def _no_streaming_call(module, input, hx, whole_call):
+    return None
 
 
-def _only_forward_would_run(module):
-    """Whether nn.Module.__call__ would only call the cells' own forward on ``module``: no hook on it or
-    global, no compiled call (Module.compile), forward replaced neither on it nor in a subclass."""
-    return not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks or any(_GLOBAL_HOOKS)) \
-        and module._compiled_call_impl is None and type(module).forward is _FusedCellMixin.forward \
-        and "forward" not in module.__dict__
+# fastcells._C.cell_streaming_call(module, input, hx, whole_call): the step's output, or None where the
+# call takes the full path (csrc/streaming_step.h says when). Without the extension: always the full path.
+_cell_streaming_call = getattr(_extension.C, "cell_streaming_call", _no_streaming_call)
 
 
 class _FusedCellMixin:
     """What the three cells share. Each defines ``_KIND`` (its torch.nn class name), ``_forward(input,
-    hx, weights)`` and ``_step_kind()`` (fastcells._C's StepKind of its streaming step, or None)."""
+    hx, weights)`` and ``_STREAMING_KIND`` (fastcells._C's StepKind of its streaming step)."""
 
     __prepare_scriptable__ = _refuse_scripting
 
@@ -360,37 +356,21 @@ class _FusedCellMixin:
         self.backend = backends.check_name(backend)
 
     def __call__(self, *args, **kwargs):
-        """nn.Module.__call__, which a streaming step skips where it would only call forward (its two
-        Python frames took ~1 µs of a 6 µs LSTMCell step at B=1 H=64 on the Intel Xeon of
-        bench/results/cpu-intel-xeon). Calls with keywords take it: they are rarer, and hooks with
-        kwargs must see them as given."""
-        if len(args) == 2 and not kwargs and not _is_compiling() and _only_forward_would_run(self):
-            output = self._streaming_step(args[0], args[1])
+        """nn.Module.__call__, which a streaming step skips where it would only call forward: its two
+        Python frames, forward's and the checks made in Python took ~1.7 µs of a ~4.8 µs LSTMCell step
+        at B=1 H=64 on the Intel Xeon of bench/results/cpu-intel-xeon. fastcells._C.cell_streaming_call
+        makes every check in C++ (hooks, a replaced forward, the backend, gradients, autocast, modes,
+        tracing) and runs the step. Calls with keywords take nn.Module.__call__: they are rarer, and hooks
+        with kwargs must see them as given. Dynamo traces the full path (fastcells._C is opaque to it)."""
+        if len(args) == 2 and not kwargs and not _is_compiling():
+            output = _cell_streaming_call(self, args[0], args[1], True)
             if output is not None:
                 return output
         return super().__call__(*args, **kwargs)
 
-    def _streaming_step(self, input, hx):
-        """The streaming fast path: an inference step with a state (plain batched CPU tensors of the cpu
-        backend's dtypes, no gradient, no autocast, nothing that traces or records the call) runs the
-        cpu backend's fused step op from fastcells._C.streaming_step, which checks all that in C++
-        (csrc/streaming_step.cpp), and the op every shape, dtype and device. The new state, or None
-        where the call must take the full path (which raises torch.nn's exception for bad input)."""
-        # A call with gradients (training) or on another device's tensors stops here, before the
-        # backend lookup and the C++ call (which would refuse it too): __call__ and then forward would
-        # otherwise both try. (The cpu backend is never asked for another device's call: a module or
-        # FASTCELLS_BACKEND naming the cuda backend would raise there.)
-        if _grad_enabled() or not getattr(input, "is_cpu", False):
-            return None
-        steps = backends.resolve(self.backend, "cpu", torch.float32).streaming_steps
-        kind = self._step_kind()
-        if steps is None or kind is None:
-            return None
-        return steps.streaming_step(kind, input, hx, self._parameters)
-
     def forward(self, input, hx=None):
         if hx is not None and not _is_compiling():  # Dynamo traces the full path (fastcells._C is opaque)
-            output = self._streaming_step(input, hx)
+            output = _cell_streaming_call(self, input, hx, False)
             if output is not None:
                 return output
         if _exporting_to_onnx():
@@ -457,15 +437,12 @@ class LSTMCell(_FusedCellMixin, nn.LSTMCell):
     dtype=None, *, backend="auto")``. input (B, I) or (I); hx (h, c) each (B, H) or (H)."""
 
     _KIND = "LSTMCell"
+    _STREAMING_KIND = _STEP_KINDS["lstm"]
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend="auto"):
         super().__init__(input_size, hidden_size, bias, device, dtype)
         self._init_backend(backend)
-
-    @staticmethod
-    def _step_kind():
-        return _STEP_KINDS["lstm"]
 
     def _forward(self, input, hx, weights):
         x, (h, c), is_batched = self._batched("LSTMCell", input, hx, 2, weights[0])
@@ -478,15 +455,12 @@ class GRUCell(_FusedCellMixin, nn.GRUCell):
     """Drop-in ``torch.nn.GRUCell``: input (B, I) or (I); hx (B, H) or (H)."""
 
     _KIND = "GRUCell"
+    _STREAMING_KIND = _STEP_KINDS["gru"]
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend="auto"):
         super().__init__(input_size, hidden_size, bias, device, dtype)
         self._init_backend(backend)
-
-    @staticmethod
-    def _step_kind():
-        return _STEP_KINDS["gru"]
 
     def _forward(self, input, hx, weights):
         x, (h,), is_batched = self._batched("GRUCell", input, hx, 1, weights[0])
@@ -499,6 +473,7 @@ class RNNCell(_FusedCellMixin, nn.RNNCell):
     """Drop-in ``torch.nn.RNNCell`` (tanh or relu): input (B, I) or (I); hx (B, H) or (H)."""
 
     _KIND = "RNNCell"
+    _STREAMING_KIND = _STEP_KINDS["rnn_tanh"]  # rnn_relu by its nonlinearity (csrc/streaming_step.cpp)
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
                  dtype=None, *, backend="auto"):
@@ -511,12 +486,16 @@ class RNNCell(_FusedCellMixin, nn.RNNCell):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         return self.nonlinearity == "relu"
 
-    def _step_kind(self):
-        return _STEP_KINDS.get(f"rnn_{self.nonlinearity}")  # None for an unknown one: the full path raises
-
     def _forward(self, input, hx, weights):
         x, (h,), is_batched = self._batched("RNNCell", input, hx, 1, weights[0])
         relu = self._relu()
         backend = _backend_for_call(self.backend, x.device.type, x.dtype)
         h = backend.rnn_step(x, h, *weights, relu)
         return h if is_batched else h.squeeze(0)
+
+
+if _extension.C is not None:
+    # What fastcells._C.cell_streaming_call checks a call against: the cells' own forward (a call whose
+    # forward is another takes nn.Module.__call__), and whether "auto" means the cpu backend (the
+    # choice resolve makes for the streaming path in Python: CPU tensors, float32 as any dtype).
+    _extension.C.set_up_cell_calls(_FusedCellMixin.forward, backends.auto_picks("cpu", "cpu", torch.float32))

@@ -677,16 +677,3 @@ def test_streaming_cell_step_skips_the_python_checks(kind, dtype, monkeypatch):
         torch.testing.assert_close(a, b, **tolerance)
     with pytest.raises(AssertionError, match="the full path ran"):
         fast(x, hx)  # gradients enabled
-
-
-@pytest.mark.skipif(_extension.load_error is not None, reason="fastcells._C not loaded")
-@pytest.mark.parametrize("requested,env,fast", [("auto", None, True), ("cpu", None, True),
-                                                ("auto", "reference", False), ("reference", None, False),
-                                                ("auto", "cpu", True), ("cpu", "reference", True)])
-def test_streaming_step_only_where_the_cpu_backend_is_chosen(requested, env, fast, monkeypatch):
-    if env is None:
-        monkeypatch.delenv("FASTCELLS_BACKEND", raising=False)
-    else:
-        monkeypatch.setenv("FASTCELLS_BACKEND", env)
-    steps = backends.resolve(requested, "cpu", torch.float32).streaming_steps
-    assert (steps is not None) == fast

@@ -12,7 +12,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastcells
-from fastcells import _extension, autocast, backends
+from fastcells import _extension, autocast, backends, modules
 from fastcells.backends import cpu as cpu_backend
 
 from conftest import CELL_KINDS, make_cell_twins, random_cell_states
@@ -103,22 +103,106 @@ def test_replaced_forward_runs(kind):
         _assert_same_outputs(doubled(x, hx), _double(ref(x, hx)))
 
 
+_GLOBAL_HOOK_REGISTRATIONS = {
+    "forward": nn.modules.module.register_module_forward_hook,
+    "forward_pre": nn.modules.module.register_module_forward_pre_hook,
+    "full_backward": nn.modules.module.register_module_full_backward_hook,
+    "full_backward_pre": nn.modules.module.register_module_full_backward_pre_hook,
+}
+
+
+def _count_module_calls(monkeypatch):
+    """The modules that nn.Module.__call__ runs from now on, in a list."""
+    through, module_call = [], nn.Module.__call__
+
+    def counted(module, *args, **kwargs):
+        through.append(type(module))
+        return module_call(module, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "__call__", counted)
+    return through
+
+
+@pytest.mark.parametrize("where", ["module", "global"])
+@pytest.mark.parametrize("hook", list(_GLOBAL_HOOK_REGISTRATIONS))
+@pytest.mark.parametrize("kind", ["lstm", "rnn_relu"])
+def test_any_hook_sends_the_call_through_module_call(kind, hook, where, monkeypatch):
+    """Each of nn.Module.__call__'s eight hook dicts (four on the module, four global) holding a hook
+    sends an inference step through it, as torch.nn's cell goes; torch.nn's results."""
+    ref, fast, x, hx = _twins_and_inputs(kind)
+    with torch.no_grad():
+        expected = ref(x, hx)
+    handle = (getattr(fast, f"register_{hook}_hook")(lambda *args: None) if where == "module"
+              else _GLOBAL_HOOK_REGISTRATIONS[hook](lambda *args: None))
+    through = _count_module_calls(monkeypatch)
+    try:
+        with torch.no_grad():
+            _assert_same_outputs(fast(x, hx), expected)
+    finally:
+        handle.remove()
+    assert through == [type(fast)]
+    with torch.no_grad():
+        fast(x, hx)
+    assert through == [type(fast)]  # the hook removed: streaming again
+
+
+@pytest.mark.parametrize("kind", ["gru"])
+def test_compiled_call_takes_its_way(kind):
+    """A module with a compiled call (Module.compile sets _compiled_call_impl) runs it, as
+    nn.Module.__call__ does."""
+    _, fast, x, hx = _twins_and_inputs(kind)
+    fast._compiled_call_impl = lambda *args, **kwargs: "compiled"
+    with torch.no_grad():
+        assert fast(x, hx) == "compiled"
+
+
+def test_rnn_cell_steps_by_its_nonlinearity_now():
+    """An RNNCell's nonlinearity changed after construction is the one its streaming step uses; an
+    unknown one gets torch.nn's error from the full path."""
+    ref, fast, x, hx = _twins_and_inputs("rnn_tanh")
+    ref.nonlinearity = fast.nonlinearity = "relu"
+    with torch.no_grad():
+        _assert_same_outputs(fast(x, hx), ref(x, hx))
+        fast.nonlinearity = ref.nonlinearity = "sigmoid"
+        with pytest.raises(RuntimeError, match="Unknown nonlinearity: sigmoid"):
+            ref(x, hx)
+        with pytest.raises(RuntimeError, match="Unknown nonlinearity: sigmoid"):
+            fast(x, hx)
+
+
+@pytest.mark.parametrize("env", [None, "", "auto", "cpu", "reference", "no-such-backend"])
+@pytest.mark.parametrize("requested", ["auto", "cpu", "reference"])
+def test_streaming_call_where_the_backend_choice_is_the_cpu_backend(requested, env, monkeypatch):
+    """fastcells._C.cell_streaming_call's choice of backend (the module's, FASTCELLS_BACKEND for "auto")
+    is the one backends.resolve makes: the streaming path runs exactly where it gives the cpu backend's
+    streaming steps, and where it raises (an unknown name), the call raises its error."""
+    if env is None:
+        monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(backends.ENV_VAR, env)
+    ref, fast, x, hx = _twins_and_inputs("lstm")
+    fast.backend = requested
+    try:
+        streams = backends.select(requested, "cpu", torch.float32).NAME == "cpu"
+    except ValueError as error:
+        with pytest.raises(ValueError, match=str(error)), torch.no_grad():
+            fast(x, hx)
+        return
+    through = _count_module_calls(monkeypatch)
+    with torch.no_grad():
+        _assert_same_outputs(fast(x, hx), ref(x, hx))
+    assert through == ([nn.LSTMCell] if streams else [type(fast), nn.LSTMCell])
+
+
 @pytest.mark.parametrize("kind", CELL_KINDS)
 def test_streaming_call_skips_module_call(kind, monkeypatch):
     """An inference step with a state runs without nn.Module.__call__ (its point), with torch.nn's
     results; a call without a state, or with gradients, goes through it."""
     ref, fast, x, hx = _twins_and_inputs(kind)
-    module_call = nn.Module.__call__
     with torch.no_grad():
         expected = ref(x, hx)
         expected_zero_state = ref(x)
-    through_module_call = []
-
-    def counted(module, *args, **kwargs):
-        through_module_call.append(type(module))
-        return module_call(module, *args, **kwargs)
-
-    monkeypatch.setattr(nn.Module, "__call__", counted)
+    through_module_call = _count_module_calls(monkeypatch)
     with torch.no_grad():
         _assert_same_outputs(fast(x, hx), expected)
         assert through_module_call == []
@@ -223,7 +307,7 @@ def test_streaming_step_refuses_what_it_cannot_take(kind):
     a tensor subclass, a weight moved out of the parameter dict, or a shape the op refuses."""
     ref, fast, x, hx = _twins_and_inputs(kind)
     step = _extension.C.streaming_step
-    code = fast._step_kind()
+    code = modules._STEP_KINDS[kind]
     params = dict(fast._parameters)
 
     class Sub(torch.Tensor):

@@ -1,7 +1,7 @@
 """Backend registry and choice.
 
 A backend is a module with ``NAME``, ``unusable_reason(device_type, dtype=None)`` and ``functions()``,
-which gives its layer and step functions (shapes in ``reference.py``) and ``streaming_steps``. Choice:
+which gives its layer and step functions (shapes in ``reference.py``). Choice:
 the ``backend=`` argument, else the environment variable ``FASTCELLS_BACKEND``, else ``auto``: the
 first usable backend in preference order for the tensors' device, falling back to ``reference`` with
 one logged warning. ``resolve`` makes the choice once per (requested name, FASTCELLS_BACKEND, device
@@ -80,6 +80,12 @@ def select(requested, device_type, dtype=None):
     if reason is not None:
         raise RuntimeError(f"fastcells backend {requested!r} is not usable: {reason}")
     return module
+
+
+def auto_picks(name, device_type, dtype=None):
+    """Whether "auto" (FASTCELLS_BACKEND unset) picks backend ``name`` for ``device_type`` tensors of
+    ``dtype``."""
+    return _auto(device_type, dtype).NAME == name
 
 
 def chosen_by_auto(requested):

@@ -65,14 +65,13 @@ _FUNCTIONS = None
 
 
 def functions():
-    """The backend's layer and step functions (call only when unusable_reason says it can run). Its
-    ``streaming_steps`` is fastcells._C, whose ``streaming_step`` the cells' streaming path calls
-    straight from their ``__call__`` (modules.py)."""
+    """The backend's layer and step functions (call only when unusable_reason says it can run). The
+    cells' streaming path calls fastcells._C without them (modules.py, csrc/streaming_step.h)."""
     global _FUNCTIONS
     if _FUNCTIONS is None:
         ops = torch.ops.fastcells
         _FUNCTIONS = LayerOps(NAME, ops.lstm_layer_fwd, ops.gru_layer_fwd, ops.rnn_layer_fwd, _direct_ops,
-                              streaming_steps=_extension.C, inference_ops=_direct_ops)
+                              inference_ops=_direct_ops)
     return _FUNCTIONS
 
 

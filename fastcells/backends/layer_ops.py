@@ -38,19 +38,16 @@ def input_bias(b_ih, b_hh, adds_b_hh):
 class LayerOps:
     """Backend ``NAME``'s six functions over its layer forward ops ``lstm_fwd``, ``gru_fwd``, ``rnn_fwd``
     (schemas in csrc/ops.cpp). ``step_ops()``, when given, returns a namespace with the fused inference
-    step ops ``lstm_step_fwd``, ``gru_step_fwd``, ``rnn_step_fwd`` for steps without gradients;
-    ``streaming_steps`` a namespace with ``streaming_step``, which the cells' streaming path calls
-    straight from their ``__call__`` (modules.py, csrc/streaming_step.h), or None. ``inference_ops()``, when given, returns a namespace with the layer forward
+    step ops ``lstm_step_fwd``, ``gru_step_fwd``, ``rnn_step_fwd`` for steps without gradients.
+    ``inference_ops()``, when given, returns a namespace with the layer forward
     ops ``lstm_layer_fwd``, ``gru_layer_fwd``, ``rnn_layer_fwd`` for calls without gradients (the cpu
     backend's pybind11 entries, which skip the dispatcher)."""
 
-    def __init__(self, NAME, lstm_fwd, gru_fwd, rnn_fwd, step_ops=None, streaming_steps=None,
-                 inference_ops=None):
+    def __init__(self, NAME, lstm_fwd, gru_fwd, rnn_fwd, step_ops=None, inference_ops=None):
         self.NAME = NAME
         self._lstm_fwd, self._gru_fwd, self._rnn_fwd = lstm_fwd, gru_fwd, rnn_fwd
         self._step_ops = step_ops
         self._inference_ops = inference_ops
-        self.streaming_steps = streaming_steps
 
     def _forward_op(self, autograd_op, name, x, training):
         """The layer forward op of this call: ``name`` in the inference namespace for a plain tensor

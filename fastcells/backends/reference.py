@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from .layer_ops import input_bias
 
 NAME = "reference"
-streaming_steps = None  # no fused step ops for the cells' streaming path
 
 
 def functions():
