@@ -14,7 +14,6 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/jit/frontend/tracer.h>
 
-#include <cstdlib>
 #include <cstring>
 
 #include "cpu/ops_cpu.h"
@@ -66,10 +65,17 @@ PyObject* interned(const char* name) { return PyUnicode_InternFromString(name); 
 // switch interval (5 ms) lets a thread run anyway. Larger steps let other threads run while they compute.
 constexpr int64_t kStepProductsHoldingGil = int64_t{1} << 18;
 
-// What set_up_cell_calls gave; owned for the life of the process (never destroyed: Python may be gone by
-// then).
-PyObject* g_cells_forward = nullptr;
-bool g_auto_is_cpu = false;
+// What set_up_cell_calls gave, each object owned for the life of the process (never released: Python may
+// be gone by then).
+struct CellCallSetup {
+  PyObject* cells_forward = nullptr;  // _FusedCellMixin.forward
+  bool auto_is_cpu = false;
+  PyObject* os_module = nullptr;      // os
+  PyObject* env_key = nullptr;        // FASTCELLS_BACKEND as os.environ's dict keys it
+  PyObject* env_token = nullptr;      // backends.env_token
+  PyObject* hook_module = nullptr;    // torch.nn.modules.module, which holds the global hook dicts
+};
+CellCallSetup g_setup;
 
 // The module's instance attribute `name` (borrowed from `dict`, its __dict__), or nullptr.
 PyObject* instance_attribute(PyObject* dict, PyObject* name) {
@@ -101,29 +107,59 @@ bool only_forward_would_run(PyObject* module, PyObject* dict) {
   const py::object compiled = py::reinterpret_steal<py::object>(PyObject_GetAttr(module, kCompiledCall));
   if (!compiled) throw py::error_already_set();
   if (!compiled.is_none()) return false;
-  if (g_cells_forward == nullptr || _PyType_Lookup(Py_TYPE(module), kForward) != g_cells_forward) return false;
-  static PyObject* const torch_module = PyImport_ImportModule("torch.nn.modules.module");  // kept for good
-  if (torch_module == nullptr) throw py::error_already_set();
+  if (g_setup.cells_forward == nullptr || _PyType_Lookup(Py_TYPE(module), kForward) != g_setup.cells_forward) {
+    return false;
+  }
   for (PyObject* name : kGlobalHooks) {
-    const py::object hooks = py::reinterpret_steal<py::object>(PyObject_GetAttr(torch_module, name));
-    if (!hooks) throw py::error_already_set();
+    const py::object hooks = py::reinterpret_steal<py::object>(PyObject_GetAttr(g_setup.hook_module, name));
+    if (!hooks) {  // gone from torch: the full path's call decides
+      PyErr_Clear();
+      return false;
+    }
     if (has_hooks(hooks.ptr())) return false;
   }
   return true;
 }
 
+// FASTCELLS_BACKEND's value as backends.env_token gives it (None where unset, else bytes or str), read
+// the way it reads it: from the dict behind os.environ, where os.environ is CPython's own mapping, else
+// by calling it. (Not getenv: os.putenv, or a test replacing os.environ, changes one and not the other.)
+py::object backend_variable() {
+  static PyObject* const kEnviron = interned("environ");
+  static PyObject* const kData = interned("_data");
+  const py::object environ = py::reinterpret_steal<py::object>(PyObject_GetAttr(g_setup.os_module, kEnviron));
+  if (!environ) throw py::error_already_set();
+  py::object data = py::reinterpret_steal<py::object>(PyObject_GetAttr(environ.ptr(), kData));
+  if (!data) PyErr_Clear();
+  if (data && PyDict_CheckExact(data.ptr())) {
+    PyObject* value = PyDict_GetItemWithError(data.ptr(), g_setup.env_key);  // borrowed
+    if (value == nullptr && PyErr_Occurred()) throw py::error_already_set();
+    return value == nullptr ? py::none() : py::reinterpret_borrow<py::object>(value);
+  }
+  const py::object value = py::reinterpret_steal<py::object>(PyObject_CallNoArgs(g_setup.env_token));
+  if (!value) throw py::error_already_set();
+  return value;
+}
+
+// Whether a FASTCELLS_BACKEND value (bytes or str) is `name`.
+bool variable_is(const py::object& value, const char* name) {
+  if (PyBytes_Check(value.ptr())) return std::strcmp(PyBytes_AS_STRING(value.ptr()), name) == 0;
+  return PyUnicode_Check(value.ptr()) && PyUnicode_CompareWithASCIIString(value.ptr(), name) == 0;
+}
+
 // Whether the module's backend (its `backend` attribute, and for "auto" FASTCELLS_BACKEND first) is the
 // cpu backend, as fastcells/backends/__init__.py's select picks it. Any other name, valid or not, is
-// the full path's to use or refuse. (Python's os.environ writes through to the C environment.)
+// the full path's to use or refuse. ("auto" picks the cpu backend for CPU tensors wherever fastcells._C
+// loaded, which this function needs to run at all: set_up_cell_calls says so.)
 bool backend_is_cpu(PyObject* dict) {
   static PyObject* const kBackend = interned("backend");
   PyObject* requested = instance_attribute(dict, kBackend);
   if (requested == nullptr || !PyUnicode_Check(requested)) return false;
   if (PyUnicode_CompareWithASCIIString(requested, "cpu") == 0) return true;
   if (PyUnicode_CompareWithASCIIString(requested, "auto") != 0) return false;
-  const char* env = std::getenv("FASTCELLS_BACKEND");
-  if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return g_auto_is_cpu;
-  return std::strcmp(env, "cpu") == 0;
+  const py::object variable = backend_variable();
+  if (variable.is_none() || variable_is(variable, "") || variable_is(variable, "auto")) return g_setup.auto_is_cpu;
+  return variable_is(variable, "cpu");
 }
 
 // The step kind of the module's class (_STREAMING_KIND), an RNN cell's by its nonlinearity; -1 if none.
@@ -132,7 +168,9 @@ int step_kind(PyObject* module, PyObject* dict) {
   static PyObject* const kNonlinearity = interned("nonlinearity");
   PyObject* kind = _PyType_Lookup(Py_TYPE(module), kStreamingKind);
   if (kind == nullptr || !PyLong_CheckExact(kind)) return -1;
-  const long value = PyLong_AsLong(kind);
+  int overflow = 0;
+  const long value = PyLong_AsLongAndOverflow(kind, &overflow);
+  if (overflow != 0 || value < 0 || value > static_cast<long>(StepKind::kRnnRelu)) return -1;
   if (value != static_cast<long>(StepKind::kRnnTanh)) return static_cast<int>(value);
   PyObject* nonlinearity = instance_attribute(dict, kNonlinearity);
   if (nonlinearity == nullptr || !PyUnicode_Check(nonlinearity)) return -1;
@@ -215,11 +253,16 @@ py::object streaming_step(int kind, py::handle input, py::handle hx, py::handle 
   return py::make_tuple(wrap(std::move(h_new)), wrap(std::move(c_new)));
 }
 
-void set_up_cell_calls(py::object cells_forward, bool auto_is_cpu) {
-  PyObject* previous = g_cells_forward;
-  g_cells_forward = cells_forward.release().ptr();
-  Py_XDECREF(previous);
-  g_auto_is_cpu = auto_is_cpu;
+void set_up_cell_calls(py::object cells_forward, bool auto_is_cpu, py::object os_module, py::object env_key,
+                       py::object env_token) {
+  if (g_setup.cells_forward != nullptr) throw py::value_error("set_up_cell_calls: already set up");
+  py::object hook_module = py::module_::import("torch.nn.modules.module");
+  g_setup.cells_forward = cells_forward.release().ptr();
+  g_setup.auto_is_cpu = auto_is_cpu;
+  g_setup.os_module = os_module.release().ptr();
+  g_setup.env_key = env_key.release().ptr();
+  g_setup.env_token = env_token.release().ptr();
+  g_setup.hook_module = hook_module.release().ptr();
 }
 
 py::object cell_streaming_call(py::handle module, py::handle input, py::handle hx, bool whole_call) {
@@ -228,7 +271,7 @@ py::object cell_streaming_call(py::handle module, py::handle input, py::handle h
   if (at::GradMode::is_enabled()) return py::none();
   const py::object dict = py::reinterpret_steal<py::object>(PyObject_GenericGetDict(module.ptr(), nullptr));
   if (!dict) throw py::error_already_set();
-  if (!PyDict_Check(dict.ptr()) || !backend_is_cpu(dict.ptr())) return py::none();
+  if (g_setup.cells_forward == nullptr || !PyDict_Check(dict.ptr()) || !backend_is_cpu(dict.ptr())) return py::none();
   if (whole_call && !only_forward_would_run(module.ptr(), dict.ptr())) return py::none();
   const int kind = step_kind(module.ptr(), dict.ptr());
   PyObject* parameters = instance_attribute(dict.ptr(), kParameters);

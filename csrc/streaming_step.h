@@ -5,7 +5,7 @@
 
 namespace fastcells {
 
-// The cells' step kinds, as fastcells/modules.py's cells name them (_STEP_KIND).
+// The cells' step kinds, as fastcells/modules.py's cells name them (_STREAMING_KIND).
 enum class StepKind : int { kLstm = 0, kGru = 1, kRnnTanh = 2, kRnnRelu = 3 };
 
 // One inference step of a cell, `input` (B, I) and `hx` ((h, c) for an LSTM, else h, each (B, H)) as the
@@ -25,9 +25,12 @@ pybind11::object streaming_step(int kind, pybind11::handle input, pybind11::hand
 pybind11::object cell_streaming_call(pybind11::handle module, pybind11::handle input, pybind11::handle hx,
                                      bool whole_call);
 
-// What cell_streaming_call compares a call against, given once by fastcells/modules.py: the cells'
-// own forward (the function), and whether "auto" picks the cpu backend for CPU tensors.
-void set_up_cell_calls(pybind11::object cells_forward, bool auto_is_cpu);
+// What cell_streaming_call compares a call against, given once by fastcells/modules.py: the cells' own
+// forward (the function), whether "auto" picks the cpu backend for CPU tensors, and how
+// fastcells/backends reads FASTCELLS_BACKEND (the os module, the variable's key in os.environ's dict, and
+// backends.env_token). Until then cell_streaming_call returns None.
+void set_up_cell_calls(pybind11::object cells_forward, bool auto_is_cpu, pybind11::object os_module,
+                       pybind11::object env_key, pybind11::object env_token);
 
 // Whether fastcells._C's functions may run in place of torch.ops calls on this thread: no autograd, no
 // autocast, and nothing that records or transforms the calls (see streaming_step.cpp).

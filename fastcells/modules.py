@@ -9,10 +9,10 @@ them would bring their graph breaks under torch.compile along.
 """
 
 import contextlib
+import os
 
 import torch
 from torch import nn
-from torch.nn.modules import module as _nn_module
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _extension, autocast, backends, dispatch, functional
@@ -57,7 +57,6 @@ def _exporting_to_onnx():
 
 
 _is_compiling = torch.compiler.is_compiling
-_grad_enabled = torch.is_grad_enabled
 _functorch_transforms = torch._C._are_functorch_transforms_active
 
 
@@ -494,8 +493,10 @@ class RNNCell(_FusedCellMixin, nn.RNNCell):
         return h if is_batched else h.squeeze(0)
 
 
-if _extension.C is not None:
+_set_up_cell_calls = getattr(_extension.C, "set_up_cell_calls", None)
+if _set_up_cell_calls is not None:
     # What fastcells._C.cell_streaming_call checks a call against: the cells' own forward (a call whose
-    # forward is another takes nn.Module.__call__), and whether "auto" means the cpu backend (the
-    # choice resolve makes for the streaming path in Python: CPU tensors, float32 as any dtype).
-    _extension.C.set_up_cell_calls(_FusedCellMixin.forward, backends.auto_picks("cpu", "cpu", torch.float32))
+    # forward is another takes nn.Module.__call__), whether "auto" means the cpu backend (the choice
+    # resolve makes for CPU tensors, float32 as any dtype), and FASTCELLS_BACKEND as backends reads it.
+    _set_up_cell_calls(_FusedCellMixin.forward, backends.auto_picks("cpu", "cpu", torch.float32), os,
+                       backends.ENV_KEY, backends.env_token)

@@ -4,6 +4,8 @@ hooks, a replaced forward, and the full path wherever something traces, transfor
 (fastcells._C.streaming_allowed, checked against the Python checks it stands for)."""
 
 import contextlib
+import os
+import re
 
 import pytest
 import torch
@@ -132,8 +134,9 @@ def test_any_hook_sends_the_call_through_module_call(kind, hook, where, monkeypa
     ref, fast, x, hx = _twins_and_inputs(kind)
     with torch.no_grad():
         expected = ref(x, hx)
-    handle = (getattr(fast, f"register_{hook}_hook")(lambda *args: None) if where == "module"
-              else _GLOBAL_HOOK_REGISTRATIONS[hook](lambda *args: None))
+    ran = []
+    handle = (getattr(fast, f"register_{hook}_hook")(lambda *args: ran.append(hook)) if where == "module"
+              else _GLOBAL_HOOK_REGISTRATIONS[hook](lambda *args: ran.append(hook)))
     through = _count_module_calls(monkeypatch)
     try:
         with torch.no_grad():
@@ -141,6 +144,7 @@ def test_any_hook_sends_the_call_through_module_call(kind, hook, where, monkeypa
     finally:
         handle.remove()
     assert through == [type(fast)]
+    assert ran == ([] if "backward" in hook else [hook])  # backward hooks: no backward under no_grad
     with torch.no_grad():
         fast(x, hx)
     assert through == [type(fast)]  # the hook removed: streaming again
@@ -170,28 +174,77 @@ def test_rnn_cell_steps_by_its_nonlinearity_now():
             fast(x, hx)
 
 
+def _count_full_paths(monkeypatch):
+    """The calls that take a cell's full forward (which checks its arguments) from now on, in a list."""
+    full, check = [], modules._check_cell_args
+
+    def counted(*args, **kwargs):
+        full.append(True)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(modules, "_check_cell_args", counted)
+    return full
+
+
+@pytest.mark.parametrize("hooked", [False, True], ids=["call", "forward"])
+@pytest.mark.parametrize("environ", ["os.environ", "replaced"])
 @pytest.mark.parametrize("env", [None, "", "auto", "cpu", "reference", "no-such-backend"])
 @pytest.mark.parametrize("requested", ["auto", "cpu", "reference"])
-def test_streaming_call_where_the_backend_choice_is_the_cpu_backend(requested, env, monkeypatch):
-    """fastcells._C.cell_streaming_call's choice of backend (the module's, FASTCELLS_BACKEND for "auto")
-    is the one backends.resolve makes: the streaming path runs exactly where it gives the cpu backend's
-    streaming steps, and where it raises (an unknown name), the call raises its error."""
-    if env is None:
+def test_streaming_call_where_the_backend_choice_is_the_cpu_backend(requested, env, environ, hooked, monkeypatch):
+    """fastcells._C.cell_streaming_call's choice of backend (the module's, FASTCELLS_BACKEND for "auto",
+    read from os.environ as backends reads it, even where os.environ was replaced and the process's
+    environment says otherwise) is backends.select's: the step streams exactly where that is the cpu
+    backend, from __call__ and from forward (a hook sends the call there), and where select raises (an
+    unknown name), the call raises its error."""
+    if environ == "replaced":  # the process's environment (getenv) then says "reference"
+        monkeypatch.setenv(backends.ENV_VAR, "reference")
+        replaced = {name: value for name, value in os.environ.items() if name != backends.ENV_VAR}
+        monkeypatch.setattr(os, "environ", replaced if env is None else {**replaced, backends.ENV_VAR: env})
+    elif env is None:
         monkeypatch.delenv(backends.ENV_VAR, raising=False)
     else:
         monkeypatch.setenv(backends.ENV_VAR, env)
     ref, fast, x, hx = _twins_and_inputs("lstm")
     fast.backend = requested
+    ran = []
+    if hooked:
+        fast.register_forward_pre_hook(lambda *args: ran.append("hook"))
     try:
         streams = backends.select(requested, "cpu", torch.float32).NAME == "cpu"
     except ValueError as error:
-        with pytest.raises(ValueError, match=str(error)), torch.no_grad():
+        with pytest.raises(ValueError, match=re.escape(str(error))), torch.no_grad():
             fast(x, hx)
         return
-    through = _count_module_calls(monkeypatch)
     with torch.no_grad():
-        _assert_same_outputs(fast(x, hx), ref(x, hx))
-    assert through == ([nn.LSTMCell] if streams else [type(fast), nn.LSTMCell])
+        expected = ref(x, hx)
+        full = _count_full_paths(monkeypatch)
+        _assert_same_outputs(fast(x, hx), expected)
+    assert full == ([] if streams else [True])
+    assert ran == (["hook"] if hooked else [])
+
+
+def test_subclasses_stream_unless_forward_or_kind_says_otherwise(monkeypatch):
+    """A subclass that keeps the cells' forward streams; a forward patched on the class runs; a step kind
+    the C++ does not know (too large, out of range) sends the call down the full path."""
+    ref, fast, x, hx = _twins_and_inputs("gru")
+
+    class Kept(fastcells.GRUCell):
+        pass
+
+    kept = Kept(4, 5, dtype=torch.float64)
+    kept.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        expected = ref(x, hx)
+        full = _count_full_paths(monkeypatch)
+        _assert_same_outputs(kept(x, hx), expected)
+        assert full == []
+        for kind in (2 ** 70, 9, -1):
+            monkeypatch.setattr(Kept, "_STREAMING_KIND", kind)
+            _assert_same_outputs(kept(x, hx), expected)
+            assert full.count(True) == 1
+            full.clear()
+        monkeypatch.setattr(fastcells.GRUCell, "forward", lambda self, input, hx=None: "patched")
+        assert fast(x, hx) == "patched"
 
 
 @pytest.mark.parametrize("kind", CELL_KINDS)

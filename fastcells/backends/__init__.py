@@ -94,22 +94,22 @@ def chosen_by_auto(requested):
     return requested == "auto" and (os.environ.get(ENV_VAR) or "auto") == "auto"
 
 
-def _env_token():
+def env_token():
     """FASTCELLS_BACKEND's value as resolve's cache key: None where unset, else its value (encoded, as
     CPython's os.environ keeps it). It is read at every call, since a program may set it at any time;
     os.environ.get takes 0.7 µs for an unset variable (it raises and catches a KeyError), a tenth of a
     cell's streaming step, and the dict behind CPython's os.environ answers in 0.03 µs."""
     data = getattr(os.environ, "_data", None)
-    return data.get(_ENV_KEY) if type(data) is dict else os.environ.get(ENV_VAR)
+    return data.get(ENV_KEY) if type(data) is dict else os.environ.get(ENV_VAR)
 
 
 # The variable's name as os.environ's own dict keys it (bytes on POSIX).
-_ENV_KEY = getattr(os.environ, "encodekey", lambda name: name)(ENV_VAR)
+ENV_KEY = getattr(os.environ, "encodekey", lambda name: name)(ENV_VAR)
 
 
 def resolve(requested, device_type, dtype):
     """The layer and step functions of the backend ``select`` picks, kept after the first call."""
-    key = (requested, _env_token(), device_type, dtype)
+    key = (requested, env_token(), device_type, dtype)
     functions = _resolved.get(key)
     if functions is None:
         functions = _resolved[key] = select(requested, device_type, dtype).functions()
