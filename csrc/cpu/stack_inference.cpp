@@ -1,10 +1,38 @@
 #include "stack_inference.h"
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
+
+#include <cstring>
+#include <vector>
 
 #include "ops_cpu.h"
 
 namespace fastcells::cpu {
+namespace {
+
+// at::stack of the layers' final states (each (B, H), contiguous, in one dtype, as the layer ops return
+// them), copied without the dispatcher's stack and cat: a one-step call of a 2-layer stack (a generation
+// loop's) took ~20 µs, a dozen dispatched ops of it ~0.2 µs each.
+at::Tensor stacked(const std::vector<at::Tensor>& states) {
+  const at::Tensor& first = states.front();
+  for (const at::Tensor& state : states) {
+    if (!state.is_contiguous() || state.sizes() != first.sizes() || state.scalar_type() != first.scalar_type()) {
+      return at::stack(states);
+    }
+  }
+  std::vector<int64_t> sizes{static_cast<int64_t>(states.size())};
+  sizes.insert(sizes.end(), first.sizes().begin(), first.sizes().end());
+  at::Tensor out(at::detail::empty_cpu(sizes, first.scalar_type()));
+  char* dst = static_cast<char*>(out.data_ptr());
+  for (const at::Tensor& state : states) {
+    if (state.numel() > 0) std::memcpy(dst, state.data_ptr(), state.nbytes());
+    dst += state.nbytes();
+  }
+  return out;
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> stack_inference_cpu(
     const std::string& mode, const at::Tensor& x, const at::Tensor& batch_sizes, const at::Tensor& hx,
@@ -45,8 +73,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stack_inference_cpu(
     }
     layer_input = directions == 1 ? outputs[0] : at::cat(outputs, 1);
   }
-  return {layer_input.view({x.size(0), x.size(1), layer_input.size(1)}), at::stack(h_finals),
-          lstm ? at::stack(c_finals) : at::Tensor()};
+  return {layer_input.view({x.size(0), x.size(1), layer_input.size(1)}), stacked(h_finals),
+          lstm ? stacked(c_finals) : at::Tensor()};
 }
 
 }  // namespace fastcells::cpu

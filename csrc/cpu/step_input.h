@@ -112,7 +112,7 @@ class StepInput {
     at::Tensor block;
     const S* a = x_.data_ptr<S>() + steps[0].row0 * I_;
     if (!adjacent) {
-      block = at::empty({rows, I_}, x_.options());
+      block = cpu_empty({rows, I_}, x_.scalar_type());
       S* dst = block.data_ptr<S>();
       for (int64_t j = 0; j < count; ++j) {
         const int64_t n = steps[j].rows * I_;
@@ -179,7 +179,7 @@ class StepInput {
     // copy of w_ih for at::mm (LSTM T=50 B=4 H=256: 2x the time of torch.nn's bfloat16 GEMM).
     const bool bf16_in_place = w_ih_given.scalar_type() == at::kBFloat16 && bf16_matvecs();
     if ((!mkl && N <= kMatvecRows) || bf16_in_place) {  // no packed copy of w_ih (matmul_cpu.h)
-      gx_ = at::empty({N, G_}, x.options());
+      gx_ = cpu_empty({N, G_}, x.scalar_type());
       with_weights<T>(w_ih_given, [&](const auto* w) {
         matvecs_nt(x.data_ptr<T>(), I_, w, I_, gx_.data_ptr<T>(), G_, N, G_, I_, false);
       });
@@ -192,7 +192,7 @@ class StepInput {
                 .contiguous();
       return;
     }
-    gx_ = at::empty({N, G_}, x.options());
+    gx_ = cpu_empty({N, G_}, x.scalar_type());
     StepProduct<T>(w_ih, /*transposed=*/true, N).run(x.data_ptr<T>(), I_, gx_.data_ptr<T>(), G_, N,
                                                     /*accumulate=*/false);
     add_bias(bias, bias2);

@@ -123,16 +123,26 @@ inline at::ScalarType compute_dtype(at::ScalarType dtype) {
 }
 
 // A fresh contiguous copy of t in the dtype the op computes in (the states, which the ops update in
-// place).
+// place). A contiguous CPU tensor in that dtype already is copied without the dispatcher (see cpu_empty).
 inline at::Tensor compute_copy(const at::Tensor& t) {
-  return t.to(t.options().dtype(compute_dtype(t.scalar_type())), /*non_blocking=*/false, /*copy=*/true,
-              at::MemoryFormat::Contiguous);
+  const at::ScalarType dtype = compute_dtype(t.scalar_type());
+  if (t.scalar_type() == dtype && t.is_cpu() && t.is_contiguous()) {
+    at::Tensor copy = cpu_empty(t.sizes(), dtype);
+    if (t.numel() > 0) std::memcpy(copy.data_ptr(), t.data_ptr(), t.nbytes());
+    return copy;
+  }
+  return t.to(t.options().dtype(dtype), /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
+}
+
+// t in `dtype`: t itself where it is in it already (Tensor.to would say so through the dispatcher).
+inline at::Tensor in_dtype(const at::Tensor& t, at::ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : t.to(dtype);
 }
 
 // t converted to the dtype the op computes in (no copy where it is in it already): the biases.
 inline c10::optional<at::Tensor> compute_cast(const c10::optional<at::Tensor>& t) {
   if (!t.has_value()) return t;
-  return t->to(compute_dtype(t->scalar_type()));
+  return in_dtype(*t, compute_dtype(t->scalar_type()));
 }
 
 // The backward ops store the gradients of the pre-activations (dgx, GRU's dgh) in S too, as their
