@@ -101,6 +101,34 @@ def test_generation_calls_take_the_direct_path_with_the_full_paths_results(name,
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("state", ["negative_view", "zero_tensor"])
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_states_whose_values_are_not_their_bytes(name, state):
+    """Initial states given as a negative view (a neg bit over positive bytes) or a ZeroTensor (no
+    storage) are read as their values, as torch.nn reads them: the layer ops copy plain contiguous states
+    byte for byte, these through Tensor.to. Float64 against torch.nn, through the direct path and with
+    gradients."""
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, name)(4, 5, 2).double()
+    fast = getattr(fastcells, name)(4, 5, 2, backend="cpu").double()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    values = _states(name, 2, 2, 5, torch.float64)
+    values = list(values) if isinstance(values, tuple) else [values]
+    if state == "negative_view":
+        given = [torch._neg_view(-v) for v in values]
+        assert all(g.is_neg() for g in given)
+    else:
+        values = [torch.zeros_like(v) for v in values]
+        given = [torch._efficientzerotensor(v.shape, dtype=v.dtype) for v in values]
+    as_hx = (lambda states: tuple(states)) if name == "LSTM" else (lambda states: states[0])
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            expected, got = _flat(ref(x, as_hx(values))), _flat(fast(x, as_hx(given)))
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("hx_shape,message", [
     ((3, 2, 5), r"Expected hidden size \(2, 2, 5\), got \[3, 2, 5\]"),
     ((2, 3, 5), r"Expected hidden size \(2, 2, 5\), got \[2, 3, 5\]"),

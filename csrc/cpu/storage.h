@@ -123,10 +123,12 @@ inline at::ScalarType compute_dtype(at::ScalarType dtype) {
 }
 
 // A fresh contiguous copy of t in the dtype the op computes in (the states, which the ops update in
-// place). A contiguous CPU tensor in that dtype already is copied without the dispatcher (see cpu_empty).
+// place). A contiguous CPU tensor in that dtype already is copied without the dispatcher (see cpu_empty),
+// unless its values are not its bytes: a negative view, or a ZeroTensor (no storage; autograd may pass
+// one as a gradient).
 inline at::Tensor compute_copy(const at::Tensor& t) {
   const at::ScalarType dtype = compute_dtype(t.scalar_type());
-  if (t.scalar_type() == dtype && t.is_cpu() && t.is_contiguous()) {
+  if (t.scalar_type() == dtype && t.is_cpu() && t.is_contiguous() && !t.is_neg() && !t._is_zerotensor()) {
     at::Tensor copy = cpu_empty(t.sizes(), dtype);
     if (t.numel() > 0) std::memcpy(copy.data_ptr(), t.data_ptr(), t.nbytes());
     return copy;
