@@ -368,7 +368,9 @@ class _FusedCellMixin:
         return super().__call__(*args, **kwargs)
 
     def forward(self, input, hx=None):
-        if hx is not None and not _is_compiling():  # Dynamo traces the full path (fastcells._C is opaque)
+        # Dynamo traces the full path (fastcells._C is opaque). A call with gradients (training) got here
+        # from __call__, whose C++ call refused it already: asking again would cost it ~0.2 µs.
+        if hx is not None and not _is_compiling() and not torch.is_grad_enabled():
             output = _cell_streaming_call(self, input, hx, False)
             if output is not None:
                 return output
