@@ -1,8 +1,8 @@
 """Runs every op of the cuda backend once at small odd sizes, for compute-sanitizer (bench/gpu.sh):
 layers forward and backward (LSTM with and without projection, GRU, RNN relu; two layers,
 bidirectional; padded and packed), the three cells, in float32 and bfloat16, and the opt-in persistent
-kernels (every cell, both block widths and both synchronizations, training and inference) in bfloat16
-and float32 (tf32).
+kernels (every cell, both block widths and both synchronizations, and the forward in clusters of 2 and
+8 blocks; training and inference) in bfloat16 and float32 (tf32).
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python bench/cuda_sanitize.py
 
@@ -36,19 +36,24 @@ def run_cells(dtype):
 
 
 def run_persistent():
-    for units in (8, 16):
-        for flag_sync in (True, False):
-            cuda_backend.use_persistent(True, units, flag_sync)
-            for cls, kwargs in LAYERS:
-                if "proj_size" in kwargs:
-                    continue
-                for hidden, dtype in ((5, torch.bfloat16), (33, torch.bfloat16), (33, torch.float32)):
-                    layer = cls(4, hidden, bidirectional=True, backend="cuda", device=DEVICE, dtype=dtype,
-                                **kwargs)
-                    x = torch.randn(7, 3, 4, device=DEVICE, dtype=dtype, requires_grad=True)
-                    layer(x)[0].float().sum().backward()
-                    with torch.no_grad():
-                        layer(x)
+    # (units, flag synchronization, blocks a cluster). Clusters split hidden sizes 64 and 60 (8 or 4
+    # blocks; 60 is copied element by element), not 16 (then the variant runs without clusters).
+    for units, flag_sync, cluster in [(8, True, 1), (8, False, 1), (16, True, 1), (16, False, 1), (8, True, 8),
+                                      (16, True, 2)]:
+        cuda_backend.use_persistent(True, units, flag_sync, cluster)
+        for cls, kwargs in LAYERS:
+            if "proj_size" in kwargs:
+                continue
+            sizes = ((5, torch.bfloat16), (33, torch.bfloat16), (33, torch.float32))
+            if cluster > 1:
+                sizes = ((64, torch.bfloat16), (60, torch.bfloat16), (64, torch.float32), (16, torch.bfloat16))
+            for hidden, dtype in sizes:
+                layer = cls(4, hidden, bidirectional=True, backend="cuda", device=DEVICE, dtype=dtype,
+                            **kwargs)
+                x = torch.randn(7, 3, 4, device=DEVICE, dtype=dtype, requires_grad=True)
+                layer(x)[0].float().sum().backward()
+                with torch.no_grad():
+                    layer(x)
     cuda_backend.use_persistent(None)
 
 

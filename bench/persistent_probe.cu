@@ -1,8 +1,8 @@
 // Where the time of a persistent forward step goes, on a GPU, without torch: a standalone driver of
 // csrc/cuda/persistent.cu compiled with FASTCELLS_PHASE_PROBE, so thread 0 of every block counts the
 // clock cycles of each phase of each step (wait for the other blocks, copy h_{t-1}, tensor-core
-// products, the cell, publish). It times every variant (8 or 16 units a block x flags or grid.sync) of
-// one shape with CUDA events and prints each phase's mean cycles a step, averaged over the blocks.
+// products, the cell, publish). It times every variant (8 or 16 units a block x flags, grid.sync, or
+// flags in clusters of 2, 4 or 8 blocks) of one shape with CUDA events and prints each phase's mean cycles a step, averaged over the blocks.
 // Building the whole extension costs minutes of rented GPU time; this builds in one nvcc call (or here,
 // and runs there: the CUDA runtime is linked statically).
 //
@@ -67,6 +67,21 @@ void* zeros(int64_t bytes) {
   return device;
 }
 
+// The largest difference between y (n bfloat16 values on the device) and the y of the first call (every
+// variant computes the same sums in the same order, so expect 0).
+double max_difference_from_first(const void* y, int64_t n) {
+  static std::vector<uint16_t> first;
+  std::vector<uint16_t> now(static_cast<size_t>(n));
+  check(cudaMemcpy(now.data(), y, n * 2, cudaMemcpyDeviceToHost), "copy y");
+  if (first.empty()) first = now;
+  double most = 0;
+  for (size_t i = 0; i < now.size(); ++i) {
+    const double difference = std::fabs(bf16_value(now[i]) - bf16_value(first[i]));
+    if (!(difference <= most)) most = difference;  // a NaN too
+  }
+  return most;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -97,16 +112,17 @@ int main(int argc, char** argv) {
   check(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0), "clock rate");
   std::printf("%s T=%lld B=%lld H=%lld bfloat16 (device clock %d MHz)\n", name.c_str(),
               static_cast<long long>(T), static_cast<long long>(B), static_cast<long long>(H), clock_khz / 1000);
-  std::printf("variant    ms (median)  us/step | cycles a step: wait  copy-h  products  cell  publish\n");
+  std::printf("variant       ms (median)  us/step | cycles a step: wait  copy-h  products  cell  publish"
+              " | max |y - first variant's y|\n");
   cudaEvent_t start, end;
   check(cudaEventCreate(&start), "event");
   check(cudaEventCreate(&end), "event");
   for (int units : {8, 16}) {
-    for (bool flags : {true, false}) {
-      const PersistentConfig config{units, flags};
-      const char* sync = flags ? "flags" : "grid";
+    for (const char* sync : {"flags", "grid", "cluster2", "cluster4", "cluster8"}) {
+      const int cluster = std::strncmp(sync, "cluster", 7) == 0 ? std::atoi(sync + 7) : 1;
+      const PersistentConfig config{units, std::strcmp(sync, "grid") != 0, cluster};
       if (!sequence_fwd_fits(DType::kBFloat16, cell, B, H, config)) {
-        std::printf("%2d %-5s   does not fit\n", units, sync);
+        std::printf("%2d %-8s   does not fit\n", units, sync);
         continue;
       }
       for (int i = 0; i < 2; ++i) check(sequence_fwd(DType::kBFloat16, args, config, nullptr), "warm-up launch");
@@ -128,9 +144,9 @@ int main(int argc, char** argv) {
       std::sort(times.begin(), times.end());
       const float median = times[times.size() / 2];
       const double per_step = double(rounds) * T * sequence_fwd_blocks(cell, H, config);
-      std::printf("%2d %-5s   %9.3f  %7.2f |", units, sync, median, 1000.0 * median / T);
+      std::printf("%2d %-8s   %9.3f  %7.2f |", units, sync, median, 1000.0 * median / T);
       for (int i = 0; i < kPhases; ++i) std::printf(" %7.0f", cycles[i] / per_step);
-      std::printf("\n");
+      std::printf(" | %.3g\n", max_difference_from_first(args.y, T * B * H));
     }
   }
   // The last output row, as a check that the kernel computed something finite.

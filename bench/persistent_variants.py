@@ -1,5 +1,6 @@
 """The persistent kernels' variant matrix on a CUDA GPU (issues 14 and 15): every variant of the cuda
-backend's persistent kernels (8 or 16 hidden units a block x flag or grid synchronization), and the
+backend's persistent kernels (8 or 16 hidden units a block x flag or grid synchronization, or flags with
+the forward in thread-block clusters of 4 or 8 blocks), and the
 triton backend's paths (its default, its unit-tiled kernels per step and persistent), against the cuda
 per-step path and torch.nn in bfloat16 and float16 (cuDNN: standard algorithm in bfloat16, its persistent one
 where torch picks it in float16), side by side in one process, inference (forward) and training
@@ -26,10 +27,12 @@ import sys
 import torch
 
 import fastcells
-from fastcells import _extension
+from fastcells import _extension, dispatch
 from fastcells.backends import cuda as cuda_backend
 
-VARIANTS = [(units, flags) for units in (8, 16) for flags in (True, False)]
+# (units a block, synchronization): flags, grid, or flags with the forward in clusters of 4 or 8 blocks
+# (bench/persistent_probe.cu times clusters of 2 too).
+VARIANTS = [(units, sync) for units in (8, 16) for sync in ("flags", "grid", "cluster4", "cluster8")]
 CLASSES = {"lstm": (fastcells.LSTM, {}), "gru": (fastcells.GRU, {}),
            "rnn_tanh": (fastcells.RNN, {"nonlinearity": "tanh"})}
 
@@ -113,12 +116,16 @@ def run_case(cell, B, T, H, dtype_name, mode, rounds, triton=True):
         add(f"torch {str(other).removeprefix('torch.')}", _twin(ref, other))
     cuda_backend.use_persistent(False)
     add("per-step", fast)
-    for units, flags in VARIANTS:
-        cuda_backend.use_persistent(True, units, flags)
+    for units, sync in VARIANTS:
+        path = f"persistent {units} {sync}"
+        cuda_backend.use_persistent(True, *dispatch.persistent_variant(path))
         launches = _extension.C.cuda_persistent_launches()
-        add(f"persistent {units} {'flags' if flags else 'grid'}", fast)
+        clustered = _extension.C.cuda_persistent_cluster_launches()
+        add(path, fast)
         if _extension.C.cuda_persistent_launches() == launches:
             rows[-1]["provider"] += " (did not fit: per-step ran)"
+        elif sync.startswith("cluster") and _extension.C.cuda_persistent_cluster_launches() == clustered:
+            rows[-1]["provider"] += " (clusters did not fit: ran without)"
     cuda_backend.use_persistent(None)
     if triton:
         _add_triton_variants(add, cls, kwargs, fast, H, dtype)

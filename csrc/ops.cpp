@@ -119,11 +119,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef FASTCELLS_WITH_CUDA
   m.def("has_cuda", [] { return true; });
   m.def("set_cuda_persistent", &fastcells::cuda::set_persistent, pybind11::arg("mode"),
-        pybind11::arg("units") = 8, pybind11::arg("flag_sync") = true);
+        pybind11::arg("units") = 8, pybind11::arg("flag_sync") = true, pybind11::arg("cluster") = 1);
   m.def("record_cuda_persistent_choice",
-        pybind11::overload_cast<const std::string&, const std::string&, int64_t, int64_t, bool, int, bool>(
-            &fastcells::cuda::record_persistent_choice));
+        pybind11::overload_cast<const std::string&, const std::string&, int64_t, int64_t, bool, int, bool, int>(
+            &fastcells::cuda::record_persistent_choice),
+        pybind11::arg("cell"), pybind11::arg("dtype"), pybind11::arg("batch"), pybind11::arg("H"),
+        pybind11::arg("training"), pybind11::arg("units"), pybind11::arg("flag_sync"), pybind11::arg("cluster") = 1);
   m.def("cuda_persistent_launches", &fastcells::cuda::persistent_launches);
+  m.def("cuda_persistent_cluster_launches", &fastcells::cuda::persistent_cluster_launches);
 #else
   m.def("has_cuda", [] { return false; });
 #endif

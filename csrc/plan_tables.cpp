@@ -70,6 +70,30 @@ std::map<std::string, std::vector<int64_t>> persistent_plan_tables(int gates, in
     t["step_batch"].push_back(step_batch);
     for (int64_t b = 0; b < batch; ++b) t["row"].push_back(b < step_batch ? plan.row(time, b, offsets_ptr) : -1);
   }
+  // Cluster staging, for clusters of 2, 4 and 8 blocks and groups of 1 and of a 16-byte chunk's
+  // elements: staged_block_<cluster> (cluster, max over ranks) and staged_group_<cluster>_<per>
+  // (cluster, max over ranks), -2 past a rank's count; producer (H,).
+  const int chunk = 16 / plan.element_bytes();
+  for (const int cluster : {2, 4, 8}) {
+    const std::string c = std::to_string(cluster);
+    const int64_t most_blocks = plan.staged_blocks(cluster, 0);
+    for (int rank = 0; rank < cluster; ++rank) {
+      for (int64_t m = 0; m < most_blocks; ++m) {
+        t["staged_block_" + c].push_back(m < plan.staged_blocks(cluster, rank) ? plan.staged_block(cluster, rank, m)
+                                                                              : -2);
+      }
+    }
+    for (const int per : {1, chunk}) {
+      const std::string key = "staged_group_" + c + "_" + std::to_string(per);
+      const int64_t most = plan.staged_groups(cluster, 0, per);
+      for (int rank = 0; rank < cluster; ++rank) {
+        for (int64_t q = 0; q < most; ++q) {
+          t[key].push_back(q < plan.staged_groups(cluster, rank, per) ? plan.staged_group(cluster, rank, q, per) : -2);
+        }
+      }
+    }
+  }
+  for (int64_t k = 0; k < H; ++k) t["producer"].push_back(plan.producer(k));
   return t;
 }
 

@@ -25,7 +25,7 @@ from .backends.layer_ops import needs_grad
 
 TORCH = "torch"
 PER_STEP = "per-step"
-PERSISTENT = "persistent"  # paths "persistent <units> flags" and "persistent <units> grid"
+PERSISTENT = "persistent"  # paths "persistent <units> <sync>", sync flags, grid or cluster<blocks>
 
 TABLES = pathlib.Path(__file__).with_name("dispatch_tables")
 _CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
@@ -62,6 +62,18 @@ def fastest_path(entry, persistent_allowed):
     return min(times, key=times.get) if TORCH in times else TORCH
 
 
+def persistent_variant(path):
+    """(units a block, flag synchronization, blocks a cluster) of a persistent path: "persistent 8
+    flags" is (8, True, 1), "persistent 8 grid" (8, False, 1), "persistent 8 cluster4" (8, True, 4);
+    units 0 for "per-step"."""
+    if not path.startswith(PERSISTENT):
+        return 0, True, 1
+    _, units, sync = path.split()
+    if sync.startswith("cluster"):
+        return int(units), True, int(sync.removeprefix("cluster"))
+    return int(units), sync == "flags", 1
+
+
 def choose(cell, dtype, batch, hidden, training, persistent_allowed, device, step=False):
     """The path of one call (remembered per shape): ``cell`` "lstm", "gru", "rnn_tanh" or "rnn_relu",
     a layer's sequence or (``step``) a cell's step. A layer's choice of a persistent variant or of the
@@ -74,10 +86,9 @@ def choose(cell, dtype, batch, hidden, training, persistent_allowed, device, ste
                               "training" if training else "inference", batch, hidden, step)
         path = _choices[key] = TORCH if entry is None else fastest_path(entry, persistent_allowed)
         if path != TORCH and not step and dtype in (torch.float16, torch.bfloat16, torch.float32):
-            words = path.split()  # "persistent <units> <flags|grid>" or "per-step" (units 0)
-            units, sync = (int(words[1]), words[2]) if path.startswith(PERSISTENT) else (0, "flags")
+            units, flag_sync, cluster = persistent_variant(path)
             _extension.C.record_cuda_persistent_choice(_KERNEL_CELLS[cell], dtype_name, batch, hidden,
-                                                       training, units, sync == "flags")
+                                                       training, units, flag_sync, cluster)
     return path
 
 

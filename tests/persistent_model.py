@@ -79,6 +79,7 @@ def plan(gates, units, H, batch, steps, reverse, backward=False, sizes=None, tf3
               "k_tile": (t["warps"], t["k_tiles_per_warp"]),
               "partial_index": (t["warps"], rows, padded_batch), "local_row": (gates, units),
               "gate_column": (gates, H), "row": (steps, batch)}
+    shapes.update({name: (int(name.split("_")[2]), -1) for name in t if name.startswith("staged_")})
     t.update({name: t[name].reshape(shape) for name, shape in shapes.items()})
     t["tf32"], t["tile_k"] = tf32, int(t["tile"][2])
     return Plan(t)
@@ -129,11 +130,33 @@ def _saved_columns(family, H):
     return saved_layout.gru_columns(H) if family == "gru" else saved_layout.rnn_columns(H)
 
 
-def forward(family, gx, w_hh, b_hh, h0, c0, reverse, units, training, tables=None, sizes=None, tf32=False):
+def _cluster_stage(p, cluster, per, source, B, H):
+    """The h_stage that every block of a cluster of ``cluster`` blocks holds after the kernel's cluster
+    staging of ``source`` (B * H values of h_{t-1}): each rank stores its column groups of ``per``
+    elements into every block. Fails where a rank stages a column whose producer's flag it did not wait
+    for (on the GPU it would read a stale value) or where a column is staged twice or never."""
+    stage = np.zeros(p.n_tiles * 8 * p.h_stride)
+    times_staged = np.zeros(H, dtype=np.int64)
+    groups, awaited = p.tables[f"staged_group_{cluster}_{per}"], p.tables[f"staged_block_{cluster}"]
+    for rank in range(cluster):
+        for group in groups[rank][groups[rank] >= 0]:
+            columns = np.arange(group * per, group * per + per)
+            assert set(p.producer[columns]) <= set(awaited[rank]), "staged without waiting for its producer"
+            times_staged[columns] += 1
+            for b in range(B):
+                stage[b * p.h_stride + columns] = source[b * H + columns]
+    assert (times_staged == 1).all(), "a column staged twice or never"
+    return stage
+
+
+def forward(family, gx, w_hh, b_hh, h0, c0, reverse, units, training, tables=None, sizes=None, tf32=False,
+            cluster=1, per=1):
     """One layer and direction as the kernel computes it. gx (N, G * H) input projections (b_hh in
     for LSTM and RNN), w_hh (G * H, H), b_hh (G * H) for GRU or None, h0 and c0 (B, H), all float64
     numpy arrays; ``sizes``: the steps' batch sizes of a packed sequence (None: B at each of the
-    N / B steps); ``tf32``: the float32 kernel's plan (tf32 fragments). Returns y (N, H), hn, cn (None
+    N / B steps); ``tf32``: the float32 kernel's plan (tf32 fragments); ``cluster``: blocks a
+    thread-block cluster (1: none), whose ranks stage h_{t-1} ``per`` elements at a time (1, or a
+    16-byte chunk's, where H is a multiple of it). Returns y (N, H), hn, cn (None
     but for LSTM), saved (N, width) or None. ``tables``: a plan to use instead of the kernel's (a test
     breaks one index with it)."""
     G, (B, H) = GATES[family], h0.shape
@@ -165,9 +188,15 @@ def forward(family, gx, w_hh, b_hh, h0, c0, reverse, units, training, tables=Non
         b_idx, k_idx = np.divmod(np.arange(B * H), H)
         y_prev = y[(0 if t_prev < 0 else p.row[t_prev, 0]) * H:]  # batch entry b at b * H, as h0
         source = np.where(b_idx < bs_prev, y_prev[np.minimum(np.arange(B * H), y_prev.size - 1)], h0_flat)
+        if cluster > 1:  # the same in every block of every cluster
+            assert p.blocks % cluster == 0, "the kernel runs in clusters only where they split the grid"
+            cluster_stage = _cluster_stage(p, cluster, per, source, B, H)
         for block in range(p.blocks):
-            stage = np.zeros(p.n_tiles * 8 * p.h_stride)
-            stage[b_idx * p.h_stride + k_idx] = source
+            if cluster > 1:
+                stage = cluster_stage
+            else:
+                stage = np.zeros(p.n_tiles * 8 * p.h_stride)
+                stage[b_idx * p.h_stride + k_idx] = source
             partial = np.zeros(p.partial_size)
             for warp in range(p.warps):
                 for nt in range(p.n_tiles):

@@ -13,6 +13,7 @@ import torch
 from torch.nn.utils.rnn import pack_sequence
 
 import fastcells
+from fastcells import dispatch
 from fastcells.backends import cuda as cuda_backend
 from conftest import (CELL_KINDS, LAYER_KINDS, assert_packed_unsorted_matches_torch,
                       assert_same_results, float64_results, forward_backward, low_precision_errors,
@@ -135,24 +136,27 @@ def _flat_outputs(result):
 
 
 # (H, B): a partial block and batch tile, two batch tiles, warps with two k tiles, the benchmark's
-# shape, the largest batch and hidden size the kernel takes.
-PERSISTENT_SHAPES = [(17, 3), (40, 9), (130, 2), (768, 16), (1024, 64)]
+# shape, the largest batch and hidden size the kernel takes, and 4 or 8 whole blocks with a partial batch
+# tile (clusters of 4 and 8 split the grid at H=64, 768 and 1024).
+PERSISTENT_SHAPES = [(17, 3), (40, 9), (130, 2), (768, 16), (1024, 64), (64, 5)]
 
 
-@pytest.mark.parametrize("flag_sync", [True, False], ids=["flags", "grid"])
+@pytest.mark.parametrize("sync", ["flags", "grid", "cluster4", "cluster8"])
 @pytest.mark.parametrize("units", [8, 16])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
-def test_persistent_layers(kind, dtype, units, flag_sync, request):
+def test_persistent_layers(kind, dtype, units, sync, request):
     """The persistent tensor-core kernels (backends.cuda.use_persistent) in both directions, forward and
     backward, training and inference: error against float64 bounded by torch.nn's own in the same dtype
-    (float32: on tf32 tensor cores, as torch.nn's cuDNN by default), as for the per-step path."""
-    cuda_backend.use_persistent(True, units, flag_sync)
+    (float32: on tf32 tensor cores, as torch.nn's cuDNN by default), as for the per-step path. The
+    cluster variants run the forward in thread-block clusters where the blocks split into them."""
+    cuda_backend.use_persistent(True, *dispatch.persistent_variant(f"persistent {units} {sync}"))
     request.addfinalizer(lambda: cuda_backend.use_persistent(None))
     if dtype == torch.float32:  # the float32 kernel runs only where cuDNN may use tf32 (conftest: off)
         torch.backends.cudnn.allow_tf32 = True
         request.addfinalizer(lambda: setattr(torch.backends.cudnn, "allow_tf32", False))
     launches = fastcells._extension.C.cuda_persistent_launches()
+    clustered = fastcells._extension.C.cuda_persistent_cluster_launches()
     for hidden, batch in PERSISTENT_SHAPES:
         fast_error, torch_error = low_precision_errors(kind, dtype, "cuda", DEVICE, hidden=hidden,
                                                        batch=batch, bidirectional=True)
@@ -167,17 +171,21 @@ def test_persistent_layers(kind, dtype, units, flag_sync, request):
             error = lambda t: ((t.double() - c).abs().max() / c.abs().max()).item()  # noqa: E731
             assert error(a) <= max(4 * error(b), 4 * _persistent_eps(dtype)), (hidden, batch)
     assert fastcells._extension.C.cuda_persistent_launches() > launches, "the kernel never ran"
+    if sync.startswith("cluster"):
+        assert fastcells._extension.C.cuda_persistent_cluster_launches() > clustered, "never in clusters"
 
 
-@pytest.mark.parametrize("flag_sync", [True, False], ids=["flags", "grid"])
+@pytest.mark.parametrize("sync", ["flags", "grid", "cluster8"])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_persistent_layers_packed(kind, flag_sync, request):
+def test_persistent_layers_packed(kind, sync, request):
     """The persistent kernels on packed sequences (per-step batch sizes; late starters in the reverse
-    direction), forward and gradients, error against float64 bounded by torch.nn's own in bfloat16."""
-    cuda_backend.use_persistent(True, 8, flag_sync)
+    direction), forward and gradients, error against float64 bounded by torch.nn's own in bfloat16
+    (in clusters: H=64, 8 blocks)."""
+    cuda_backend.use_persistent(True, *dispatch.persistent_variant(f"persistent 8 {sync}"))
     request.addfinalizer(lambda: cuda_backend.use_persistent(None))
     dtype, launches = torch.bfloat16, fastcells._extension.C.cuda_persistent_launches()
-    ref, fast = make_layer_twins(kind, 8, 40, 1, bidirectional=True, dtype=dtype, backend="cuda",
+    hidden = 64 if sync.startswith("cluster") else 40
+    ref, fast = make_layer_twins(kind, 8, hidden, 1, bidirectional=True, dtype=dtype, backend="cuda",
                                  device=DEVICE)
     exact = copy.deepcopy(ref).double()
     seqs = [torch.randn(n, 8, device=DEVICE) for n in (6, 4, 4, 1)]

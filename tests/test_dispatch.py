@@ -66,6 +66,14 @@ def test_fastest_path_among_those_the_call_can_take():
     assert dispatch.fastest_path({"ms": {"per-step": 1.0}}, persistent_allowed=True) == "torch"
 
 
+@pytest.mark.parametrize("path, variant", [
+    ("persistent 8 flags", (8, True, 1)), ("persistent 16 grid", (16, False, 1)),
+    ("persistent 8 cluster4", (8, True, 4)), ("persistent 16 cluster8", (16, True, 8)), ("per-step", (0, True, 1))])
+def test_persistent_variant_of_a_path(path, variant):
+    """What fastcells._C records for a path the table chose: units, flag synchronization, cluster."""
+    assert dispatch.persistent_variant(path) == variant
+
+
 def test_committed_tables_are_well_formed():
     paths = list(dispatch.TABLES.glob("*.json"))
     assert paths, "no dispatch table is committed"

@@ -51,7 +51,7 @@ def _expected(family, w, reverse, training):
     return y, hn, cn, saved if training else None
 
 
-def _model(family, w, reverse, units, training, tables=None, tf32=False):
+def _model(family, w, reverse, units, training, tables=None, tf32=False, cluster=1, per=1):
     """The model's y, hn, cn, saved from the same layer (the input projection done here, as the kernel's
     caller does: b_hh folded in but for GRU)."""
     gru = family == "gru"
@@ -59,7 +59,7 @@ def _model(family, w, reverse, units, training, tables=None, tf32=False):
     numpy = lambda t: None if t is None else t.numpy()  # noqa: E731
     return persistent_model.forward(family, gx.numpy(), w["w_hh"].numpy(), numpy(w["b_hh"]) if gru else None,
                                     w["h0"].numpy(), numpy(w["c0"]), reverse, units, training, tables,
-                                    w["sizes"].tolist() if w["packed"] else None, tf32)
+                                    w["sizes"].tolist() if w["packed"] else None, tf32, cluster, per)
 
 
 def _assert_close(got, expected):
@@ -134,6 +134,51 @@ def test_model_of_the_kernel_on_packed_sequences(family, case, units, reverse, t
     w = _layer(family, H, B, sizes)
     _assert_close(_model(family, w, reverse, units, training, tf32=tf32),
                   _expected(family, w, reverse, training))
+
+
+# Cluster staging (forward in thread-block clusters): (H, B, units) whose 8 blocks split into clusters of
+# 2, 4 and 8: whole blocks, a partial last block (H=60: the 16-bit kernel copies it element by element),
+# 16 units a block over two batch tiles.
+CLUSTER_SHAPES = [(64, 3, 8), (60, 5, 8), (128, 9, 16)]
+
+
+@TF32
+@pytest.mark.parametrize("chunks", [False, True], ids=["elements", "chunks"])
+@pytest.mark.parametrize("cluster", [2, 4, 8])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("shape", CLUSTER_SHAPES, ids=[f"H{h}-B{b}-U{u}" for h, b, u in CLUSTER_SHAPES])
+@pytest.mark.parametrize("family", ["lstm", "gru", "rnn_tanh"])
+def test_model_of_the_cluster_staging_equals_the_reference(family, shape, reverse, cluster, chunks, tf32):
+    """Each rank of a cluster stages the columns its awaited blocks wrote, into every block: together
+    they stage every column once, and the model computes what the reference does."""
+    H, B, units = shape
+    per = (4 if tf32 else 8) if chunks else 1  # a 16-byte chunk's elements
+    if H % per:
+        pytest.skip("the kernel copies elements where H is not a multiple of the chunk")
+    w = _layer(family, H, B)
+    _assert_close(_model(family, w, reverse, units, True, tf32=tf32, cluster=cluster, per=per),
+                  _expected(family, w, reverse, True))
+
+
+# Broken staging: a rank staging its neighbour's columns (whose flags it did not wait for), a rank
+# waiting for its neighbour's blocks, one column group staged twice.
+BROKEN_STAGING = {
+    "staged_group": lambda t: np.roll(t, 1, axis=0),
+    "staged_block": lambda t: np.roll(t, 1, axis=0),
+    "staged_group_twice": lambda t: np.where(t == t[0, 0], t[0, -1], t),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_STAGING))
+def test_a_broken_staging_fails_the_model(broken):
+    family, (H, B, units), cluster, per = "lstm", CLUSTER_SHAPES[0], 4, 8
+    tables = persistent_model.plan(4, units, H, B, STEPS, False)
+    name = f"staged_block_{cluster}" if broken == "staged_block" else f"staged_group_{cluster}_{per}"
+    tables.tables[name] = BROKEN_STAGING[broken](tables.tables[name])
+    w = _layer(family, H, B)
+    with pytest.raises(AssertionError):
+        _assert_close(_model(family, w, False, units, True, tables, cluster=cluster, per=per),
+                      _expected(family, w, False, True))
 
 
 def test_register_pairs_hold_neighbours():

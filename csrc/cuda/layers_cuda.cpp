@@ -56,6 +56,7 @@ void* row_ptr(const at::Tensor& t, int64_t row) {
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 std::atomic<int64_t> persistent_launch_count{0};
+std::atomic<int64_t> cluster_launch_count{0};  // forward launches in thread-block clusters
 
 // The steps' batch sizes and first rows on the device, (T) and (T + 1) int64, for the persistent kernels;
 // undefined tensors where every step has the whole batch (padded input, or packed of equal lengths).
@@ -101,7 +102,10 @@ bool persistent_fwd(Cell cell, DType dtype, const Schedule& sched, const at::Ten
                     bool relu, at::Tensor& hn, at::Tensor& cn) {
   const int64_t B = sched.batch, H = h0.size(1);
   if (!tensor_cores_allowed(dtype)) return false;
-  const std::optional<PersistentConfig> choice = persistent_choice(cell, dtype, B, H, saved.numel() > 0);
+  std::optional<PersistentConfig> choice = persistent_choice(cell, dtype, B, H, saved.numel() > 0);
+  // A variant in clusters runs without them where the grid does not split into clusters that fit (an H
+  // the table's nearest shape does not share, or a GPU before sm_90).
+  if (choice && choice->cluster > 1 && !sequence_fwd_fits(dtype, cell, B, H, *choice)) choice->cluster = 1;
   if (!choice || sched.steps == 0 || !sequence_fwd_fits(dtype, cell, B, H, *choice)) return false;
   const PersistentConfig& config = *choice;
   const auto [sizes, offsets] = device_schedule(sched, gx.device());
@@ -116,6 +120,7 @@ bool persistent_fwd(Cell cell, DType dtype, const Schedule& sched, const at::Ten
                          reverse,        relu};
   if (launch_too_large(sequence_fwd(dtype, args, config, current_stream()))) return false;
   persistent_launch_count.fetch_add(1, std::memory_order_relaxed);
+  if (config.cluster > 1) cluster_launch_count.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
 
@@ -146,18 +151,22 @@ bool persistent_bwd(Cell cell, DType dtype, const Schedule& sched, const at::Ten
 }  // namespace
 
 int64_t persistent_launches() { return persistent_launch_count.load(); }
+int64_t persistent_cluster_launches() { return cluster_launch_count.load(); }
 
 namespace {
 
-PersistentConfig config_of(int units, bool flag_sync) {
+PersistentConfig config_of(int units, bool flag_sync, int cluster) {
   TORCH_CHECK(units == 8 || units == 16, "units must be 8 or 16, got ", units);
-  return PersistentConfig{units, flag_sync};
+  TORCH_CHECK(cluster == 1 || cluster == 2 || cluster == 4 || cluster == 8, "cluster must be 1, 2, 4 or 8, got ",
+              cluster);
+  TORCH_CHECK(cluster == 1 || flag_sync, "clusters run with flag synchronization only");
+  return PersistentConfig{units, flag_sync, cluster};
 }
 
 }  // namespace
 
-void set_persistent(const std::string& mode, int units, bool flag_sync) {
-  const PersistentConfig config = config_of(units, flag_sync);
+void set_persistent(const std::string& mode, int units, bool flag_sync, int cluster) {
+  const PersistentConfig config = config_of(units, flag_sync, cluster);
   if (mode == "table") return set_persistent_mode(PersistentMode::kTable, config);
   if (mode == "on") return set_persistent_mode(PersistentMode::kOn, config);
   if (mode == "off") return set_persistent_mode(PersistentMode::kOff, config);
@@ -165,14 +174,14 @@ void set_persistent(const std::string& mode, int units, bool flag_sync) {
 }
 
 void record_persistent_choice(const std::string& cell, const std::string& dtype, int64_t batch, int64_t H,
-                              bool training, int units, bool flag_sync) {
+                              bool training, int units, bool flag_sync, int cluster) {
   const Cell c = cell == "lstm" ? Cell::kLstm : cell == "gru" ? Cell::kGru : Cell::kRnn;
   TORCH_CHECK(cell == "lstm" || cell == "gru" || cell == "rnn", "cell must be lstm, gru or rnn, got ", cell);
   TORCH_CHECK(dtype == "float16" || dtype == "bfloat16" || dtype == "float32",
               "dtype must be float16, bfloat16 or float32, got ", dtype);
   const DType d = dtype == "float16" ? DType::kFloat16 : dtype == "bfloat16" ? DType::kBFloat16 : DType::kFloat32;
   record_persistent_choice(c, d, batch, H, training,
-                           units == 0 ? std::nullopt : std::optional(config_of(units, flag_sync)));
+                           units == 0 ? std::nullopt : std::optional(config_of(units, flag_sync, cluster)));
 }
 
 LstmOutputs lstm_layer_fwd_cuda(const at::Tensor& x, const at::Tensor& w_ih,

@@ -7,7 +7,12 @@
 //   2. wait until every block has written h_{t-1} (flags, or the previous step's grid.sync());
 //   3. copy h_{t-1} (B, H) from y (from h0 at the first step, and for packed sequences that start late
 //      in the reverse direction) into shared memory, bypassing L1 (__ldcg): other SMs wrote it and L1
-//      is not coherent across SMs;
+//      is not coherent across SMs. In a cluster launch (sm_90), the blocks of a thread-block cluster
+//      share this copy: each waits for the flags of the blocks whose units it copies only, and stores
+//      them into every block of its cluster (distributed shared memory), so each element of h_{t-1}
+//      leaves L2 once a cluster instead of once a block (the copy was the largest phase of a step:
+//      bench/results/nvidia-h200/README.md); cluster barriers order the stores and the reuse of the
+//      buffer;
 //   4. each warp multiplies its k tiles of the block's W_hh rows (A fragments, in registers since the
 //      start) by h_{t-1}^T (B fragments from shared memory) with mma.sync, fp32 accumulators, and writes
 //      its partial sums to shared memory;
@@ -61,6 +66,44 @@ __device__ __forceinline__ void copy_in_batches(int64_t n, Load load, Store stor
   }
 }
 
+// Step 3: stages h_{t-1} (B, H), kPer elements at a time (a 16-byte chunk, or 1), from y_prev for batch
+// entries below bs_prev and from h0 for the others, into the block's h_stage (rows `stride` apart).
+template <int kPer, typename Bits>
+__device__ __forceinline__ void stage_whole(int64_t B, int64_t H, int64_t bs_prev, const Bits* y_prev,
+                                            const Bits* h0, Bits* h_stage, int64_t stride) {
+  using Value = std::conditional_t<kPer == 1, Bits, int4>;
+  static_assert(kPer == 1 || kPer * sizeof(Bits) == 16);
+  copy_in_batches(B * H / kPer, [&](int64_t i) {
+    const int64_t b = i * kPer / H;
+    return __ldcg(reinterpret_cast<const Value*>(b < bs_prev ? y_prev : h0) + i);
+  }, [&](int64_t i, Value value) {
+    const int64_t b = i * kPer / H, k = i * kPer - b * H;
+    *reinterpret_cast<Value*>(h_stage + b * stride + k) = value;
+  });
+}
+
+// Step 3 in a cluster launch: this block's rank loads its columns of h_{t-1} (persistent_plan.h's
+// cluster staging), kPer elements at a time (a 16-byte chunk, or 1), from y_prev for batch entries below
+// bs_prev and from h0 for the others, and stores them into the h_stage of every block of the cluster.
+template <int kPer, typename Bits>
+__device__ __forceinline__ void stage_in_cluster(const Plan& plan, ClusterPlace cluster, int64_t B, int64_t bs_prev,
+                                                 const Bits* y_prev, const Bits* h0, Bits* h_stage, int64_t stride) {
+  using Value = std::conditional_t<kPer == 1, Bits, int4>;
+  static_assert(kPer == 1 || kPer * sizeof(Bits) == 16);
+  const int64_t H = plan.H, groups = plan.staged_groups(cluster.size, cluster.rank, kPer);
+  copy_in_batches(B * groups, [&](int64_t i) {
+    const int64_t b = i / groups, group = plan.staged_group(cluster.size, cluster.rank, i - b * groups, kPer);
+    if (group < 0) return Value{};
+    const Bits* from = (b < bs_prev ? y_prev : h0) + b * H + group * kPer;
+    return __ldcg(reinterpret_cast<const Value*>(from));
+  }, [&](int64_t i, Value value) {
+    const int64_t b = i / groups, group = plan.staged_group(cluster.size, cluster.rank, i - b * groups, kPer);
+    if (group < 0) return;
+    Value* to = reinterpret_cast<Value*>(h_stage + b * stride + group * kPer);
+    for (int rank = 0; rank < cluster.size; ++rank) store_in_block(to, static_cast<unsigned>(rank), value);
+  });
+}
+
 template <typename T, int kGates, int kUnits, int kKTiles>
 __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync) {
   constexpr int kMTiles = (kGates * kUnits + kTileM - 1) / kTileM;
@@ -88,6 +131,13 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
     if (unit >= H) continue;
     h_state[slot] = load<T>(a.h0, b * H + unit);
     if constexpr (kGates == 4) c_state[slot] = load<T>(a.c0, b * H + unit);
+  }
+  // In a cluster launch (cluster staging, flag synchronization only), no block may store into another's
+  // h_stage before that block has zeroed it: the first cluster barrier.
+  const ClusterPlace cluster = cluster_place();
+  if (cluster.size > 1) {
+    cluster_arrive();
+    cluster_wait();
   }
   __syncthreads();
 
@@ -124,30 +174,34 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
     //    step's acquire invalidates it.
     prefetch_input_projections(s + 1);
 
-    // 2. Wait for every block's h_{t-1}.
-    wait_for_step(a.flags, s, flag_sync);
-    probe.mark(0);
-
+    // 2. Wait for every block's h_{t-1} (in a cluster: for the blocks whose units this rank stages, and
+    //    until every block of the cluster has read the previous step's h_stage).
     // 3. Stage h_{t-1} (B, H) as the B operand: rows of the previous step's batch from y, the others
     //    (all at the first step; in the reverse direction, sequences starting here) from h0. Both
-    //    sources hold batch entry b at b * H from their base.
+    //    sources hold batch entry b at b * H from their base. In a cluster, each rank stages its share
+    //    into every block of the cluster, and the cluster barrier makes it visible.
     const Bits* y_prev = y_bits + (t_prev < 0 ? 0 : plan.row(t_prev, 0, a.offsets) * H);
-    if (vector_copy) {
-      copy_in_batches(B * H / kPerChunk, [&](int64_t i) {
-        const int64_t b = i * kPerChunk / H;
-        return __ldcg(reinterpret_cast<const int4*>(b < bs_prev ? y_prev : h0) + i);
-      }, [&](int64_t i, int4 chunk) {
-        const int64_t b = i * kPerChunk / H, k = i * kPerChunk - b * H;
-        *reinterpret_cast<int4*>(h_stage + b * stride + k) = chunk;
-      });
+    if (cluster.size > 1) {
+      wait_for_step(a.flags, s, flag_sync, cluster.rank, cluster.size);
+      if (s > 0) cluster_wait();
+      probe.mark(0);
+      if (vector_copy) {
+        stage_in_cluster<kPerChunk>(plan, cluster, B, bs_prev, y_prev, h0, h_stage, stride);
+      } else {
+        stage_in_cluster<1>(plan, cluster, B, bs_prev, y_prev, h0, h_stage, stride);
+      }
+      cluster_arrive();
+      cluster_wait();
     } else {
-      copy_in_batches(B * H, [&](int64_t i) { return __ldcg((i / H < bs_prev ? y_prev : h0) + i); },
-                      [&](int64_t i, Bits element) {
-                        const int64_t b = i / H, k = i - b * H;
-                        h_stage[b * stride + k] = element;
-                      });
+      wait_for_step(a.flags, s, flag_sync);
+      probe.mark(0);
+      if (vector_copy) {
+        stage_whole<kPerChunk>(B, H, bs_prev, y_prev, h0, h_stage, stride);
+      } else {
+        stage_whole<1>(B, H, bs_prev, y_prev, h0, h_stage, stride);
+      }
+      __syncthreads();
     }
-    __syncthreads();
     probe.mark(1);
 
     // 4. Partial products of this warp's k tiles, one batch tile at a time.
@@ -165,6 +219,7 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
       });
     }
     __syncthreads();
+    if (cluster.size > 1 && s + 1 < steps) cluster_arrive();  // done reading h_stage (the next step waits)
     probe.mark(2);
 
     // 5. The cell, one (unit, batch entry) slot a thread.
@@ -295,14 +350,14 @@ int64_t sequence_fwd_blocks(Cell cell, int64_t H, const PersistentConfig& config
 
 bool sequence_fwd_fits(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config) {
   return family_fits([&](auto body) { return with_forward_kernel(dtype, cell, batch, H, config, body); },
-                     plan_of(dtype, cell, batch, H, config));
+                     plan_of(dtype, cell, batch, H, config), config.cluster);
 }
 
 cudaError_t sequence_fwd(DType dtype, const SequenceFwd& args, const PersistentConfig& config,
                          cudaStream_t stream) {
   return family_launch(
       [&](auto body) { return with_forward_kernel(dtype, args.cell, args.batch, args.H, config, body); },
-      plan_of(dtype, args.cell, args.batch, args.H, config), args, config, stream);
+      plan_of(dtype, args.cell, args.batch, args.H, config), args, config, stream, config.cluster);
 }
 
 }  // namespace fastcells::cuda

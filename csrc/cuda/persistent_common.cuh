@@ -226,22 +226,24 @@ constexpr uint64_t kWaitLimitNs = 10'000'000'000ull;
 // Flags a lane of the polling warp reads at once (4 cover 128 blocks, H = 1024 at 8 units a block).
 constexpr int kFlagsPerPoll = 4;
 
-// Waits until every block has published step s - 1 (flag synchronization; with grid synchronization the
-// previous step's publish_step already waited). Warp 0 polls the flags, each lane kFlagsPerPoll blocks
-// at a time with independent relaxed loads (one acquire load after another cost a round trip to L2
-// each, and invalidated L1 each), then one acquire fence; the barrier passes the order to the block.
-__device__ __forceinline__ void wait_for_step(const unsigned* flags, int64_t s, bool flag_sync) {
+// Waits until blocks first, first + stride, first + stride * 2, ... (all of them by default) have
+// published step s - 1 (flag synchronization; with grid synchronization the previous step's
+// publish_step already waited). Warp 0 polls the flags, each lane kFlagsPerPoll blocks at a time with
+// independent relaxed loads (one acquire load after another cost a round trip to L2 each, and
+// invalidated L1 each), then one acquire fence; the barrier passes the order to the block.
+__device__ __forceinline__ void wait_for_step(const unsigned* flags, int64_t s, bool flag_sync, int first = 0,
+                                              int stride = 1) {
   if (s == 0 || !flag_sync) return;
   if (threadIdx.x < 32) {
     const uint64_t start = global_time_ns();
-    const int blocks = static_cast<int>(gridDim.x);
-    for (int j0 = static_cast<int>(threadIdx.x); j0 < blocks; j0 += 32 * kFlagsPerPoll) {
+    const int count = (static_cast<int>(gridDim.x) - first + stride - 1) / stride;  // blocks to wait for
+    for (int i0 = static_cast<int>(threadIdx.x); i0 < count; i0 += 32 * kFlagsPerPoll) {
       for (;;) {
         unsigned seen[kFlagsPerPoll];
 #pragma unroll
         for (int q = 0; q < kFlagsPerPoll; ++q) {
-          const int j = j0 + 32 * q;
-          seen[q] = j < blocks ? load_relaxed(flags + j) : ~0u;
+          const int i = i0 + 32 * q;
+          seen[q] = i < count ? load_relaxed(flags + first + i * stride) : ~0u;
         }
         bool ready = true;
 #pragma unroll
@@ -253,6 +255,63 @@ __device__ __forceinline__ void wait_for_step(const unsigned* flags, int64_t s, 
     fence_acquire();
   }
   __syncthreads();
+}
+
+// Thread-block clusters (sm_90; the cluster staging of persistent_plan.h). Outside a cluster launch, and
+// in code for older architectures, a block is a cluster of one.
+struct ClusterPlace {
+  int size;  // blocks in the cluster
+  int rank;  // this block's rank in it
+};
+
+__device__ __forceinline__ ClusterPlace cluster_place() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  unsigned size, rank;
+  asm("mov.u32 %0, %%cluster_nctarank;" : "=r"(size));
+  asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+  return {static_cast<int>(size), static_cast<int>(rank)};
+#else
+  return {1, 0};
+#endif
+}
+
+// The cluster barrier, split: arrive (release: this thread's earlier shared-memory accesses, its stores
+// into other blocks' included, happen before what other blocks do after their wait) and wait (acquire).
+// Every thread of every block of the cluster arrives, then waits, in turn.
+__device__ __forceinline__ void cluster_arrive() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
+#endif
+}
+
+// Stores `value` at `local`'s place in the shared memory of block `rank` of this cluster (the same
+// dynamic shared-memory layout in every block).
+template <typename V>
+__device__ __forceinline__ void store_in_block(V* local, unsigned rank, V value) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const auto own = static_cast<uint32_t>(__cvta_generic_to_shared(local));
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(own), "r"(rank));
+  if constexpr (sizeof(V) == 16) {
+    const int4 v = value;
+    asm volatile("st.shared::cluster.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(remote), "r"(v.x), "r"(v.y),
+                 "r"(v.z), "r"(v.w)
+                 : "memory");
+  } else if constexpr (sizeof(V) == 4) {
+    asm volatile("st.shared::cluster.u32 [%0], %1;" ::"r"(remote), "r"(value) : "memory");
+  } else {
+    static_assert(sizeof(V) == 2);
+    asm volatile("st.shared::cluster.u16 [%0], %1;" ::"r"(remote), "h"(value) : "memory");
+  }
+#else
+  *local = value;  // a cluster of one
+#endif
 }
 
 // Publishes that this block finished step s: the barrier orders every thread's stores of the step before
@@ -328,15 +387,45 @@ constexpr bool useful_k_choice(int K, int depth_per_unit) {
   return K / 2 < k_tiles_per_warp_for(depth_per_unit * kMaxHidden, kTileKOf<T>);
 }
 
-// co_resident's answer, asked of the device.
+// The launch configuration of `kernel` over `plan` in clusters of `cluster` blocks (1: no cluster
+// attribute), cooperative or not; `attributes` holds the launch attributes it points to.
 template <typename KernelPtr>
-bool co_resident_on(KernelPtr kernel, const persistent::Plan& plan, int device) {
-  int sms = 0, cooperative = 0, shared_optin = 0, per_sm = 0;
+cudaLaunchConfig_t launch_config(const persistent::Plan& plan, int cluster, bool cooperative, cudaStream_t stream,
+                                 cudaLaunchAttribute (&attributes)[2]) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(plan.blocks()));
+  config.blockDim = dim3(persistent::kThreads);
+  config.dynamicSmemBytes = static_cast<size_t>(plan.shared_bytes());
+  config.stream = stream;
+  config.attrs = attributes;
+  config.numAttrs = 0;
+  if (cluster > 1) {
+    attributes[config.numAttrs].id = cudaLaunchAttributeClusterDimension;
+    attributes[config.numAttrs].val.clusterDim.x = static_cast<unsigned>(cluster);
+    attributes[config.numAttrs].val.clusterDim.y = 1;
+    attributes[config.numAttrs].val.clusterDim.z = 1;
+    ++config.numAttrs;
+  }
+  if (cooperative) {
+    attributes[config.numAttrs].id = cudaLaunchAttributeCooperative;
+    attributes[config.numAttrs].val.cooperative = 1;
+    ++config.numAttrs;
+  }
+  return config;
+}
+
+// co_resident's answer, asked of the device. In clusters (sm_90 and later), the grid must split into
+// whole clusters and the occupancy API must place that many clusters at once.
+template <typename KernelPtr>
+bool co_resident_on(KernelPtr kernel, const persistent::Plan& plan, int cluster, int device) {
+  int sms = 0, cooperative = 0, shared_optin = 0, per_sm = 0, major = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device);
   cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   const int64_t bytes = plan.shared_bytes();
   if (!cooperative || bytes > shared_optin) return false;
+  if (cluster > 1 && (major < 9 || plan.blocks() % cluster != 0)) return false;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)) !=
           cudaSuccess ||
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, persistent::kThreads, bytes) !=
@@ -344,44 +433,58 @@ bool co_resident_on(KernelPtr kernel, const persistent::Plan& plan, int device) 
     cudaGetLastError();  // clear the error: not fitting is an answer, not a failure
     return false;
   }
-  return int64_t{per_sm} * sms >= plan.blocks();
+  if (int64_t{per_sm} * sms < plan.blocks()) return false;
+  if (cluster == 1) return true;
+  cudaLaunchAttribute attributes[2];
+  const cudaLaunchConfig_t config = launch_config<KernelPtr>(plan, cluster, /*cooperative=*/false, nullptr, attributes);
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(kernel), &config) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return int64_t{clusters} * cluster >= plan.blocks();
 }
 
-// Whether `kernel` can run `plan` with every block resident at once (cooperative launch). The answer is
-// kept per (kernel, device, shared memory, blocks): the device queries behind it take microseconds,
-// which a short sequence's call would feel at every call.
+// Whether `kernel` can run `plan` in clusters of `cluster` blocks with every block resident at once. The
+// answer is kept per (kernel, device, shared memory, blocks, cluster): the device queries behind it take
+// microseconds, which a short sequence's call would feel at every call.
 template <typename KernelPtr>
-bool co_resident(KernelPtr kernel, const persistent::Plan& plan) {
+bool co_resident(KernelPtr kernel, const persistent::Plan& plan, int cluster) {
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return false;
-  using Key = std::tuple<const void*, int, int64_t, int64_t>;
+  using Key = std::tuple<const void*, int, int64_t, int64_t, int>;
   static std::mutex mutex;
   static std::map<Key, bool> known;
-  const Key key{reinterpret_cast<const void*>(kernel), device, plan.shared_bytes(), plan.blocks()};
+  const Key key{reinterpret_cast<const void*>(kernel), device, plan.shared_bytes(), plan.blocks(), cluster};
   {
     std::lock_guard lock(mutex);
     if (const auto found = known.find(key); found != known.end()) return found->second;
   }
-  const bool fits = co_resident_on(kernel, plan, device);
+  const bool fits = co_resident_on(kernel, plan, cluster, device);
   std::lock_guard lock(mutex);
   known[key] = fits;
   return fits;
 }
 
 // sequence_fwd_fits and sequence_bwd_fits: whether the instantiation that `with_family(body)` picks (none:
-// false) runs `plan` with every block resident.
+// false) runs `plan` in clusters of `cluster` blocks with every block resident.
 template <typename WithFamily>
-bool family_fits(WithFamily with_family, const persistent::Plan& plan) {
+bool family_fits(WithFamily with_family, const persistent::Plan& plan, int cluster = 1) {
   if (plan.batch < 1 || plan.batch > persistent::kMaxBatch || plan.H < 1) return false;
   bool fits = false;
-  with_family([&](auto kernel) { fits = co_resident(kernel, plan); });
+  with_family([&](auto kernel) {
+    fits = co_resident(kernel, plan, cluster);
+  });
   return fits;
 }
 
-// Zeroes the flags (flag synchronization) and launches `kernel` cooperatively over plan.blocks() blocks.
+// Zeroes the flags (flag synchronization) and launches `kernel` over plan.blocks() blocks, cooperatively
+// (every block resident, or the launch fails). In clusters of `cluster` blocks where cluster > 1: if the
+// driver refuses a cooperative launch in clusters, a plain one, whose blocks co_resident found all fit
+// at once.
 template <typename KernelPtr, typename Args>
 cudaError_t launch(KernelPtr kernel, const persistent::Plan& plan, const Args& args, unsigned* flags,
-                   bool flag_sync, cudaStream_t stream) {
+                   bool flag_sync, int cluster, cudaStream_t stream) {
   const int64_t bytes = plan.shared_bytes();
   cudaError_t error = cudaSuccess;
   if (flag_sync) error = cudaMemsetAsync(flags, 0, plan.blocks() * sizeof(unsigned), stream);
@@ -392,19 +495,33 @@ cudaError_t launch(KernelPtr kernel, const persistent::Plan& plan, const Args& a
   Args copy = args;
   bool flags_on = flag_sync;
   void* params[] = {&copy, &flags_on};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
-                                     dim3(static_cast<unsigned>(plan.blocks())), dim3(persistent::kThreads),
-                                     params, static_cast<size_t>(bytes), stream);
+  if (cluster == 1) {
+    return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
+                                       dim3(static_cast<unsigned>(plan.blocks())), dim3(persistent::kThreads),
+                                       params, static_cast<size_t>(bytes), stream);
+  }
+  cudaLaunchAttribute attributes[2];
+  cudaLaunchConfig_t config = launch_config<KernelPtr>(plan, cluster, /*cooperative=*/true, stream, attributes);
+  error = cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(kernel), params);
+  if (error != cudaSuccess && flag_sync) {
+    cudaGetLastError();
+    config = launch_config<KernelPtr>(plan, cluster, /*cooperative=*/false, stream, attributes);
+    error = cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(kernel), params);
+  }
+  return error;
 }
 
 // sequence_fwd and sequence_bwd: launches the instantiation that `with_family(body)` picks over `args`
-// (cudaErrorInvalidValue where there is none; cudaSuccess without a launch for an empty sequence).
+// in clusters of `cluster` blocks (cudaErrorInvalidValue where there is none; cudaSuccess without a
+// launch for an empty sequence).
 template <typename WithFamily, typename Args>
 cudaError_t family_launch(WithFamily with_family, const persistent::Plan& plan, const Args& args,
-                          const PersistentConfig& config, cudaStream_t stream) {
+                          const PersistentConfig& config, cudaStream_t stream, int cluster = 1) {
   if (args.steps == 0) return cudaSuccess;
   cudaError_t error = cudaErrorInvalidValue;
-  with_family([&](auto kernel) { error = launch(kernel, plan, args, args.flags, config.flag_sync, stream); });
+  with_family([&](auto kernel) {
+    error = launch(kernel, plan, args, args.flags, config.flag_sync, cluster, stream);
+  });
   return error;
 }
 

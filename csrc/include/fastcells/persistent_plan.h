@@ -123,6 +123,30 @@ struct Plan {
   FC_PLAN_FN int slot_unit(int64_t slot) const { return static_cast<int>(slot % units); }
   FC_PLAN_FN int64_t slot_batch(int64_t slot) const { return slot / units; }
 
+  // Cluster staging (forward, sm_90, flag synchronization): the blocks of a thread-block cluster of
+  // `cluster` blocks share the copy of h_{t-1} into their h_stage. Rank r of a cluster loads the columns
+  // that blocks r, r + cluster, r + 2 * cluster, ... wrote (their units), and stores them into the
+  // h_stage of every block of its cluster, so each column leaves L2 once a cluster instead of once a
+  // block; and rank r waits for those blocks' flags only. Columns go in groups of `per` elements (a
+  // 16-byte chunk, or 1), which divides `units`.
+  // The block whose units are the m-th that rank r stages; the number of them.
+  FC_PLAN_FN int64_t staged_block(int cluster, int rank, int64_t m) const { return rank + int64_t{cluster} * m; }
+  FC_PLAN_FN int64_t staged_blocks(int cluster, int rank) const {
+    return blocks() > rank ? (blocks() - rank + cluster - 1) / cluster : 0;
+  }
+  // The column groups rank r stages in each batch row, and the q-th of them (its first column is
+  // group * per), or -1 past H (the last block's units past H).
+  FC_PLAN_FN int64_t staged_groups(int cluster, int rank, int per) const {
+    return staged_blocks(cluster, rank) * (units / per);
+  }
+  FC_PLAN_FN int64_t staged_group(int cluster, int rank, int64_t q, int per) const {
+    const int64_t per_block = units / per;
+    const int64_t group = staged_block(cluster, rank, q / per_block) * per_block + q % per_block;
+    return group * per < H ? group : -1;
+  }
+  // The block that writes column k of h (its unit k) each step.
+  FC_PLAN_FN int64_t producer(int64_t k) const { return k / units; }
+
   // Shared memory, in this order (each part 16-byte aligned):
   //   h_stage  (padded_batch, h_stride) elements, forward only: h_{t-1} as the MMA's B operand, zero past
   //            H (backward reads its B fragments of dG straight from global memory: each element goes
