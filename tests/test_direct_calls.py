@@ -157,5 +157,6 @@ def test_generation_calls_hold_no_more_memory_than_torch_nn(name, dtype):
     x = torch.randn(1, 1, 200, dtype=dtype)
     hx = _states(name, 2, 1, 200, dtype)
     with torch.inference_mode():
+        fast(x, hx), ref(x, hx)  # a loop's later calls: what the first call of a shape caches is there
         fast_peak, ref_peak = peak_bytes(lambda: fast(x, hx), "cpu"), peak_bytes(lambda: ref(x, hx), "cpu")
     assert fast_peak <= ref_peak, (fast_peak, ref_peak)
