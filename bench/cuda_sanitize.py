@@ -1,8 +1,8 @@
 """Runs every op of the cuda backend once at small odd sizes, for compute-sanitizer (bench/gpu.sh):
 layers forward and backward (LSTM with and without projection, GRU, RNN relu; two layers,
 bidirectional; padded and packed), the three cells, in float32 and bfloat16, and the opt-in persistent
-kernels (every cell, both block widths and both synchronizations, and the forward in clusters of 2 and
-8 blocks; training and inference) in bfloat16 and float32 (tf32).
+kernels (every cell, both block widths and both synchronizations, and clusters of 2 and 8 blocks;
+training and inference) in bfloat16 and float32 (tf32).
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python bench/cuda_sanitize.py
 

@@ -1,11 +1,11 @@
 """The persistent kernels' variant matrix on a CUDA GPU (issues 14 and 15): every variant of the cuda
-backend's persistent kernels (8 or 16 hidden units a block x flag or grid synchronization, or flags with
-the forward in thread-block clusters of 4 or 8 blocks), and the
-triton backend's paths (its default, its unit-tiled kernels per step and persistent), against the cuda
-per-step path and torch.nn in bfloat16 and float16 (cuDNN: standard algorithm in bfloat16, its persistent one
-where torch picks it in float16), side by side in one process, inference (forward) and training
-(forward + backward), at the issue's target shapes (B=16 T=1024 H=768 in 16 bits, fastrnns' T=100
-B=64 H=512 in float32 on tf32) and over the H x B sweep.
+backend's persistent kernels (8 or 16 hidden units a block x flag or grid synchronization, or flags in
+thread-block clusters of 4 or 8 blocks), and the triton backend's paths (its default, its unit-tiled
+kernels per step and persistent), against the cuda per-step path and torch.nn in bfloat16 and float16
+(cuDNN: standard algorithm in bfloat16, its persistent one where torch picks it in float16), side by
+side in one process, inference (forward) and training (forward + backward), at the issue's target
+shapes (B=16 T=1024 H=768 in 16 bits, fastrnns' T=100 B=64 H=512 in float32 on tf32) and over the
+H x B sweep.
 
     python bench/persistent_variants.py --out DIR [--quick]
 
@@ -30,7 +30,7 @@ import fastcells
 from fastcells import _extension, dispatch
 from fastcells.backends import cuda as cuda_backend
 
-# (units a block, synchronization): flags, grid, or flags with the forward in clusters of 4 or 8 blocks
+# (units a block, synchronization): flags, grid, or flags in thread-block clusters of 4 or 8 blocks
 # (bench/persistent_probe.cu times clusters of 2 too).
 VARIANTS = [(units, sync) for units in (8, 16) for sync in ("flags", "grid", "cluster4", "cluster8")]
 CLASSES = {"lstm": (fastcells.LSTM, {}), "gru": (fastcells.GRU, {}),

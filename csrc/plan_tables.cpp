@@ -71,8 +71,8 @@ std::map<std::string, std::vector<int64_t>> persistent_plan_tables(int gates, in
     for (int64_t b = 0; b < batch; ++b) t["row"].push_back(b < step_batch ? plan.row(time, b, offsets_ptr) : -1);
   }
   // Cluster staging, for clusters of 2, 4 and 8 blocks and groups of 1 and of a 16-byte chunk's
-  // elements: staged_block_<cluster> (cluster, max over ranks) and staged_group_<cluster>_<per>
-  // (cluster, max over ranks), -2 past a rank's count; producer (H,).
+  // elements: staged_block_<cluster> (cluster, max over ranks) and staged_column_<cluster>_<per>
+  // (cluster, max over ranks), -2 past a rank's count.
   const int chunk = 16 / plan.element_bytes();
   for (const int cluster : {2, 4, 8}) {
     const std::string c = std::to_string(cluster);
@@ -84,16 +84,15 @@ std::map<std::string, std::vector<int64_t>> persistent_plan_tables(int gates, in
       }
     }
     for (const int per : {1, chunk}) {
-      const std::string key = "staged_group_" + c + "_" + std::to_string(per);
+      const std::string key = "staged_column_" + c + "_" + std::to_string(per);
       const int64_t most = plan.staged_groups(cluster, 0, per);
       for (int rank = 0; rank < cluster; ++rank) {
         for (int64_t q = 0; q < most; ++q) {
-          t[key].push_back(q < plan.staged_groups(cluster, rank, per) ? plan.staged_group(cluster, rank, q, per) : -2);
+          t[key].push_back(q < plan.staged_groups(cluster, rank, per) ? plan.staged_column(cluster, rank, q, per) : -2);
         }
       }
     }
   }
-  for (int64_t k = 0; k < H; ++k) t["producer"].push_back(plan.producer(k));
   return t;
 }
 

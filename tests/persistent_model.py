@@ -130,21 +130,27 @@ def _saved_columns(family, H):
     return saved_layout.gru_columns(H) if family == "gru" else saved_layout.rnn_columns(H)
 
 
-def _cluster_stage(p, cluster, per, source, B, H):
-    """The h_stage that every block of a cluster of ``cluster`` blocks holds after the kernel's cluster
-    staging of ``source`` (B * H values of h_{t-1}): each rank stores its column groups of ``per``
-    elements into every block. Fails where a rank stages a column whose producer's flag it did not wait
-    for (on the GPU it would read a stale value) or where a column is staged twice or never."""
+def _cluster_stage(p, cluster, per, source, B, width):
+    """The stage that every block of a cluster of ``cluster`` blocks holds after the kernel's cluster
+    staging of ``source`` (B rows of ``width`` values: h_{t-1}, or dG of the step before): each rank
+    stores its column groups of ``per`` elements into every block. Fails where a rank stages a column
+    whose writer's flag it did not wait for (on the GPU it would read a stale value) or where a column
+    is staged twice or never."""
     stage = np.zeros(p.n_tiles * 8 * p.h_stride)
-    times_staged = np.zeros(H, dtype=np.int64)
-    groups, awaited = p.tables[f"staged_group_{cluster}_{per}"], p.tables[f"staged_block_{cluster}"]
+    times_staged = np.zeros(width, dtype=np.int64)
+    firsts, awaited = p.tables[f"staged_column_{cluster}_{per}"], p.tables[f"staged_block_{cluster}"]
+    H = p.gate_column.shape[1]
+    writer = np.full(H, -1)  # the block whose cell writes unit u (of every gate's columns): p.unit's
+    for block in range(p.blocks):
+        live = p.unit[block] < H
+        writer[p.unit[block][live]] = block
     for rank in range(cluster):
-        for group in groups[rank][groups[rank] >= 0]:
-            columns = np.arange(group * per, group * per + per)
-            assert set(p.producer[columns]) <= set(awaited[rank]), "staged without waiting for its producer"
+        for first in firsts[rank][firsts[rank] >= 0]:
+            columns = np.arange(first, first + per)
+            assert set(writer[columns % H]) <= set(awaited[rank]), "staged without waiting for its writer"
             times_staged[columns] += 1
             for b in range(B):
-                stage[b * p.h_stride + columns] = source[b * H + columns]
+                stage[b * p.h_stride + columns] = source[b * width + columns]
     assert (times_staged == 1).all(), "a column staged twice or never"
     return stage
 
@@ -263,10 +269,12 @@ _SAVED_NAMES = {"lstm": [0, 1, 2, 3, "c_prev", "tanh_c"], "gru": [0, 1, 2, "h_n"
                 "rnn_tanh": ["h"], "rnn_relu": ["h"]}
 
 
-def backward(family, dy, saved, w_hh, dhn, dcn, reverse, units, tables=None, sizes=None, tf32=False):
+def backward(family, dy, saved, w_hh, dhn, dcn, reverse, units, tables=None, sizes=None, tf32=False,
+             cluster=1, per=1):
     """The sequential part of one layer's backward as the kernel computes it. dy (N, H), saved
     (N, width) of the training forward, w_hh (G * H, H), dhn and dcn (B, H; dcn None but for LSTM),
-    float64 numpy arrays; ``reverse``: the forward ran backwards in time; ``sizes`` as in forward.
+    float64 numpy arrays; ``reverse``: the forward ran backwards in time; ``sizes``, ``cluster`` and
+    ``per`` as in forward (in clusters, dG of the step before is staged in shared memory).
     Returns dgx (N, G * H), dgh (GRU) or None, dh0, dc0 (LSTM) or None."""
     G, (B, H) = GATES[family], dhn.shape
     N, K = dy.shape[0], G * H
@@ -297,9 +305,28 @@ def backward(family, dy, saved, w_hh, dhn, dcn, reverse, units, tables=None, siz
         t, t_before = (None if last else p.time[s]), p.prev_time[s]
         bs = 0 if last else p.step_batch[t]
         bs_before = 0 if t_before < 0 else p.step_batch[t_before]
+        if cluster > 1 and t_before >= 0:  # the same stage in every block of every cluster
+            assert p.blocks % cluster == 0, "the kernel runs in clusters only where they split the grid"
+            n = np.arange(B)
+            before = np.where((n < bs_before)[:, None], exchange[(p.row[t_before, np.where(n < bs_before, n, 0)]
+                                                                  * K)[:, None] + np.arange(K)], 0.0)
+            stage = _cluster_stage(p, cluster, per, before.reshape(-1), B, K)
         for block in range(p.blocks):
             partial = np.zeros(p.partial_size)
-            if t_before >= 0:
+            if t_before >= 0 and cluster > 1:
+                for warp in range(p.warps):
+                    for nt in range(p.n_tiles):
+                        acc = np.zeros((p.m_tiles, 32, 4))
+                        for j in range(p.k_tiles_per_warp):
+                            kt = p.k_tile[warp, j]
+                            if kt >= p.k_tiles:
+                                break
+                            b_regs = stage[(nt * 8 + p.b_n[:, None]) * p.h_stride + kt * p.tile_k + p.b_k]
+                            for mt in range(p.m_tiles):
+                                acc[mt] = mma(w_regs[block, warp, mt, j], b_regs, acc[mt], p.tf32)
+                        for mt in range(p.m_tiles):
+                            partial[p.partial_index[warp, mt * 16 + p.c_row, nt * 8 + p.c_n]] = acc[mt]
+            elif t_before >= 0:
                 for warp in range(p.warps):
                     for nt in range(p.n_tiles):
                         n = nt * 8 + p.b_n

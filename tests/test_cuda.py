@@ -149,7 +149,7 @@ def test_persistent_layers(kind, dtype, units, sync, request):
     """The persistent tensor-core kernels (backends.cuda.use_persistent) in both directions, forward and
     backward, training and inference: error against float64 bounded by torch.nn's own in the same dtype
     (float32: on tf32 tensor cores, as torch.nn's cuDNN by default), as for the per-step path. The
-    cluster variants run the forward in thread-block clusters where the blocks split into them."""
+    cluster variants run both kernels in thread-block clusters where the blocks split into them."""
     cuda_backend.use_persistent(True, *dispatch.persistent_variant(f"persistent {units} {sync}"))
     request.addfinalizer(lambda: cuda_backend.use_persistent(None))
     if dtype == torch.float32:  # the float32 kernel runs only where cuDNN may use tf32 (conftest: off)

@@ -163,9 +163,9 @@ def test_model_of_the_cluster_staging_equals_the_reference(family, shape, revers
 # Broken staging: a rank staging its neighbour's columns (whose flags it did not wait for), a rank
 # waiting for its neighbour's blocks, one column group staged twice.
 BROKEN_STAGING = {
-    "staged_group": lambda t: np.roll(t, 1, axis=0),
+    "staged_column": lambda t: np.roll(t, 1, axis=0),
     "staged_block": lambda t: np.roll(t, 1, axis=0),
-    "staged_group_twice": lambda t: np.where(t == t[0, 0], t[0, -1], t),
+    "staged_column_twice": lambda t: np.where(t == t[0, 0], t[0, -1], t),
 }
 
 
@@ -173,7 +173,7 @@ BROKEN_STAGING = {
 def test_a_broken_staging_fails_the_model(broken):
     family, (H, B, units), cluster, per = "lstm", CLUSTER_SHAPES[0], 4, 8
     tables = persistent_model.plan(4, units, H, B, STEPS, False)
-    name = f"staged_block_{cluster}" if broken == "staged_block" else f"staged_group_{cluster}_{per}"
+    name = f"staged_block_{cluster}" if broken == "staged_block" else f"staged_column_{cluster}_{per}"
     tables.tables[name] = BROKEN_STAGING[broken](tables.tables[name])
     w = _layer(family, H, B)
     with pytest.raises(AssertionError):
@@ -228,7 +228,7 @@ def _grads_from(family, w, saved, dgx, dgh):
                                           recurrent.T @ h_prev)]
 
 
-def _check_backward(family, shape, units, reverse, tables=None, sizes=None, tf32=False):
+def _check_backward(family, shape, units, reverse, tables=None, sizes=None, tf32=False, cluster=1, per=1):
     w = _layer(family, *shape, sizes)
     saved = _expected(family, w, reverse, True)[3]
     g = torch.Generator().manual_seed(1)
@@ -238,7 +238,7 @@ def _check_backward(family, shape, units, reverse, tables=None, sizes=None, tf32
     dh0, dc0, grads = _backward_expected(family, w, reverse, saved, dy, dhn, dcn)
     dgx, dgh, got_dh0, got_dc0 = persistent_model.backward(
         family, dy.numpy(), saved.numpy(), w["w_hh"].numpy(), dhn.numpy(),
-        None if dcn is None else dcn.numpy(), reverse, units, tables, sizes, tf32)
+        None if dcn is None else dcn.numpy(), reverse, units, tables, sizes, tf32, cluster, per)
     np.testing.assert_allclose(got_dh0, dh0.numpy(), rtol=1e-12, atol=1e-12)
     if family == "lstm":
         np.testing.assert_allclose(got_dc0, dc0.numpy(), rtol=1e-12, atol=1e-12)
@@ -283,3 +283,42 @@ def test_a_broken_index_fails_the_backward_model(table, tf32):
     tables.tables[table] = BROKEN_BACKWARD[table](tables.tables)
     with pytest.raises((AssertionError, IndexError)):
         _check_backward(family, (H, B), units, False, tables, tf32=tf32)
+
+
+@TF32
+@pytest.mark.parametrize("chunks", [False, True], ids=["elements", "chunks"])
+@pytest.mark.parametrize("cluster", [2, 4, 8])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("shape", CLUSTER_SHAPES, ids=[f"H{h}-B{b}-U{u}" for h, b, u in CLUSTER_SHAPES])
+@pytest.mark.parametrize("family", ["lstm", "gru", "rnn_tanh"])
+def test_model_of_the_backward_cluster_staging_equals_the_cpu_backend(family, shape, reverse, cluster, chunks,
+                                                                       tf32):
+    """In clusters, the backward stages dG of the step before (gates * H columns a row) the same way."""
+    H, B, units = shape
+    per = (4 if tf32 else 8) if chunks else 1
+    if H % per:
+        pytest.skip("the kernel copies elements where H is not a multiple of the chunk")
+    _check_backward(family, (H, B), units, reverse, tf32=tf32, cluster=cluster, per=per)
+
+
+@TF32
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("family", ["lstm", "gru", "rnn_tanh"])
+def test_model_of_the_cluster_staging_on_packed_sequences(family, reverse, tf32):
+    """Packed sequences in clusters of 8 (H=64, 8 blocks): rows past a step's batch come from h0 in the
+    forward (sequences that start late in the reverse direction) and are zero in the backward."""
+    (H, B), sizes = (64, 5), [5, 5, 3, 1]
+    w = _layer(family, H, B, sizes)
+    _assert_close(_model(family, w, reverse, 8, True, tf32=tf32, cluster=8),
+                  _expected(family, w, reverse, True))
+    _check_backward(family, (H, B), 8, reverse, sizes=sizes, tf32=tf32, cluster=8)
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_STAGING))
+def test_a_broken_backward_staging_fails_the_model(broken):
+    family, (H, B, units), cluster, per = "gru", CLUSTER_SHAPES[0], 4, 8
+    tables = persistent_model.plan(3, units, H, B, STEPS, True, backward=True)
+    name = f"staged_block_{cluster}" if broken == "staged_block" else f"staged_column_{cluster}_{per}"
+    tables.tables[name] = BROKEN_STAGING[broken](tables.tables[name])
+    with pytest.raises(AssertionError):
+        _check_backward(family, (H, B), units, False, tables, cluster=cluster, per=per)

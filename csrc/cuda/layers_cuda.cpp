@@ -56,7 +56,7 @@ void* row_ptr(const at::Tensor& t, int64_t row) {
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 std::atomic<int64_t> persistent_launch_count{0};
-std::atomic<int64_t> cluster_launch_count{0};  // forward launches in thread-block clusters
+std::atomic<int64_t> cluster_launch_count{0};  // launches in thread-block clusters
 
 // The steps' batch sizes and first rows on the device, (T) and (T + 1) int64, for the persistent kernels;
 // undefined tensors where every step has the whole batch (padded input, or packed of equal lengths).
@@ -107,7 +107,7 @@ bool persistent_fwd(Cell cell, DType dtype, const Schedule& sched, const at::Ten
   // the table's nearest shape does not share, or a GPU before sm_90).
   if (choice && choice->cluster > 1 && !sequence_fwd_fits(dtype, cell, B, H, *choice)) choice->cluster = 1;
   if (!choice || sched.steps == 0 || !sequence_fwd_fits(dtype, cell, B, H, *choice)) return false;
-  const PersistentConfig& config = *choice;
+  PersistentConfig config = *choice;
   const auto [sizes, offsets] = device_schedule(sched, gx.device());
   at::Tensor flags = at::empty({sequence_fwd_blocks(cell, H, config)}, gx.options().dtype(at::kInt));
   hn = at::empty_like(h0);  // not h0 itself: other blocks may still read h0 when one writes hn
@@ -118,7 +118,14 @@ bool persistent_fwd(Cell cell, DType dtype, const Schedule& sched, const at::Ten
                          static_cast<unsigned*>(flags.data_ptr()),          long_ptr(sizes),
                          long_ptr(offsets), sched.steps, B,                 H,
                          reverse,        relu};
-  if (launch_too_large(sequence_fwd(dtype, args, config, current_stream()))) return false;
+  cudaError_t error = sequence_fwd(dtype, args, config, current_stream());
+  if (error != cudaSuccess && config.cluster > 1) {  // the driver refused the clusters: without them
+    cudaGetLastError();
+    config.cluster = 1;
+    if (!sequence_fwd_fits(dtype, cell, B, H, config)) return false;
+    error = sequence_fwd(dtype, args, config, current_stream());
+  }
+  if (launch_too_large(error)) return false;
   persistent_launch_count.fetch_add(1, std::memory_order_relaxed);
   if (config.cluster > 1) cluster_launch_count.fetch_add(1, std::memory_order_relaxed);
   return true;
@@ -133,9 +140,10 @@ bool persistent_bwd(Cell cell, DType dtype, const Schedule& sched, const at::Ten
                     bool relu) {
   const int64_t B = sched.batch, H = dh.size(1);
   if (!tensor_cores_allowed(dtype)) return false;
-  const std::optional<PersistentConfig> choice = persistent_choice(cell, dtype, B, H, /*training=*/true);
+  std::optional<PersistentConfig> choice = persistent_choice(cell, dtype, B, H, /*training=*/true);
+  if (choice && choice->cluster > 1 && !sequence_bwd_fits(dtype, cell, B, H, *choice)) choice->cluster = 1;
   if (!choice || sched.steps == 0 || !sequence_bwd_fits(dtype, cell, B, H, *choice)) return false;
-  const PersistentConfig& config = *choice;
+  PersistentConfig config = *choice;
   const auto [sizes, offsets] = device_schedule(sched, dy.device());
   at::Tensor flags = at::empty({sequence_fwd_blocks(cell, H, config)}, dy.options().dtype(at::kInt));
   const SequenceBwd args{cell,           dy.data_ptr(),   saved.data_ptr(), w_hh.data_ptr(),
@@ -143,8 +151,16 @@ bool persistent_bwd(Cell cell, DType dtype, const Schedule& sched, const at::Ten
                          static_cast<unsigned*>(flags.data_ptr()),          long_ptr(sizes),
                          long_ptr(offsets), sched.steps, B,                 H,
                          reverse,        relu};
-  if (launch_too_large(sequence_bwd(dtype, args, config, current_stream()))) return false;
+  cudaError_t error = sequence_bwd(dtype, args, config, current_stream());
+  if (error != cudaSuccess && config.cluster > 1) {  // the driver refused the clusters: without them
+    cudaGetLastError();
+    config.cluster = 1;
+    if (!sequence_bwd_fits(dtype, cell, B, H, config)) return false;
+    error = sequence_bwd(dtype, args, config, current_stream());
+  }
+  if (launch_too_large(error)) return false;
   persistent_launch_count.fetch_add(1, std::memory_order_relaxed);
+  if (config.cluster > 1) cluster_launch_count.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
 

@@ -9,7 +9,7 @@ namespace fastcells::cuda {
 // How the layer ops pick the persistent kernels (persistent_choice.h): mode "table" (the default unless
 // FASTCELLS_CUDA_PERSISTENT is set when fastcells._C loads), "on" (every call where they fit, with
 // `units` hidden units a block, 8 or 16, flag (true) or grid.sync (false) synchronization, and the
-// forward's blocks a cluster, 1, 2, 4 or 8 (more than 1 with flags only)) or "off".
+// blocks a thread-block cluster, 1, 2, 4 or 8 (more than 1 with flags only)) or "off".
 void set_persistent(const std::string& mode, int units, bool flag_sync, int cluster);
 
 // Records fastcells/dispatch.py's choice for one call shape (cell "lstm", "gru" or "rnn"; dtype

@@ -41,31 +41,6 @@ using persistent::kTileN;
 using persistent::kWarps;
 using persistent::Plan;
 
-// Loads a thread issues before it stores any of them in copy_in_batches.
-constexpr int kCopyBatch = 8;
-
-// Copies elements 0..n-1, the block's threads taking every kThreads-th: load(i) reads element i, store(i,
-// value) writes it. Each load is a round trip to L2 (other SMs wrote h_{t-1}), and __ldcg is asm volatile:
-// copied one at a time, a step's loads at B=16 H=768 waited one after another (7 round trips, sm_90 SASS).
-// A thread now issues kCopyBatch loads before its first store.
-template <typename Load, typename Store>
-__device__ __forceinline__ void copy_in_batches(int64_t n, Load load, Store store) {
-  using Value = decltype(load(int64_t{0}));
-  for (int64_t first = threadIdx.x; first < n; first += int64_t{kThreads} * kCopyBatch) {
-    Value values[kCopyBatch];
-#pragma unroll
-    for (int q = 0; q < kCopyBatch; ++q) {
-      const int64_t i = first + int64_t{q} * kThreads;
-      if (i < n) values[q] = load(i);
-    }
-#pragma unroll
-    for (int q = 0; q < kCopyBatch; ++q) {
-      const int64_t i = first + int64_t{q} * kThreads;
-      if (i < n) store(i, values[q]);
-    }
-  }
-}
-
 // Step 3: stages h_{t-1} (B, H), kPer elements at a time (a 16-byte chunk, or 1), from y_prev for batch
 // entries below bs_prev and from h0 for the others, into the block's h_stage (rows `stride` apart).
 template <int kPer, typename Bits>
@@ -79,28 +54,6 @@ __device__ __forceinline__ void stage_whole(int64_t B, int64_t H, int64_t bs_pre
   }, [&](int64_t i, Value value) {
     const int64_t b = i * kPer / H, k = i * kPer - b * H;
     *reinterpret_cast<Value*>(h_stage + b * stride + k) = value;
-  });
-}
-
-// Step 3 in a cluster launch: this block's rank loads its columns of h_{t-1} (persistent_plan.h's
-// cluster staging), kPer elements at a time (a 16-byte chunk, or 1), from y_prev for batch entries below
-// bs_prev and from h0 for the others, and stores them into the h_stage of every block of the cluster.
-template <int kPer, typename Bits>
-__device__ __forceinline__ void stage_in_cluster(const Plan& plan, ClusterPlace cluster, int64_t B, int64_t bs_prev,
-                                                 const Bits* y_prev, const Bits* h0, Bits* h_stage, int64_t stride) {
-  using Value = std::conditional_t<kPer == 1, Bits, int4>;
-  static_assert(kPer == 1 || kPer * sizeof(Bits) == 16);
-  const int64_t H = plan.H, groups = plan.staged_groups(cluster.size, cluster.rank, kPer);
-  copy_in_batches(B * groups, [&](int64_t i) {
-    const int64_t b = i / groups, group = plan.staged_group(cluster.size, cluster.rank, i - b * groups, kPer);
-    if (group < 0) return Value{};
-    const Bits* from = (b < bs_prev ? y_prev : h0) + b * H + group * kPer;
-    return __ldcg(reinterpret_cast<const Value*>(from));
-  }, [&](int64_t i, Value value) {
-    const int64_t b = i / groups, group = plan.staged_group(cluster.size, cluster.rank, i - b * groups, kPer);
-    if (group < 0) return;
-    Value* to = reinterpret_cast<Value*>(h_stage + b * stride + group * kPer);
-    for (int rank = 0; rank < cluster.size; ++rank) store_in_block(to, static_cast<unsigned>(rank), value);
   });
 }
 
@@ -185,10 +138,11 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
       wait_for_step(a.flags, s, flag_sync, cluster.rank, cluster.size);
       if (s > 0) cluster_wait();
       probe.mark(0);
+      const auto source = [&](int64_t b) { return (b < bs_prev ? y_prev : h0) + b * H; };
       if (vector_copy) {
-        stage_in_cluster<kPerChunk>(plan, cluster, B, bs_prev, y_prev, h0, h_stage, stride);
+        stage_in_cluster<kPerChunk>(plan, cluster, B, source, h_stage, stride);
       } else {
-        stage_in_cluster<1>(plan, cluster, B, bs_prev, y_prev, h0, h_stage, stride);
+        stage_in_cluster<1>(plan, cluster, B, source, h_stage, stride);
       }
       cluster_arrive();
       cluster_wait();

@@ -13,9 +13,10 @@
 //     each block waits (acquire loads) until every flag says the previous step is done. h_t is read from y
 //     itself, written once per step, so no buffer is reused and no second barrier is needed.
 // Which one is faster is measured on the GPU (bench/persistent_variants.py); both launch cooperatively,
-// so every block is resident or the launch fails. The forward may also run in thread-block clusters
-// (PersistentConfig::cluster): the blocks of a cluster share the copy of h_{t-1} through distributed
-// shared memory, each waiting for the flags of the blocks whose units it copies.
+// so every block is resident or the launch fails. Both kernels may also run in thread-block clusters
+// (PersistentConfig::cluster, sm_90): the blocks of a cluster share the copy of each step's B operand
+// (forward h_{t-1}, backward dG of the step before) through distributed shared memory, each waiting for
+// the flags of the blocks whose units it copies.
 // Framework-free like pointwise.h.
 #pragma once
 
@@ -50,8 +51,8 @@ struct SequenceFwd {
 struct PersistentConfig {
   int units = 8;          // hidden units per block: 8 or 16
   bool flag_sync = true;  // per-block step flags; false: grid.sync()
-  int cluster = 1;        // forward: blocks a thread-block cluster (2, 4 or 8 share the copy of h_{t-1},
-                          // sm_90 and later; fastcells/persistent_plan.h); 1: none. The backward ignores it.
+  int cluster = 1;        // blocks a thread-block cluster (2, 4 or 8 share the copy of each step's B
+                          // operand, sm_90 and later; fastcells/persistent_plan.h); 1: none
 };
 
 struct SequenceBwd {

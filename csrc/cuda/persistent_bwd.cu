@@ -10,7 +10,10 @@
 //   3. each warp multiplies its k tiles of W_hh^T by dG^T of the step before, its B fragments loaded
 //      straight from the gradient rows in global memory (bypassing L1, which is not coherent across SMs;
 //      each element goes to one warp only, so staging in shared memory would buy no reuse); fp32
-//      accumulators, partial sums to shared memory;
+//      accumulators, partial sums to shared memory. In a cluster launch (sm_90), the blocks of a
+//      cluster stage dG of the step before in shared memory together instead, as the forward stages
+//      h_{t-1} (persistent.cu, persistent_plan.h): each element leaves L2 once a cluster, not once a
+//      block, and the fragments come from shared memory;
 //   4. one thread a slot: dh = the part carried from the step before (dhn at first; GRU's direct
 //      z * dh) + the warps' partials + dy; the cell's backward (fastcells/gate_math.h, as every backend);
 //      writes the unit's gate gradients (dgx, and GRU's dgh, which the next step reads) and keeps dc;
@@ -43,6 +46,11 @@ using persistent::Plan;
 template <int kGates, int kFragments>
 constexpr int kBwdLoadBatch = kFragments < 128 ? 8 : kGates == 3 ? 1 : 4;
 
+// Loads a thread issues at once when it stages dG in a cluster (copy_in_batches): 8, or 2 where a thread
+// holds 128 fragment registers (with 8, 16 units a block spill 36-40 bytes in 16 bits: make cuda-check).
+template <int kFragments>
+constexpr int kStageBatch = kFragments < 128 ? 8 : 2;
+
 template <int kGates>
 constexpr int kSavedPerSlot = kGates == 4 ? 6 : kGates == 3 ? 5 : 1;
 
@@ -73,13 +81,17 @@ __device__ __forceinline__ void sequence_bwd_body(SequenceBwd a, bool flag_sync)
   constexpr int kMaxSlots = (kUnits * kMaxBatch + kThreads - 1) / kThreads;
   constexpr int kSaved = kSavedPerSlot<kGates>;
   constexpr int kLoadBatch = kBwdLoadBatch<kGates, kMTiles * kKTiles * 4>;
-  const Plan plan{kGates, kUnits, a.H, a.batch, /*backward=*/true, kTf32<T>};
+  using Bits = std::conditional_t<kTf32<T>, unsigned int, unsigned short>;  // an element's raw bits
+  constexpr int64_t kPerChunk = 16 / sizeof(Bits);                           // elements in 16 bytes
+  const ClusterPlace cluster = cluster_place();
+  const Plan plan{kGates, kUnits, a.H, a.batch, /*backward=*/true, kTf32<T>, /*staged=*/cluster.size > 1};
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t block = blockIdx.x, H = a.H, K = plan.depth(), steps = a.steps;
-  const int64_t n_tiles = plan.n_tiles(), slots = plan.slots();
+  const int64_t block = blockIdx.x, H = a.H, K = plan.depth(), steps = a.steps, B = a.batch;
+  const int64_t n_tiles = plan.n_tiles(), slots = plan.slots(), stride = plan.h_stride();
   const int64_t width = saved_width<kGates>(H);
 
   extern __shared__ __align__(16) unsigned char shared[];
+  Bits* stage = reinterpret_cast<Bits*>(shared);  // dG of the step before, in a cluster launch only
   float* partial = reinterpret_cast<float*>(shared + plan.h_stage_bytes());
   float* dc_state = reinterpret_cast<float*>(shared + plan.h_stage_bytes() + plan.partial_bytes());
   float* carried = dc_state + slots;  // both indexed by slot
@@ -93,6 +105,11 @@ __device__ __forceinline__ void sequence_bwd_body(SequenceBwd a, bool flag_sync)
     carried[slot] = load<T>(a.dh, b * H + unit);
     if constexpr (kGates == 4) dc_state[slot] = load<T>(a.dc, b * H + unit);
   }
+  for (int64_t i = threadIdx.x; i < plan.h_stage_bytes() / int64_t{sizeof(Bits)}; i += kThreads) stage[i] = 0;
+  if (cluster.size > 1) {  // no block stores into another's stage before that block has zeroed it
+    cluster_arrive();
+    cluster_wait();
+  }
   __syncthreads();
 
   // The gradients the next step multiplies: GRU's of W_hh h + b_hh, the others' of the pre-activations.
@@ -100,6 +117,8 @@ __device__ __forceinline__ void sequence_bwd_body(SequenceBwd a, bool flag_sync)
   // 16-bit B fragments pair elements 2i and 2i + 1, neighbours in k: one 32-bit load reads both where
   // rows (K long) start at even elements and the tensor is 4-byte aligned, half the loads of a step.
   const bool paired_loads = K % 2 == 0 && reinterpret_cast<uintptr_t>(exchange) % 4 == 0;
+  // Staged in 16-byte chunks where the rows and the gradient tensor allow.
+  const bool vector_copy = H % kPerChunk == 0 && reinterpret_cast<uintptr_t>(exchange) % 16 == 0;
   for (int64_t s = 0; s <= steps; ++s) {
     const bool last = s == steps;  // the phase after the loop: dh0 only
     const int64_t t = last ? -1 : plan.time(s, steps, !a.reverse);
@@ -122,11 +141,44 @@ __device__ __forceinline__ void sequence_bwd_body(SequenceBwd a, bool flag_sync)
       }
     }
 
-    // 2. Wait for every block's dG of the step before.
-    wait_for_step(a.flags, s, flag_sync);
+    // 2. Wait for every block's dG of the step before. In a cluster: for the blocks whose units this
+    //    rank stages, and until every block of the cluster has read the stage of the step before; then
+    //    stage dG of the step before (zero past its batch) in every block of the cluster.
+    if (cluster.size > 1 && t_before >= 0) {
+      wait_for_step(a.flags, s, flag_sync, cluster.rank, cluster.size);
+      if (s > 1) cluster_wait();
+      const Bits* dg = static_cast<const Bits*>(exchange);
+      const auto source = [&](int64_t n) { return n < bs_before ? dg + plan.row(t_before, n, a.offsets) * K : nullptr; };
+      constexpr int kBatch = kStageBatch<kMTiles * kKTiles * 4>;
+      if (vector_copy) {
+        stage_in_cluster<kPerChunk, kBatch>(plan, cluster, B, source, stage, stride);
+      } else {
+        stage_in_cluster<1, kBatch>(plan, cluster, B, source, stage, stride);
+      }
+      cluster_arrive();
+      cluster_wait();
+    } else {
+      wait_for_step(a.flags, s, flag_sync);
+    }
 
     // 3. Partial products dG_before W_hh of this warp's k tiles, one batch tile at a time.
-    if (t_before >= 0) {
+    if (t_before >= 0 && cluster.size > 1) {  // B fragments from the stage
+      for (int64_t nt = 0; nt < n_tiles; ++nt) {
+        const Bits* row = stage + (nt * kTileN + b_n(lane)) * stride;  // the lane's batch entry
+        warp_partial_products<T, kLoadBatch>(w, plan, warp, lane, nt, partial, [&](int64_t kt, uint32_t(&bf)[2]) {
+          const Bits* tile = row + kt * plan.tile_k();
+          if constexpr (kTf32<T>) {
+            bf[0] = to_tf32(__uint_as_float(tile[plan.b_k(lane, 0)]));
+            bf[1] = to_tf32(__uint_as_float(tile[plan.b_k(lane, 1)]));
+          } else {
+            bf[0] = *reinterpret_cast<const uint32_t*>(tile + plan.b_k(lane, 0));
+            bf[1] = *reinterpret_cast<const uint32_t*>(tile + plan.b_k(lane, 2));
+          }
+        });
+      }
+      __syncthreads();
+      if (s < steps) cluster_arrive();  // done reading the stage (the next step's staging waits)
+    } else if (t_before >= 0) {
       for (int64_t nt = 0; nt < n_tiles; ++nt) {
         const int64_t n = nt * kTileN + b_n(lane);  // entries past the step before's batch add nothing
         const int64_t dg_row = plan.row(t_before, n < bs_before ? n : 0, a.offsets) * K;
@@ -244,7 +296,8 @@ struct BackwardKernel {
 };
 
 Plan plan_of(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config) {
-  return Plan{gates_of(cell), config.units, H, batch, /*backward=*/true, dtype == DType::kFloat32};
+  return Plan{gates_of(cell), config.units, H, batch, /*backward=*/true, dtype == DType::kFloat32,
+              /*staged=*/config.cluster > 1};
 }
 
 // K = gates * H <= 8 warps * 32 k tiles * 16 = 4096: LSTM H <= 1024 (tf32, 8 a tile: LSTM H <= 512).
@@ -260,14 +313,14 @@ bool with_backward_kernel(DType dtype, Cell cell, int64_t batch, int64_t H, cons
 
 bool sequence_bwd_fits(DType dtype, Cell cell, int64_t batch, int64_t H, const PersistentConfig& config) {
   return family_fits([&](auto body) { return with_backward_kernel(dtype, cell, batch, H, config, body); },
-                     plan_of(dtype, cell, batch, H, config));
+                     plan_of(dtype, cell, batch, H, config), config.cluster);
 }
 
 cudaError_t sequence_bwd(DType dtype, const SequenceBwd& args, const PersistentConfig& config,
                          cudaStream_t stream) {
   return family_launch(
       [&](auto body) { return with_backward_kernel(dtype, args.cell, args.batch, args.H, config, body); },
-      plan_of(dtype, args.cell, args.batch, args.H, config), args, config, stream);
+      plan_of(dtype, args.cell, args.batch, args.H, config), args, config, stream, config.cluster);
 }
 
 }  // namespace fastcells::cuda

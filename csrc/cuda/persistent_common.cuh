@@ -314,6 +314,55 @@ __device__ __forceinline__ void store_in_block(V* local, unsigned rank, V value)
 #endif
 }
 
+// Loads a thread issues before it stores any of them in copy_in_batches, by default.
+constexpr int kCopyBatch = 8;
+
+// Copies elements 0..n-1, the block's threads taking every kThreads-th: load(i) reads element i, store(i,
+// value) writes it. Each load is a round trip to L2 (other SMs wrote what it copies), and __ldcg is asm volatile:
+// copied one at a time, a step's loads at B=16 H=768 waited one after another (7 round trips, sm_90 SASS).
+// A thread now issues kBatch loads before its first store.
+template <int kBatch = kCopyBatch, typename Load, typename Store>
+__device__ __forceinline__ void copy_in_batches(int64_t n, Load load, Store store) {
+  using Value = decltype(load(int64_t{0}));
+  using persistent::kThreads;
+  for (int64_t first = threadIdx.x; first < n; first += int64_t{kThreads} * kBatch) {
+    Value values[kBatch];
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) {
+      const int64_t i = first + int64_t{q} * kThreads;
+      if (i < n) values[q] = load(i);
+    }
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) {
+      const int64_t i = first + int64_t{q} * kThreads;
+      if (i < n) store(i, values[q]);
+    }
+  }
+}
+
+// Stages a product's B operand in a cluster launch (persistent_plan.h's cluster staging): this block's
+// rank loads its columns of `rows` rows, kPer elements at a time (a 16-byte chunk, or 1), row b from
+// source(b) (its first element; null: a row of zeros), and stores them into the stage of every block of
+// the cluster (rows `stride` apart), kBatch loads a thread at a time (copy_in_batches).
+template <int kPer, int kBatch = kCopyBatch, typename Bits, typename Source>
+__device__ __forceinline__ void stage_in_cluster(const persistent::Plan& plan, ClusterPlace cluster, int64_t rows,
+                                                 Source source, Bits* stage, int64_t stride) {
+  using Value = std::conditional_t<kPer == 1, Bits, int4>;
+  static_assert(kPer == 1 || kPer * sizeof(Bits) == 16);
+  const int64_t groups = plan.staged_groups(cluster.size, cluster.rank, kPer);
+  copy_in_batches<kBatch>(rows * groups, [&](int64_t i) {
+    const int64_t b = i / groups, column = plan.staged_column(cluster.size, cluster.rank, i - b * groups, kPer);
+    const Bits* row = source(b);
+    if (column < 0 || row == nullptr) return Value{};
+    return __ldcg(reinterpret_cast<const Value*>(row + column));
+  }, [&](int64_t i, Value value) {
+    const int64_t b = i / groups, column = plan.staged_column(cluster.size, cluster.rank, i - b * groups, kPer);
+    if (column < 0) return;
+    Value* to = reinterpret_cast<Value*>(stage + b * stride + column);
+    for (int rank = 0; rank < cluster.size; ++rank) store_in_block(to, static_cast<unsigned>(rank), value);
+  });
+}
+
 // Publishes that this block finished step s: the barrier orders every thread's stores of the step before
 // thread 0's release store (cumulative, as CUTLASS's GenericBarrier relies on), so every block that then
 // waits for step s + 1 sees them. No separate fence: it was a second, sequentially consistent one.
@@ -435,8 +484,15 @@ bool co_resident_on(KernelPtr kernel, const persistent::Plan& plan, int cluster,
   }
   if (int64_t{per_sm} * sms < plan.blocks()) return false;
   if (cluster == 1) return true;
-  cudaLaunchAttribute attributes[2];
-  const cudaLaunchConfig_t config = launch_config<KernelPtr>(plan, cluster, /*cooperative=*/false, nullptr, attributes);
+  // Code for an older architecture (PTX JIT-compiled for this GPU) has no cluster staging in it.
+  cudaFuncAttributes attributes{};
+  if (cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess || attributes.ptxVersion < 90) {
+    cudaGetLastError();
+    return false;
+  }
+  cudaLaunchAttribute launch_attributes[2];
+  const cudaLaunchConfig_t config =
+      launch_config<KernelPtr>(plan, cluster, /*cooperative=*/false, nullptr, launch_attributes);
   int clusters = 0;
   if (cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(kernel), &config) != cudaSuccess) {
     cudaGetLastError();
@@ -479,9 +535,8 @@ bool family_fits(WithFamily with_family, const persistent::Plan& plan, int clust
 }
 
 // Zeroes the flags (flag synchronization) and launches `kernel` over plan.blocks() blocks, cooperatively
-// (every block resident, or the launch fails). In clusters of `cluster` blocks where cluster > 1: if the
-// driver refuses a cooperative launch in clusters, a plain one, whose blocks co_resident found all fit
-// at once.
+// (every block resident, or the launch fails), in clusters of `cluster` blocks where cluster > 1 (a
+// launch the driver refuses returns its error: the caller runs without clusters then).
 template <typename KernelPtr, typename Args>
 cudaError_t launch(KernelPtr kernel, const persistent::Plan& plan, const Args& args, unsigned* flags,
                    bool flag_sync, int cluster, cudaStream_t stream) {
@@ -501,14 +556,8 @@ cudaError_t launch(KernelPtr kernel, const persistent::Plan& plan, const Args& a
                                        params, static_cast<size_t>(bytes), stream);
   }
   cudaLaunchAttribute attributes[2];
-  cudaLaunchConfig_t config = launch_config<KernelPtr>(plan, cluster, /*cooperative=*/true, stream, attributes);
-  error = cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(kernel), params);
-  if (error != cudaSuccess && flag_sync) {
-    cudaGetLastError();
-    config = launch_config<KernelPtr>(plan, cluster, /*cooperative=*/false, stream, attributes);
-    error = cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(kernel), params);
-  }
-  return error;
+  const cudaLaunchConfig_t config = launch_config<KernelPtr>(plan, cluster, /*cooperative=*/true, stream, attributes);
+  return cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(kernel), params);
 }
 
 // sequence_fwd and sequence_bwd: launches the instantiation that `with_family(body)` picks over `args`

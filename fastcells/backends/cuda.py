@@ -37,9 +37,9 @@ def use_persistent(enabled, units=8, flag_sync=True, cluster=1):
     """How layers on CUDA tensors pick the persistent tensor-core kernels (csrc/cuda/persistent.h:
     LSTM, GRU and RNN in float16 or bfloat16, or float32 on tf32 where torch.backends.cudnn.allow_tf32;
     no projection; padded or packed). True runs them wherever they fit, with ``units`` hidden units a
-    block (8 or 16) and per-block step flags (``flag_sync``) or a grid barrier between steps, the
-    forward in thread-block clusters of ``cluster`` blocks (2, 4 or 8, with flags, on sm_90 and later,
-    where the blocks split into whole clusters; elsewhere without); False never; None as
+    block (8 or 16) and per-block step flags (``flag_sync``) or a grid barrier between steps, in
+    thread-block clusters of ``cluster`` blocks (2, 4 or 8, with flags, on sm_90 and later, where the
+    blocks split into whole clusters that fit; elsewhere without); False never; None as
     fastcells/dispatch.py's measured table says (the default, unless FASTCELLS_CUDA_PERSISTENT was set
     when fastcells._C loaded: 1 forces them on, 0 off)."""
     mode = "table" if enabled is None else ("on" if enabled else "off")

@@ -59,6 +59,7 @@ struct Plan {
   int64_t batch;  // B <= kMaxBatch
   bool backward = false;
   bool tf32 = false;  // float32 weights and states on tf32 tensor cores, else 16-bit ones
+  bool staged = false;  // backward in clusters: dG staged in shared memory (the forward always stages h)
 
   // The MMA's k per tile, the bytes of an element of W_hh and h, and the fragment layouts: register
   // element e of lane `lane` holds A(a_row, a_k) and B(b_k, b_n); a_elements and b_elements per lane.
@@ -123,34 +124,37 @@ struct Plan {
   FC_PLAN_FN int slot_unit(int64_t slot) const { return static_cast<int>(slot % units); }
   FC_PLAN_FN int64_t slot_batch(int64_t slot) const { return slot / units; }
 
-  // Cluster staging (forward, sm_90, flag synchronization): the blocks of a thread-block cluster of
-  // `cluster` blocks share the copy of h_{t-1} into their h_stage. Rank r of a cluster loads the columns
-  // that blocks r, r + cluster, r + 2 * cluster, ... wrote (their units), and stores them into the
-  // h_stage of every block of its cluster, so each column leaves L2 once a cluster instead of once a
-  // block; and rank r waits for those blocks' flags only. Columns go in groups of `per` elements (a
-  // 16-byte chunk, or 1), which divides `units`.
+  // Cluster staging (sm_90, flag synchronization): the blocks of a thread-block cluster of `cluster`
+  // blocks share the copy of the product's B operand of each step into shared memory (forward: h_{t-1},
+  // H columns; backward: dG of the step before, gates * H columns, gate g's at g * H). Rank r of a
+  // cluster loads the columns of the units of blocks r, r + cluster, r + 2 * cluster, ... (which those
+  // blocks wrote) and stores them into the stage of every block of its cluster, so each column leaves L2
+  // once a cluster instead of once a block; and rank r waits for those blocks' flags only. Columns go in
+  // groups of `per` elements (a 16-byte chunk, or 1), which divides `units`.
   // The block whose units are the m-th that rank r stages; the number of them.
   FC_PLAN_FN int64_t staged_block(int cluster, int rank, int64_t m) const { return rank + int64_t{cluster} * m; }
   FC_PLAN_FN int64_t staged_blocks(int cluster, int rank) const {
     return blocks() > rank ? (blocks() - rank + cluster - 1) / cluster : 0;
   }
-  // The column groups rank r stages in each batch row, and the q-th of them (its first column is
-  // group * per), or -1 past H (the last block's units past H).
+  // Gate blocks of columns in a staged row: forward 1, backward `gates`.
+  FC_PLAN_FN int staged_gates() const { return backward ? gates : 1; }
+  // The column groups rank r stages in each batch row, and the first column of the q-th of them, or -1
+  // for units past H (the last block's).
   FC_PLAN_FN int64_t staged_groups(int cluster, int rank, int per) const {
-    return staged_blocks(cluster, rank) * (units / per);
+    return staged_gates() * staged_blocks(cluster, rank) * (units / per);
   }
-  FC_PLAN_FN int64_t staged_group(int cluster, int rank, int64_t q, int per) const {
-    const int64_t per_block = units / per;
-    const int64_t group = staged_block(cluster, rank, q / per_block) * per_block + q % per_block;
-    return group * per < H ? group : -1;
+  FC_PLAN_FN int64_t staged_column(int cluster, int rank, int64_t q, int per) const {
+    const int64_t per_gate = staged_blocks(cluster, rank) * (units / per), per_block = units / per;
+    const int64_t gate = q / per_gate, in_gate = q % per_gate;
+    const int64_t unit = staged_block(cluster, rank, in_gate / per_block) * units + in_gate % per_block * per;
+    return unit < H ? gate * H + unit : -1;
   }
-  // The block that writes column k of h (its unit k) each step.
-  FC_PLAN_FN int64_t producer(int64_t k) const { return k / units; }
 
   // Shared memory, in this order (each part 16-byte aligned):
-  //   h_stage  (padded_batch, h_stride) elements, forward only: h_{t-1} as the MMA's B operand, zero past
-  //            H (backward reads its B fragments of dG straight from global memory: each element goes
-  //            to one warp only, so staging would buy no reuse)
+  //   h_stage  (padded_batch, h_stride) elements: forward h_{t-1} as the MMA's B operand, zero past H;
+  //            backward only where staged (dG of the step before), else none: it reads its B fragments
+  //            of dG straight from global memory (each element goes to one warp only, so staging in a
+  //            block alone would buy no reuse; in a cluster it saves the L2 reads)
   //   partial  (kWarps, m_tiles * 16, partial_stride) fp32: each warp's partial products
   //   state    (2, slots) fp32: forward c (LSTM) and h of the block's own units; backward dc (LSTM)
   //            and the part of dh carried to the next step (dhn first, then GRU's direct z * dh)
@@ -158,7 +162,7 @@ struct Plan {
   // load in different banks, and keeps rows 16-byte aligned for the vector copy.
   FC_PLAN_FN int64_t h_stride() const { return k_tiles() * tile_k() + 16 / element_bytes(); }
   FC_PLAN_FN int64_t h_stage_bytes() const {
-    return backward ? 0 : (padded_batch() * h_stride() * element_bytes() + 15) / 16 * 16;
+    return backward && !staged ? 0 : (padded_batch() * h_stride() * element_bytes() + 15) / 16 * 16;
   }
   // Rows of `partial` are 4 floats longer than the batch: a row stride of 4 mod 32 words spreads a
   // warp's C-fragment stores over the banks (2-way conflicts instead of 8-way at 32 or 64 columns),
