@@ -155,6 +155,25 @@ def _cluster_stage(p, cluster, per, source, B, width):
     return stage
 
 
+def _partials_from_stage(p, w_regs, block, stage):
+    """The warps' partial products of ``block`` (the kernel's ``partial``) with B fragments read from
+    ``stage`` (the shared-memory stage of the product's B operand, rows h_stride apart)."""
+    partial = np.zeros(p.partial_size)
+    for warp in range(p.warps):
+        for nt in range(p.n_tiles):
+            acc = np.zeros((p.m_tiles, 32, 4))
+            for j in range(p.k_tiles_per_warp):
+                kt = p.k_tile[warp, j]
+                if kt >= p.k_tiles:
+                    break
+                b_regs = stage[(nt * 8 + p.b_n[:, None]) * p.h_stride + kt * p.tile_k + p.b_k]
+                for mt in range(p.m_tiles):
+                    acc[mt] = mma(w_regs[block, warp, mt, j], b_regs, acc[mt], p.tf32)
+            for mt in range(p.m_tiles):
+                partial[p.partial_index[warp, mt * 16 + p.c_row, nt * 8 + p.c_n]] = acc[mt]
+    return partial
+
+
 def forward(family, gx, w_hh, b_hh, h0, c0, reverse, units, training, tables=None, sizes=None, tf32=False,
             cluster=1, per=1):
     """One layer and direction as the kernel computes it. gx (N, G * H) input projections (b_hh in
@@ -203,19 +222,7 @@ def forward(family, gx, w_hh, b_hh, h0, c0, reverse, units, training, tables=Non
             else:
                 stage = np.zeros(p.n_tiles * 8 * p.h_stride)
                 stage[b_idx * p.h_stride + k_idx] = source
-            partial = np.zeros(p.partial_size)
-            for warp in range(p.warps):
-                for nt in range(p.n_tiles):
-                    acc = np.zeros((p.m_tiles, 32, 4))
-                    for j in range(p.k_tiles_per_warp):
-                        kt = p.k_tile[warp, j]
-                        if kt >= p.k_tiles:
-                            break
-                        b_regs = stage[(nt * 8 + p.b_n[:, None]) * p.h_stride + kt * p.tile_k + p.b_k]
-                        for mt in range(p.m_tiles):
-                            acc[mt] = mma(w_regs[block, warp, mt, j], b_regs, acc[mt], p.tf32)
-                    for mt in range(p.m_tiles):
-                        partial[p.partial_index[warp, mt * 16 + p.c_row, nt * 8 + p.c_n]] = acc[mt]
+            partial = _partials_from_stage(p, w_regs, block, stage)
 
             keep = live[block] & (batch_of < bs)  # idle entries keep their state
             slot_units, slot_batch, slot_u = units_of[block][keep], batch_of[keep], u[keep]
@@ -314,18 +321,7 @@ def backward(family, dy, saved, w_hh, dhn, dcn, reverse, units, tables=None, siz
         for block in range(p.blocks):
             partial = np.zeros(p.partial_size)
             if t_before >= 0 and cluster > 1:
-                for warp in range(p.warps):
-                    for nt in range(p.n_tiles):
-                        acc = np.zeros((p.m_tiles, 32, 4))
-                        for j in range(p.k_tiles_per_warp):
-                            kt = p.k_tile[warp, j]
-                            if kt >= p.k_tiles:
-                                break
-                            b_regs = stage[(nt * 8 + p.b_n[:, None]) * p.h_stride + kt * p.tile_k + p.b_k]
-                            for mt in range(p.m_tiles):
-                                acc[mt] = mma(w_regs[block, warp, mt, j], b_regs, acc[mt], p.tf32)
-                        for mt in range(p.m_tiles):
-                            partial[p.partial_index[warp, mt * 16 + p.c_row, nt * 8 + p.c_n]] = acc[mt]
+                partial = _partials_from_stage(p, w_regs, block, stage)
             elif t_before >= 0:
                 for warp in range(p.warps):
                     for nt in range(p.n_tiles):

@@ -142,12 +142,17 @@ def test_model_of_the_kernel_on_packed_sequences(family, case, units, reverse, t
 CLUSTER_SHAPES = [(64, 3, 8), (60, 5, 8), (128, 9, 16)]
 
 
-@TF32
-@pytest.mark.parametrize("chunks", [False, True], ids=["elements", "chunks"])
-@pytest.mark.parametrize("cluster", [2, 4, 8])
-@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("shape", CLUSTER_SHAPES, ids=[f"H{h}-B{b}-U{u}" for h, b, u in CLUSTER_SHAPES])
-@pytest.mark.parametrize("family", ["lstm", "gru", "rnn_tanh"])
+def CLUSTER_CASES(test):  # noqa: N802 (a decorator: every cell, shape, direction, cluster and group size)
+    for mark in (TF32, pytest.mark.parametrize("chunks", [False, True], ids=["elements", "chunks"]),
+                 pytest.mark.parametrize("cluster", [2, 4, 8]),
+                 pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"]),
+                 pytest.mark.parametrize("shape", CLUSTER_SHAPES, ids=[f"H{h}-B{b}-U{u}" for h, b, u in CLUSTER_SHAPES]),
+                 pytest.mark.parametrize("family", ["lstm", "gru", "rnn_tanh"])):
+        test = mark(test)
+    return test
+
+
+@CLUSTER_CASES
 def test_model_of_the_cluster_staging_equals_the_reference(family, shape, reverse, cluster, chunks, tf32):
     """Each rank of a cluster stages the columns its awaited blocks wrote, into every block: together
     they stage every column once, and the model computes what the reference does."""
@@ -285,12 +290,7 @@ def test_a_broken_index_fails_the_backward_model(table, tf32):
         _check_backward(family, (H, B), units, False, tables, tf32=tf32)
 
 
-@TF32
-@pytest.mark.parametrize("chunks", [False, True], ids=["elements", "chunks"])
-@pytest.mark.parametrize("cluster", [2, 4, 8])
-@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("shape", CLUSTER_SHAPES, ids=[f"H{h}-B{b}-U{u}" for h, b, u in CLUSTER_SHAPES])
-@pytest.mark.parametrize("family", ["lstm", "gru", "rnn_tanh"])
+@CLUSTER_CASES
 def test_model_of_the_backward_cluster_staging_equals_the_cpu_backend(family, shape, reverse, cluster, chunks,
                                                                        tf32):
     """In clusters, the backward stages dG of the step before (gates * H columns a row) the same way."""

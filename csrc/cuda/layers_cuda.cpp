@@ -57,6 +57,9 @@ cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(
 
 std::atomic<int64_t> persistent_launch_count{0};
 std::atomic<int64_t> cluster_launch_count{0};  // launches in thread-block clusters
+// Set once the driver has refused a launch in clusters (a combination of cluster and cooperative launch
+// it does not take, say): later calls run without clusters rather than fail a launch first every time.
+std::atomic<bool> clusters_refused{false};
 
 // The steps' batch sizes and first rows on the device, (T) and (T + 1) int64, for the persistent kernels;
 // undefined tensors where every step has the whole batch (padded input, or packed of equal lengths).
@@ -93,6 +96,36 @@ bool launch_too_large(cudaError_t error) {
   return false;
 }
 
+// The variant of a persistent kernel a call of this shape runs, or none: the recorded choice, without
+// clusters where the grid does not split into clusters that fit (an H the table's nearest shape does not
+// share, or a GPU before sm_90) or the driver refused them before. fits(config): sequence_fwd_fits or
+// sequence_bwd_fits of the shape.
+template <typename Fits>
+std::optional<PersistentConfig> fitting_choice(std::optional<PersistentConfig> choice, Fits fits) {
+  if (choice && choice->cluster > 1 && (clusters_refused.load() || !fits(*choice))) choice->cluster = 1;
+  if (!choice || !fits(*choice)) return std::nullopt;
+  return choice;
+}
+
+// Launches launch(config) (sequence_fwd or sequence_bwd of the call's arguments); where the driver
+// refuses a launch in clusters, the same variant without them, where it fits. Whether a kernel ran
+// (counted); false where the per-step path must run instead.
+template <typename Launch, typename Fits>
+bool launch_counted(PersistentConfig config, Launch launch, Fits fits) {
+  cudaError_t error = launch(config);
+  if (error != cudaSuccess && config.cluster > 1) {
+    cudaGetLastError();
+    clusters_refused.store(true);
+    config.cluster = 1;
+    if (!fits(config)) return false;
+    error = launch(config);
+  }
+  if (launch_too_large(error)) return false;
+  persistent_launch_count.fetch_add(1, std::memory_order_relaxed);
+  if (config.cluster > 1) cluster_launch_count.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
 // Runs a layer's forward as one persistent kernel where it is switched on and fits; false where the
 // per-step path must run instead. gx: (N, G * H) input projections (b_hh folded in but for GRU), h0 and
 // c0 contiguous; y and saved allocated by the caller; hn and cn are set.
@@ -102,12 +135,11 @@ bool persistent_fwd(Cell cell, DType dtype, const Schedule& sched, const at::Ten
                     bool relu, at::Tensor& hn, at::Tensor& cn) {
   const int64_t B = sched.batch, H = h0.size(1);
   if (!tensor_cores_allowed(dtype)) return false;
-  std::optional<PersistentConfig> choice = persistent_choice(cell, dtype, B, H, saved.numel() > 0);
-  // A variant in clusters runs without them where the grid does not split into clusters that fit (an H
-  // the table's nearest shape does not share, or a GPU before sm_90).
-  if (choice && choice->cluster > 1 && !sequence_fwd_fits(dtype, cell, B, H, *choice)) choice->cluster = 1;
-  if (!choice || sched.steps == 0 || !sequence_fwd_fits(dtype, cell, B, H, *choice)) return false;
-  PersistentConfig config = *choice;
+  const auto fits = [&](const PersistentConfig& c) { return sequence_fwd_fits(dtype, cell, B, H, c); };
+  const std::optional<PersistentConfig> choice =
+      fitting_choice(persistent_choice(cell, dtype, B, H, saved.numel() > 0), fits);
+  if (!choice || sched.steps == 0) return false;
+  const PersistentConfig& config = *choice;
   const auto [sizes, offsets] = device_schedule(sched, gx.device());
   at::Tensor flags = at::empty({sequence_fwd_blocks(cell, H, config)}, gx.options().dtype(at::kInt));
   hn = at::empty_like(h0);  // not h0 itself: other blocks may still read h0 when one writes hn
@@ -118,17 +150,8 @@ bool persistent_fwd(Cell cell, DType dtype, const Schedule& sched, const at::Ten
                          static_cast<unsigned*>(flags.data_ptr()),          long_ptr(sizes),
                          long_ptr(offsets), sched.steps, B,                 H,
                          reverse,        relu};
-  cudaError_t error = sequence_fwd(dtype, args, config, current_stream());
-  if (error != cudaSuccess && config.cluster > 1) {  // the driver refused the clusters: without them
-    cudaGetLastError();
-    config.cluster = 1;
-    if (!sequence_fwd_fits(dtype, cell, B, H, config)) return false;
-    error = sequence_fwd(dtype, args, config, current_stream());
-  }
-  if (launch_too_large(error)) return false;
-  persistent_launch_count.fetch_add(1, std::memory_order_relaxed);
-  if (config.cluster > 1) cluster_launch_count.fetch_add(1, std::memory_order_relaxed);
-  return true;
+  return launch_counted(
+      config, [&](const PersistentConfig& c) { return sequence_fwd(dtype, args, c, current_stream()); }, fits);
 }
 
 // Runs the sequential part of a layer's backward as one persistent kernel where it is switched on and
@@ -140,10 +163,11 @@ bool persistent_bwd(Cell cell, DType dtype, const Schedule& sched, const at::Ten
                     bool relu) {
   const int64_t B = sched.batch, H = dh.size(1);
   if (!tensor_cores_allowed(dtype)) return false;
-  std::optional<PersistentConfig> choice = persistent_choice(cell, dtype, B, H, /*training=*/true);
-  if (choice && choice->cluster > 1 && !sequence_bwd_fits(dtype, cell, B, H, *choice)) choice->cluster = 1;
-  if (!choice || sched.steps == 0 || !sequence_bwd_fits(dtype, cell, B, H, *choice)) return false;
-  PersistentConfig config = *choice;
+  const auto fits = [&](const PersistentConfig& c) { return sequence_bwd_fits(dtype, cell, B, H, c); };
+  const std::optional<PersistentConfig> choice =
+      fitting_choice(persistent_choice(cell, dtype, B, H, /*training=*/true), fits);
+  if (!choice || sched.steps == 0) return false;
+  const PersistentConfig& config = *choice;
   const auto [sizes, offsets] = device_schedule(sched, dy.device());
   at::Tensor flags = at::empty({sequence_fwd_blocks(cell, H, config)}, dy.options().dtype(at::kInt));
   const SequenceBwd args{cell,           dy.data_ptr(),   saved.data_ptr(), w_hh.data_ptr(),
@@ -151,17 +175,8 @@ bool persistent_bwd(Cell cell, DType dtype, const Schedule& sched, const at::Ten
                          static_cast<unsigned*>(flags.data_ptr()),          long_ptr(sizes),
                          long_ptr(offsets), sched.steps, B,                 H,
                          reverse,        relu};
-  cudaError_t error = sequence_bwd(dtype, args, config, current_stream());
-  if (error != cudaSuccess && config.cluster > 1) {  // the driver refused the clusters: without them
-    cudaGetLastError();
-    config.cluster = 1;
-    if (!sequence_bwd_fits(dtype, cell, B, H, config)) return false;
-    error = sequence_bwd(dtype, args, config, current_stream());
-  }
-  if (launch_too_large(error)) return false;
-  persistent_launch_count.fetch_add(1, std::memory_order_relaxed);
-  if (config.cluster > 1) cluster_launch_count.fetch_add(1, std::memory_order_relaxed);
-  return true;
+  return launch_counted(
+      config, [&](const PersistentConfig& c) { return sequence_bwd(dtype, args, c, current_stream()); }, fits);
 }
 
 }  // namespace
