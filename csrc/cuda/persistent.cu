@@ -311,7 +311,7 @@ cudaError_t sequence_fwd(DType dtype, const SequenceFwd& args, const PersistentC
                          cudaStream_t stream) {
   return family_launch(
       [&](auto body) { return with_forward_kernel(dtype, args.cell, args.batch, args.H, config, body); },
-      plan_of(dtype, args.cell, args.batch, args.H, config), args, config, stream, config.cluster);
+      plan_of(dtype, args.cell, args.batch, args.H, config), args, config, stream);
 }
 
 }  // namespace fastcells::cuda

@@ -148,7 +148,9 @@ __device__ __forceinline__ void sequence_bwd_body(SequenceBwd a, bool flag_sync)
       wait_for_step(a.flags, s, flag_sync, cluster.rank, cluster.size);
       if (s > 1) cluster_wait();
       const Bits* dg = static_cast<const Bits*>(exchange);
-      const auto source = [&](int64_t n) { return n < bs_before ? dg + plan.row(t_before, n, a.offsets) * K : nullptr; };
+      const auto source = [&](int64_t n) {
+        return n < bs_before ? dg + plan.row(t_before, n, a.offsets) * K : nullptr;
+      };
       constexpr int kBatch = kStageBatch<kMTiles * kKTiles * 4>;
       if (vector_copy) {
         stage_in_cluster<kPerChunk, kBatch>(plan, cluster, B, source, stage, stride);
@@ -320,7 +322,7 @@ cudaError_t sequence_bwd(DType dtype, const SequenceBwd& args, const PersistentC
                          cudaStream_t stream) {
   return family_launch(
       [&](auto body) { return with_backward_kernel(dtype, args.cell, args.batch, args.H, config, body); },
-      plan_of(dtype, args.cell, args.batch, args.H, config), args, config, stream, config.cluster);
+      plan_of(dtype, args.cell, args.batch, args.H, config), args, config, stream);
 }
 
 }  // namespace fastcells::cuda

@@ -436,11 +436,10 @@ constexpr bool useful_k_choice(int K, int depth_per_unit) {
   return K / 2 < k_tiles_per_warp_for(depth_per_unit * kMaxHidden, kTileKOf<T>);
 }
 
-// The launch configuration of `kernel` over `plan` in clusters of `cluster` blocks (1: no cluster
-// attribute), cooperative or not; `attributes` holds the launch attributes it points to.
-template <typename KernelPtr>
-cudaLaunchConfig_t launch_config(const persistent::Plan& plan, int cluster, bool cooperative, cudaStream_t stream,
-                                 cudaLaunchAttribute (&attributes)[2]) {
+// The launch configuration of a persistent kernel over `plan` in clusters of `cluster` blocks (1: no
+// cluster attribute), cooperative or not; `attributes` holds the launch attributes it points to.
+inline cudaLaunchConfig_t launch_config(const persistent::Plan& plan, int cluster, bool cooperative,
+                                        cudaStream_t stream, cudaLaunchAttribute (&attributes)[2]) {
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>(plan.blocks()));
   config.blockDim = dim3(persistent::kThreads);
@@ -491,8 +490,7 @@ bool co_resident_on(KernelPtr kernel, const persistent::Plan& plan, int cluster,
     return false;
   }
   cudaLaunchAttribute launch_attributes[2];
-  const cudaLaunchConfig_t config =
-      launch_config<KernelPtr>(plan, cluster, /*cooperative=*/false, nullptr, launch_attributes);
+  const cudaLaunchConfig_t config = launch_config(plan, cluster, /*cooperative=*/false, nullptr, launch_attributes);
   int clusters = 0;
   if (cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(kernel), &config) != cudaSuccess) {
     cudaGetLastError();
@@ -528,9 +526,7 @@ template <typename WithFamily>
 bool family_fits(WithFamily with_family, const persistent::Plan& plan, int cluster = 1) {
   if (plan.batch < 1 || plan.batch > persistent::kMaxBatch || plan.H < 1) return false;
   bool fits = false;
-  with_family([&](auto kernel) {
-    fits = co_resident(kernel, plan, cluster);
-  });
+  with_family([&](auto kernel) { fits = co_resident(kernel, plan, cluster); });
   return fits;
 }
 
@@ -556,20 +552,19 @@ cudaError_t launch(KernelPtr kernel, const persistent::Plan& plan, const Args& a
                                        params, static_cast<size_t>(bytes), stream);
   }
   cudaLaunchAttribute attributes[2];
-  const cudaLaunchConfig_t config = launch_config<KernelPtr>(plan, cluster, /*cooperative=*/true, stream, attributes);
+  const cudaLaunchConfig_t config = launch_config(plan, cluster, /*cooperative=*/true, stream, attributes);
   return cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(kernel), params);
 }
 
 // sequence_fwd and sequence_bwd: launches the instantiation that `with_family(body)` picks over `args`
-// in clusters of `cluster` blocks (cudaErrorInvalidValue where there is none; cudaSuccess without a
-// launch for an empty sequence).
+// (cudaErrorInvalidValue where there is none; cudaSuccess without a launch for an empty sequence).
 template <typename WithFamily, typename Args>
 cudaError_t family_launch(WithFamily with_family, const persistent::Plan& plan, const Args& args,
-                          const PersistentConfig& config, cudaStream_t stream, int cluster = 1) {
+                          const PersistentConfig& config, cudaStream_t stream) {
   if (args.steps == 0) return cudaSuccess;
   cudaError_t error = cudaErrorInvalidValue;
   with_family([&](auto kernel) {
-    error = launch(kernel, plan, args, args.flags, config.flag_sync, cluster, stream);
+    error = launch(kernel, plan, args, args.flags, config.flag_sync, config.cluster, stream);
   });
   return error;
 }
