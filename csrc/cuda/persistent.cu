@@ -33,11 +33,9 @@ namespace fastcells::cuda {
 namespace {
 
 using namespace persistent_detail;
-using persistent::b_n;
 using persistent::kMaxBatch;
 using persistent::kThreads;
 using persistent::kTileM;
-using persistent::kTileN;
 using persistent::kWarps;
 using persistent::Plan;
 
@@ -66,7 +64,7 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
   const Plan plan{kGates, kUnits, a.H, a.batch, /*backward=*/false, kTf32<T>};
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t block = blockIdx.x, H = a.H, B = a.batch, GH = kGates * H, steps = a.steps;
-  const int64_t n_tiles = plan.n_tiles(), stride = plan.h_stride();
+  const int64_t stride = plan.h_stride();
   const int64_t slots = plan.slots();
 
   extern __shared__ __align__(16) unsigned char shared[];
@@ -88,10 +86,7 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
   // In a cluster launch (cluster staging, flag synchronization only), no block may store into another's
   // h_stage before that block has zeroed it: the first cluster barrier.
   const ClusterPlace cluster = cluster_place();
-  if (cluster.size > 1) {
-    cluster_arrive();
-    cluster_wait();
-  }
+  if (cluster.size > 1) cluster_sync();
   __syncthreads();
 
   const Bits* h0 = static_cast<const Bits*>(a.h0);
@@ -144,8 +139,7 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
       } else {
         stage_in_cluster<1>(plan, cluster, B, source, h_stage, stride);
       }
-      cluster_arrive();
-      cluster_wait();
+      cluster_sync();
     } else {
       wait_for_step(a.flags, s, flag_sync);
       probe.mark(0);
@@ -159,19 +153,7 @@ __device__ __forceinline__ void sequence_fwd_body(SequenceFwd a, bool flag_sync)
     probe.mark(1);
 
     // 4. Partial products of this warp's k tiles, one batch tile at a time.
-    for (int64_t nt = 0; nt < n_tiles; ++nt) {
-      const Bits* h_row = h_stage + (nt * kTileN + b_n(lane)) * stride;  // the lane's batch entry
-      warp_partial_products<T, /*kLoadBatch=*/8>(w, plan, warp, lane, nt, partial, [&](int64_t kt, uint32_t(&bf)[2]) {
-        const Bits* tile = h_row + kt * plan.tile_k();
-        if constexpr (kTf32<T>) {  // one element a register
-          bf[0] = to_tf32(__uint_as_float(tile[plan.b_k(lane, 0)]));
-          bf[1] = to_tf32(__uint_as_float(tile[plan.b_k(lane, 1)]));
-        } else {  // elements 2i and 2i + 1, neighbours in k, in one 32-bit load
-          bf[0] = *reinterpret_cast<const uint32_t*>(tile + plan.b_k(lane, 0));
-          bf[1] = *reinterpret_cast<const uint32_t*>(tile + plan.b_k(lane, 2));
-        }
-      });
-    }
+    staged_partial_products<T, /*kLoadBatch=*/8>(w, plan, warp, lane, h_stage, stride, partial);
     __syncthreads();
     if (cluster.size > 1 && s + 1 < steps) cluster_arrive();  // done reading h_stage (the next step waits)
     probe.mark(2);

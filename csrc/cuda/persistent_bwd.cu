@@ -106,10 +106,7 @@ __device__ __forceinline__ void sequence_bwd_body(SequenceBwd a, bool flag_sync)
     if constexpr (kGates == 4) dc_state[slot] = load<T>(a.dc, b * H + unit);
   }
   for (int64_t i = threadIdx.x; i < plan.h_stage_bytes() / int64_t{sizeof(Bits)}; i += kThreads) stage[i] = 0;
-  if (cluster.size > 1) {  // no block stores into another's stage before that block has zeroed it
-    cluster_arrive();
-    cluster_wait();
-  }
+  if (cluster.size > 1) cluster_sync();  // no block stores into another's stage before it is zeroed
   __syncthreads();
 
   // The gradients the next step multiplies: GRU's of W_hh h + b_hh, the others' of the pre-activations.
@@ -157,27 +154,14 @@ __device__ __forceinline__ void sequence_bwd_body(SequenceBwd a, bool flag_sync)
       } else {
         stage_in_cluster<1, kBatch>(plan, cluster, B, source, stage, stride);
       }
-      cluster_arrive();
-      cluster_wait();
+      cluster_sync();
     } else {
       wait_for_step(a.flags, s, flag_sync);
     }
 
     // 3. Partial products dG_before W_hh of this warp's k tiles, one batch tile at a time.
     if (t_before >= 0 && cluster.size > 1) {  // B fragments from the stage
-      for (int64_t nt = 0; nt < n_tiles; ++nt) {
-        const Bits* row = stage + (nt * kTileN + b_n(lane)) * stride;  // the lane's batch entry
-        warp_partial_products<T, kLoadBatch>(w, plan, warp, lane, nt, partial, [&](int64_t kt, uint32_t(&bf)[2]) {
-          const Bits* tile = row + kt * plan.tile_k();
-          if constexpr (kTf32<T>) {
-            bf[0] = to_tf32(__uint_as_float(tile[plan.b_k(lane, 0)]));
-            bf[1] = to_tf32(__uint_as_float(tile[plan.b_k(lane, 1)]));
-          } else {
-            bf[0] = *reinterpret_cast<const uint32_t*>(tile + plan.b_k(lane, 0));
-            bf[1] = *reinterpret_cast<const uint32_t*>(tile + plan.b_k(lane, 2));
-          }
-        });
-      }
+      staged_partial_products<T, kLoadBatch>(w, plan, warp, lane, stage, stride, partial);
       __syncthreads();
       if (s < steps) cluster_arrive();  // done reading the stage (the next step's staging waits)
     } else if (t_before >= 0) {

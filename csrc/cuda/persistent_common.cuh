@@ -194,6 +194,29 @@ __device__ __forceinline__ void warp_partial_products(const uint32_t (&w)[kMTile
   }
 }
 
+// warp_partial_products of every batch tile with the B fragments read from `stage` (shared memory: the
+// product's B operand, batch rows `stride` elements apart, as raw bits; forward h_{t-1}, backward dG in
+// a cluster launch).
+template <typename T, int kLoadBatch, int kMTiles, int kKTiles, typename Bits>
+__device__ __forceinline__ void staged_partial_products(const uint32_t (&w)[kMTiles][kKTiles][4],
+                                                        const persistent::Plan& plan, int warp, int lane,
+                                                        const Bits* stage, int64_t stride, float* partial) {
+  using namespace persistent;
+  for (int64_t nt = 0; nt < plan.n_tiles(); ++nt) {
+    const Bits* row = stage + (nt * kTileN + b_n(lane)) * stride;  // the lane's batch entry
+    warp_partial_products<T, kLoadBatch>(w, plan, warp, lane, nt, partial, [&](int64_t kt, uint32_t(&bf)[2]) {
+      const Bits* tile = row + kt * plan.tile_k();
+      if constexpr (kTf32<T>) {  // one element a register
+        bf[0] = to_tf32(__uint_as_float(tile[plan.b_k(lane, 0)]));
+        bf[1] = to_tf32(__uint_as_float(tile[plan.b_k(lane, 1)]));
+      } else {  // elements 2i and 2i + 1, neighbours in k, in one 32-bit load
+        bf[0] = *reinterpret_cast<const uint32_t*>(tile + plan.b_k(lane, 0));
+        bf[1] = *reinterpret_cast<const uint32_t*>(tile + plan.b_k(lane, 2));
+      }
+    });
+  }
+}
+
 // A strong (L1-bypassing) load with no ordering of its own: a flag poll. What it observed orders the
 // loads after it once the poller runs fence_acquire (a relaxed read then a fence is an acquire pattern of
 // the PTX memory model), so several flags can be polled at once instead of one acquire load at a time.
@@ -288,6 +311,12 @@ __device__ __forceinline__ void cluster_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
 #endif
+}
+
+// The whole cluster barrier: every block of the cluster (and every thread of this one) has come here.
+__device__ __forceinline__ void cluster_sync() {
+  cluster_arrive();
+  cluster_wait();
 }
 
 // Stores `value` at `local`'s place in the shared memory of block `rank` of this cluster (the same
