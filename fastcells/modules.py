@@ -90,9 +90,9 @@ class _FusedRNNBase(nn.RNNBase):
     # does; elsewhere it does nothing. fastcells' kernels read the parameters where they are either way.
 
     def _direct_inference_allowed(self, input):
-        """Whether this call may take the direct path: a plain batched CPU tensor (not packed), its states
-        given, no gradient, no autocast, no projection or dropout, the cpu backend, and calls that may
-        skip the dispatcher (backends/cpu.py)."""
+        """Whether this call may take the direct path: a plain batched CPU tensor (not packed), no
+        gradient, no autocast, no projection or dropout, the cpu backend, and calls that may skip the
+        dispatcher (backends/cpu.py)."""
         return (type(input) is torch.Tensor and input.dim() == 3 and input.is_cpu
                 and input.dtype in cpu_backend.DTYPES and not torch.is_grad_enabled()
                 and not autocast.any_enabled() and self.proj_size == 0
@@ -112,15 +112,19 @@ class _FusedRNNBase(nn.RNNBase):
         return flat
 
     def _direct_inference(self, input, hx, flat_weights):
-        """The forward of a generation loop's call (T steps, often 1) without the full path's Python:
-        the same layer ops as the full path, in one call of fastcells._C (csrc/cpu/stack_inference.h).
-        The ops check every shape, dtype and device they see; the states' shapes are checked here, and
-        any error sends the call the full way, which raises torch.nn's exception."""
+        """The forward of an inference call (a generation loop's, T steps, often 1, or a whole sequence's
+        without states) without the full path's Python: the same layer ops as the full path, in one call
+        of fastcells._C (csrc/cpu/stack_inference.h). The ops check every shape, dtype and device they
+        see; the states' shapes are checked here, and any error sends the call the full way, which
+        raises torch.nn's exception. Without hx the states start at zeros, as on the full path."""
         is_lstm = self.mode == "LSTM"
-        h, c = hx if is_lstm else (hx, None)
         data = input.transpose(0, 1) if self.batch_first else input
         steps, batch, _ = data.shape
         states = (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
+        if hx is None:
+            hx = torch.zeros(states, dtype=data.dtype)
+            hx = (hx, torch.zeros_like(hx)) if is_lstm else hx
+        h, c = hx if is_lstm else (hx, None)
         if steps == 0 or h.shape != states or (is_lstm and c.shape != states):
             raise ValueError("not a shape the direct path takes")
         output, hn, cn = _extension.C.stack_inference(
@@ -145,7 +149,7 @@ class _FusedRNNBase(nn.RNNBase):
 
     def forward(self, input, hx=None):
         flat_weights = self._weights_now()
-        if hx is not None and self._direct_inference_allowed(input):
+        if self._direct_inference_allowed(input):
             try:
                 return self._direct_inference(input, hx, flat_weights)
             except (RuntimeError, TypeError, ValueError, IndexError, AttributeError):

@@ -43,16 +43,17 @@ def counting_c(monkeypatch):
 
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
 def test_inference_layers_call_the_extension_directly_with_the_same_result(name, counting_c):
+    """On the full path (here a packed sequence's) each layer op goes to fastcells._C straight."""
     torch.manual_seed(0)
     layer = getattr(fastcells, name)(4, 5, 2, backend="cpu")
-    x = torch.randn(3, 2, 4)
+    x = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(3, 2, 4), torch.tensor([3, 2]))
     with torch.no_grad():
         direct = layer(x)[0]
     assert counting_c.calls == [f"{name.lower()}_layer_fwd"] * 2  # one per layer
     with torch.no_grad(), OpRecorder() as ops:  # a dispatch mode: calls must go where it sees them
         recorded = layer(x)[0]
     assert ops.names == [f"{name.lower()}_layer_fwd"] * 2 and len(counting_c.calls) == 2
-    torch.testing.assert_close(direct, recorded, rtol=0, atol=0)
+    torch.testing.assert_close(direct.data, recorded.data, rtol=0, atol=0)
 
 
 def test_training_calls_go_through_the_autograd_ops(counting_c):
@@ -78,16 +79,19 @@ def _flat(out):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch_first,bidirectional", [(False, False), (True, True)])
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
-def test_generation_calls_take_the_direct_path_with_the_full_paths_results(name, batch_first, bidirectional,
-                                                                           dtype, counting_c):
-    """A call with its states and no gradient (a generation loop's) runs the whole stack in one call of
-    fastcells._C from the module's forward: bitwise the outputs and states of the full path (here under
-    an op recorder, which sends it through torch.ops)."""
+@pytest.mark.parametrize("steps,with_states", [(1, True), (3, True), (3, False)])
+def test_inference_calls_take_the_direct_path_with_the_full_paths_results(name, batch_first, bidirectional,
+                                                                          dtype, steps, with_states,
+                                                                          counting_c):
+    """An inference call of a plain tensor (a generation loop's, with its states; a whole sequence's,
+    often without: they start at zeros) runs the whole stack in one call of fastcells._C from the
+    module's forward: bitwise the outputs and states of the full path (here under an op recorder, which
+    sends it through torch.ops)."""
     torch.manual_seed(0)
     layer = getattr(fastcells, name)(4, 5, 2, batch_first=batch_first, bidirectional=bidirectional,
                                      backend="cpu").to(dtype).eval()
-    x = torch.randn((2, 1, 4) if batch_first else (1, 2, 4), dtype=dtype)
-    hx = _states(name, 4 if bidirectional else 2, 2, 5, dtype)
+    x = torch.randn((2, steps, 4) if batch_first else (steps, 2, 4), dtype=dtype)
+    hx = _states(name, 4 if bidirectional else 2, 2, 5, dtype) if with_states else None
     with torch.no_grad(), pytest.MonkeyPatch.context() as monkeypatch:
         # the full path's Python must not run
         monkeypatch.setattr(fastcells.modules._FusedRNNBase, "_initial_states", _full_path_ran)

@@ -18,8 +18,10 @@ if "cpu" not in fastcells.available_backends("cpu"):
 # least 4 rows where W_hh takes at most 128 KiB (LSTM H <= 90), else 6; no groups above 2 MiB (LSTM
 # H > 362); more than 4 rows project their input per step, a chunk of steps at a time, at most 4 up
 # front (step_input.h); odd hidden sizes leave partial blocks of 8 weight rows in the mat-vec split; an
-# LSTM of at most 4 rows splits its units between two threads where H is a multiple of 8 and a step has
-# at least 2^14 multiply-adds (unit_split.h: H=40, B=4 splits 24 + 16 units).
+# LSTM of at most 4 rows splits its units between two threads where H is a multiple of 8, a step has
+# at least 2^14 multiply-adds and the call 2^18 (unit_split.h: at the tests' 16 steps, H=40, B=4 splits
+# 24 + 16 units, and H=64, B=1 is the least work split).
+STEPS = 16
 SHAPES = [(37, 1), (37, 4), (37, 5), (64, 7), (64, 8), (64, 9), (90, 8), (91, 8), (200, 11), (200, 12),
           (200, 13), (200, 20), (64, 31), (64, 32), (362, 12), (363, 12), (64, 1), (128, 2), (40, 4)]
 KINDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
@@ -54,7 +56,7 @@ def _spread(results, threads):
 def test_inference_is_bitwise_the_same_with_1_2_and_3_threads(kind, hidden, batch):
     torch.manual_seed(0)
     _, fast = make_layer_twins(kind, 7, hidden, 2, dtype=torch.float32, backend="cpu")
-    x = torch.randn(5, batch, 7)
+    x = torch.randn(STEPS, batch, 7)
     results = {threads: _results(fast, x, threads, False) for threads in (1, 2, 3)}  # inference
     for threads in (2, 3):
         assert _spread(results, threads) == [0.0] * len(results[1]), threads
@@ -70,7 +72,7 @@ def test_gradients_vary_with_threads_no_more_than_torch_nn_own(kind, hidden, bat
     at GRU H=362; 1 and 2 threads differed by 10 roundings of the largest dx there, torch.nn's by 7)."""
     torch.manual_seed(0)
     ref, fast = make_layer_twins(kind, 7, hidden, 2, dtype=torch.float32, backend="cpu")
-    x = torch.randn(5, batch, 7)
+    x = torch.randn(STEPS, batch, 7)
     ours = {threads: _results(fast, x, threads, True) for threads in (1, 2, 3)}
     theirs = {threads: _results(ref, x, threads, True) for threads in (1, 2, 3)}
     states = 3 if kind == "lstm" else 2
@@ -121,7 +123,7 @@ def test_small_packed_batch_split_by_units_is_bitwise_the_same_with_1_and_2_thre
     splits the units too: the gradients of the initial states come out of that recurrence alone."""
     torch.manual_seed(0)
     ref, fast = make_layer_twins("lstm", 7, 64, 1, dtype=torch.float32, backend="cpu", bidirectional=True)
-    seqs = [torch.randn(n, 7) for n in (9, 6, 3, 1)]
+    seqs = [torch.randn(n, 7) for n in (17, 12, 5, 1)]  # 35 rows: enough work to split (unit_split.h)
     packed = torch.nn.utils.rnn.pack_sequence(seqs)
     states = tuple(torch.randn(2, 4, 64) for _ in range(2))
     before = torch.get_num_threads()

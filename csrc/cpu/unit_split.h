@@ -33,15 +33,20 @@ namespace fastcells::cpu::FASTCELLS_ISA {
 
 // The least multiply-adds of a step (all its rows and gates) worth splitting: B=1, H=64 LSTM.
 constexpr int64_t kUnitSplitWork = int64_t{1} << 14;
+// The least multiply-adds of a whole call worth splitting: waking the second thread costs about 3 µs
+// (a B=1 LSTM on the Intel Xeon, one thread against two, the same results: at H=128, 14.8 against 17.8
+// µs for one step, even at two, two threads ahead from four; at H=64 from 16 steps).
+constexpr int64_t kUnitSplitCallWork = int64_t{1} << 18;
 
 // Whether a layer's time loop splits its units: batches of at most kSmallRows rows, H a multiple of 8
-// (see above), enough work per step, two threads free (not inside a parallel region), and ATen's
-// OpenMP backend, whose parallel_for runs its two parts on two threads at once (a barrier between two
-// parts run one after another by one thread would never open).
-inline bool splits_units(int64_t batch, int64_t H, int64_t work_per_step) {
+// (see above), enough work per step and in all (`rows` rows of work_per_row multiply-adds each), two
+// threads free (not inside a parallel region), and ATen's OpenMP backend, whose parallel_for runs its
+// two parts on two threads at once (a barrier between two parts run one after another by one thread
+// would never open).
+inline bool splits_units(int64_t batch, int64_t H, int64_t work_per_row, int64_t rows) {
 #if AT_PARALLEL_OPENMP
-  return batch <= kSmallRows && H % 8 == 0 && H >= 16 && work_per_step >= kUnitSplitWork &&
-         !at::in_parallel_region() && at::get_num_threads() >= 2;
+  return batch <= kSmallRows && H % 8 == 0 && H >= 16 && batch * work_per_row >= kUnitSplitWork &&
+         rows * work_per_row >= kUnitSplitCallWork && !at::in_parallel_region() && at::get_num_threads() >= 2;
 #else
   return false;
 #endif
