@@ -122,7 +122,7 @@ class _FusedRNNBase(nn.RNNBase):
         steps, batch, _ = data.shape
         states = (self.num_layers * (2 if self.bidirectional else 1), batch, self.hidden_size)
         if hx is None:
-            hx = torch.zeros(states, dtype=data.dtype)
+            hx = torch.zeros(states, dtype=data.dtype, device=data.device)
             hx = (hx, torch.zeros_like(hx)) if is_lstm else hx
         h, c = hx if is_lstm else (hx, None)
         if steps == 0 or h.shape != states or (is_lstm and c.shape != states):
