@@ -137,7 +137,7 @@ def test_cpu_backend_passes_in_16_bits(capsys):
 @pytest.mark.parametrize("seed", range(8))
 def test_relu_cases_pass_in_16_bits_at_any_seed(seed, capsys):
     """ReLU's kink: a pre-activation within rounding of 0 moves the gradients of any 16-bit run by their
-    own size (7 of seeds 0-15 failed so); the relu cases draw their inputs clear of it."""
+    own size (7 of seeds 0-15 failed so); the relu cases draw their inputs as clear of it as they can."""
     assert _check("--cells", "rnn_relu", "--backend", "cpu", "--backend", "reference", "--dtype", "bfloat16",
                   "--dtype", "float16", "--seed", str(seed)) == 0
     assert " 0 failed" in capsys.readouterr().out
