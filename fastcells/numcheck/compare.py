@@ -185,7 +185,7 @@ def _relu_clearance(reference, config, x, states):
     steps, batch = seq.shape[:2]
     lengths = torch.tensor(config.lengths or [steps] * batch, device=seq.device)
     directions = 2 if config.bidirectional else 1
-    clearance = math.inf
+    least = []  # per step, a 0-d tensor: read once at the end (one device sync a draw, not one a step)
     for layer in range(config.num_layers):
         outputs = []
         for direction in range(directions):
@@ -194,17 +194,17 @@ def _relu_clearance(reference, config, x, states):
             for t in (reversed(range(steps)) if direction else range(steps)):
                 live = (t < lengths)[:, None]  # the sequences that have step t
                 pre, ratio = step(seq[t], h, suffix)
-                clearance = min(clearance, torch.where(live, ratio, math.inf).min().item())
+                least.append(torch.where(live, ratio, math.inf).min())
                 h = torch.where(live, pre.clamp(min=0), h)
                 out.append(torch.where(live, h, torch.zeros_like(h)))
             outputs.append(torch.stack(out[::-1] if direction else out))
         seq = torch.cat(outputs, dim=2)
-    return clearance
+    return torch.stack(least).min().item()
 
 
 def _clearest_relu_draw(case, config, gen, dtype, device):
-    """(x, states): case's draw, or of up to RELU_DRAWS - 1 more from ``gen``, the first whose
-    _relu_clearance reaches eps of ``dtype``, else the one with the largest."""
+    """(x, states) for a relu case: of case's draw and up to RELU_DRAWS - 1 more from ``gen``, the first
+    whose _relu_clearance reaches eps of ``dtype``, else the one with the largest."""
     best = (_relu_clearance(case.reference, config, case.x, case.states), case.x, case.states)
     for _ in range(RELU_DRAWS - 1):
         if best[0] >= torch.finfo(dtype).eps:
