@@ -153,7 +153,8 @@ def _run_layers(ops, dtype, H, B, T=2, I=3):
         out = fwd(x, w_ih, b, b, *states, *weights, sizes, *extra, False, True)
         saved = out[-1]
         dy = torch.zeros(T * B, H, dtype=dtype)
-        bwd(dy, *states, saved, x, w_ih, b, b, *weights, sizes, *extra, False, True)
+        read_states = () if gates == 4 else (out[0], h0)  # y and h0, which the triton GRU and RNN ignore
+        bwd(dy, *states, saved, *read_states, x, w_ih, b, b, *weights, sizes, *extra, False, True)
 
 
 @dataclass

@@ -7,6 +7,8 @@
 //   x (N, I), w_ih (G, I), b_ih and b_hh (G) or none, h0 (B, P), c0 (B, H), w_hh (G, P), w_hr (P, H),
 //   batch_sizes (T) int64 CPU, with G = 4H (LSTM), 3H (GRU), H (RNN).
 // saved: what backward needs, (N, width) as in fastcells/saved_layout.h; empty when not training.
+// The GRU and RNN backward ops also take the forward's output y (N, H) and h0 (B, H), where the CPU
+// ops read the states their saved rows leave out; an empty y where saved keeps them (the CUDA ops).
 // Backward ops take the forward's inputs again and return the gradients of the forward's tensor
 // inputs in the order (dx, states..., dw_ih, db_ih, db_hh, weights...); an empty tensor stands for the
 // gradient of an absent input (b_ih, b_hh, w_hr), and for dx when need_dx is false (the first layer's
@@ -45,7 +47,8 @@ TORCH_LIBRARY(fastcells, m) {
       "gru_layer_fwd(Tensor x, Tensor w_ih, Tensor? b_ih, Tensor? b_hh, Tensor h0, Tensor w_hh, "
       "Tensor batch_sizes, bool reverse, bool training) -> (Tensor y, Tensor hn, Tensor saved)");
   m.def(
-      "gru_layer_bwd(Tensor dy, Tensor dhn, Tensor saved, Tensor x, Tensor w_ih, Tensor? b_ih, "
+      "gru_layer_bwd(Tensor dy, Tensor dhn, Tensor saved, Tensor y, Tensor h0, Tensor x, "
+      "Tensor w_ih, Tensor? b_ih, "
       "Tensor? b_hh, Tensor w_hh, Tensor batch_sizes, bool reverse, bool need_dx) -> (Tensor dx, "
       "Tensor dh0, "
       "Tensor dw_ih, Tensor db_ih, Tensor db_hh, Tensor dw_hh)");
@@ -57,7 +60,8 @@ TORCH_LIBRARY(fastcells, m) {
       "Tensor batch_sizes, bool relu, bool reverse, bool training) -> (Tensor y, Tensor hn, "
       "Tensor saved)");
   m.def(
-      "rnn_layer_bwd(Tensor dy, Tensor dhn, Tensor saved, Tensor x, Tensor w_ih, Tensor? b_ih, "
+      "rnn_layer_bwd(Tensor dy, Tensor dhn, Tensor saved, Tensor y, Tensor h0, Tensor x, "
+      "Tensor w_ih, Tensor? b_ih, "
       "Tensor? b_hh, Tensor w_hh, Tensor batch_sizes, bool relu, bool reverse, bool need_dx) -> "
       "(Tensor dx, "
       "Tensor dh0, Tensor dw_ih, Tensor db_ih, Tensor db_hh, Tensor dw_hh)");
@@ -108,7 +112,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                   {"h_raw", lstm.h_raw()}, {"width", lstm.width()},
                   {"width_no_proj", fastcells::LstmLayout{H, H, false}.width()}}},
         {"gru", {{"h_n", gru.h_n()}, {"h_prev", gru.h_prev()}, {"width", gru.width()}}},
-        {"rnn", {{"h", rnn.h()}, {"h_prev", rnn.h_prev()}, {"width", rnn.width()}}}};
+        {"rnn", {{"h", rnn.h()}, {"h_prev", rnn.h_prev()}, {"width", rnn.width()}}},
+        {"gru_cpu", {{"h_n", fastcells::GruCpuLayout{H}.h_n()}, {"width", fastcells::GruCpuLayout{H}.width()}}},
+        {"rnn_cpu", {{"width", fastcells::RnnCpuLayout{H}.width()}}}};
   });
   // The persistent CUDA kernels' partition as tables, for their CPU model (tests/persistent_model.py).
   m.def("persistent_plan", &fastcells::persistent_plan_tables, pybind11::arg("gates"),

@@ -127,8 +127,9 @@ def lstm_bwd_fake(dy, dhn, dcn, saved, x, w_ih, b_ih, b_hh, w_hh, w_hr, batch_si
             torch.empty_like(w_hh), _grad_or_absent(w_hr, dy))
 
 
-def lstm_autograd(bwd_op):
-    """(backward, setup_context) of an LSTM layer forward op whose backward op is ``bwd_op``."""
+def lstm_autograd(fwd_op, bwd_op, reads_output):
+    """(backward, setup_context) of an LSTM layer forward op whose backward op is ``bwd_op`` (its saved
+    rows keep the states on every device: ``fwd_op`` and ``reads_output`` go unused)."""
 
     def setup(ctx, inputs, output):
         x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse, training = inputs
@@ -156,24 +157,43 @@ def lstm_autograd(bwd_op):
 
 
 # ---- GRU and RNN: one state; RNN has a ``relu`` flag between batch_sizes and reverse ---------------
+#
+# Their backward ops also take the forward's output y and h0: the CPU ops read the states from them,
+# which their saved rows leave out (saved_layout.py), where the others get an empty y and read saved.
 
 
-def single_state_fwd_fake(gates, saved_width, saved_dtype):
-    """The fake of a GRU (gates 3) or RNN (1) layer forward op; ``saved_width(H)`` its saved width."""
+def reads_output_on_cpu(device):
+    """Whether a GRU or RNN op of fastcells._C on ``device`` reads the states from y and h0 in backward:
+    the CPU's (a copy of y in saved made an RNN's training call hold 1.7 times torch.nn's memory)."""
+    return device.type == "cpu"
+
+
+def never_reads_output(device):
+    """The Triton ops, on any device (the interpreter's included), keep the states in saved."""
+    return False
+
+
+def single_state_fwd_fake(gates, saved_width, saved_dtype, reads_output):
+    """The fake of a GRU (gates 3) or RNN (1) layer forward op; ``saved_width(H, reads_output)`` its
+    saved width, ``reads_output(device)`` whether its backward reads the states from y and h0."""
 
     def fake(x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, *flags_and_training):
         H = h0.shape[1]
         _check_input_side(x, w_ih, b_ih, b_hh, gates * H)
         _check_shape(w_hh, (gates * H, H), "w_hh")
         return (x.new_empty((x.shape[0], H)), torch.empty_like(h0),
-                _saved(x, saved_width(H), flags_and_training[-1], saved_dtype))
+                _saved(x, saved_width(H, reads_output(x.device)), flags_and_training[-1], saved_dtype))
 
     return fake
 
 
-def single_state_bwd_fake(saved_width):
-    def fake(dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, *flags_and_need_dx):
-        _check_shape(saved, (dy.shape[0], saved_width(dhn.shape[1])), "saved")
+def single_state_bwd_fake(saved_width, reads_output):
+    def fake(dy, dhn, saved, y, h0, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, *flags_and_need_dx):
+        reads = reads_output(dy.device)
+        _check_shape(saved, (dy.shape[0], saved_width(dhn.shape[1], reads)), "saved")
+        if reads:
+            _check_shape(y, dy.shape, "y")
+            _check_shape(h0, dhn.shape, "h0")
         return (_grad_or_absent(x, dy, flags_and_need_dx[-1]), torch.empty_like(dhn),
                 torch.empty_like(w_ih), _grad_or_absent(b_ih, dy), _grad_or_absent(b_hh, dy),
                 torch.empty_like(w_hh))
@@ -181,16 +201,36 @@ def single_state_bwd_fake(saved_width):
     return fake
 
 
-def single_state_autograd(bwd_op, reference_name):
-    """(backward, setup_context) of a GRU or RNN layer forward op whose backward op is ``bwd_op``: the
-    flags after batch_sizes (RNN's relu, reverse) pass through to it. ``reference_name``: the reference
-    backend's layer function of the op."""
+def _keep_output(ctx, y):
+    """Keeps the forward's output y for a backward that reads the states from it. Not through
+    save_for_backward: autograd would then raise where the caller changed y in place before backward,
+    which torch.nn's GRU and RNN on the CPU allow (their output is a copy). A detached y shares y's data
+    and its version counter, and makes no reference cycle through y's grad_fn; where the version moved,
+    backward computes y again (_kept_output)."""
+    ctx.output, ctx.output_version = y.detach(), y._version
+
+
+def _kept_output(ctx, forward_again):
+    """The y _keep_output kept, or ``forward_again()``'s where it was changed in place since."""
+    if ctx.output._version == ctx.output_version:
+        return ctx.output
+    return forward_again()
+
+
+def single_state_autograd(fwd_op, bwd_op, reference_name, reads_output):
+    """(backward, setup_context) of a GRU or RNN layer forward op ``fwd_op`` whose backward op is
+    ``bwd_op``: the flags after batch_sizes (RNN's relu, reverse) pass through to it.
+    ``reference_name``: the reference backend's layer function of the op; ``reads_output(device)``:
+    whether the backward op reads the states from y and h0."""
 
     def setup(ctx, inputs, output):
         x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, *flags, training = inputs
         _setup_saved(ctx, output[2], training)
         ctx.save_for_backward(output[2], x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes)
         ctx.flags, ctx.batch = tuple(flags), h0.shape[0]
+        ctx.reads_output = training and reads_output(x.device)
+        if ctx.reads_output:
+            _keep_output(ctx, output[0])
 
     def backward(ctx, dy, dhn, _dsaved):
         _require_saved(ctx)
@@ -202,8 +242,11 @@ def single_state_autograd(bwd_op, reference_name):
             grads = _recorded_grads(ctx, _reference(reference_name), (x, w_ih, b_ih, b_hh, h0, w_hh),
                                     (batch_sizes, *ctx.flags), (dy, dhn))
             return (*grads, None) + (None,) * len(ctx.flags) + (None,)
+        inputs = (x, w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, *ctx.flags)
+        y = (_kept_output(ctx, lambda: fwd_op(*inputs, True)[0]) if ctx.reads_output
+             else dy.new_empty((0,)))
         need_dx = ctx.needs_input_grad[0]
-        dx, dh0, dw_ih, db_ih, db_hh, dw_hh = bwd_op(dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh,
+        dx, dh0, dw_ih, db_ih, db_hh, dw_hh = bwd_op(dy, dhn, saved, y, h0, x, w_ih, b_ih, b_hh, w_hh,
                                                      batch_sizes, *ctx.flags, need_dx)
         return ((dx if need_dx else None, dw_ih, _present(db_ih, b_ih), _present(db_hh, b_hh), dh0,
                  dw_hh, None) + (None,) * len(ctx.flags) + (None,))
@@ -211,20 +254,22 @@ def single_state_autograd(bwd_op, reference_name):
     return backward, setup
 
 
-def gru_autograd(bwd_op):
-    return single_state_autograd(bwd_op, "gru_layer")
+def gru_autograd(fwd_op, bwd_op, reads_output):
+    return single_state_autograd(fwd_op, bwd_op, "gru_layer", reads_output)
 
 
-def rnn_autograd(bwd_op):
-    return single_state_autograd(bwd_op, "rnn_layer")
+def rnn_autograd(fwd_op, bwd_op, reads_output):
+    return single_state_autograd(fwd_op, bwd_op, "rnn_layer", reads_output)
 
 
-def register_layer_op(fwd_name, bwd_name, fwd_fake, bwd_fake, autograd):
+def register_layer_op(fwd_name, bwd_name, fwd_fake, bwd_fake, autograd,
+                      reads_output=never_reads_output):
     """Registers the fakes of a layer op pair ``fastcells::{fwd_name}`` / ``{bwd_name}`` and the
-    forward's autograd; ``autograd(bwd_op)`` gives (backward, setup_context)."""
+    forward's autograd; ``autograd(fwd_op, bwd_op, reads_output)`` gives (backward, setup_context)."""
     torch.library.register_fake("fastcells::" + fwd_name)(fwd_fake)
     torch.library.register_fake("fastcells::" + bwd_name)(bwd_fake)
-    backward, setup = autograd(getattr(torch.ops.fastcells, bwd_name))
+    ops = torch.ops.fastcells
+    backward, setup = autograd(getattr(ops, fwd_name), getattr(ops, bwd_name), reads_output)
     torch.library.register_autograd("fastcells::" + fwd_name, backward, setup_context=setup)
 
 
@@ -233,11 +278,13 @@ def register():
     register_layer_op("lstm_layer_fwd", "lstm_layer_bwd", lstm_fwd_fake(same_dtype), lstm_bwd_fake,
                       lstm_autograd)
     register_layer_op("gru_layer_fwd", "gru_layer_bwd",
-                      single_state_fwd_fake(3, gru_saved_width, same_dtype),
-                      single_state_bwd_fake(gru_saved_width), gru_autograd)
+                      single_state_fwd_fake(3, gru_saved_width, same_dtype, reads_output_on_cpu),
+                      single_state_bwd_fake(gru_saved_width, reads_output_on_cpu), gru_autograd,
+                      reads_output_on_cpu)
     register_layer_op("rnn_layer_fwd", "rnn_layer_bwd",
-                      single_state_fwd_fake(1, rnn_saved_width, same_dtype),
-                      single_state_bwd_fake(rnn_saved_width), rnn_autograd)
+                      single_state_fwd_fake(1, rnn_saved_width, same_dtype, reads_output_on_cpu),
+                      single_state_bwd_fake(rnn_saved_width, reads_output_on_cpu), rnn_autograd,
+                      reads_output_on_cpu)
 
     # The step ops: inference only (a step that needs gradients runs as a one-step layer op).
     @torch.library.register_fake("fastcells::lstm_step_fwd")

@@ -6,6 +6,10 @@ number against the C++ header through fastcells._C.saved_layouts.
     LSTM  [gates i f g o (4H) | c_prev (H) | tanh(c) (H) | h_prev (P) | h before projection (H, proj)]
     GRU   [r z n (3H) | h_n = W_hn h_prev + b_hn (H) | h_prev (H)]
     RNN   [h (H) | h_prev (H)]
+
+The CPU's GRU and RNN ops read h and h_prev from the layer's output y and h0 instead (``reads_output``):
+    GRU   [r z n (3H) | h_n (H)]
+    RNN   nothing
 """
 
 
@@ -15,11 +19,15 @@ def lstm_columns(H, P, has_proj):
             "width": 6 * H + P + (H if has_proj else 0)}
 
 
-def gru_columns(H):
+def gru_columns(H, reads_output=False):
+    if reads_output:
+        return {"h_n": 3 * H, "width": 4 * H}
     return {"h_n": 3 * H, "h_prev": 4 * H, "width": 5 * H}
 
 
-def rnn_columns(H):
+def rnn_columns(H, reads_output=False):
+    if reads_output:
+        return {"width": 0}
     return {"h": 0, "h_prev": H, "width": 2 * H}
 
 
@@ -27,9 +35,9 @@ def lstm_saved_width(H, P, has_proj):
     return lstm_columns(H, P, has_proj)["width"]
 
 
-def gru_saved_width(H):
-    return gru_columns(H)["width"]
+def gru_saved_width(H, reads_output=False):
+    return gru_columns(H, reads_output)["width"]
 
 
-def rnn_saved_width(H):
-    return rnn_columns(H)["width"]
+def rnn_saved_width(H, reads_output=False):
+    return rnn_columns(H, reads_output)["width"]

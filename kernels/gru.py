@@ -52,10 +52,11 @@ def gru_layer_fwd(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optiona
 
 
 @torch.library.custom_op("fastcells::triton_gru_layer_bwd", mutates_args=())
-def gru_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, x: Tensor, w_ih: Tensor,
-                  b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hh: Tensor, batch_sizes: Tensor,
-                  reverse: bool, need_dx: bool
+def gru_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, y: Tensor, h0: Tensor, x: Tensor,
+                  w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hh: Tensor,
+                  batch_sizes: Tensor, reverse: bool, need_dx: bool
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    # y and h0 go unread: the saved rows keep the states (fastcells/ops.py's reads_output).
     N, H = dy.shape[0], dhn.shape[1]
     columns = gru_columns(H)
     saved = launch.checked_saved(saved, N, columns["width"])
@@ -85,5 +86,7 @@ def gru_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, x: Tensor, w_ih: Tenso
 
 
 ops.register_layer_op("triton_gru_layer_fwd", "triton_gru_layer_bwd",
-                      ops.single_state_fwd_fake(3, gru_saved_width, launch.compute_dtype),
-                      ops.single_state_bwd_fake(gru_saved_width), ops.gru_autograd)
+                      ops.single_state_fwd_fake(3, gru_saved_width, launch.compute_dtype,
+                                                ops.never_reads_output),
+                      ops.single_state_bwd_fake(gru_saved_width, ops.never_reads_output),
+                      ops.gru_autograd)

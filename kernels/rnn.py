@@ -50,10 +50,11 @@ def rnn_layer_fwd(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optiona
 
 
 @torch.library.custom_op("fastcells::triton_rnn_layer_bwd", mutates_args=())
-def rnn_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, x: Tensor, w_ih: Tensor,
-                  b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hh: Tensor, batch_sizes: Tensor,
-                  relu: bool, reverse: bool, need_dx: bool
+def rnn_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, y: Tensor, h0: Tensor, x: Tensor,
+                  w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hh: Tensor,
+                  batch_sizes: Tensor, relu: bool, reverse: bool, need_dx: bool
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    # y and h0 go unread: the saved rows keep the states (fastcells/ops.py's reads_output).
     N, H = dy.shape[0], dhn.shape[1]
     columns = rnn_columns(H)
     saved = launch.checked_saved(saved, N, columns["width"])
@@ -82,5 +83,7 @@ def rnn_layer_bwd(dy: Tensor, dhn: Tensor, saved: Tensor, x: Tensor, w_ih: Tenso
 
 
 ops.register_layer_op("triton_rnn_layer_fwd", "triton_rnn_layer_bwd",
-                      ops.single_state_fwd_fake(1, rnn_saved_width, launch.compute_dtype),
-                      ops.single_state_bwd_fake(rnn_saved_width), ops.rnn_autograd)
+                      ops.single_state_fwd_fake(1, rnn_saved_width, launch.compute_dtype,
+                                                ops.never_reads_output),
+                      ops.single_state_bwd_fake(rnn_saved_width, ops.never_reads_output),
+                      ops.rnn_autograd)

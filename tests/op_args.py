@@ -74,10 +74,11 @@ def _fix_leaves(args):
 
 
 def layer_bwd_args(family, dtype, reverse, triton=False, need_dx=True, bias=None):
-    """(op, args) for the family's layer backward op, with ``saved`` from a real training forward."""
+    """(op, args) for the family's layer backward op, with ``saved`` (and y, for GRU and RNN) from a real
+    training forward."""
     fwd, fargs = layer_fwd_args(family, dtype, reverse, training=True, triton=triton, bias=bias)
     fargs = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in fargs)
-    saved = fwd(*fargs)[-1]
+    y, *_, saved = fwd(*fargs)
     x, w_ih, b_ih, b_hh = fargs[:4]
     if family.startswith("lstm"):
         h0, c0, w_hh, w_hr, sizes = fargs[4:9]
@@ -87,8 +88,8 @@ def layer_bwd_args(family, dtype, reverse, triton=False, need_dx=True, bias=None
                 reverse, need_dx)
         return (ops.triton_lstm_layer_bwd if triton else ops.lstm_layer_bwd), args
     h0, w_hh, sizes = fargs[4:7]
-    head = (_randn(N, H, dtype=dtype, seed=11), _randn(B, H, dtype=dtype, seed=12), saved, x, w_ih,
-            b_ih, b_hh, w_hh, sizes)
+    head = (_randn(N, H, dtype=dtype, seed=11), _randn(B, H, dtype=dtype, seed=12), saved, y, h0, x,
+            w_ih, b_ih, b_hh, w_hh, sizes)
     if family.startswith("gru"):
         return (ops.triton_gru_layer_bwd if triton else ops.gru_layer_bwd), (*head, reverse, need_dx)
     relu = family == "rnn_relu"

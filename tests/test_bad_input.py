@@ -285,8 +285,8 @@ FWD_INDEX = {"lstm": {"x": 0, "w_ih": 1, "b_ih": 2, "b_hh": 3, "h0": 4, "c0": 5,
 FWD_INDEX["rnn"] = FWD_INDEX["gru"]
 BWD_INDEX = {"lstm": {"dy": 0, "dhn": 1, "dcn": 2, "saved": 3, "x": 4, "w_ih": 5, "b_ih": 6, "b_hh": 7,
                       "w_hh": 8, "w_hr": 9, "batch_sizes": 10},
-             "gru": {"dy": 0, "dhn": 1, "saved": 2, "x": 3, "w_ih": 4, "b_ih": 5, "b_hh": 6, "w_hh": 7,
-                     "batch_sizes": 8}}
+             "gru": {"dy": 0, "dhn": 1, "saved": 2, "y": 3, "h0": 4, "x": 5, "w_ih": 6, "b_ih": 7,
+                     "b_hh": 8, "w_hh": 9, "batch_sizes": 10}}
 BWD_INDEX["rnn"] = BWD_INDEX["gru"]
 
 
@@ -371,6 +371,11 @@ def _bad_bwd_cases():
         cases.append((family, "w_ih_shape", at["w_ih"], _x(7, 4, dtype=F64), "w_ih"))
         cases.append((family, "w_hh_shape", at["w_hh"], _x(7, p, dtype=F64), "w_hh"))
         cases.append((family, "w_hh_float32", at["w_hh"], None, "dtype"))
+        if cell != "lstm":  # the states the CPU's GRU and RNN backward read
+            cases.append((family, "y_rows", at["y"], _x(8, 5, dtype=F64), "y must have shape"))
+            cases.append((family, "y_float32", at["y"], None, "dtype"))
+            cases.append((family, "h0_batch", at["h0"], _x(2, 5, dtype=F64), "h0 must have shape"))
+            cases.append((family, "h0_float32", at["h0"], None, "dtype"))
     at = BWD_INDEX["lstm"]
     for family in ("lstm", "lstm_proj"):
         cases.append((family, "dcn_batch", 2, _x(2, 5, dtype=F64), "must have shape"))
@@ -460,7 +465,9 @@ NAMING_CASES = [
     # (op kind, family, argument index, argument name, builder of the bad value from the good one)
     ("bwd", "lstm", 1, "dhn", lambda good: good.float()),
     ("bwd", "lstm", 3, "saved", lambda good: good.float()),
-    ("bwd", "gru", 7, "w_hh", lambda good: good.float()),
+    ("bwd", "gru", 9, "w_hh", lambda good: good.float()),
+    ("bwd", "rnn_tanh", 3, "y", lambda good: good.float()),
+    ("bwd", "gru", 4, "h0", lambda good: good[:-1]),
     ("bwd", "lstm", 5, "w_ih", lambda good: good.float()),
     ("bwd", "rnn_tanh", 1, "dhn", lambda good: good.float()),
     ("step", "lstm", 2, "c", lambda good: good.float()),

@@ -93,11 +93,11 @@ def test_layers_refuse_weights_of_another_dtype(x_dtype, w_dtype, message, batch
     batch_sizes = torch.full((3,), batch)
     with pytest.raises(RuntimeError, match=message):
         torch.ops.fastcells.rnn_layer_fwd(x, w_ih, None, None, h, w_hh, batch_sizes, False, False, True)
-    dy, saved = torch.randn(3 * batch, 5, dtype=x_dtype), torch.randn(3 * batch, 10, dtype=x_dtype)
+    dy, saved = torch.randn(3 * batch, 5, dtype=x_dtype), torch.empty(3 * batch, 0, dtype=x_dtype)
     got = message.split(", got ")[1]  # the backward may name w_hh first
     with pytest.raises(RuntimeError, match=rf"w_(ih|hh) must have dtype \w+ like (x|dy), got {got}"):
-        torch.ops.fastcells.rnn_layer_bwd(dy, h, saved, x, w_ih, None, None, w_hh, batch_sizes, False, False,
-                                          True)
+        torch.ops.fastcells.rnn_layer_bwd(dy, h, saved, dy, h, x, w_ih, None, None, w_hh, batch_sizes, False,
+                                          False, True)
 
 
 def test_mixed_dtypes_are_refused_with_the_argument_named():
@@ -305,15 +305,21 @@ def test_bf16_layers_store_16_bits_without_float32_copies(kind, training):
     torch.nn's bfloat16 call (T=50, B=16, H=256: LSTM 1.50 against torch.nn's 3.20 MiB; 4.72 with float32
     copies). Training holds 0.72 of float32's here (oneDNN's bfloat16 GEMMs of the weight gradients
     allocate scratch where MKL's float32 ones allocate none that torch sees; with float32 copies it was
-    1.6x), LSTM less than torch.nn's (6.9 against 16.3 MiB at the shape above); GRU and RNN training stay
-    above torch.nn, whose per-step autograd frees each step's saved tensors as its backward passes them."""
+    1.6x), LSTM and RNN less than torch.nn's (LSTM 6.9 against 16.3 MiB at the shape above); GRU training
+    stays above torch.nn, whose per-step autograd frees each step's saved tensors as its backward passes
+    them."""
     torch.manual_seed(0)
     ref, fast = make_layer_twins(kind, 64, 64, 1, dtype=torch.float32, backend="cpu")
     x = torch.randn(30, 16, 64, requires_grad=training)
     fast32 = _peak_mib(fast, x, training)
     fast16 = _peak_mib(fast.bfloat16(), x.detach().bfloat16().requires_grad_(training), training)
     torch16 = _peak_mib(ref.bfloat16(), x.detach().bfloat16().requires_grad_(training), training)
-    assert fast16 <= (0.8 if training else 0.55) * fast32, (fast16, fast32)
+    if training and kind == "rnn_tanh":
+        # Its float32 call holds about as little (it saves no state, and writes dx over the gate
+        # gradients): oneDNN's scratch takes the difference, so torch.nn's call bounds it instead.
+        assert fast16 <= torch16, (fast16, torch16)
+    else:
+        assert fast16 <= (0.8 if training else 0.55) * fast32, (fast16, fast32)
     if not training or kind == "lstm":
         assert fast16 <= torch16, (fast16, torch16)
 

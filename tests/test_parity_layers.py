@@ -195,6 +195,29 @@ def test_grad_of_input_only(kind, backend):
     torch.testing.assert_close(grads[1], grads[0], atol=1e-10, rtol=1e-9)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("kind", ["gru", "rnn_tanh", "rnn_relu"])
+def test_output_changed_in_place_before_backward(kind, bidirectional, backend):
+    """torch.nn's GRU and RNN on the CPU let a caller change the output in place before backward (their
+    output is a copy of what they save). The cpu backend's backward reads the states from the output
+    itself: a changed one is computed again, so the gradients are still exact and nothing raises."""
+    dtype = torch.float64
+    ref, fast = make_layer_twins(kind, I, H, 2, bidirectional=bidirectional, dtype=dtype, backend=backend)
+    x = _input(False, dtype)
+    weight = torch.randn(T, B, H * (2 if bidirectional else 1), generator=torch.Generator().manual_seed(1),
+                         dtype=dtype)
+    grads = []
+    for module in (ref, fast):
+        leaf = x.clone().requires_grad_()
+        out, h_n = module(leaf)
+        out.mul_(2).add_(1)
+        h_n.mul_(3)
+        ((out * weight).sum() + h_n.sum()).backward()
+        grads.append([leaf.grad] + [p.grad for p in module.parameters()])
+    for got, expected in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-9)
+
+
 @pytest.mark.parametrize("kind", LAYER_KINDS)
 def test_grad_of_final_hidden_state_only(kind, backend):
     """Only h_n feeds the loss (a sequence classifier): the top layer's output and, for LSTM, every

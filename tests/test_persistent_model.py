@@ -32,9 +32,23 @@ def _layer(family, H, B, sizes=None, seed=0):
             "sizes": sizes, "packed": bool((sizes != B).any())}
 
 
+def _states_before(y, h0, sizes, reverse):
+    """Each row's starting state, what the GPU layouts' h_prev block holds: y's row of the same batch
+    entry one step earlier in the layer's direction, or h0's where its sequence starts."""
+    sizes = sizes.tolist()
+    offsets = [sum(sizes[:t]) for t in range(len(sizes))]
+    out = torch.empty_like(y)
+    for t, rows in enumerate(sizes):
+        before = t + 1 if reverse else t - 1
+        for b in range(rows):
+            out[offsets[t] + b] = (y[offsets[before] + b] if 0 <= before < len(sizes) and b < sizes[before]
+                                   else h0[b])
+    return out
+
+
 def _expected(family, w, reverse, training):
-    """y, hn, cn of the reference backend; saved of the cpu backend's training forward (the layout the
-    per-step backward reads)."""
+    """y, hn, cn of the reference backend; saved of the cpu backend's training forward in the layout the
+    GPU kernels read (the CPU's GRU and RNN leave out the states, which it adds from y and h0)."""
     sizes = w["sizes"]
     args = (w["x"], w["w_ih"], w["b_ih"], w["b_hh"], w["h0"])
     ops = torch.ops.fastcells
@@ -43,11 +57,13 @@ def _expected(family, w, reverse, training):
         saved = ops.lstm_layer_fwd(*args, w["c0"], w["w_hh"], None, sizes, reverse, True)[3]
     elif family == "gru":
         (y, hn), cn = reference.gru_layer(*args, w["w_hh"], sizes, reverse), None
-        saved = ops.gru_layer_fwd(*args, w["w_hh"], sizes, reverse, True)[2]
+        y_cpu, _, saved = ops.gru_layer_fwd(*args, w["w_hh"], sizes, reverse, True)
+        saved = torch.cat([saved, _states_before(y_cpu, w["h0"], sizes, reverse)], 1)
     else:
         relu = family == "rnn_relu"
         (y, hn), cn = reference.rnn_layer(*args, w["w_hh"], sizes, relu, reverse), None
-        saved = ops.rnn_layer_fwd(*args, w["w_hh"], sizes, relu, reverse, True)[2]
+        y_cpu = ops.rnn_layer_fwd(*args, w["w_hh"], sizes, relu, reverse, True)[0]
+        saved = torch.cat([y_cpu, _states_before(y_cpu, w["h0"], sizes, reverse)], 1)
     return y, hn, cn, saved if training else None
 
 
@@ -209,19 +225,21 @@ def test_ptx_fragments_cover_each_tile_element_once():
 
 def _backward_expected(family, w, reverse, saved, dy, dhn, dcn):
     """The cpu backend's backward op in float64: dh0, dc0 (LSTM) and the gradients of w_ih, b_ih,
-    b_hh, w_hh, which the model's dgx and dgh must reproduce."""
+    b_hh, w_hh, which the model's dgx and dgh must reproduce. ``saved``: an LSTM's; the GRU and RNN
+    run their CPU forward again for the CPU's own saved rows and y."""
     sizes = w["sizes"]
     common = (w["x"], w["w_ih"], w["b_ih"], w["b_hh"], w["w_hh"])
     ops = torch.ops.fastcells
     if family == "lstm":
         _, dh0, dc0, *grads = ops.lstm_layer_bwd(dy, dhn, dcn, saved, *common, None, sizes, reverse, False)
-        grads = grads[:4]
-    elif family == "gru":
-        (_, dh0, *grads), dc0 = ops.gru_layer_bwd(dy, dhn, saved, *common, sizes, reverse, False), None
-    else:
-        relu = family == "rnn_relu"
-        (_, dh0, *grads), dc0 = ops.rnn_layer_bwd(dy, dhn, saved, *common, sizes, relu, reverse, False), None
-    return dh0, dc0, grads
+        return dh0, dc0, grads[:4]
+    forward = (w["x"], w["w_ih"], w["b_ih"], w["b_hh"], w["h0"], w["w_hh"], sizes)
+    flags = (reverse,) if family == "gru" else (family == "rnn_relu", reverse)
+    fwd, bwd = ((ops.gru_layer_fwd, ops.gru_layer_bwd) if family == "gru"
+                else (ops.rnn_layer_fwd, ops.rnn_layer_bwd))
+    y, _, cpu_saved = fwd(*forward, *flags, True)
+    _, dh0, *grads = bwd(dy, dhn, cpu_saved, y, w["h0"], *common, sizes, *flags, False)
+    return dh0, None, grads
 
 
 def _grads_from(family, w, saved, dgx, dgh):

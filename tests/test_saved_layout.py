@@ -18,11 +18,15 @@ def test_mirror_matches_the_header(H, P):
     assert cpp["lstm"] == saved_layout.lstm_columns(H, P, True)
     assert cpp["gru"] == saved_layout.gru_columns(H)
     assert cpp["rnn"] == saved_layout.rnn_columns(H)
+    assert cpp["gru_cpu"] == saved_layout.gru_columns(H, reads_output=True)
+    assert cpp["rnn_cpu"] == saved_layout.rnn_columns(H, reads_output=True)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_h_prev_columns_hold_the_previous_state(cell):
-    """One step with a known h0: the saved h_prev block is h0 (a layout off by a block would not be)."""
+def test_saved_blocks_hold_what_they_name(cell):
+    """One step with a known h0: LSTM's saved h_prev block is h0; the CPU GRU's h_n block is W_hn h0
+    (it has no h_prev block: its backward reads h0 itself), and the CPU RNN saves nothing (a layout
+    off by a block would not pass)."""
     torch.manual_seed(0)
     H, I, B = 5, 4, 3
     gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
@@ -35,13 +39,14 @@ def test_h_prev_columns_hold_the_previous_state(cell):
         saved = ops.lstm_layer_fwd(x, w_ih, None, None, h0, torch.zeros(B, H, dtype=torch.float64),
                                    w_hh, None, sizes, False, True)[3]
         columns = saved_layout.lstm_columns(H, H, False)
+        block, expected = columns["h_prev"], h0
     elif cell == "gru":
         saved = ops.gru_layer_fwd(x, w_ih, None, None, h0, w_hh, sizes, False, True)[2]
-        columns = saved_layout.gru_columns(H)
+        columns = saved_layout.gru_columns(H, reads_output=True)
+        block, expected = columns["h_n"], h0 @ w_hh[2 * H:].t()
     else:
-        y, _, saved = ops.rnn_layer_fwd(x, w_ih, None, None, h0, w_hh, sizes, False, False, True)
-        columns = saved_layout.rnn_columns(H)
-        torch.testing.assert_close(saved[:, columns["h"]:columns["h"] + H], y)
+        saved = ops.rnn_layer_fwd(x, w_ih, None, None, h0, w_hh, sizes, False, False, True)[2]
+        assert saved.shape == (B, saved_layout.rnn_saved_width(H, reads_output=True)) == (B, 0)
+        return
     assert saved.shape == (B, columns["width"])
-    start = columns["h_prev"]
-    torch.testing.assert_close(saved[:, start:start + H], h0)
+    torch.testing.assert_close(saved[:, block:block + H], expected)

@@ -79,11 +79,12 @@ def test_ten_thousand_steps_forward_and_backward(kind, device_backend):
 @pytest.mark.parametrize("family", ["lstm", "gru", "rnn"])
 def test_saved_activations_match_the_documented_figure(family):
     """A training layer op over LONG_T steps saves B * width values a step and nothing else (the
-    README's figure: LSTM 6H + P, plus H with a projection; GRU 5H; RNN 2H), and nothing at all in
+    README's figure: LSTM 6H + P, plus H with a projection; GRU 4H; RNN none), and nothing at all in
     inference. The widths come from fastcells/saved_layout.py, itself checked against the C++ header
     in test_saved_layout.py."""
     width = {"lstm": lambda H: saved_layout.lstm_saved_width(H, H, False),
-             "gru": saved_layout.gru_saved_width, "rnn": saved_layout.rnn_saved_width}[family]
+             "gru": lambda H: saved_layout.gru_saved_width(H, reads_output=True),
+             "rnn": lambda H: saved_layout.rnn_saved_width(H, reads_output=True)}[family]
     B, H, I = 2, 8, 3
     gates = {"lstm": 4, "gru": 3, "rnn": 1}[family]
     x, w_ih = torch.randn(LONG_T * B, I), torch.randn(gates * H, I) * 0.1

@@ -100,15 +100,15 @@ def test_layer_ops(family, dtype, sizes, reverse):
         poisoned = _poisoned_call(fwd_op, args, _numels(clean, extra), dtype)
         _assert_identical(poisoned, clean)
 
-    saved = fwd_op(*fwd_args, reverse, True)[-1]
+    y, *_, saved = fwd_op(*fwd_args, reverse, True)
     grads = tuple(_randn(*shape, dtype=dtype, seed=20 + k) for k, shape in enumerate(grad_shapes))
     x, w_ih, b_ih, b_hh = fwd_args[:4]
     if family.startswith("lstm"):
         w_hh, w_hr, batch_sizes = fwd_args[6:9]
         bwd_args = grads + (saved, x, w_ih, b_ih, b_hh, w_hh, w_hr, batch_sizes, reverse, True)
     else:
-        w_hh, batch_sizes, *relu = fwd_args[5:]
-        bwd_args = grads + (saved, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, *relu, reverse, True)
+        h0, w_hh, batch_sizes, *relu = fwd_args[4:]
+        bwd_args = grads + (saved, y, h0, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, *relu, reverse, True)
     clean = bwd_op(*bwd_args)
     _assert_identical(_poisoned_call(bwd_op, bwd_args, _numels(clean, extra), dtype), clean)
 

@@ -49,7 +49,8 @@ LayerOutputs gru_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const Option
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
                                const Tensor& batch_sizes, bool reverse, bool training);
 LayerGrads gru_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& saved,
-                             const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
+                             const Tensor& y, const Tensor& h0, const Tensor& x,
+                             const Tensor& w_ih, const OptionalTensor& b_ih,
                              const OptionalTensor& b_hh, const Tensor& w_hh,
                              const Tensor& batch_sizes, bool reverse, bool need_dx);
 Tensor gru_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
@@ -59,7 +60,8 @@ LayerOutputs rnn_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const Option
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
                                const Tensor& batch_sizes, bool relu, bool reverse, bool training);
 LayerGrads rnn_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& saved,
-                             const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
+                             const Tensor& y, const Tensor& h0, const Tensor& x,
+                             const Tensor& w_ih, const OptionalTensor& b_ih,
                              const OptionalTensor& b_hh, const Tensor& w_hh,
                              const Tensor& batch_sizes, bool relu, bool reverse, bool need_dx);
 Tensor rnn_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,

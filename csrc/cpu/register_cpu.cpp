@@ -221,14 +221,15 @@ LayerOutputs gru_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const Option
              b_ih, b_hh, h0, w_hh, batch_sizes, reverse, training);
 }
 LayerGrads gru_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& saved,
-                             const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
+                             const Tensor& y, const Tensor& h0, const Tensor& x,
+                             const Tensor& w_ih, const OptionalTensor& b_ih,
                              const OptionalTensor& b_hh, const Tensor& w_hh,
                              const Tensor& batch_sizes, bool reverse, bool need_dx) {
   const bf16::ProductsScope products(dy.scalar_type() == at::kBFloat16);
   return run_layer(chosen_kernels().gru_layer_bwd, state_rows(dhn),
-             {"dy", "dhn", "saved", "x", "w_ih", "b_ih", "b_hh", "w_hh", "batch_sizes", "reverse",
-              "need_dx"},
-             dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, reverse, need_dx);
+             {"dy", "dhn", "saved", "y", "h0", "x", "w_ih", "b_ih", "b_hh", "w_hh", "batch_sizes",
+              "reverse", "need_dx"},
+             dy, dhn, saved, y, h0, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, reverse, need_dx);
 }
 Tensor gru_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
                         const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
@@ -244,14 +245,15 @@ LayerOutputs rnn_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const Option
              w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse, training);
 }
 LayerGrads rnn_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& saved,
-                             const Tensor& x, const Tensor& w_ih, const OptionalTensor& b_ih,
+                             const Tensor& y, const Tensor& h0, const Tensor& x,
+                             const Tensor& w_ih, const OptionalTensor& b_ih,
                              const OptionalTensor& b_hh, const Tensor& w_hh,
                              const Tensor& batch_sizes, bool relu, bool reverse, bool need_dx) {
   const bf16::ProductsScope products(dy.scalar_type() == at::kBFloat16);
   return run_layer(chosen_kernels().rnn_layer_bwd, state_rows(dhn),
-             {"dy", "dhn", "saved", "x", "w_ih", "b_ih", "b_hh", "w_hh", "batch_sizes", "relu", "reverse",
-              "need_dx"},
-             dy, dhn, saved, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, relu, reverse, need_dx);
+             {"dy", "dhn", "saved", "y", "h0", "x", "w_ih", "b_ih", "b_hh", "w_hh", "batch_sizes", "relu",
+              "reverse", "need_dx"},
+             dy, dhn, saved, y, h0, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, relu, reverse, need_dx);
 }
 Tensor rnn_step_fwd_cpu(const Tensor& x, const Tensor& h, const Tensor& w_ih, const Tensor& w_hh,
                         const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool relu) {

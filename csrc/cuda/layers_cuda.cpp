@@ -344,7 +344,8 @@ LayerOutputs gru_layer_fwd_cuda(const at::Tensor& x, const at::Tensor& w_ih,
 }
 
 LayerGrads gru_layer_bwd_cuda(const at::Tensor& dy_in, const at::Tensor& dhn,
-                              const at::Tensor& saved_in, const at::Tensor& x,
+                              const at::Tensor& saved_in, const at::Tensor& /*y: the states are in saved*/,
+                              const at::Tensor& /*h0*/, const at::Tensor& x,
                               const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
                               const c10::optional<at::Tensor>& b_hh, const at::Tensor& w_hh_in,
                               const at::Tensor& batch_sizes, bool reverse, bool need_dx) {
@@ -405,7 +406,8 @@ LayerOutputs rnn_layer_fwd_cuda(const at::Tensor& x, const at::Tensor& w_ih,
 }
 
 LayerGrads rnn_layer_bwd_cuda(const at::Tensor& dy_in, const at::Tensor& dhn,
-                              const at::Tensor& saved_in, const at::Tensor& x,
+                              const at::Tensor& saved_in, const at::Tensor& /*y: the states are in saved*/,
+                              const at::Tensor& /*h0*/, const at::Tensor& x,
                               const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
                               const c10::optional<at::Tensor>& b_hh, const at::Tensor& w_hh_in,
                               const at::Tensor& batch_sizes, bool relu, bool reverse,
