@@ -9,7 +9,8 @@ low-precision tensors. A fake gives the output shapes without computing (what le
 ``torch._check``; an autograd formula routes a layer op's gradient to its backward op, which never
 re-runs the forward, except where autograd records the backward itself (``create_graph=True``):
 the backward ops are not differentiable, so the gradients are then those of the reference backend's
-layer run again (``_recorded_grads``).
+layer run again (``_recorded_grads``); and where the caller changed a CPU GRU's or RNN's output in
+place before backward, which reads the states from it (``_kept_output``).
 
 Shapes as in csrc/ops.cpp: N rows, I input features, B batch, H hidden, P = proj_size or H.
 """

@@ -1,6 +1,7 @@
 """The Python mirror of the saved-activation layouts (fastcells/saved_layout.py) against the C++ header
 (csrc/include/fastcells/saved_layout.h, read through fastcells._C.saved_layouts), and against what the
-ops really save: the h_prev columns hold the previous step's hidden state."""
+CPU ops really save: LSTM's h_prev columns hold the previous step's hidden state, the GRU's h_n columns
+W_hn h_prev, and the RNN nothing (the CPU's GRU and RNN read the states from their output and h0)."""
 
 import pytest
 import torch
