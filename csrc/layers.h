@@ -11,9 +11,12 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <utility>
+#include <vector>
 
 #include "checks.h"
+#include "cpu/mkl_bf16.h"
 #include "fastcells/saved_layout.h"
 
 namespace fastcells {
@@ -146,6 +149,75 @@ inline void mm_in_into(at::Tensor dst, const at::Tensor& a, const at::Tensor& b,
   }
 }
 
+// Whether products with operands in dtype `in` into a CPU tensor like `dst` go to MKL's bfloat16 GEMM
+// (cpu/mkl_bf16.h) rather than at::mm: bfloat16 operands, where libtorch has it.
+inline bool mkl_bf16_products(const at::Tensor& dst, at::ScalarType in) {
+  return dst.is_cpu() && in == at::kBFloat16 && cpu::has_mkl_bf16_gemm();
+}
+
+// dst (m, n) = the sum of a_i (m, k_i) @ b_i (k_i, n) over `products` (operands in bfloat16) by MKL's
+// bfloat16 GEMM: straight into dst where it is float32, else into float32 sums of at most `block` of
+// dst's rows at a time, each block rounded once to dst's dtype when its sums are complete.
+inline void mkl_bf16_products_into(at::Tensor dst, const std::vector<std::pair<at::Tensor, at::Tensor>>& products,
+                                   int64_t block) {
+  const bool direct = dst.scalar_type() == at::kFloat && (dst.stride(1) == 1 || dst.size(1) <= 1);
+  const int64_t m = dst.size(0);
+  if (direct) block = m;
+  block = std::max<int64_t>(1, block);
+  at::Tensor sums = direct ? dst : at::empty({std::min(block, m), dst.size(1)}, dst.options().dtype(at::kFloat));
+  for (int64_t r0 = 0; r0 < m; r0 += block) {
+    const int64_t rows = std::min(block, m - r0);
+    const at::Tensor out = direct ? dst.narrow(0, r0, rows) : sums.narrow(0, 0, rows);
+    bool accumulate = false;
+    for (const auto& [a, b] : products) {
+      cpu::mkl_bf16_gemm(a.narrow(0, r0, rows), b, out, accumulate);
+      accumulate = true;
+    }
+    if (!direct) dst.narrow(0, r0, rows).copy_(out);
+  }
+}
+
+// dst (a weight's shape) = the sum of a_i @ b_i over `products`, each with its operands in dtype `in`
+// (mm_in): a weight gradient, whose k is a sequence's rows. On the CPU, bfloat16 operands go to MKL's
+// bfloat16 GEMM where libtorch has it, summed into float32 and rounded once to dst's dtype: at::mm
+// (oneDNN's) first copies both operands (1 MiB of scratch for a bfloat16 GRU's dw_ih at T=50 B=16
+// H=128, more than the backward's peak could take beside its own tensors and stay under torch.nn's)
+// and ran at half MKL's speed; and it rounds each product to bfloat16 before the next is added.
+inline void weight_grad_into(at::Tensor dst, std::initializer_list<std::pair<at::Tensor, at::Tensor>> products,
+                             at::ScalarType in) {
+  if (mkl_bf16_products(dst, in)) {
+    std::vector<std::pair<at::Tensor, at::Tensor>> operands;
+    int64_t operand_elements = 0;
+    for (const auto& [a, b] : products) {
+      operands.emplace_back(a.to(in), b.to(in));
+      operand_elements += a.numel() + b.numel();
+    }
+    // Float32 sums no larger than the operands: those of a short sequence's gradient (k of a few dozen
+    // rows) a block of rows at a time, not a float32 copy of the whole weight.
+    const int64_t block = std::max<int64_t>(16, operand_elements / 2 / std::max<int64_t>(1, dst.size(1)));
+    mkl_bf16_products_into(dst, operands, block);
+    return;
+  }
+  bool first = true;
+  for (const auto& [a, b] : products) {
+    if (first) {
+      mm_in_into(dst, a, b, in);
+    } else if (dst.scalar_type() == in) {
+      dst.addmm_(a.to(in), b.to(in));  // no product to allocate and add: 20-40 µs less at B=16
+    } else {
+      dst.add_(mm_in(a, b, in, dst.scalar_type()));
+    }
+    first = false;
+  }
+}
+
+// A weight gradient a @ b (weight_grad_into) as a fresh tensor in dtype `out`.
+inline at::Tensor weight_grad(const at::Tensor& a, const at::Tensor& b, at::ScalarType in, at::ScalarType out) {
+  at::Tensor dst = at::empty({a.size(0), b.size(1)}, a.options().dtype(out));
+  weight_grad_into(dst, {{a, b}}, in);
+  return dst;
+}
+
 // The gradients of a layer's input side, one GEMM or sum each over all rows after the time loop,
 // from dgx (N, G), the gradient of the input pre-activations: dx (N, I; empty unless need_dx),
 // dw_ih (G, I), db_ih and db_hh (G; empty when that bias is absent). dgh_bias is the gradient of
@@ -175,6 +247,18 @@ inline void dx_in_place(at::Tensor& dg, const at::Tensor& w_ih, at::ScalarType i
   }
 }
 
+// dx (N, I) = dg @ w_ih in dtype `out`. On the CPU with bfloat16 operands, by MKL's bfloat16 GEMM
+// (as weight_grad_into), a quarter of the rows at a time where dx is not float32: their float32 sums
+// take half of dx's size. at::mm (oneDNN's) allocated scratch as large as dx (a GRU's at T=50 B=16 H=128,
+// on top of the backward's peak, which then went past torch.nn's), and as much for each block of rows
+// it was given in turn (each block then cost it another 40-80 µs).
+inline at::Tensor dx_product(const at::Tensor& dg, const at::Tensor& w_ih, at::ScalarType in, at::ScalarType out) {
+  if (!mkl_bf16_products(dg, in)) return mm_in(dg, w_ih, in, out);
+  at::Tensor dx = at::empty({dg.size(0), w_ih.size(1)}, dg.options().dtype(out));
+  mkl_bf16_products_into(dx, {{dg.to(in), w_ih.to(in)}}, (dg.size(0) + 3) / 4);
+  return dx;
+}
+
 // operands: the dtype the GEMMs round their operands to (mm_in); none: dgx's. dw_ih comes in w_ih's
 // dtype (where the CPU ops take a bfloat16 call's weights as they are, and multiply in bfloat16, it is
 // never widened to float32 and rounded back). dx_over_dgx: dx may be written over dgx (which the caller
@@ -194,7 +278,7 @@ inline InputGrads input_grads(const at::Tensor& dgx, const at::Tensor& x, const 
   // dw_ih before dx: oneDNN's bfloat16 GEMMs on the CPU allocate scratch (198 KiB for dw_ih at N=480,
   // I=64, where dx is 60 KiB), which then does not come on top of dx.
   InputGrads g;
-  g.dw_ih = mm_in(dg.t(), x, in, w_ih.scalar_type());
+  g.dw_ih = weight_grad(dg.t(), x, in, w_ih.scalar_type());
   g.db_ih = absent();
   g.db_hh = absent();
   if (b_ih.has_value()) g.db_ih = sum_of(sums.dgx, dgx);
@@ -212,7 +296,7 @@ inline InputGrads input_grads(const at::Tensor& dgx, const at::Tensor& x, const 
     g.dx = dgx;
     dx_in_place(g.dx, w_ih, in);
   } else {
-    g.dx = mm_in(dg, w_ih, in, dgx.scalar_type());
+    g.dx = dx_product(dg, w_ih, in, dgx.scalar_type());
   }
   return g;
 }
@@ -225,8 +309,8 @@ inline std::pair<at::Tensor, at::Tensor> lstm_weight_grads(
     const at::Tensor& dgx, const at::Tensor& saved, const at::Tensor& dh_rows, const LstmLayout& L,
     c10::optional<at::ScalarType> operands = c10::nullopt, c10::optional<at::ScalarType> weights = c10::nullopt) {
   const at::ScalarType in = operands.value_or(dgx.scalar_type()), out = weights.value_or(dgx.scalar_type());
-  at::Tensor dw_hh = mm_in(dgx.t(), saved.narrow(1, L.h_prev(), L.P), in, out);
-  at::Tensor dw_hr = L.proj ? mm_in(dh_rows.t(), saved.narrow(1, L.h_raw(), L.H), in, out)
+  at::Tensor dw_hh = weight_grad(dgx.t(), saved.narrow(1, L.h_prev(), L.P), in, out);
+  at::Tensor dw_hr = L.proj ? weight_grad(dh_rows.t(), saved.narrow(1, L.h_raw(), L.H), in, out)
                             : at::empty({0}, dgx.options());
   return {dw_hh, dw_hr};
 }

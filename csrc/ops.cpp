@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/mkl_bf16.h"
 #include "cpu/ops_cpu.h"
 #include "cpu/stack_inference.h"
 #include "fastcells/saved_layout.h"
@@ -101,6 +102,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Whether bfloat16 layers multiply in bfloat16 (AVX-512 BF16) in this process.");
   m.def("cpu_amx_products", &fastcells::cpu::cpu_amx_products,
         "Whether those products run on AMX tiles (more than 4 rows a step) in this process.");
+  m.def("cpu_mkl_bf16_gemm", &fastcells::cpu::has_mkl_bf16_gemm,
+        "Whether bfloat16 layers' backward GEMMs (weight gradients, dx) run on MKL's bfloat16 GEMM.");
   // The saved layouts of fastcells/saved_layout.h for H hidden units and P = proj_size (LSTM), as
   // {name: column offset or width}: what tests/test_saved_layout.py checks the Python mirror against.
   m.def("saved_layouts", [](int64_t H, int64_t P) {

@@ -58,6 +58,15 @@ def cpu_amx_products():
     return bool(_extension.C is not None and getattr(_extension.C, "cpu_amx_products", lambda: False)())
 
 
+def cpu_mkl_bf16_gemm():
+    """Whether the cpu backend's bfloat16 layers run their backward GEMMs (weight gradients, dx) on MKL's
+    bfloat16 GEMM in this process (csrc/cpu/mkl_bf16.h: where torch carries MKL;
+    FASTCELLS_CPU_MKL_BF16=0 turns it off), else on at::mm."""
+    from . import _extension
+
+    return bool(_extension.C is not None and getattr(_extension.C, "cpu_mkl_bf16_gemm", lambda: False)())
+
+
 def device_slug(device):
     """``device_name`` as a folder name: "nvidia-h100-80gb-hbm3", "cpu-amd-epyc"."""
     device = torch.device(device)

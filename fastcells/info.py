@@ -45,6 +45,10 @@ def describe(device_types_):
                 else:
                     products = "float32 (no AVX-512 BF16 in this CPU or these kernels)"
                 lines.append(f"  {'':10} bfloat16 layers multiply in {products}")
+                if environment.cpu_bf16_products():  # else their backward multiplies in float32 too
+                    backward = ("MKL's bfloat16 GEMM (float32 sums; FASTCELLS_CPU_MKL_BF16=0 for at::mm)"
+                                if environment.cpu_mkl_bf16_gemm() else "at::mm")
+                    lines.append(f"  {'':10} their backward's GEMMs on {backward}")
     return lines
 
 

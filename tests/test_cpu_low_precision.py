@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fastcells
-from fastcells import backends
+from fastcells import backends, environment, info
 from conftest import OpRecorder, low_precision_errors, make_cell_twins, make_layer_twins
 
 if "cpu" not in fastcells.available_backends("cpu"):
@@ -143,6 +143,8 @@ def test_bf16_products_are_used_where_the_cpu_has_them():
     amx = _amx_expected()
     assert _extension.C.cpu_amx_products() == environment.cpu_amx_products() == amx
     assert any("AMX tiles" in text for text in info.describe(["cpu"])) == amx
+    mkl = "their backward's GEMMs on MKL's bfloat16 GEMM"
+    assert any(mkl in text for text in info.describe(["cpu"])) == (expected and environment.cpu_mkl_bf16_gemm())
 
 
 @pytest.mark.skipif(not _amx_expected(), reason="no AMX tiles in this CPU (or FASTCELLS_CPU_AMX=0)")
@@ -153,6 +155,25 @@ def test_bf16_tests_pass_on_the_avx512_bf16_kernels_too():
     run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
                           "bf16 and not avx512_bf16_kernels_too"], env=env, capture_output=True, text=True,
                          cwd=os.path.dirname(__file__), timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout.splitlines()[-1]
+
+
+@pytest.mark.skipif(not (_cpu_has_avx512_bf16() and environment.cpu_mkl_bf16_gemm()),
+                    reason="no MKL bfloat16 GEMM in this torch (or FASTCELLS_CPU_MKL_BF16=0), or no AVX-512 BF16")
+def test_bf16_gradient_tests_pass_with_the_backward_gemms_on_at_mm_too():
+    """Here the backward's GEMMs of a bfloat16 layer run on MKL's bfloat16 GEMM (csrc/layers.h's
+    weight_grad_into and dx_product); torch builds without MKL take at::mm, which FASTCELLS_CPU_MKL_BF16=0
+    makes this process take: the bfloat16 gradient tests again there."""
+    env = {**os.environ, "FASTCELLS_CPU_MKL_BF16": "0"}
+    off = subprocess.run([sys.executable, "-c", "from fastcells import environment, info; "
+                          "print(environment.cpu_mkl_bf16_gemm()); print(*info.describe(['cpu']), sep='\\n')"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert off.stdout.splitlines()[0] == "False", off.stdout + off.stderr
+    assert "their backward's GEMMs on at::mm" in off.stdout
+    run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
+                          "bf16 and (error_bounded or gradients) and not on_at_mm_too"], env=env,
+                         capture_output=True, text=True, cwd=os.path.dirname(__file__), timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout.splitlines()[-1]
 
@@ -168,7 +189,7 @@ def test_bf16_layer_error_bounded_by_torch_own_at_each_product_path(kind, batch)
 @pytest.mark.parametrize("batch", [5, 16])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 def test_bf16_weight_gradients_error_bounded_by_torch_own(kind, batch):
-    """The weight gradients' GEMMs round the gate gradients to bfloat16 (layers.h's mm_in): each
+    """The weight gradients' GEMMs round the gate gradients to bfloat16 (layers.h's weight_grad_into): each
     parameter's gradient, against float64, within a small multiple of torch.nn's own error."""
     ref64, fast = make_layer_twins(kind, 8, 37, 1, dtype=torch.float64, backend="cpu")
     with torch.no_grad():

@@ -7,8 +7,9 @@
 // input products may round their operands to bfloat16 and lose nothing torch.nn keeps: the weights
 // and the input are bfloat16 already, and torch.nn's h is a bfloat16 tensor between steps too. The
 // sums, the gate math and c stay float32. Backward rounds the gate gradients to bfloat16 for its
-// products (per step here, over all rows through at::mm: layers.h's mm_in), as oneDNN's bfloat16
-// backward does; the tests hold the gradients to torch.nn's own error.
+// products (per step here; over all rows on MKL's bfloat16 GEMM, or at::mm without it: layers.h's
+// weight_grad_into and dx_product), as oneDNN's bfloat16 backward does; the tests hold the gradients to
+// torch.nn's own error.
 //
 // Compiled once, in bf16_products.cpp under its own `#pragma GCC target`; so nothing here is inline,
 // and the AVX-512 copy of the kernels (gemm_cpu.h, matmul_cpu.h) calls it only where cpu_has_products().

@@ -72,27 +72,22 @@ inline bool all_steps_full(const Schedule& sched) {
 }
 
 // dst (G, H) = dg^T h_prev: dg (N, G) a gradient of pre-activations that add W h_prev, h_prev every row's
-// starting state (StatesBefore), the operands in dtype `in` (mm_in). Where every step has all B rows,
-// h_prev is y shifted by one step with h0 in front, so the product is two GEMMs on y and h0 as they
+// starting state (StatesBefore), the operands in dtype `in` (weight_grad_into). Where every step has all B
+// rows, h_prev is y shifted by one step with h0 in front, so the product is two GEMMs on y and h0 as they
 // are, with no (N, H) copy: that copy would come on top of the backward's peak memory.
 template <typename S>
 void states_before_product(at::Tensor dst, const at::Tensor& dg, const at::Tensor& y, const at::Tensor& h0,
                            const Schedule& sched, bool reverse, at::ScalarType in) {
   if (sched.steps == 0 || !all_steps_full(sched)) {
-    mm_in_into(dst, dg.t(), StatesBefore<S>(y, h0, sched, reverse).gathered(), in);
+    weight_grad_into(dst, {{dg.t(), StatesBefore<S>(y, h0, sched, reverse).gathered()}}, in);
     return;
   }
   const int64_t N = y.size(0), B = sched.batch, rest = N - B;
   // Going forward, rows B.. started from y's rows 0..N-B and rows 0..B from h0; in reverse, rows 0..N-B
   // started from y's rows B.. and the last B rows from h0.
   const int64_t dg_from_y = reverse ? 0 : B, y_first = reverse ? B : 0, dg_from_h0 = reverse ? rest : 0;
-  mm_in_into(dst, dg.narrow(0, dg_from_y, rest).t(), y.narrow(0, y_first, rest), in);
-  const at::Tensor dg_h0 = dg.narrow(0, dg_from_h0, B).t();
-  if (dst.scalar_type() == in) {
-    dst.addmm_(dg_h0.to(in), h0.to(in));  // no product to allocate and add: 20-40 µs less at B=16
-  } else {
-    dst.add_(mm_in(dg_h0, h0, in, dst.scalar_type()));
-  }
+  weight_grad_into(dst, {{dg.narrow(0, dg_from_y, rest).t(), y.narrow(0, y_first, rest)},
+                         {dg.narrow(0, dg_from_h0, B).t(), h0}}, in);
 }
 
 }  // namespace fastcells::cpu::FASTCELLS_ISA
