@@ -134,7 +134,7 @@ def _amx_expected():
 
 
 def test_bf16_products_are_used_where_the_cpu_has_them():
-    from fastcells import _extension, environment, info
+    from fastcells import _extension
 
     expected = _cpu_has_avx512_bf16() and _extension.C.cpu_isa() == "avx512"
     assert _extension.C.cpu_bf16_products() == environment.cpu_bf16_products() == expected

@@ -2,6 +2,7 @@
 // links, exports MKL's CBLAS where torch was built with MKL; elsewhere the reference stays null.
 #include "mkl_bf16.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>

@@ -1,6 +1,6 @@
 // MKL's bfloat16 GEMM with float32 sums and a float32 result, where the libtorch this extension runs
-// on carries MKL (the x86 builds): for the weight gradients of bfloat16 layers (layers.h's
-// weight_grad_into). Found at load time, not required: elsewhere they take at::mm.
+// on carries MKL (the x86 builds): for the weight and input gradients of bfloat16 layers (layers.h's
+// weight_grad_into and dx_product). Found at load time, not required: elsewhere they take at::mm.
 #pragma once
 
 #include <ATen/ATen.h>
