@@ -103,7 +103,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_amx_products", &fastcells::cpu::cpu_amx_products,
         "Whether those products run on AMX tiles (more than 4 rows a step) in this process.");
   m.def("cpu_mkl_bf16_gemm", &fastcells::cpu::has_mkl_bf16_gemm,
-        "Whether bfloat16 layers' backward GEMMs (weight gradients, dx) run on MKL's bfloat16 GEMM.");
+        "Whether MKL's bfloat16 GEMM is there (and not turned off) for the backward GEMMs (weight gradients, "
+        "dx) of bfloat16 layers that multiply in bfloat16.");
   // The saved layouts of fastcells/saved_layout.h for H hidden units and P = proj_size (LSTM), as
   // {name: column offset or width}: what tests/test_saved_layout.py checks the Python mirror against.
   m.def("saved_layouts", [](int64_t H, int64_t P) {

@@ -59,9 +59,9 @@ def cpu_amx_products():
 
 
 def cpu_mkl_bf16_gemm():
-    """Whether the cpu backend's bfloat16 layers run their backward GEMMs (weight gradients, dx) on MKL's
-    bfloat16 GEMM in this process (csrc/cpu/mkl_bf16.h: where torch carries MKL;
-    FASTCELLS_CPU_MKL_BF16=0 turns it off), else on at::mm."""
+    """Whether the cpu backend's bfloat16 layers that multiply in bfloat16 (cpu_bf16_products) run their
+    backward GEMMs (weight gradients, dx) on MKL's bfloat16 GEMM in this process (csrc/cpu/mkl_bf16.h:
+    where torch carries MKL; FASTCELLS_CPU_MKL_BF16=0 turns it off), else on at::mm."""
     from . import _extension
 
     return bool(_extension.C is not None and getattr(_extension.C, "cpu_mkl_bf16_gemm", lambda: False)())
