@@ -250,8 +250,8 @@ def _relative_error(module, x, reference_out, reference_grad):
                (leaf.grad.double() - reference_grad).abs().max().item() / scale(reference_grad))
 
 
-def low_precision_errors(kind, dtype, backend, device, hidden=16, batch=4, bidirectional=False):
-    """(fastcells error, torch.nn error) of a ``kind`` layer (input size 8, 6 steps) in ``dtype``
+def low_precision_errors(kind, dtype, backend, device, hidden=16, batch=4, bidirectional=False, steps=6):
+    """(fastcells error, torch.nn error) of a ``kind`` layer (input size 8, ``steps`` steps) in ``dtype``
     (bfloat16/float16), both against torch.nn in float64 on the same weights and input, rounded to
     ``dtype`` first so that only the computation differs. The parity rule: the first at most a small
     multiple of the second."""
@@ -264,7 +264,7 @@ def low_precision_errors(kind, dtype, backend, device, hidden=16, batch=4, bidir
     ref_low.load_state_dict(ref64.state_dict())
     fast = fast.to(dtype)
     fast.load_state_dict(ref64.state_dict())
-    x = torch.randn(6, batch, 8, device=device).to(dtype)
+    x = torch.randn(steps, batch, 8, device=device).to(dtype)
     leaf = x.double().requires_grad_()
     out64, _ = ref64(leaf)
     out64.sum().backward()

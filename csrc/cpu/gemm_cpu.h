@@ -277,12 +277,19 @@ class StepProduct {
   // panel once for all of a call's rows, and gains from more rows a call.
   bool packs_weight() const { return packed_.storage.defined() || bf16_.storage.defined(); }
 
-  // The same for rows a stored in bfloat16 (storage.h), with the bfloat16 products.
+  // The same for rows a stored in bfloat16 (storage.h): the bfloat16 products take them as they are;
+  // the mat-vecs (at most kSmallRows rows) take them widened, exactly, into the calling thread's scratch.
   void run(const c10::BFloat16* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate) const {
     if constexpr (std::is_same_v<T, float>) {
       if (bf16_.storage.defined()) return bf16::gemm(a, lda, bf16_, out, ldo, m, accumulate);
+      if (!packed_.storage.defined()) {
+        const int64_t k = transposed_ ? cols_ : rows_;
+        const StepScratch<T> widened(m * k, at::TensorOptions().dtype(at::kFloat));
+        widen_rows(a, lda, widened.data(), k, m, k);
+        return run(widened.data(), k, out, ldo, m, accumulate);
+      }
     }
-    TORCH_CHECK(false, "StepProduct: bfloat16 rows need the bfloat16 products");
+    TORCH_CHECK(false, "StepProduct: bfloat16 rows need the bfloat16 products or the mat-vecs");
   }
 
   // With the bfloat16 products: the panels of 32 columns the product has, and run() for panels [p0, p1)

@@ -65,6 +65,15 @@ inline T widen(T w) {
   return w;
 }
 
+// m rows of k bfloat16 values, a row every lda, widened into dst, a row every ldd (exact): the rows of
+// a layer stored in bfloat16 (storage.h) for the mat-vecs, which take rows in T.
+inline void widen_rows(const c10::BFloat16* a, int64_t lda, float* dst, int64_t ldd, int64_t m, int64_t k) {
+  for (int64_t i = 0; i < m; ++i) {
+#pragma omp simd
+    for (int64_t p = 0; p < k; ++p) dst[i * ldd + p] = widen(a[i * lda + p]);
+  }
+}
+
 // A vector V (of T) loaded from w: the values as they are, or widened from bfloat16.
 template <typename V, typename W>
 inline V load_widened(const W* w) {
@@ -558,8 +567,10 @@ void step_projections(const T* x, int64_t kx, const W* w_ih, const T* b_ih, cons
 // The pre-activations of a cell step, gx and gh (2 * m * n values), and a bfloat16 step's tensors
 // widened to float (storage.h's StepTensors): in a buffer of the calling thread's, reused from call to
 // call, where they take at most kMaxBytes (a fresh tensor cost a step an allocation and was most of a
-// B=1 step's memory: 2 of its 2.5 KiB at H=64), else in a fresh tensor.
-// The step ops never call back into Python, so a thread uses its buffer for one step at a time.
+// B=1 step's memory: 2 of its 2.5 KiB at H=64), else in a fresh tensor. Also a bfloat16 layer's rows
+// of a few rows widened for one product (gemm_cpu.h's StepProduct, lstm_cpu.inc).
+// The ops never call back into Python, and each user holds the buffer for one step's or one product's
+// work, calling no other user meanwhile: so a thread uses its buffer for one thing at a time.
 template <typename T>
 class StepScratch {
  public:

@@ -51,9 +51,10 @@ const CpuKernels& pick() {
 // bfloat16 and float16 tensors run the float32 kernels: each argument converted once per call (the
 // weights too: never per step), the outputs converted back to the input's dtype, saved activations
 // included (kept in 16 bits, as the CUDA ops and torch.nn keep them); the math and the states inside
-// stay float32. bfloat16 layers may multiply in bfloat16 (bf16_products.h), and then keep their tensors
-// in bfloat16 with no float32 copies (storage.h, run_layer); layers of a few rows take their weights
-// unconverted (run_keeping_weights), and bfloat16 cell steps all their tensors (run_step).
+// stay float32. Where the CPU has the bfloat16 products (bf16_products.h), bfloat16 layers keep their
+// tensors in bfloat16 with no float32 copies (storage.h, run_layer); elsewhere layers of a few rows take
+// their weights unconverted (run_keeping_weights); bfloat16 cell steps take all their tensors as they
+// are (run_step).
 bool low_precision(const Tensor& x) {
   return x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
 }
@@ -150,17 +151,18 @@ bool bfloat16_call(const std::array<const char*, sizeof...(Args)>& names, const 
 }
 
 // As run(), for the layer ops (`batch`: the rows of their state). A bfloat16 call goes one of three ways:
-// - with the bfloat16 products (storage.h: a batch of more than kSmallRows rows), the kernels take the
-//   arguments as they are and keep the layer's tensors in bfloat16; only the outputs they compute in
-//   float32 (states, gradients) are converted;
-// - with at most kSmallRows rows, the weights as they are and the rest in float32 (run_keeping_weights);
+// - with the bfloat16 products (storage.h), the kernels take the arguments as they are and keep the
+//   layer's tensors in bfloat16; only the outputs they compute in float32 (states, gradients) are
+//   converted;
+// - else with at most kSmallRows rows, the weights as they are and the rest in float32
+//   (run_keeping_weights);
 // - else all in float32 (run).
 template <typename Kernel, typename... Args>
 auto run_layer(Kernel kernel, int64_t batch, const std::array<const char*, sizeof...(Args)>& names,
                const Args&... args) {
   if (!bfloat16_call(names, args...)) return run(kernel, names, args...);
   const Tensor& x = std::get<0>(std::tie(args...));
-  if (batch > kSmallRows && cpu_bf16_products()) return to_dtype(kernel(args...), x.scalar_type());
+  if (cpu_bf16_products()) return to_dtype(kernel(args...), x.scalar_type());
   if (batch <= kSmallRows) return run_keeping_weights(kernel, names, args...);
   return run(kernel, names, args...);
 }

@@ -33,14 +33,14 @@ namespace fastcells::cpu::FASTCELLS_ISA {
 //
 // At most kSmallRows rows, whose steps multiply with mat-vecs reading the weights in place, project up
 // front (per step: LSTM T=50 B=1 H=128 went from 0.98x to 0.70x torch.nn), except where the weights are
-// bfloat16 (widened_weights: StepProduct) in GRU and RNN inference: the (N, G) float32 projections were
+// bfloat16 (read as they are: StepProduct) in GRU and RNN inference: the (N, G) float32 projections were
 // most of such a call's memory (GRU T=50 B=1 H=128: 131 KiB in all, 57 per step, torch.nn 96; at B=4 699
 // and 219 against torch.nn's 285), for 6-20% more time there, where they run at 4-13x torch.nn. In
 // training, which holds far more, the projections up front cost no peak memory, and per step was up to
 // 4% slower. LSTM keeps them up front (161 KiB against 439 at B=1), which its unit split needs.
-inline bool project_per_step(const Schedule& sched, bool lstm, bool training, bool widened_weights) {
+inline bool project_per_step(const Schedule& sched, bool lstm, bool training, bool bf16_weights) {
   if (sched.batch > kSmallRows) return true;
-  return widened_weights && !lstm && !training;
+  return bf16_weights && !lstm && !training;
 }
 
 // Up-front input projections of at least this many rows and multiply-adds go to at::mm (see below).
@@ -50,6 +50,8 @@ constexpr int64_t kMklWork = int64_t{1} << 22;
 // allocated a copy as large as W_ih (196 KiB for a GRU at H=128, more than torch.nn's whole B=1, T=50
 // call) and took as long as the mat-vecs save.
 constexpr int64_t kMatvecRows = 64;
+// The rows of x stored in bfloat16 widened at once for them (4 KiB of float32 a row at I = 1024).
+constexpr int64_t kWidenedRows = 16;
 
 // project_steps(): at most this many steps at once, their pre-activations at most this many bytes (the
 // buffer of all row groups together; never more than the (N, G) projections up front would take). A
@@ -66,19 +68,17 @@ class StepInput {
  public:
   // x (N, I) contiguous, w_ih (G, I) contiguous, b_ih and b_hh (G, in T) or none; b_hh is added here
   // where the cell adds it to the input pre-activations (adds_b_hh: LSTM and RNN; layers.h's
-  // input_bias). batch: the layer's (StepProduct); per_step: project_per_step(), which a layer storing
-  // in another type than it computes in always takes.
+  // input_bias). batch: the layer's (StepProduct); per_step: project_per_step().
   StepInput(const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
             const c10::optional<at::Tensor>& b_hh, bool adds_b_hh, int64_t batch, bool per_step)
       : G_(w_ih.size(0)), I_(x.size(1)) {
-    TORCH_CHECK(per_step || (std::is_same_v<S, T>), "StepInput: 16-bit storage projects per step");
     const c10::optional<at::Tensor> no_bias;
     const c10::optional<at::Tensor>& bias2 = adds_b_hh && b_ih.has_value() ? b_hh : no_bias;
     const c10::optional<at::Tensor>& bias = adds_b_hh && !b_ih.has_value() ? b_hh : b_ih;
-    if constexpr (std::is_same_v<S, T>) {
-      if (!per_step) project_up_front(x, w_ih, bias, bias2);
+    if (!per_step) {
+      project_up_front(x, w_ih, bias, bias2);
+      return;
     }
-    if (!per_step) return;
     x_ = x;
     if (bias2.has_value()) {
       bias_ = *bias + *bias2;
@@ -163,12 +163,14 @@ class StepInput {
   }
 
  private:
-  // One product over all N rows (S = T only). Small ones with the steps' own GEMM: there at::mm's
+  // One product over all N rows (x in T). Small ones with the steps' own GEMM: there at::mm's
   // result (MKL's) depends on the number of threads (seen from 1 to 3 threads at 5 x 7 x 148 and
   // 25 x 7 x 37). Large ones with at::mm, which is faster there (122 against about 60 GFLOP/s at
   // 6400 x 512 x 2048 on 2 Zen 4 cores) and gave the same result for 1 to 3 threads at every size
   // tried from 80 x 37 x 148 to 6400 x 512 x 2048 (tests/test_thread_count.py checks one).
   // w_ih may be bfloat16 (StepProduct): the mat-vecs read it as it is, the GEMMs take a float32 copy.
+  // x may be stored in bfloat16 (S; a layer of a few rows: storage.h), which the bfloat16 weights imply:
+  // then the mat-vecs, on x widened a block of rows at a time.
   // bias (+ bias2, given only with bias) is added to every row, the two summed as the rows are made, not
   // into a tensor first (which took 0.5 of a generation loop's 7 µs one-step RNN layer call).
   void project_up_front(const at::Tensor& x, const at::Tensor& w_ih_given, const c10::optional<at::Tensor>& bias,
@@ -179,13 +181,23 @@ class StepInput {
     // copy of w_ih for at::mm (LSTM T=50 B=4 H=256: 2x the time of torch.nn's bfloat16 GEMM).
     const bool bf16_in_place = w_ih_given.scalar_type() == at::kBFloat16 && bf16_matvecs();
     if ((!mkl && N <= kMatvecRows) || bf16_in_place) {  // no packed copy of w_ih (matmul_cpu.h)
-      gx_ = cpu_empty({N, G_}, x.scalar_type());
+      gx_ = cpu_empty({N, G_}, c10::CppTypeToScalarType<T>::value);
       with_weights<T>(w_ih_given, [&](const auto* w) {
-        matvecs_nt(x.data_ptr<T>(), I_, w, I_, gx_.data_ptr<T>(), G_, N, G_, I_, false);
+        if constexpr (std::is_same_v<S, T>) {
+          matvecs_nt(x.data_ptr<T>(), I_, w, I_, gx_.data_ptr<T>(), G_, N, G_, I_, false);
+        } else {  // x stored in bfloat16: kWidenedRows rows at a time widened (exact), never a whole copy
+          for (int64_t r0 = 0; r0 < N; r0 += kWidenedRows) {
+            const int64_t rows = std::min(kWidenedRows, N - r0);
+            const StepScratch<T> widened(rows * I_, gx_.options());
+            widen_rows(x.data_ptr<S>() + r0 * I_, I_, widened.data(), I_, rows, I_);
+            matvecs_nt(widened.data(), I_, w, I_, gx_.data_ptr<T>() + r0 * G_, G_, rows, G_, I_, false);
+          }
+        }
       });
       add_bias(bias, bias2);
       return;
     }
+    TORCH_CHECK((std::is_same_v<S, T>), "StepInput: x stored in bfloat16 is projected by the mat-vecs");
     const at::Tensor w_ih = w_ih_given.to(x.scalar_type());  // no copy where it is in T
     if (mkl) {
       gx_ = input_projection(x, w_ih, bias2.has_value() ? c10::optional<at::Tensor>(*bias + *bias2) : bias)

@@ -1,12 +1,15 @@
 // Where a layer's tensors live in another dtype than its math: the storage type S of a layer op's
 // sequence tensors (x, y, saved, dy) against the type T it computes in.
 //
-// A bfloat16 layer whose products all run in bfloat16 (bf16_products.h; batches of more than
-// kSmallRows rows) reads and writes its sequence tensors and weights in bfloat16 as they are, S =
-// c10::BFloat16 and T = float: no float32 copy of x, the weights, y or the saved activations is ever
-// made (those copies took a bfloat16 layer's peak memory above torch.nn's). The states, the products'
-// sums and the gate math stay float32, and each value is rounded once, as it is stored, exactly as the
-// float32 kernels' results were rounded by Tensor.to(torch.bfloat16) before: the results are the same.
+// A bfloat16 layer on a CPU with the bfloat16 products (bf16_products.h) reads and writes its sequence
+// tensors and weights in bfloat16 as they are, S = c10::BFloat16 and T = float: no float32 copy of the
+// weights, y or the saved activations is ever made (those copies took a bfloat16 layer's peak memory
+// above torch.nn's), nor of x, except for the up-front projection of a batch of at most kSmallRows rows
+// (step_input.h; freed before the time loop). Batches of more rows multiply in bfloat16 (the packed
+// products); a few rows take the mat-vecs, which read the weights as they are and the rows of a
+// product (the gate gradients of the backward) widened. The states, the products' sums and the gate
+// math stay float32, and each value is rounded once, as it is stored, exactly as the float32 kernels'
+// results were rounded by Tensor.to(torch.bfloat16) before: the forward's results are the same.
 // Everywhere else S = T.
 #pragma once
 
@@ -111,10 +114,10 @@ class StepTensors {
   T* cursor_;
 };
 
-// Whether a layer op with these tensors (x or dy first; `batch` rows in its state) keeps bfloat16
-// storage (see above). register_cpu.cpp passes such calls' tensors unconverted.
-inline bool stores_bf16(at::ScalarType dtype, int64_t batch) {
-  return dtype == at::kBFloat16 && batch > kSmallRows && bf16_products<float>();
+// Whether a layer op with tensors of this dtype (x's or dy's) keeps bfloat16 storage (see above).
+// register_cpu.cpp passes such calls' tensors unconverted.
+inline bool stores_bf16(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 && bf16_products<float>();
 }
 
 // The dtype a layer op computes in for its tensors' dtype: float32 for bfloat16 storage.
@@ -174,14 +177,13 @@ inline at::Tensor column_sums(const at::Tensor& rows) {
   return out;
 }
 
-// A layer op's dtype check (x or dy; `batch` rows in its state): float32 and float64, and bfloat16
-// where it keeps bfloat16 storage (register_cpu.cpp sends other 16-bit calls through the float32
-// kernels).
-inline void check_layer_dtype(const at::Tensor& x, const char* name, int64_t batch) {
+// A layer op's dtype check (x or dy): float32 and float64, and bfloat16 where it keeps bfloat16 storage
+// (register_cpu.cpp sends other 16-bit calls through the float32 kernels).
+inline void check_layer_dtype(const at::Tensor& x, const char* name) {
   const at::ScalarType dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || stores_bf16(dtype, batch), name,
-              " must be float32 or float64 for the cpu backend's kernels (bfloat16 with bfloat16 products and a "
-              "batch of more than ", kSmallRows, " rows), got ", dtype);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || stores_bf16(dtype), name,
+              " must be float32 or float64 for the cpu backend's kernels (bfloat16 with bfloat16 products), got ",
+              dtype);
 }
 
 // The gradient of a layer's output, dy (N, H), as the backward ops read it: row n's H values contiguous
