@@ -194,9 +194,9 @@ inline void weight_grad_into(at::Tensor dst, std::initializer_list<std::pair<at:
     }
     // Float32 sums no larger than the operands: those of a short sequence's gradient (k of a few dozen
     // rows) a block of rows at a time, not a float32 copy of the whole weight. Not smaller: each block is
-    // another call, which costs about 13 µs here (MKL packs the other operand again): with sums a quarter
-    // of the operands, a bfloat16 GRU's training call at T=50 B=4 H=128 took 12% longer (18 calls instead
-    // of 5), for a peak of 0.99 torch.nn's instead of 1.16.
+    // another MKL call, which packs the other operand again, and another rounding copy; with sums a
+    // quarter of the operands, a bfloat16 GRU's training call at T=50 B=4 H=128 took 12% longer (18
+    // calls instead of 5), for a peak of 0.99 torch.nn's instead of 1.16.
     const int64_t block = std::max<int64_t>(16, operand_elements / 2 / std::max<int64_t>(1, dst.size(1)));
     mkl_bf16_products_into(dst, operands, block);
     return;
@@ -242,9 +242,10 @@ struct RowSums {
 // of dg alone, so no second (N, I) tensor is needed, only a half's. dg is then dx. Halves, not smaller
 // blocks: each GEMM call costs about 30 µs of thread start-up here, and eighths made an RNN's backward
 // at T=50 B=16 H=128 20% slower (eighths side by side on the two threads, each GEMM on one: 15%).
-// bfloat16 operands on the CPU go to MKL's bfloat16 GEMM as dx_product's, in halves too (each half's
-// float32 sums, as large as dx, rounded over its rows once they are made): at::mm's oneDNN scratch (3.5
-// times dx's size at T=30 B=1 H=64) took a bfloat16 RNN's training call over torch.nn's peak.
+// bfloat16 operands on the CPU go to MKL's bfloat16 GEMM as dx_product's, in halves too (a half's
+// float32 sums take dx's bfloat16 size; mkl_bf16_products_into rounds them over the half's rows once its
+// products are made, so dg may be its own operand): at::mm's oneDNN scratch (3.5 times dx's size at T=30
+// B=1 H=64) took a bfloat16 RNN's training call over torch.nn's peak.
 inline void dx_in_place(at::Tensor& dg, const at::Tensor& w_ih, at::ScalarType in) {
   const int64_t N = dg.size(0), block = std::max<int64_t>(64, (N + 1) / 2);
   if (mkl_bf16_products(dg, in)) return mkl_bf16_products_into(dg, {{dg.to(in), w_ih.to(in)}}, block);

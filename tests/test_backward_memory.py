@@ -134,8 +134,9 @@ def test_training_call_holds_no_more_than_torch_nn(cell, batch, hidden):
 
 @pytest.mark.skipif(not (environment.cpu_bf16_products() and environment.cpu_mkl_bf16_gemm()),
                     reason="bfloat16 layers multiply in float32 here, or their backward GEMMs run on at::mm")
-@pytest.mark.parametrize("cell,batch,hidden", [("gru", 16, 64), ("gru", 16, 128), ("rnn", 16, 64), ("rnn", 16, 256),
-                                               ("gru", 1, 128), ("rnn", 1, 128), ("lstm", 1, 128)])
+@pytest.mark.parametrize("cell,batch,hidden", [("gru", 16, 64), ("gru", 16, 128), ("rnn", 16, 64),
+                                               ("rnn", 16, 256), ("gru", 1, 128), ("rnn", 1, 128),
+                                               ("lstm", 1, 128)])
 def test_bf16_training_call_holds_no_more_than_torch_nn(cell, batch, hidden):
     """The same in bfloat16, where the backward's GEMMs run on MKL's bfloat16 GEMM (layers.h's
     weight_grad_into and dx_product): oneDNN's (at::mm) allocated scratch as large as the gradient it

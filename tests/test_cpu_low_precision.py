@@ -329,7 +329,7 @@ def test_bf16_layers_store_16_bits_without_float32_copies(kind, training):
     activations and the gate gradients in bfloat16 (csrc/cpu/storage.h): no float32 copy of them is
     made. Inference then holds a quarter to half the memory of the float32 call, and less than torch.nn's
     bfloat16 call (T=50, B=16, H=256: LSTM 1.50 against torch.nn's 3.20 MiB; 4.72 with float32 copies).
-    Training holds about half of float32's (T=30, B=16, H=64: 0.51-0.53), where the backward's GEMMs run
+    Training holds about half of float32's (T=30, B=16, H=64: 0.51-0.59), where the backward's GEMMs run
     on MKL's bfloat16 GEMM (csrc/layers.h; oneDNN's at::mm allocated scratch: 0.72 of float32's, with
     float32 copies 1.6x); LSTM and RNN less than torch.nn's (LSTM 6.5 against 16.8 MiB at the shape
     above); GRU training stays near torch.nn's (its per-step autograd frees each step's saved tensors as
@@ -341,7 +341,7 @@ def test_bf16_layers_store_16_bits_without_float32_copies(kind, training):
     fast16 = _peak_mib(fast.bfloat16(), x.detach().bfloat16().requires_grad_(training), training)
     torch16 = _peak_mib(ref.bfloat16(), x.detach().bfloat16().requires_grad_(training), training)
     gemms_on_mkl = training and environment.cpu_mkl_bf16_gemm()
-    assert fast16 <= (0.6 if gemms_on_mkl else 0.8 if training else 0.55) * fast32, (fast16, fast32)
+    assert fast16 <= (0.65 if gemms_on_mkl else 0.8 if training else 0.55) * fast32, (fast16, fast32)
     if kind != "gru" or not training:
         assert fast16 <= torch16, (fast16, torch16)
 
@@ -352,7 +352,7 @@ def test_bf16_layers_store_16_bits_without_float32_copies(kind, training):
 def test_small_bf16_training_holds_well_under_float32(kind, batch):
     """A bfloat16 layer of at most 4 rows keeps x, y, the saved activations, dy and the gate gradients in
     bfloat16 as the larger ones do (csrc/cpu/storage.h; the mat-vecs widen the few rows a product reads):
-    its training call (T=50, H=128) holds 0.56-0.63 of its float32 twin's peak. With float32 copies of
+    its training call (T=50, H=128) holds 0.56-0.61 of its float32 twin's peak. With float32 copies of
     them it held as much as the float32 call, or more (B=1: GRU 1.0, RNN 1.1, LSTM 0.96)."""
     torch.manual_seed(0)
     fast = make_layer_twins(kind, 128, 128, 1, dtype=torch.float32, backend="cpu")[1]
@@ -366,8 +366,8 @@ def test_small_bf16_training_holds_well_under_float32(kind, batch):
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 def test_small_bf16_inference_gives_the_training_forward_bitwise(kind, batch):
     """At most 4 rows, a bfloat16 GRU or RNN projects its input step by step in inference and up front in
-    training (csrc/cpu/step_input.h), with the same mat-vecs, each row summed alone: the outputs are
-    bitwise the same (the training forward's error is bounded above), x stored in bfloat16 or not."""
+    training (csrc/cpu/step_input.h; an LSTM up front in both), with the same mat-vecs, each row summed
+    alone: the outputs are bitwise the same (the training forward's error is bounded above)."""
     torch.manual_seed(0)
     fast = make_layer_twins(kind, 37, 64, 1, dtype=torch.float32, backend="cpu")[1].bfloat16()
     x = torch.randn(20, batch, 37, dtype=torch.bfloat16)

@@ -163,7 +163,7 @@ class StepInput {
   }
 
  private:
-  // One product over all N rows (x in T). Small ones with the steps' own GEMM: there at::mm's
+  // One product over all N rows. Small ones with the steps' own GEMM: there at::mm's
   // result (MKL's) depends on the number of threads (seen from 1 to 3 threads at 5 x 7 x 148 and
   // 25 x 7 x 37). Large ones with at::mm, which is faster there (122 against about 60 GFLOP/s at
   // 6400 x 512 x 2048 on 2 Zen 4 cores) and gave the same result for 1 to 3 threads at every size

@@ -3,13 +3,13 @@
 //
 // A bfloat16 layer on a CPU with the bfloat16 products (bf16_products.h) reads and writes its sequence
 // tensors and weights in bfloat16 as they are, S = c10::BFloat16 and T = float: no float32 copy of the
-// weights, y or the saved activations is ever made (those copies took a bfloat16 layer's peak memory
-// above torch.nn's), nor of x, except for the up-front projection of a batch of at most kSmallRows rows
-// (step_input.h; freed before the time loop). Batches of more rows multiply in bfloat16 (the packed
-// products); a few rows take the mat-vecs, which read the weights as they are and the rows of a
-// product (the gate gradients of the backward) widened. The states, the products' sums and the gate
-// math stay float32, and each value is rounded once, as it is stored, exactly as the float32 kernels'
-// results were rounded by Tensor.to(torch.bfloat16) before: the forward's results are the same.
+// weights, x, y or the saved activations is ever made (those copies took a bfloat16 layer's peak memory
+// above torch.nn's). Batches of more than kSmallRows rows multiply in bfloat16 (the packed products);
+// a few rows take the mat-vecs, which read the weights as they are and the rows they multiply widened,
+// a few at a time (x for the up-front projection: step_input.h; each step's gate gradients in the
+// backward: gemm_cpu.h's StepProduct, lstm_cpu.inc's unit split). The states, the products' sums and
+// the gate math stay float32, and each value is rounded once, as it is stored, exactly as the float32
+// kernels' results were rounded by Tensor.to(torch.bfloat16) before: the forward's results are the same.
 // Everywhere else S = T.
 #pragma once
 
