@@ -269,13 +269,14 @@ def test_bf16_lstm_split_by_panels_is_bitwise_the_same_with_1_2_and_3_threads():
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
 
-@pytest.mark.parametrize("batch", [7, 16])
+@pytest.mark.parametrize("batch", [3, 7, 16])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 def test_bf16_packed_layers_error_bounded_by_torch_own(kind, batch):
     """bfloat16 layers project their input rows a few steps at a time (csrc/cpu/step_input.h:
     project_steps, at most 4 steps in 16-bit layers): 11 steps make chunks of 4, 4 and 3, and a packed,
-    shrinking batch in both directions has rows ending inside a chunk, its rows gathered first. Output
-    and input gradient against float64, within a small multiple of torch.nn's own error."""
+    shrinking batch in both directions has rows ending inside a chunk, its rows gathered first; 3 rows
+    take the mat-vecs, their tensors in bfloat16 too (csrc/cpu/storage.h). Output and input gradient
+    against float64, within a small multiple of torch.nn's own error."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
     torch.manual_seed(0)
