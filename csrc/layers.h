@@ -177,20 +177,60 @@ inline void mkl_bf16_products_into(at::Tensor dst, const std::vector<std::pair<a
   }
 }
 
+// mkl_bf16_products_into for a dst in 16 bits (contiguous) that is no operand of its products, with less
+// scratch: the float32 sums of a third of the rows left go into dst's own memory, past where those rows
+// will be (their sums take twice their place: a third of the rows left fills what is left), and are
+// rounded into them in one copy; the rows left once they are at most `tail` go through
+// mkl_bf16_products_into's scratch. Each block is another MKL call, which packs the other operand again
+// (and another copy: thirds, not halves, whose sums would begin where their rows do, rounded in place a
+// few rows at a time in ~8 copies a block, were 6% slower in a GRU's training call at T=50 B=4 H=128).
+inline void mkl_bf16_products_narrowed(at::Tensor dst, const std::vector<std::pair<at::Tensor, at::Tensor>>& products,
+                                       int64_t tail) {
+  TORCH_CHECK(dst.is_contiguous() && dst.element_size() == 2, "mkl_bf16_products_narrowed: dst in 16 bits");
+  const int64_t m = dst.size(0), n = dst.size(1);
+  char* memory = static_cast<char*>(dst.data_ptr());
+  const auto sums_offset = [&](int64_t end_row) { return (end_row * n * 2 + 63) / 64 * 64; };  // aligned
+  int64_t done = 0;
+  while (m - done > std::max<int64_t>(1, tail)) {
+    int64_t rows = (m - done) / 3;
+    while (rows > 0 && sums_offset(done + rows) + rows * n * 4 > m * n * 2) --rows;
+    if (rows == 0) break;
+    const at::Tensor sums =
+        at::from_blob(memory + sums_offset(done + rows), {rows, n}, dst.options().dtype(at::kFloat));
+    bool accumulate = false;
+    for (const auto& [a, b] : products) {
+      cpu::mkl_bf16_gemm(a.narrow(0, done, rows), b, sums, accumulate);
+      accumulate = true;
+    }
+    dst.narrow(0, done, rows).copy_(sums);
+    done += rows;
+  }
+  if (done == m) return;
+  std::vector<std::pair<at::Tensor, at::Tensor>> rest;
+  for (const auto& [a, b] : products) rest.emplace_back(a.narrow(0, done, m - done), b);
+  mkl_bf16_products_into(dst.narrow(0, done, m - done), rest, m - done);
+}
+
 // dst (a weight's shape) = the sum of a_i @ b_i over `products`, each with its operands in dtype `in`
 // (mm_in): a weight gradient, whose k is a sequence's rows. On the CPU, bfloat16 operands go to MKL's
 // bfloat16 GEMM where libtorch has it, summed into float32 and rounded once to dst's dtype: at::mm
 // (oneDNN's) first copies both operands (1 MiB of scratch for a bfloat16 GRU's dw_ih at T=50 B=16
 // H=128, more than the backward's peak could take beside its own tensors and stay under torch.nn's)
 // and ran at half MKL's speed; and it rounds each product to bfloat16 before the next is added.
+// less_scratch: dst's float32 sums mostly in dst itself (mkl_bf16_products_narrowed), for the gradient a
+// backward makes last, on top of all else it holds (input_grads).
 inline void weight_grad_into(at::Tensor dst, std::initializer_list<std::pair<at::Tensor, at::Tensor>> products,
-                             at::ScalarType in) {
+                             at::ScalarType in, bool less_scratch = false) {
   if (mkl_bf16_products(dst, in)) {
     std::vector<std::pair<at::Tensor, at::Tensor>> operands;
     int64_t operand_elements = 0;
     for (const auto& [a, b] : products) {
       operands.emplace_back(a.to(in), b.to(in));
       operand_elements += a.numel() + b.numel();
+    }
+    if (less_scratch && dst.element_size() == 2 && dst.is_contiguous()) {
+      // Sums of at most a third of the rows in a scratch: 2/3 of dst's size, not twice it, in four calls.
+      return mkl_bf16_products_narrowed(dst, operands, dst.size(0) / 3);
     }
     // Float32 sums no larger than the operands: those of a short sequence's gradient (k of a few dozen
     // rows) a block of rows at a time, not a float32 copy of the whole weight. Not smaller: each block is
@@ -215,9 +255,10 @@ inline void weight_grad_into(at::Tensor dst, std::initializer_list<std::pair<at:
 }
 
 // A weight gradient a @ b (weight_grad_into) as a fresh tensor in dtype `out`.
-inline at::Tensor weight_grad(const at::Tensor& a, const at::Tensor& b, at::ScalarType in, at::ScalarType out) {
+inline at::Tensor weight_grad(const at::Tensor& a, const at::Tensor& b, at::ScalarType in, at::ScalarType out,
+                              bool less_scratch = false) {
   at::Tensor dst = at::empty({a.size(0), b.size(1)}, a.options().dtype(out));
-  weight_grad_into(dst, {{a, b}}, in);
+  weight_grad_into(dst, {{a, b}}, in, less_scratch);
   return dst;
 }
 
@@ -270,12 +311,14 @@ inline at::Tensor dx_product(const at::Tensor& dg, const at::Tensor& w_ih, at::S
 // operands: the dtype the GEMMs round their operands to (mm_in); none: dgx's. dw_ih comes in w_ih's
 // dtype (where the CPU ops take a bfloat16 call's weights as they are, and multiply in bfloat16, it is
 // never widened to float32 and rounded back). dx_over_dgx: dx may be written over dgx (which the caller
-// then no longer reads) where they have the same shape and dtype.
+// then no longer reads) where they have the same shape and dtype. less_scratch: dw_ih's float32 sums
+// mostly in dw_ih (weight_grad_into), for a backward whose peak is near torch.nn's (the CPU GRU's: its
+// four more MKL calls made an LSTM's at T=50 B=16 H=256, at 0.38x torch.nn's peak, ~5% slower).
 inline InputGrads input_grads(const at::Tensor& dgx, const at::Tensor& x, const at::Tensor& w_ih,
                               const c10::optional<at::Tensor>& b_ih,
                               const c10::optional<at::Tensor>& b_hh, const at::Tensor& dgh_bias,
                               bool need_dx, c10::optional<at::ScalarType> operands = c10::nullopt,
-                              const RowSums& sums = {}, bool dx_over_dgx = false) {
+                              const RowSums& sums = {}, bool dx_over_dgx = false, bool less_scratch = false) {
   // Fresh tensors throughout: an op's outputs must not alias each other.
   const auto absent = [&] { return at::empty({0}, dgx.options()); };
   const auto sum_of = [](const at::Tensor& given, const at::Tensor& rows) {
@@ -286,7 +329,7 @@ inline InputGrads input_grads(const at::Tensor& dgx, const at::Tensor& x, const 
   // dw_ih before dx: oneDNN's bfloat16 GEMMs on the CPU allocate scratch (198 KiB for dw_ih at N=480,
   // I=64, where dx is 60 KiB), which then does not come on top of dx.
   InputGrads g;
-  g.dw_ih = weight_grad(dg.t(), x, in, w_ih.scalar_type());
+  g.dw_ih = weight_grad(dg.t(), x, in, w_ih.scalar_type(), less_scratch);
   g.db_ih = absent();
   g.db_hh = absent();
   if (b_ih.has_value()) g.db_ih = sum_of(sums.dgx, dgx);

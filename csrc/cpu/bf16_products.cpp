@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -245,18 +246,45 @@ void amx_panels(const uint32_t* a, int64_t kp, const uint32_t* panels, float* ou
   }
 }
 
+// A bfloat16 w (k, n), row-major, packed as b = w without a transposed copy of it first (a backward's
+// W_hh: the copy was as large as the packed weight, and came on top of a bfloat16 GRU's backward peak):
+// pair (w[2q][c], w[2q + 1][c]) at row q, column c of its panel, the bits as they are.
+void pack_columns_of(const at::Tensor& w, PackedWeight& packed) {
+  const at::Tensor rows = w.contiguous();
+  const uint16_t* src = reinterpret_cast<const uint16_t*>(rows.data_ptr<c10::BFloat16>());
+  uint32_t* dst = reinterpret_cast<uint32_t*>(packed.storage.data_ptr<int32_t>());
+  const int64_t n = packed.n, k = packed.k;
+  at::parallel_for(0, packed.panels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t panel = p0; panel < p1; ++panel) {
+      const int64_t c0 = panel * kPanel, cols = std::min<int64_t>(kPanel, n - c0);
+      uint32_t* out = dst + panel * packed.kp * kPanel;
+      for (int64_t q = 0; 2 * q < k; ++q) {
+        const uint16_t* even = src + 2 * q * n + c0;
+        const uint16_t* odd = 2 * q + 1 < k ? even + n : nullptr;
+        for (int64_t c = 0; c < cols; ++c) out[q * kPanel + c] = even[c] | (odd ? uint32_t{odd[c]} << 16 : 0u);
+      }
+    }
+  });
+}
+
 // pack() for w's element type W: float or c10::BFloat16.
 template <typename W>
 PackedWeight pack_as(const at::Tensor& w_in, bool transposed) {
-  // b = w^T: a row of w is a column of b. Otherwise its rows are b's columns after one transpose.
-  const at::Tensor columns = transposed ? w_in.contiguous() : w_in.t().contiguous();  // (n, k)
   PackedWeight packed;
-  packed.n = columns.size(0);
-  packed.k = columns.size(1);
+  packed.n = transposed ? w_in.size(0) : w_in.size(1);
+  packed.k = transposed ? w_in.size(1) : w_in.size(0);
   packed.panels = (packed.n + kPanel - 1) / kPanel;
   const int64_t kp = (packed.k + 1) / 2;
   packed.kp = (kp + kAmxPairs - 1) / kAmxPairs * kAmxPairs;
   packed.storage = at::zeros({packed.panels * packed.kp * kPanel}, w_in.options().dtype(at::kInt));
+  if constexpr (std::is_same_v<W, c10::BFloat16>) {
+    if (!transposed) {
+      pack_columns_of(w_in, packed);
+      return packed;
+    }
+  }
+  // b = w^T: a row of w is a column of b. Otherwise its rows are b's columns after one transpose.
+  const at::Tensor columns = transposed ? w_in.contiguous() : w_in.t().contiguous();  // (n, k)
   const W* src = columns.data_ptr<W>();
   uint32_t* dst = reinterpret_cast<uint32_t*>(packed.storage.data_ptr<int32_t>());
   const int64_t n = packed.n, k = packed.k;
