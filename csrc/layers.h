@@ -181,9 +181,10 @@ inline void mkl_bf16_products_into(at::Tensor dst, const std::vector<std::pair<a
 // scratch: the float32 sums of a third of the rows left go into dst's own memory, past where those rows
 // will be (their sums take twice their place: a third of the rows left fills what is left), and are
 // rounded into them in one copy; the rows left once they are at most `tail` go through
-// mkl_bf16_products_into's scratch. Each block is another MKL call, which packs the other operand again
-// (and another copy: thirds, not halves, whose sums would begin where their rows do, rounded in place a
-// few rows at a time in ~8 copies a block, were 6% slower in a GRU's training call at T=50 B=4 H=128).
+// mkl_bf16_products_into's scratch. Each block is another MKL call, which packs the other operand again,
+// and another copy. Thirds, not halves: a half's sums would begin where its rows do, to be rounded in
+// place a few rows at a time, ~8 copies a block (with dx made that way too, a GRU's training call at
+// T=50 B=4 H=128 was 6% slower; in thirds, and dx as before, within the machine's noise).
 inline void mkl_bf16_products_narrowed(at::Tensor dst, const std::vector<std::pair<at::Tensor, at::Tensor>>& products,
                                        int64_t tail) {
   TORCH_CHECK(dst.is_contiguous() && dst.element_size() == 2, "mkl_bf16_products_narrowed: dst in 16 bits");
@@ -313,7 +314,7 @@ inline at::Tensor dx_product(const at::Tensor& dg, const at::Tensor& w_ih, at::S
 // never widened to float32 and rounded back). dx_over_dgx: dx may be written over dgx (which the caller
 // then no longer reads) where they have the same shape and dtype. less_scratch: dw_ih's float32 sums
 // mostly in dw_ih (weight_grad_into), for a backward whose peak is near torch.nn's (the CPU GRU's: its
-// four more MKL calls made an LSTM's at T=50 B=16 H=256, at 0.38x torch.nn's peak, ~5% slower).
+// three more MKL calls made an LSTM's at T=50 B=16 H=256, at 0.41x torch.nn's peak, ~5% slower).
 inline InputGrads input_grads(const at::Tensor& dgx, const at::Tensor& x, const at::Tensor& w_ih,
                               const c10::optional<at::Tensor>& b_ih,
                               const c10::optional<at::Tensor>& b_hh, const at::Tensor& dgh_bias,
