@@ -155,6 +155,17 @@ inline bool mkl_bf16_products(const at::Tensor& dst, at::ScalarType in) {
   return dst.is_cpu() && in == at::kBFloat16 && cpu::has_mkl_bf16_gemm();
 }
 
+// out (rows, n) = the sum of a_i's rows [r0, r0 + rows) @ b_i over `products` by MKL's bfloat16 GEMM
+// (out float32, with unit column stride).
+inline void mkl_bf16_sum_rows(const at::Tensor& out, const std::vector<std::pair<at::Tensor, at::Tensor>>& products,
+                              int64_t r0, int64_t rows) {
+  bool accumulate = false;
+  for (const auto& [a, b] : products) {
+    cpu::mkl_bf16_gemm(a.narrow(0, r0, rows), b, out, accumulate);
+    accumulate = true;
+  }
+}
+
 // dst (m, n) = the sum of a_i (m, k_i) @ b_i (k_i, n) over `products` (operands in bfloat16) by MKL's
 // bfloat16 GEMM: straight into dst where it is float32, else into float32 sums of at most `block` of
 // dst's rows at a time, each block rounded once to dst's dtype when its sums are complete.
@@ -168,11 +179,7 @@ inline void mkl_bf16_products_into(at::Tensor dst, const std::vector<std::pair<a
   for (int64_t r0 = 0; r0 < m; r0 += block) {
     const int64_t rows = std::min(block, m - r0);
     const at::Tensor out = direct ? dst.narrow(0, r0, rows) : sums.narrow(0, 0, rows);
-    bool accumulate = false;
-    for (const auto& [a, b] : products) {
-      cpu::mkl_bf16_gemm(a.narrow(0, r0, rows), b, out, accumulate);
-      accumulate = true;
-    }
+    mkl_bf16_sum_rows(out, products, r0, rows);
     if (!direct) dst.narrow(0, r0, rows).copy_(out);
   }
 }
@@ -198,11 +205,7 @@ inline void mkl_bf16_products_narrowed(at::Tensor dst, const std::vector<std::pa
     if (rows == 0) break;
     const at::Tensor sums =
         at::from_blob(memory + sums_offset(done + rows), {rows, n}, dst.options().dtype(at::kFloat));
-    bool accumulate = false;
-    for (const auto& [a, b] : products) {
-      cpu::mkl_bf16_gemm(a.narrow(0, done, rows), b, sums, accumulate);
-      accumulate = true;
-    }
+    mkl_bf16_sum_rows(sums, products, done, rows);
     dst.narrow(0, done, rows).copy_(sums);
     done += rows;
   }
