@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "checks.h"
-#include "cpu/mkl_bf16.h"
+#include "cpu/bf16_backward_gemm.h"
 #include "fastcells/saved_layout.h"
 
 namespace fastcells {
@@ -149,28 +149,29 @@ inline void mm_in_into(at::Tensor dst, const at::Tensor& a, const at::Tensor& b,
   }
 }
 
-// Whether products with operands in dtype `in` into a CPU tensor like `dst` go to MKL's bfloat16 GEMM
-// (cpu/mkl_bf16.h) rather than at::mm: bfloat16 operands, where libtorch has it.
-inline bool mkl_bf16_products(const at::Tensor& dst, at::ScalarType in) {
-  return dst.is_cpu() && in == at::kBFloat16 && cpu::has_mkl_bf16_gemm();
+// Whether products with operands in dtype `in` into a CPU tensor like `dst` go to a bfloat16 GEMM with
+// float32 sums (cpu/bf16_backward_gemm.h: MKL's or ours) rather than at::mm: bfloat16 operands, where
+// this process has one.
+inline bool on_bf16_backward_gemm(const at::Tensor& dst, at::ScalarType in) {
+  return dst.is_cpu() && in == at::kBFloat16 && cpu::bf16_backward_gemm() != cpu::Bf16BackwardGemm::none;
 }
 
-// out (rows, n) = the sum of a_i's rows [r0, r0 + rows) @ b_i over `products` by MKL's bfloat16 GEMM
+// out (rows, n) = the sum of a_i's rows [r0, r0 + rows) @ b_i over `products` by bf16_backward_gemm
 // (out float32, with unit column stride).
-inline void mkl_bf16_sum_rows(const at::Tensor& out, const std::vector<std::pair<at::Tensor, at::Tensor>>& products,
-                              int64_t r0, int64_t rows) {
+inline void bf16_gemm_sum_rows(const at::Tensor& out, const std::vector<std::pair<at::Tensor, at::Tensor>>& products,
+                               int64_t r0, int64_t rows) {
   bool accumulate = false;
   for (const auto& [a, b] : products) {
-    cpu::mkl_bf16_gemm(a.narrow(0, r0, rows), b, out, accumulate);
+    cpu::bf16_backward_gemm(a.narrow(0, r0, rows), b, out, accumulate);
     accumulate = true;
   }
 }
 
-// dst (m, n) = the sum of a_i (m, k_i) @ b_i (k_i, n) over `products` (operands in bfloat16) by MKL's
-// bfloat16 GEMM: straight into dst where it is float32, else into float32 sums of at most `block` of
+// dst (m, n) = the sum of a_i (m, k_i) @ b_i (k_i, n) over `products` (operands in bfloat16) by
+// bf16_backward_gemm: straight into dst where it is float32, else into float32 sums of at most `block` of
 // dst's rows at a time, each block rounded once to dst's dtype when its sums are complete.
-inline void mkl_bf16_products_into(at::Tensor dst, const std::vector<std::pair<at::Tensor, at::Tensor>>& products,
-                                   int64_t block) {
+inline void bf16_gemm_products_into(at::Tensor dst,
+                                    const std::vector<std::pair<at::Tensor, at::Tensor>>& products, int64_t block) {
   const bool direct = dst.scalar_type() == at::kFloat && (dst.stride(1) == 1 || dst.size(1) <= 1);
   const int64_t m = dst.size(0);
   if (direct) block = m;
@@ -179,22 +180,22 @@ inline void mkl_bf16_products_into(at::Tensor dst, const std::vector<std::pair<a
   for (int64_t r0 = 0; r0 < m; r0 += block) {
     const int64_t rows = std::min(block, m - r0);
     const at::Tensor out = direct ? dst.narrow(0, r0, rows) : sums.narrow(0, 0, rows);
-    mkl_bf16_sum_rows(out, products, r0, rows);
+    bf16_gemm_sum_rows(out, products, r0, rows);
     if (!direct) dst.narrow(0, r0, rows).copy_(out);
   }
 }
 
-// mkl_bf16_products_into for a dst in 16 bits (contiguous) that is no operand of its products, with less
+// bf16_gemm_products_into for a dst in 16 bits (contiguous) that is no operand of its products, with less
 // scratch: the float32 sums of a third of the rows left go into dst's own memory, past where those rows
 // will be (their sums take twice their place: a third of the rows left fills what is left), and are
 // rounded into them in one copy; the rows left once they are at most `tail` go through
-// mkl_bf16_products_into's scratch. Each block is another MKL call, which packs the other operand again,
+// bf16_gemm_products_into's scratch. Each block is another GEMM call, which packs the other operand again,
 // and another copy. Thirds, not halves: a half's sums would begin where its rows do, to be rounded in
 // place a few rows at a time, ~8 copies a block (with dx made that way too, a GRU's training call at
 // T=50 B=4 H=128 was 6% slower; in thirds, and dx as before, within the machine's noise).
-inline void mkl_bf16_products_narrowed(at::Tensor dst, const std::vector<std::pair<at::Tensor, at::Tensor>>& products,
-                                       int64_t tail) {
-  TORCH_CHECK(dst.is_contiguous() && dst.element_size() == 2, "mkl_bf16_products_narrowed: dst in 16 bits");
+inline void bf16_gemm_products_narrowed(at::Tensor dst,
+                                        const std::vector<std::pair<at::Tensor, at::Tensor>>& products, int64_t tail) {
+  TORCH_CHECK(dst.is_contiguous() && dst.element_size() == 2, "bf16_gemm_products_narrowed: dst in 16 bits");
   const int64_t m = dst.size(0), n = dst.size(1);
   char* memory = static_cast<char*>(dst.data_ptr());
   const auto sums_offset = [&](int64_t end_row) { return (end_row * n * 2 + 63) / 64 * 64; };  // aligned
@@ -205,27 +206,28 @@ inline void mkl_bf16_products_narrowed(at::Tensor dst, const std::vector<std::pa
     if (rows == 0) break;
     const at::Tensor sums =
         at::from_blob(memory + sums_offset(done + rows), {rows, n}, dst.options().dtype(at::kFloat));
-    mkl_bf16_sum_rows(sums, products, done, rows);
+    bf16_gemm_sum_rows(sums, products, done, rows);
     dst.narrow(0, done, rows).copy_(sums);
     done += rows;
   }
   if (done == m) return;
   std::vector<std::pair<at::Tensor, at::Tensor>> rest;
   for (const auto& [a, b] : products) rest.emplace_back(a.narrow(0, done, m - done), b);
-  mkl_bf16_products_into(dst.narrow(0, done, m - done), rest, m - done);
+  bf16_gemm_products_into(dst.narrow(0, done, m - done), rest, m - done);
 }
 
 // dst (a weight's shape) = the sum of a_i @ b_i over `products`, each with its operands in dtype `in`
-// (mm_in): a weight gradient, whose k is a sequence's rows. On the CPU, bfloat16 operands go to MKL's
-// bfloat16 GEMM where libtorch has it, summed into float32 and rounded once to dst's dtype: at::mm
-// (oneDNN's) first copies both operands (1 MiB of scratch for a bfloat16 GRU's dw_ih at T=50 B=16
-// H=128, more than the backward's peak could take beside its own tensors and stay under torch.nn's)
-// and ran at half MKL's speed; and it rounds each product to bfloat16 before the next is added.
-// less_scratch: dst's float32 sums mostly in dst itself (mkl_bf16_products_narrowed), for the gradient a
+// (mm_in): a weight gradient, whose k is a sequence's rows. On the CPU, bfloat16 operands go to
+// bf16_backward_gemm (MKL's or ours) where this process has one, summed into float32 and rounded once to
+// dst's dtype: at::mm (oneDNN's) first copies both operands (1 MiB of scratch for a bfloat16 GRU's dw_ih
+// at T=50 B=16 H=128, more than the backward's peak could take beside its own tensors and stay under
+// torch.nn's) and ran at half MKL's speed on the Intel Xeon; and it rounds each product to bfloat16
+// before the next is added.
+// less_scratch: dst's float32 sums mostly in dst itself (bf16_gemm_products_narrowed), for the gradient a
 // backward makes last, on top of all else it holds (input_grads).
 inline void weight_grad_into(at::Tensor dst, std::initializer_list<std::pair<at::Tensor, at::Tensor>> products,
                              at::ScalarType in, bool less_scratch = false) {
-  if (mkl_bf16_products(dst, in)) {
+  if (on_bf16_backward_gemm(dst, in)) {
     std::vector<std::pair<at::Tensor, at::Tensor>> operands;
     int64_t operand_elements = 0;
     for (const auto& [a, b] : products) {
@@ -234,15 +236,15 @@ inline void weight_grad_into(at::Tensor dst, std::initializer_list<std::pair<at:
     }
     if (less_scratch && dst.element_size() == 2 && dst.is_contiguous()) {
       // Sums of at most a third of the rows in a scratch: 2/3 of dst's size, not twice it, in four calls.
-      return mkl_bf16_products_narrowed(dst, operands, dst.size(0) / 3);
+      return bf16_gemm_products_narrowed(dst, operands, dst.size(0) / 3);
     }
     // Float32 sums no larger than the operands: those of a short sequence's gradient (k of a few dozen
     // rows) a block of rows at a time, not a float32 copy of the whole weight. Not smaller: each block is
-    // another MKL call, which packs the other operand again, and another rounding copy; with sums a
+    // another GEMM call, which packs the other operand again, and another rounding copy; with sums a
     // quarter of the operands, a bfloat16 GRU's training call at T=50 B=4 H=128 took 12% longer (18
     // calls instead of 5), for a peak of 0.99 torch.nn's instead of 1.16.
     const int64_t block = std::max<int64_t>(16, operand_elements / 2 / std::max<int64_t>(1, dst.size(1)));
-    mkl_bf16_products_into(dst, operands, block);
+    bf16_gemm_products_into(dst, operands, block);
     return;
   }
   bool first = true;
@@ -287,28 +289,28 @@ struct RowSums {
 // of dg alone, so no second (N, I) tensor is needed, only a half's. dg is then dx. Halves, not smaller
 // blocks: each GEMM call costs about 30 µs of thread start-up here, and eighths made an RNN's backward
 // at T=50 B=16 H=128 20% slower (eighths side by side on the two threads, each GEMM on one: 15%).
-// bfloat16 operands on the CPU go to MKL's bfloat16 GEMM as dx_product's, in halves too (a half's
-// float32 sums take dx's bfloat16 size; mkl_bf16_products_into rounds them over the half's rows once its
+// bfloat16 operands on the CPU go to bf16_backward_gemm as dx_product's, in halves too (a half's
+// float32 sums take dx's bfloat16 size; bf16_gemm_products_into rounds them over the half's rows once its
 // products are made, so dg may be its own operand): at::mm's oneDNN scratch (3.5 times dx's size at T=30
 // B=1 H=64) took a bfloat16 RNN's training call over torch.nn's peak.
 inline void dx_in_place(at::Tensor& dg, const at::Tensor& w_ih, at::ScalarType in) {
   const int64_t N = dg.size(0), block = std::max<int64_t>(64, (N + 1) / 2);
-  if (mkl_bf16_products(dg, in)) return mkl_bf16_products_into(dg, {{dg.to(in), w_ih.to(in)}}, block);
+  if (on_bf16_backward_gemm(dg, in)) return bf16_gemm_products_into(dg, {{dg.to(in), w_ih.to(in)}}, block);
   for (int64_t r0 = 0; r0 < N; r0 += block) {
     at::Tensor rows = dg.narrow(0, r0, std::min(block, N - r0));
     rows.copy_(mm_in(rows, w_ih, in, dg.scalar_type()));
   }
 }
 
-// dx (N, I) = dg @ w_ih in dtype `out`. On the CPU with bfloat16 operands, by MKL's bfloat16 GEMM
+// dx (N, I) = dg @ w_ih in dtype `out`. On the CPU with bfloat16 operands, by bf16_backward_gemm
 // (as weight_grad_into), a quarter of the rows at a time where dx is not float32: their float32 sums
 // take half of dx's size. at::mm (oneDNN's) allocated scratch as large as dx (a GRU's at T=50 B=16 H=128,
 // on top of the backward's peak, which then went past torch.nn's), and as much for each block of rows
 // it was given in turn (each block then cost it another 40-80 µs).
 inline at::Tensor dx_product(const at::Tensor& dg, const at::Tensor& w_ih, at::ScalarType in, at::ScalarType out) {
-  if (!mkl_bf16_products(dg, in)) return mm_in(dg, w_ih, in, out);
+  if (!on_bf16_backward_gemm(dg, in)) return mm_in(dg, w_ih, in, out);
   at::Tensor dx = at::empty({dg.size(0), w_ih.size(1)}, dg.options().dtype(out));
-  mkl_bf16_products_into(dx, {{dg.to(in), w_ih.to(in)}}, (dg.size(0) + 3) / 4);
+  bf16_gemm_products_into(dx, {{dg.to(in), w_ih.to(in)}}, (dg.size(0) + 3) / 4);
   return dx;
 }
 
@@ -317,7 +319,7 @@ inline at::Tensor dx_product(const at::Tensor& dg, const at::Tensor& w_ih, at::S
 // never widened to float32 and rounded back). dx_over_dgx: dx may be written over dgx (which the caller
 // then no longer reads) where they have the same shape and dtype. less_scratch: dw_ih's float32 sums
 // mostly in dw_ih (weight_grad_into), for a backward whose peak is near torch.nn's (the CPU GRU's: its
-// three more MKL calls made an LSTM's at T=50 B=16 H=256, at 0.41x torch.nn's peak, ~5% slower).
+// three more GEMM calls made an LSTM's at T=50 B=16 H=256, at 0.41x torch.nn's peak, ~5% slower).
 inline InputGrads input_grads(const at::Tensor& dgx, const at::Tensor& x, const at::Tensor& w_ih,
                               const c10::optional<at::Tensor>& b_ih,
                               const c10::optional<at::Tensor>& b_hh, const at::Tensor& dgh_bias,

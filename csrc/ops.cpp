@@ -20,7 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "cpu/mkl_bf16.h"
+#include "cpu/bf16_backward_gemm.h"
+#include "cpu/bf16_gemm.h"
 #include "cpu/ops_cpu.h"
 #include "cpu/stack_inference.h"
 #include "fastcells/saved_layout.h"
@@ -102,9 +103,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Whether bfloat16 layers multiply in bfloat16 (AVX-512 BF16) in this process.");
   m.def("cpu_amx_products", &fastcells::cpu::cpu_amx_products,
         "Whether those products run on AMX tiles (more than 4 rows a step) in this process.");
-  m.def("cpu_mkl_bf16_gemm", &fastcells::cpu::has_mkl_bf16_gemm,
-        "Whether MKL's bfloat16 GEMM is there (and not turned off) for the backward GEMMs (weight gradients, "
-        "dx) of bfloat16 layers that multiply in bfloat16.");
+  m.def("cpu_bf16_backward_gemm", &fastcells::cpu::bf16_backward_gemm_name,
+        "The GEMM of bfloat16 layers' backward (weight gradients, dx) in this process: mkl or vdpbf16ps "
+        "(float32 sums), or aten (at::mm).");
+  // For tests: the VDPBF16PS GEMM itself (on CPUs with AVX-512 BF16), whichever the backward takes.
+  m.def("cpu_bf16_gemm_matrices", &fastcells::cpu::bf16::gemm_matrices, ReleaseGil());
   // The saved layouts of fastcells/saved_layout.h for H hidden units and P = proj_size (LSTM), as
   // {name: column offset or width}: what tests/test_saved_layout.py checks the Python mirror against.
   m.def("saved_layouts", [](int64_t H, int64_t P) {

@@ -58,13 +58,16 @@ def cpu_amx_products():
     return bool(_extension.C is not None and getattr(_extension.C, "cpu_amx_products", lambda: False)())
 
 
-def cpu_mkl_bf16_gemm():
-    """Whether the cpu backend's bfloat16 layers that multiply in bfloat16 (cpu_bf16_products) run their
-    backward GEMMs (weight gradients, dx) on MKL's bfloat16 GEMM in this process (csrc/cpu/mkl_bf16.h:
-    where torch carries MKL; FASTCELLS_CPU_MKL_BF16=0 turns it off), else on at::mm."""
+def cpu_bf16_backward_gemm():
+    """The GEMM that the cpu backend's bfloat16 layers that multiply in bfloat16 (cpu_bf16_products) run
+    their backward's products on (weight gradients, dx) in this process (csrc/cpu/bf16_backward_gemm.h):
+    "mkl" (MKL's bfloat16 GEMM, where the CPU has AMX), "vdpbf16ps" (ours, where it has AVX-512 BF16
+    without AMX) or "aten" (at::mm); FASTCELLS_CPU_BF16_GEMM picks one. None without the extension."""
     from . import _extension
 
-    return bool(_extension.C is not None and getattr(_extension.C, "cpu_mkl_bf16_gemm", lambda: False)())
+    if _extension.C is None or not hasattr(_extension.C, "cpu_bf16_backward_gemm"):
+        return None
+    return _extension.C.cpu_bf16_backward_gemm()
 
 
 def device_slug(device):

@@ -4,6 +4,13 @@ import torch
 
 from . import backends, environment
 
+# What environment.cpu_bf16_backward_gemm() names, in words.
+BF16_BACKWARD_GEMMS = {
+    "mkl": "MKL's bfloat16 GEMM (float32 sums)",
+    "vdpbf16ps": "fastcells' VDPBF16PS GEMM (float32 sums; csrc/cpu/bf16_gemm.h)",
+    "aten": "at::mm",
+}
+
 
 def add_arguments(parser):
     parser.add_argument("--device", action="append", choices=("cpu", "cuda"),
@@ -46,9 +53,9 @@ def describe(device_types_):
                     products = "float32 (no AVX-512 BF16 in this CPU or these kernels)"
                 lines.append(f"  {'':10} bfloat16 layers multiply in {products}")
                 if environment.cpu_bf16_products():  # else their backward multiplies in float32 too
-                    backward = ("MKL's bfloat16 GEMM (float32 sums; FASTCELLS_CPU_MKL_BF16=0 for at::mm)"
-                                if environment.cpu_mkl_bf16_gemm() else "at::mm")
-                    lines.append(f"  {'':10} their backward's GEMMs on {backward}")
+                    backward = BF16_BACKWARD_GEMMS.get(environment.cpu_bf16_backward_gemm(), "at::mm")
+                    lines.append(f"  {'':10} their backward's GEMMs on {backward} "
+                                 "(FASTCELLS_CPU_BF16_GEMM=mkl, vdpbf16ps or aten)")
     return lines
 
 

@@ -143,8 +143,22 @@ def test_bf16_products_are_used_where_the_cpu_has_them():
     amx = _amx_expected()
     assert _extension.C.cpu_amx_products() == environment.cpu_amx_products() == amx
     assert any("AMX tiles" in text for text in info.describe(["cpu"])) == amx
-    mkl = "their backward's GEMMs on MKL's bfloat16 GEMM"
-    assert any(mkl in text for text in info.describe(["cpu"])) == (expected and environment.cpu_mkl_bf16_gemm())
+    gemm = environment.cpu_bf16_backward_gemm()
+    if expected and "FASTCELLS_CPU_BF16_GEMM" not in os.environ:  # MKL's where it has AMX to use, else ours
+        assert gemm == ("mkl" if amx and _mkl_bf16_gemm_exported() else "vdpbf16ps" if not amx else "aten")
+    line = "their backward's GEMMs on " + info.BF16_BACKWARD_GEMMS[gemm]
+    assert any(line in text for text in info.describe(["cpu"])) == expected
+
+
+def _mkl_bf16_gemm_exported():
+    """Whether torch's library carries MKL's bfloat16 GEMM (csrc/cpu/mkl_bf16.h finds it the same way)."""
+    import ctypes
+
+    library = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    try:
+        return hasattr(ctypes.CDLL(library), "cblas_gemm_bf16bf16f32")
+    except OSError:
+        return False
 
 
 @pytest.mark.skipif(not _amx_expected(), reason="no AMX tiles in this CPU (or FASTCELLS_CPU_AMX=0)")
@@ -159,20 +173,25 @@ def test_bf16_tests_pass_on_the_avx512_bf16_kernels_too():
     assert " passed" in run.stdout.splitlines()[-1]
 
 
-@pytest.mark.skipif(not (_cpu_has_avx512_bf16() and environment.cpu_mkl_bf16_gemm()),
-                    reason="no MKL bfloat16 GEMM in this torch (or FASTCELLS_CPU_MKL_BF16=0), or no AVX-512 BF16")
-def test_bf16_gradient_tests_pass_with_the_backward_gemms_on_at_mm_too():
-    """Here the backward's GEMMs of a bfloat16 layer run on MKL's bfloat16 GEMM (csrc/layers.h's
-    weight_grad_into and dx_product); torch builds without MKL take at::mm, which FASTCELLS_CPU_MKL_BF16=0
-    makes this process take: the bfloat16 gradient tests again there."""
-    env = {**os.environ, "FASTCELLS_CPU_MKL_BF16": "0"}
-    off = subprocess.run([sys.executable, "-c", "from fastcells import environment, info; "
-                          "print(environment.cpu_mkl_bf16_gemm()); print(*info.describe(['cpu']), sep='\\n')"],
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert off.stdout.splitlines()[0] == "False", off.stdout + off.stderr
-    assert "their backward's GEMMs on at::mm" in off.stdout
+@pytest.mark.skipif(not environment.cpu_bf16_products(), reason="no AVX-512 BF16: the backward multiplies in float32")
+@pytest.mark.parametrize("gemm", ["aten", "mkl", "vdpbf16ps"])
+def test_bf16_gradient_tests_pass_on_every_backward_gemm(gemm):
+    """The backward's GEMMs of a bfloat16 layer (csrc/layers.h's weight_grad_into and dx_product) run on one
+    of three (csrc/cpu/bf16_backward_gemm.h): MKL's bfloat16 GEMM, ours on VDPBF16PS, or at::mm where
+    there is neither. FASTCELLS_CPU_BF16_GEMM makes a process take the others than this CPU's own: the
+    bfloat16 gradient tests again on each."""
+    if gemm == environment.cpu_bf16_backward_gemm():
+        pytest.skip(f"the tests above ran on {gemm}")
+    if gemm == "mkl" and not _mkl_bf16_gemm_exported():
+        pytest.skip("no MKL bfloat16 GEMM in this torch")
+    env = {**os.environ, "FASTCELLS_CPU_BF16_GEMM": gemm}
+    chosen = subprocess.run([sys.executable, "-c", "from fastcells import environment, info; "
+                             "print(environment.cpu_bf16_backward_gemm()); print(*info.describe(['cpu']), sep='\\n')"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert chosen.stdout.splitlines()[0] == gemm, chosen.stdout + chosen.stderr
+    assert "their backward's GEMMs on " + info.BF16_BACKWARD_GEMMS[gemm] in chosen.stdout
     run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
-                          "bf16 and (error_bounded or gradients) and not on_at_mm_too"], env=env,
+                          "bf16 and (error_bounded or gradients) and not on_every_backward_gemm"], env=env,
                          capture_output=True, text=True, cwd=os.path.dirname(__file__), timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout.splitlines()[-1]
@@ -342,14 +361,15 @@ def test_bf16_layers_store_16_bits_without_float32_copies(kind, training):
     fast32 = _peak_mib(fast, x, training)
     fast16 = _peak_mib(fast.bfloat16(), x.detach().bfloat16().requires_grad_(training), training)
     torch16 = _peak_mib(ref.bfloat16(), x.detach().bfloat16().requires_grad_(training), training)
-    gemms_on_mkl = training and environment.cpu_mkl_bf16_gemm()
-    assert fast16 <= (0.65 if gemms_on_mkl else 0.8 if training else 0.55) * fast32, (fast16, fast32)
-    if kind != "gru" or not training or gemms_on_mkl:
+    float32_sums = training and environment.cpu_bf16_backward_gemm() in ("mkl", "vdpbf16ps")
+    assert fast16 <= (0.65 if float32_sums else 0.8 if training else 0.55) * fast32, (fast16, fast32)
+    if kind != "gru" or not training or float32_sums:
         assert fast16 <= torch16, (fast16, torch16)
 
 
 @pytest.mark.skipif(not _cpu_has_avx512_bf16(), reason="bfloat16 storage needs the bfloat16 products")
-@pytest.mark.skipif(not environment.cpu_mkl_bf16_gemm(), reason="the backward's GEMMs on MKL's bfloat16 GEMM")
+@pytest.mark.skipif(environment.cpu_bf16_backward_gemm() not in ("mkl", "vdpbf16ps"),
+                    reason="the backward's GEMMs on at::mm")
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 def test_bf16_training_holds_no_more_than_torch_with_few_rows(kind):
     """A bfloat16 GRU's backward, whose peak is near torch.nn's, sums dw_ih (its last weight gradient, on

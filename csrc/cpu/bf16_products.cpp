@@ -72,13 +72,10 @@ bool products_on() { return products_scope && cpu_has_products(); }
 #if FASTCELLS_BF16_PRODUCTS
 // Only the code below uses the instructions: the headers above stay baseline (see isa_prelude.h).
 #pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")
+#include "bf16_tiles.h"
 
 namespace fastcells::cpu::bf16 {
 namespace {
-
-constexpr int64_t kLanes = 16;             // float32 sums in one register
-constexpr int64_t kPanel = 2 * kLanes;     // columns in a panel: two registers of sums
-constexpr int kTileRows = 8;               // 8 rows x 2 registers = 16 sums, + 2 panel loads + 1 broadcast
 
 // n float32 values from src rounded (to nearest even) to bfloat16 in dst, then zeros up to `padded`.
 void round_row(const float* src, int64_t n, int64_t padded, uint16_t* dst) {
@@ -96,59 +93,6 @@ void round_row(const float* src, int64_t n, int64_t padded, uint16_t* dst) {
 void round_row(const c10::BFloat16* src, int64_t n, int64_t padded, uint16_t* dst) {
   std::memcpy(dst, src, n * sizeof(uint16_t));
   std::fill(dst + n, dst + padded, uint16_t{0});
-}
-
-// One tile: R rows of out, `cols` <= kPanel columns, from one panel of kp pair rows; `a` holds R rows
-// of kp pairs at a stride of lda pairs.
-template <int R>
-void gemm_tile(const uint32_t* a, int64_t lda, const uint32_t* panel, int64_t kp, float* out,
-               int64_t ldo, int64_t cols, bool accumulate) {
-  __m512 acc[R][2];
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-  for (int64_t q = 0; q < kp; ++q) {
-    const __m512i b0 = _mm512_loadu_si512(panel + q * kPanel);
-    const __m512i b1 = _mm512_loadu_si512(panel + q * kPanel + kLanes);
-    for (int r = 0; r < R; ++r) {
-      const __m512i av = _mm512_set1_epi32(static_cast<int>(a[r * lda + q]));
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)av, (__m512bh)b0);
-      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], (__m512bh)av, (__m512bh)b1);
-    }
-  }
-  const int64_t cols1 = std::max<int64_t>(0, cols - kLanes);
-  const __mmask16 mask0 = static_cast<__mmask16>(cols >= kLanes ? 0xffff : (1u << cols) - 1);
-  const __mmask16 mask1 = static_cast<__mmask16>((1u << cols1) - 1);
-  for (int r = 0; r < R; ++r) {
-    float* o = out + r * ldo;
-    if (accumulate) {  // as the float32 GEMM: the products' sum, then the old value added
-      acc[r][0] = _mm512_add_ps(acc[r][0], _mm512_maskz_loadu_ps(mask0, o));
-      acc[r][1] = _mm512_add_ps(acc[r][1], _mm512_maskz_loadu_ps(mask1, o + kLanes));
-    }
-    _mm512_mask_storeu_ps(o, mask0, acc[r][0]);
-    _mm512_mask_storeu_ps(o + kLanes, mask1, acc[r][1]);
-  }
-}
-
-void gemm_rows(const uint32_t* a, int64_t lda, const uint32_t* panel, int64_t kp, float* out,
-               int64_t ldo, int64_t rows, int64_t cols, bool accumulate) {
-  switch (rows) {
-    case 8: gemm_tile<8>(a, lda, panel, kp, out, ldo, cols, accumulate); break;
-    case 7: gemm_tile<7>(a, lda, panel, kp, out, ldo, cols, accumulate); break;
-    case 6: gemm_tile<6>(a, lda, panel, kp, out, ldo, cols, accumulate); break;
-    case 5: gemm_tile<5>(a, lda, panel, kp, out, ldo, cols, accumulate); break;
-    case 4: gemm_tile<4>(a, lda, panel, kp, out, ldo, cols, accumulate); break;
-    case 3: gemm_tile<3>(a, lda, panel, kp, out, ldo, cols, accumulate); break;
-    case 2: gemm_tile<2>(a, lda, panel, kp, out, ldo, cols, accumulate); break;
-    case 1: gemm_tile<1>(a, lda, panel, kp, out, ldo, cols, accumulate); break;
-    default: break;
-  }
-}
-
-// All m rows against one panel, in tiles of kTileRows (row_tiles.h).
-void gemm_panel(const uint32_t* a, int64_t lda, const uint32_t* panel, int64_t kp, float* out,
-                int64_t ldo, int64_t m, int64_t cols, bool accumulate) {
-  for_row_tiles<kTileRows>(m, [&](int64_t i, int64_t rows) {
-    gemm_rows(a + i * lda, lda, panel, kp, out + i * ldo, ldo, rows, cols, accumulate);
-  });
 }
 
 // AMX (Advanced Matrix Extensions): TDPBF16PS multiplies a tile of 16 rows x 16 pairs of a by a tile
@@ -340,7 +284,8 @@ void gemm_as(const A* a, int64_t lda, const PackedWeight& b, float* out, int64_t
       if (amx) return amx_panels(a_p, b.kp, panels, out_p, ldo, rows, b.n, accumulate, first, last);
       for (int64_t p = first; p < last; ++p) {
         const int64_t cols = std::min<int64_t>(kPanel, b.n - p * kPanel);
-        gemm_panel(a_p, b.kp, panels + p * b.kp * kPanel, kp, out_p + p * kPanel, ldo, rows, cols, accumulate);
+        gemm_panel(a_p, b.kp, 1, panels + p * b.kp * kPanel, kp, out_p + p * kPanel, ldo, rows, cols,
+                   accumulate ? Into::add_after : Into::write);
       }
     };
     if (parallel) {

@@ -4,8 +4,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 
 // MKL's declaration (mkl_cblas.h, LP64 interface: MKL_INT is int; the enums are CBLAS's).
@@ -42,11 +40,7 @@ int checked_int(int64_t v) {
 }  // namespace
 
 bool has_mkl_bf16_gemm() {
-  static const bool on = [] {
-    const char* env = std::getenv("FASTCELLS_CPU_MKL_BF16");
-    return cblas_gemm_bf16bf16f32 != nullptr && !(env && !std::strcmp(env, "0"));
-  }();
-  return on;
+  return cblas_gemm_bf16bf16f32 != nullptr;
 }
 
 void mkl_bf16_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {

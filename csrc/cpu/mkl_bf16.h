@@ -1,14 +1,13 @@
 // MKL's bfloat16 GEMM with float32 sums and a float32 result, where the libtorch this extension runs
-// on carries MKL (the x86 builds): for the weight and input gradients of bfloat16 layers (layers.h's
-// weight_grad_into and dx_product). Found at load time, not required: elsewhere they take at::mm.
+// on carries MKL (the x86 builds): one of the GEMMs bf16_backward_gemm.h chooses between for the weight
+// and input gradients of bfloat16 layers. Found at load time, not required.
 #pragma once
 
 #include <ATen/ATen.h>
 
 namespace fastcells::cpu {
 
-// Whether the running libtorch exports MKL's cblas_gemm_bf16bf16f32, and FASTCELLS_CPU_MKL_BF16=0 does not
-// turn it off (for tests of the at::mm path). Read once.
+// Whether the running libtorch exports MKL's cblas_gemm_bf16bf16f32.
 bool has_mkl_bf16_gemm();
 
 // out (m, n) = a (m, k) @ b (k, n), or out += it where `accumulate`: a and b bfloat16 CPU matrices (either

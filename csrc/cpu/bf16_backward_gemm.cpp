@@ -1,0 +1,45 @@
+// bf16_backward_gemm.h's choice between MKL's bfloat16 GEMM and ours.
+#include "bf16_backward_gemm.h"
+
+#include <cstdlib>
+#include <string>
+
+#include "bf16_gemm.h"
+#include "bf16_products.h"
+#include "mkl_bf16.h"
+
+namespace fastcells::cpu {
+
+Bf16BackwardGemm bf16_backward_gemm() {
+  static const Bf16BackwardGemm choice = [] {
+    const bool mkl = has_mkl_bf16_gemm(), ours = bf16::cpu_has_products();
+    const char* env = std::getenv("FASTCELLS_CPU_BF16_GEMM");
+    const std::string asked = env ? env : "";
+    if (asked == "aten") return Bf16BackwardGemm::none;
+    if (asked == "mkl" && mkl) return Bf16BackwardGemm::mkl;
+    if (asked == "vdpbf16ps" && ours) return Bf16BackwardGemm::vdpbf16ps;
+    TORCH_CHECK(asked.empty() || asked == "mkl" || asked == "vdpbf16ps",
+                "FASTCELLS_CPU_BF16_GEMM must be mkl, vdpbf16ps or aten, not '", asked, "'");
+    if (ours && !bf16::cpu_has_amx()) return Bf16BackwardGemm::vdpbf16ps;
+    return mkl ? Bf16BackwardGemm::mkl : Bf16BackwardGemm::none;
+  }();
+  return choice;
+}
+
+const char* bf16_backward_gemm_name() {
+  switch (bf16_backward_gemm()) {
+    case Bf16BackwardGemm::mkl: return "mkl";
+    case Bf16BackwardGemm::vdpbf16ps: return "vdpbf16ps";
+    default: return "aten";
+  }
+}
+
+void bf16_backward_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {
+  switch (bf16_backward_gemm()) {
+    case Bf16BackwardGemm::mkl: return mkl_bf16_gemm(a, b, out, accumulate);
+    case Bf16BackwardGemm::vdpbf16ps: return bf16::gemm_matrices(a, b, out, accumulate);
+    default: TORCH_CHECK(false, "bf16_backward_gemm: none in this process (FASTCELLS_CPU_BF16_GEMM=aten, or none built)");
+  }
+}
+
+}  // namespace fastcells::cpu

@@ -1,0 +1,26 @@
+// The GEMM that multiplies the bfloat16 operands of a bfloat16 layer's backward (its weight gradients
+// and dx: layers.h's weight_grad_into and dx_product) into float32 sums, rounded nowhere: MKL's
+// (mkl_bf16.h) where the CPU has AMX tiles, which MKL uses; ours on VDPBF16PS (bf16_gemm.h) where the
+// CPU has AVX-512 BF16 without them (MKL's bfloat16 kernels ran at float32 speed on an AMD EPYC, a
+// third of ours); MKL's again on CPUs with neither, where libtorch has it. Otherwise none, and the
+// backward takes at::mm (oneDNN's, which copies both operands and rounds its result to bfloat16).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace fastcells::cpu {
+
+enum class Bf16BackwardGemm { none, mkl, vdpbf16ps };
+
+// The choice above, or FASTCELLS_CPU_BF16_GEMM's (mkl, vdpbf16ps, or aten for none) where the CPU and
+// libtorch allow it. Read once.
+Bf16BackwardGemm bf16_backward_gemm();
+
+// Its name, as FASTCELLS_CPU_BF16_GEMM spells it: "mkl", "vdpbf16ps" or "aten".
+const char* bf16_backward_gemm_name();
+
+// out (m, n) = a (m, k) @ b (k, n), or out += it where `accumulate`, on the chosen GEMM (not none): a and
+// b bfloat16 CPU matrices (either may be a transposed view), out float32 with unit column stride.
+void bf16_backward_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate);
+
+}  // namespace fastcells::cpu
