@@ -292,6 +292,32 @@ class StepProduct {
     TORCH_CHECK(false, "StepProduct: bfloat16 rows need the bfloat16 products or the mat-vecs");
   }
 
+  // The mat-vecs only (at most kSmallRows rows, a transposed weight, neither packed): columns [begin,
+  // end) of run()'s product, written, on the calling thread; each element summed as run() sums it. Rows
+  // a in T, or in bfloat16 (widened exactly into the calling thread's scratch).
+  template <typename A>
+  void run_columns(const A* a, int64_t lda, T* out, int64_t ldo, int64_t m, int64_t begin, int64_t end) const {
+    TORCH_CHECK(transposed_ && !packs_weight(), "StepProduct: run_columns is for the mat-vecs of W^T");
+    const int64_t k = cols_;
+    if constexpr (std::is_same_v<T, float>) {
+      if (w_bf16_) {
+        if constexpr (std::is_same_v<A, T>) {
+          matvec_rows_multi(w_bf16_, k, a, lda, m, k, out, ldo, begin, end, false);
+        } else {
+          const StepScratch<T> widened(m * k, at::TensorOptions().dtype(at::kFloat));
+          widen_rows(a, lda, widened.data(), k, m, k);
+          matvec_rows_multi(w_bf16_, k, widened.data(), k, m, k, out, ldo, begin, end, false);
+        }
+        return;
+      }
+    }
+    if constexpr (std::is_same_v<A, T>) {
+      matvec_rows_multi(w_, k, a, lda, m, k, out, ldo, begin, end, false);
+    } else {
+      TORCH_CHECK(false, "StepProduct: rows stored in bfloat16 come with bfloat16 weights");
+    }
+  }
+
   // With the bfloat16 products: the panels of 32 columns the product has, and run() for panels [p0, p1)
   // of them on the calling thread (rows a in T or bfloat16), for loops that split them between threads.
   int64_t bf16_panels() const { return bf16_.panels; }

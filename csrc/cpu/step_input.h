@@ -33,14 +33,15 @@ namespace fastcells::cpu::FASTCELLS_ISA {
 //
 // At most kSmallRows rows, whose steps multiply with mat-vecs reading the weights in place, project up
 // front (per step: LSTM T=50 B=1 H=128 went from 0.98x to 0.70x torch.nn), except where the weights are
-// bfloat16 (read as they are: StepProduct) in GRU and RNN inference: the (N, G) float32 projections were
-// most of such a call's memory (GRU T=50 B=1 H=128: 131 KiB in all, 57 per step, torch.nn 96; at B=4 699
-// and 219 against torch.nn's 285), for 6-20% more time there, where they run at 4-13x torch.nn. In
-// training, which holds far more, the projections up front cost no peak memory, and per step was up to
-// 4% slower. LSTM keeps them up front (161 KiB against 439 at B=1), which its unit split needs.
-inline bool project_per_step(const Schedule& sched, bool lstm, bool training, bool bf16_weights) {
+// bfloat16 (read as they are: StepProduct) in inference: the (N, G) float32 projections were most of such
+// a call's memory (GRU T=50 B=1 H=128: 131 KiB in all, 57 per step, torch.nn 96; at B=4 699 and 219
+// against torch.nn's 285; an LSTM's bfloat16 call held 0.91 of its float32 twin's), for 6-20% more time
+// there, where they run at 4-13x torch.nn. In training, which holds far more, the projections up front
+// cost no peak memory, and per step was up to 4% slower. Such rows' projections per step are made apart
+// from the hidden ones and summed as up front (projects_rows_apart): inference gives training's outputs.
+inline bool project_per_step(const Schedule& sched, bool training, bool bf16_weights) {
   if (sched.batch > kSmallRows) return true;
-  return bf16_weights && !lstm && !training;
+  return bf16_weights && !training;
 }
 
 // Up-front input projections of at least this many rows and multiply-adds go to at::mm (see below).
@@ -91,6 +92,25 @@ class StepInput {
 
   // Whether the steps project their own rows (then project_steps() writes products without the bias).
   bool per_step() const { return !gx_.defined(); }
+
+  // Per step with mat-vecs (at most kSmallRows rows): then a step's input pre-activations are made with
+  // the bias (rows(), project_units()), apart from its hidden ones, each element as up front: the layer's
+  // outputs are bitwise those of the projections up front. (The packed products of larger batches are
+  // added into the hidden ones instead: project_steps().)
+  bool projects_rows_apart() const { return per_step() && !w_ih_->packs_weight(); }
+
+  // projects_rows_apart() only: out (rows, columns [begin, end) of G, ldo apart) = the x rows [row0, row0 +
+  // rows) @ W_ih^T + the bias, on the calling thread: for loops that split the units between threads.
+  void project_units(int64_t row0, int64_t rows, T* out, int64_t ldo, int64_t begin, int64_t end) const {
+    TORCH_CHECK(projects_rows_apart(), "StepInput: project_units is for per-step mat-vecs");
+    const T* bias = bias_.data_ptr<T>();
+    w_ih_->run_columns(x_.data_ptr<S>() + row0 * I_, I_, out, ldo, rows, begin, end);
+    for (int64_t i = 0; i < rows; ++i) {
+      T* row = out + i * ldo;
+#pragma omp simd
+      for (int64_t j = begin; j < end; ++j) row[j] += bias[j];
+    }
+  }
 
   // Per step only: out = the x rows of `count` consecutive steps of a row group @ W_ih^T, as one product,
   // the steps' rows one after the other in out (ldo apart), so that W_ih is read once for them all: each
