@@ -167,11 +167,25 @@ inline void bf16_gemm_sum_rows(const at::Tensor& out, const std::vector<std::pai
   }
 }
 
+// Whether bf16_backward_gemm rounds the sums of `products` into a bfloat16 dst itself (ours does: then no
+// float32 sums are kept beside dst): one product, whose operands dst does not overlap (dx_in_place writes
+// dx over dg, which the GEMM's other blocks still read).
+inline bool bf16_gemm_rounds_into(const at::Tensor& dst,
+                                  const std::vector<std::pair<at::Tensor, at::Tensor>>& products) {
+  return cpu::bf16_backward_gemm() == cpu::Bf16BackwardGemm::vdpbf16ps && dst.scalar_type() == at::kBFloat16 &&
+         (dst.stride(1) == 1 || dst.size(1) <= 1) && products.size() == 1 &&
+         !dst.is_alias_of(products[0].first) && !dst.is_alias_of(products[0].second);
+}
+
 // dst (m, n) = the sum of a_i (m, k_i) @ b_i (k_i, n) over `products` (operands in bfloat16) by
-// bf16_backward_gemm: straight into dst where it is float32, else into float32 sums of at most `block` of
-// dst's rows at a time, each block rounded once to dst's dtype when its sums are complete.
+// bf16_backward_gemm: straight into dst where it is float32 (or bf16_gemm_rounds_into), else into float32
+// sums of at most `block` of dst's rows at a time, each block rounded once to dst's dtype when its sums
+// are complete.
 inline void bf16_gemm_products_into(at::Tensor dst,
                                     const std::vector<std::pair<at::Tensor, at::Tensor>>& products, int64_t block) {
+  if (bf16_gemm_rounds_into(dst, products)) {
+    return cpu::bf16_backward_gemm(products[0].first, products[0].second, dst, /*accumulate=*/false);
+  }
   const bool direct = dst.scalar_type() == at::kFloat && (dst.stride(1) == 1 || dst.size(1) <= 1);
   const int64_t m = dst.size(0);
   if (direct) block = m;
@@ -196,6 +210,7 @@ inline void bf16_gemm_products_into(at::Tensor dst,
 inline void bf16_gemm_products_narrowed(at::Tensor dst,
                                         const std::vector<std::pair<at::Tensor, at::Tensor>>& products, int64_t tail) {
   TORCH_CHECK(dst.is_contiguous() && dst.element_size() == 2, "bf16_gemm_products_narrowed: dst in 16 bits");
+  if (bf16_gemm_rounds_into(dst, products)) return bf16_gemm_products_into(dst, products, dst.size(0));
   const int64_t m = dst.size(0), n = dst.size(1);
   char* memory = static_cast<char*>(dst.data_ptr());
   const auto sums_offset = [&](int64_t end_row) { return (end_row * n * 2 + 63) / 64 * 64; };  // aligned

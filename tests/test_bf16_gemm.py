@@ -50,6 +50,23 @@ def test_bf16_gemm_matches_float64_products(m, k, n, a_transposed, b_transposed,
     assert torch.equal(a, a_before) and torch.equal(b, b_before)
 
 
+@pytest.mark.parametrize("a_transposed", [False, True])
+@pytest.mark.parametrize("m,k,n", SHAPES + [(70, 600, 300)])
+def test_bf16_gemm_rounds_each_sum_once_into_a_bfloat16_result(m, k, n, a_transposed):
+    """A bfloat16 out gets each float32 sum rounded once (to nearest even): bitwise the float32 result
+    rounded, across the 4-panel groups its sums are kept in (n = 300: three groups, the last ragged)."""
+    generator = torch.Generator().manual_seed(m + k + n)
+    a = _operand(m, k, a_transposed, generator)
+    b = _operand(k, n, False, generator)
+    sums = torch.empty(m, n)
+    _gemm(a, b, sums, False)
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
+    _gemm(a, b, out, False)
+    assert torch.equal(out, sums.bfloat16())
+    with pytest.raises(RuntimeError, match="written, not added to"):
+        _gemm(a, b, out, True)
+
+
 def test_bf16_gemm_takes_operands_with_no_unit_stride():
     """Every other column of a larger matrix: copied first, then multiplied as any other operand."""
     generator = torch.Generator().manual_seed(1)
@@ -82,7 +99,7 @@ def test_bf16_gemm_rejects_what_it_cannot_multiply():
     a, b = torch.zeros(4, 6, dtype=torch.bfloat16), torch.zeros(6, 5, dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="shapes"):
         _gemm(a, b, torch.empty(4, 6), False)
-    with pytest.raises(RuntimeError, match="bfloat16 operands and a float32 result"):
+    with pytest.raises(RuntimeError, match="bfloat16 operands and a float32 or bfloat16 result"):
         _gemm(a.float(), b, torch.empty(4, 5), False)
     with pytest.raises(RuntimeError, match="unit column stride"):
         _gemm(a, b, torch.empty(5, 4).t(), False)

@@ -20,7 +20,8 @@ Bf16BackwardGemm bf16_backward_gemm();
 const char* bf16_backward_gemm_name();
 
 // out (m, n) = a (m, k) @ b (k, n), or out += it where `accumulate`, on the chosen GEMM (not none): a and
-// b bfloat16 CPU matrices (either may be a transposed view), out float32 with unit column stride.
+// b bfloat16 CPU matrices (either may be a transposed view), out float32 with unit column stride; on ours
+// (vdpbf16ps) also bfloat16, written with each float32 sum rounded once (bf16_gemm.h).
 void bf16_backward_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate);
 
 }  // namespace fastcells::cpu

@@ -1,6 +1,7 @@
 // bf16_gemm.h's GEMM: (blocks of a's rows) x (groups of b's panels) split between threads, each job
 // running over k-blocks: it pairs up its rows of a and each panel of b for the block, then runs
-// bf16_tiles.h's kernel, which carries every sum on from the block before.
+// bf16_tiles.h's kernel, which carries every sum on from the block before (in out, or for a bfloat16 out
+// in the thread's float32 sums of a few panels, rounded into out after the last block).
 #include "bf16_gemm.h"
 #include "bf16_products.h"
 
@@ -24,6 +25,18 @@ namespace {
 // each block after the first reads and writes out once more.
 constexpr int64_t kBlockPairs = 128;
 constexpr int64_t kRowBlock = 64;  // rows of a per job
+constexpr int64_t kSumsPanels = 4;  // panels of a bfloat16 result summed at once (32 KiB of float32 sums)
+
+// rows x cols float32 sums (ld apart) rounded to nearest even into bfloat16 rows (ldo apart).
+void round_rows(const float* sums, int64_t ld, int64_t rows, int64_t cols, uint16_t* out, int64_t ldo) {
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < cols; j += 16) {
+      const __mmask16 mask = static_cast<__mmask16>((1u << std::min<int64_t>(16, cols - j)) - 1);
+      const __m256bh rounded = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, sums + i * ld + j));
+      _mm256_mask_storeu_epi16(out + i * ldo + j, mask, (__m256i)rounded);
+    }
+  }
+}
 
 // A bfloat16 matrix operand as pairs along k: `k_major` where k runs along its storage's rows (element
 // (kk, j) at data[kk * ld + j]: a pair interleaves two rows), else along each row (data[j * ld + kk]: a
@@ -83,9 +96,11 @@ void fill_pairs(const PairSource& s, int64_t q0, int64_t pairs, int64_t j0, int6
 void gemm_matrices(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {
   TORCH_CHECK(cpu_has_products(), "bf16::gemm_matrices: this CPU has no AVX-512 BF16");
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && out.dim() == 2, "bf16::gemm_matrices: matrices expected");
+  const bool rounded = out.scalar_type() == at::kBFloat16;  // the float32 sums rounded into out
   TORCH_CHECK(a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16 &&
-                  out.scalar_type() == at::kFloat && a.is_cpu() && b.is_cpu() && out.is_cpu(),
-              "bf16::gemm_matrices: bfloat16 operands and a float32 result on the CPU expected");
+                  (out.scalar_type() == at::kFloat || rounded) && a.is_cpu() && b.is_cpu() && out.is_cpu(),
+              "bf16::gemm_matrices: bfloat16 operands and a float32 or bfloat16 result on the CPU expected");
+  TORCH_CHECK(!(rounded && accumulate), "bf16::gemm_matrices: a bfloat16 result is written, not added to");
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
   TORCH_CHECK(b.size(0) == k && out.size(0) == m && out.size(1) == n, "bf16::gemm_matrices: shapes ", a.sizes(),
               " @ ", b.sizes(), " into ", out.sizes());
@@ -98,7 +113,8 @@ void gemm_matrices(const at::Tensor& a, const at::Tensor& b, const at::Tensor& o
   at::Tensor a_kept, b_kept;
   const PairSource as = pair_source(a, 1, a_kept), bs = pair_source(b, 0, b_kept);
   const int64_t kp = (k + 1) / 2, panels = (n + kPanel - 1) / kPanel, ldo = std::max<int64_t>(n, out.stride(0));
-  float* o = out.data_ptr<float>();
+  float* o = rounded ? nullptr : out.data_ptr<float>();
+  uint16_t* o16 = rounded ? reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()) : nullptr;
   // a's rows of a job: pair rows (a_row 1) from k-major storage (a = dg.t()), else rows of pairs.
   const int64_t a_row = as.k_major ? 1 : kBlockPairs, a_pair = as.k_major ? kRowBlock : 1;
   const int64_t row_blocks = (m + kRowBlock - 1) / kRowBlock;
@@ -108,22 +124,34 @@ void gemm_matrices(const at::Tensor& a, const at::Tensor& b, const at::Tensor& o
   const int64_t group_panels = (panels + groups - 1) / groups;
   at::parallel_for(0, row_blocks * groups, 1, [&](int64_t job0, int64_t job1) {
     // Per thread: a k-block of its rows of a, and of one panel of b (paired up again for each block of
-    // rows: 2-3% of the products' time, for a scratch of fixed size rather than all of b's pairs).
+    // rows: 2-3% of the products' time, for a scratch of fixed size rather than all of b's pairs); for a
+    // bfloat16 result, the float32 sums of up to kSumsPanels panels, rounded into out once complete.
     thread_local std::vector<uint32_t> a_pairs, b_panel;
+    thread_local std::vector<float> sums;
     a_pairs.resize(std::max<size_t>(a_pairs.size(), kRowBlock * kBlockPairs));
     b_panel.resize(std::max<size_t>(b_panel.size(), kBlockPairs * kPanel));
+    if (rounded) sums.resize(std::max<size_t>(sums.size(), kRowBlock * kSumsPanels * kPanel));
     for (int64_t job = job0; job < job1; ++job) {
       const int64_t r0 = job / groups * kRowBlock, rows = std::min(kRowBlock, m - r0);
       const int64_t first = job % groups * group_panels, last = std::min(panels, first + group_panels);
-      for (int64_t q0 = 0; q0 < kp && first < last; q0 += kBlockPairs) {
-        const int64_t pairs = std::min(kBlockPairs, kp - q0);
-        fill_pairs(as, q0, pairs, r0, rows, a_pairs.data(), a_pair, a_row);
-        for (int64_t p = first; p < last; ++p) {
-          const int64_t cols = std::min<int64_t>(kPanel, n - p * kPanel);
-          if (cols < kPanel) std::fill(b_panel.begin(), b_panel.begin() + pairs * kPanel, 0u);
-          fill_pairs(bs, q0, pairs, p * kPanel, cols, b_panel.data(), kPanel, 1);
-          gemm_panel(a_pairs.data(), a_row, a_pair, b_panel.data(), pairs, o + r0 * ldo + p * kPanel, ldo, rows, cols,
-                     (q0 > 0 || accumulate) ? Into::continue_from : Into::write);
+      // The panels a pass over k takes: all of the job's into a float32 out, kSumsPanels into the sums.
+      for (int64_t g0 = first; g0 < last; g0 += rounded ? kSumsPanels : last - first) {
+        const int64_t g1 = rounded ? std::min(last, g0 + kSumsPanels) : last;
+        float* dst = rounded ? sums.data() : o + r0 * ldo + g0 * kPanel;
+        const int64_t ldd = rounded ? kSumsPanels * kPanel : ldo;
+        for (int64_t q0 = 0; q0 < kp; q0 += kBlockPairs) {
+          const int64_t pairs = std::min(kBlockPairs, kp - q0);
+          fill_pairs(as, q0, pairs, r0, rows, a_pairs.data(), a_pair, a_row);
+          for (int64_t p = g0; p < g1; ++p) {
+            const int64_t cols = std::min<int64_t>(kPanel, n - p * kPanel);
+            if (cols < kPanel) std::fill(b_panel.begin(), b_panel.begin() + pairs * kPanel, 0u);
+            fill_pairs(bs, q0, pairs, p * kPanel, cols, b_panel.data(), kPanel, 1);
+            gemm_panel(a_pairs.data(), a_row, a_pair, b_panel.data(), pairs, dst + (p - g0) * kPanel, ldd, rows,
+                       cols, (q0 > 0 || accumulate) ? Into::continue_from : Into::write);
+          }
+        }
+        if (rounded) {
+          round_rows(dst, ldd, rows, std::min(n, g1 * kPanel) - g0 * kPanel, o16 + r0 * ldo + g0 * kPanel, ldo);
         }
       }
     }

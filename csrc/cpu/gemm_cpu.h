@@ -292,9 +292,10 @@ class StepProduct {
     TORCH_CHECK(false, "StepProduct: bfloat16 rows need the bfloat16 products or the mat-vecs");
   }
 
-  // The mat-vecs only (at most kSmallRows rows, a transposed weight, neither packed): columns [begin,
-  // end) of run()'s product, written, on the calling thread; each element summed as run() sums it. Rows
-  // a in T, or in bfloat16 (widened exactly into the calling thread's scratch).
+  // The mat-vecs only (a transposed weight this product does not pack: a layer of at most kSmallRows
+  // rows a step; m may be several steps' rows): columns [begin, end) of run()'s product, written, on the
+  // calling thread; each element summed as run() sums it. Rows a in T, or in bfloat16 (widened exactly
+  // into the calling thread's scratch).
   template <typename A>
   void run_columns(const A* a, int64_t lda, T* out, int64_t ldo, int64_t m, int64_t begin, int64_t end) const {
     TORCH_CHECK(transposed_ && !packs_weight(), "StepProduct: run_columns is for the mat-vecs of W^T");
