@@ -374,7 +374,7 @@ def test_bf16_layers_store_16_bits_without_float32_copies(kind, training):
 def test_bf16_training_holds_no_more_than_torch_with_few_rows(kind):
     """A bfloat16 GRU's backward, whose peak is near torch.nn's, sums dw_ih (its last weight gradient, on
     top of all it holds then) into float32 mostly in dw_ih's own memory, a third of the rows left at a
-    time (layers.h's mkl_bf16_products_narrowed): its training call at T=50 B=4 H=128 holds 0.99 of
+    time (layers.h's bf16_gemm_products_narrowed): its training call at T=50 B=4 H=128 holds 0.99 of
     torch.nn's peak, 1.16 with dw_ih's float32 sums all in a scratch twice dw_ih's size. (LSTM 0.40, RNN
     0.59.)"""
     torch.manual_seed(0)

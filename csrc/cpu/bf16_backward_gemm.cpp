@@ -38,7 +38,8 @@ void bf16_backward_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tens
   switch (bf16_backward_gemm()) {
     case Bf16BackwardGemm::mkl: return mkl_bf16_gemm(a, b, out, accumulate);
     case Bf16BackwardGemm::vdpbf16ps: return bf16::gemm_matrices(a, b, out, accumulate);
-    default: TORCH_CHECK(false, "bf16_backward_gemm: none in this process (FASTCELLS_CPU_BF16_GEMM=aten, or none built)");
+    default:
+      TORCH_CHECK(false, "bf16_backward_gemm: none in this process (FASTCELLS_CPU_BF16_GEMM=aten, or none built)");
   }
 }
 

@@ -29,13 +29,7 @@ constexpr int64_t kSumsPanels = 4;  // panels of a bfloat16 result summed at onc
 
 // rows x cols float32 sums (ld apart) rounded to nearest even into bfloat16 rows (ldo apart).
 void round_rows(const float* sums, int64_t ld, int64_t rows, int64_t cols, uint16_t* out, int64_t ldo) {
-  for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < cols; j += 16) {
-      const __mmask16 mask = static_cast<__mmask16>((1u << std::min<int64_t>(16, cols - j)) - 1);
-      const __m256bh rounded = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, sums + i * ld + j));
-      _mm256_mask_storeu_epi16(out + i * ldo + j, mask, (__m256i)rounded);
-    }
-  }
+  for (int64_t i = 0; i < rows; ++i) round_row(sums + i * ld, cols, cols, out + i * ldo);
 }
 
 // A bfloat16 matrix operand as pairs along k: `k_major` where k runs along its storage's rows (element

@@ -1,6 +1,5 @@
 // The bfloat16 products of bf16_products.h: weight packing and a register-blocked GEMM on VDPBF16PS.
 #include "bf16_products.h"
-#include "row_tiles.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -76,24 +75,6 @@ bool products_on() { return products_scope && cpu_has_products(); }
 
 namespace fastcells::cpu::bf16 {
 namespace {
-
-// n float32 values from src rounded (to nearest even) to bfloat16 in dst, then zeros up to `padded`.
-void round_row(const float* src, int64_t n, int64_t padded, uint16_t* dst) {
-  int64_t j = 0;
-  for (; j < n; j += kLanes) {
-    const int64_t left = std::min<int64_t>(kLanes, n - j);
-    const __mmask16 mask = static_cast<__mmask16>((1u << left) - 1);
-    const __m256bh rounded = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src + j));
-    _mm256_mask_storeu_epi16(dst + j, mask, (__m256i)rounded);
-  }
-  std::fill(dst + n, dst + padded, uint16_t{0});
-}
-
-// The same for values in bfloat16 already: copied.
-void round_row(const c10::BFloat16* src, int64_t n, int64_t padded, uint16_t* dst) {
-  std::memcpy(dst, src, n * sizeof(uint16_t));
-  std::fill(dst + n, dst + padded, uint16_t{0});
-}
 
 // AMX (Advanced Matrix Extensions): TDPBF16PS multiplies a tile of 16 rows x 16 pairs of a by a tile
 // of 16 pairs x 16 columns of b into 16 x 16 float32 sums, 16 times the work of a VDPBF16PS per

@@ -1,14 +1,18 @@
-// The register-blocked VDPBF16PS kernel of the bfloat16 products: a tile of up to kTileRows rows of a
-// against one panel of kPanel columns of b, both as bfloat16 pairs (32 bits: elements 2q and 2q + 1
-// of k). Shared by bf16_products.cpp (the forward's packed weights) and bf16_gemm.cpp (the backward's
-// GEMMs), and included by them only after their `#pragma GCC target` enables AVX-512 BF16: hence the
-// anonymous namespace, so that no copy of these functions is shared with code built for another target.
+// The register-blocked VDPBF16PS kernel of the bfloat16 products (and the rounding of float32 rows to
+// bfloat16 beside it): a tile of up to kTileRows rows of a against one panel of kPanel columns of b,
+// both as bfloat16 pairs (32 bits: elements 2q and 2q + 1 of k). Shared by bf16_products.cpp (the
+// forward's packed weights) and bf16_gemm.cpp (the backward's GEMMs), and included by them only after
+// their `#pragma GCC target` enables AVX-512 BF16: hence the anonymous namespace, so that no copy of
+// these functions is shared with code built for another target.
 #pragma once
 
 #include <immintrin.h>
 
+#include <c10/util/BFloat16.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "row_tiles.h"
 
@@ -18,6 +22,24 @@ namespace {
 constexpr int64_t kLanes = 16;          // float32 sums in one register
 constexpr int64_t kPanel = 2 * kLanes;  // columns in a panel: two registers of sums
 constexpr int kTileRows = 8;            // 8 rows x 2 registers = 16 sums, + 2 panel loads + 1 broadcast
+
+// n float32 values from src rounded (to nearest even) to bfloat16 in dst, then zeros up to `padded`.
+void round_row(const float* src, int64_t n, int64_t padded, uint16_t* dst) {
+  int64_t j = 0;
+  for (; j < n; j += kLanes) {
+    const int64_t left = std::min<int64_t>(kLanes, n - j);
+    const __mmask16 mask = static_cast<__mmask16>((1u << left) - 1);
+    const __m256bh rounded = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src + j));
+    _mm256_mask_storeu_epi16(dst + j, mask, (__m256i)rounded);
+  }
+  std::fill(dst + n, dst + padded, uint16_t{0});
+}
+
+// The same for values in bfloat16 already: copied.
+void round_row(const c10::BFloat16* src, int64_t n, int64_t padded, uint16_t* dst) {
+  std::memcpy(dst, src, n * sizeof(uint16_t));
+  std::fill(dst + n, dst + padded, uint16_t{0});
+}
 
 // What a tile does with the values out holds: overwrites them; adds them after the products are summed
 // (as the float32 GEMM adds them); or begins each sum with them, so that a sum over k split into blocks

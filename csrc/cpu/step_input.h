@@ -103,13 +103,8 @@ class StepInput {
   // rows) @ W_ih^T + the bias, on the calling thread: for loops that split the units between threads.
   void project_units(int64_t row0, int64_t rows, T* out, int64_t ldo, int64_t begin, int64_t end) const {
     TORCH_CHECK(projects_rows_apart(), "StepInput: project_units is for per-step mat-vecs");
-    const T* bias = bias_.data_ptr<T>();
     w_ih_->run_columns(x_.data_ptr<S>() + row0 * I_, I_, out, ldo, rows, begin, end);
-    for (int64_t i = 0; i < rows; ++i) {
-      T* row = out + i * ldo;
-#pragma omp simd
-      for (int64_t j = begin; j < end; ++j) row[j] += bias[j];
-    }
+    add_bias_rows(out + begin, ldo, rows, end - begin, bias_.data_ptr<T>() + begin);
   }
 
   // Per step only: out = the x rows of `count` consecutive steps of a row group @ W_ih^T, as one product,
