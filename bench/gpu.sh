@@ -71,21 +71,8 @@ PYTEST_OPTS=(-q -p no:cacheprovider --junit-xml "$DIR/tests.xml")
 "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_OPTS+=(--timeout 300)
 step tests tests.log 180 "$PY" -m pytest tests -k "(cuda or triton) and not triton_resources" "${PYTEST_OPTS[@]}"
 
-# Where a persistent forward step's time goes: the kernel without torch, each phase's cycles
-# (bench/persistent_probe.cu), at the target shape of each cell and at LSTM's batch extremes.
-step probe probe.txt 120 sh -c "nvcc -O3 -std=c++20 -lineinfo -Icsrc/include -Icsrc/cuda \
-    -gencode arch=compute_${ARCH/./},code=sm_${ARCH/./} bench/persistent_probe.cu -o /tmp/persistent_probe &&
-    for shape in 'lstm 1024 16 768' 'gru 1024 16 768' 'rnn 1024 16 768' 'lstm 1024 1 768' 'lstm 1024 64 768'; do
-      /tmp/persistent_probe \$shape 10 || exit 1; done"
-# The persistent kernels' variant matrix (synchronization x units a block x dtype) against the per-step
-# path and torch.nn bfloat16 and float16, target shapes first; each case is saved as it finishes.
-step variants variants.log 200 "$PY" bench/persistent_variants.py --out "$DIR/variants"
-# The dispatch table of this GPU model from what was measured (the variants, and the targets' benchmark
-# below where an earlier run left it); commit it into fastcells/dispatch_tables/ to make `auto` use it.
-step dispatch-table dispatch-table.log 30 "$PY" bench/dispatch_table.py "$DIR/targets/results.csv" \
-    "$DIR/variants/variants.json" --out "$DIR/dispatch_tables"
-
-# compute-sanitizer over one call of every cuda-backend op (memcheck without torch's caching allocator,
+# compute-sanitizer right after the tests (a kernel that never ran on a GPU is checked before it is
+# timed) over one call of every cuda-backend op (memcheck without torch's caching allocator,
 # so a read past a tensor is a read past an allocation; racecheck for the shared-memory kernels).
 # compute-sanitizer: on PATH, else from the nvidia-cuda-sanitizer-api wheel carried in .gpu-carry/
 # (`make gpu-carry` on a machine with network; the GPU machines' image has none and no network).
@@ -107,6 +94,21 @@ else
     echo "== compute-sanitizer: skipped (not on PATH and no wheel in .gpu-carry/: run make gpu-carry)"
     skipped+=("compute-sanitizer")
 fi
+
+# The persistent kernels' variant matrix (synchronization x units a block x dtype) against the per-step
+# path and torch.nn bfloat16 and float16, target shapes first; each case is saved as it finishes.
+step variants variants.log 200 "$PY" bench/persistent_variants.py --out "$DIR/variants"
+# The dispatch table of this GPU model from what was measured (the variants, and the targets' benchmark
+# below where an earlier run left it); commit it into fastcells/dispatch_tables/ to make `auto` use it.
+step dispatch-table dispatch-table.log 30 "$PY" bench/dispatch_table.py "$DIR/targets/results.csv" \
+    "$DIR/variants/variants.json" --out "$DIR/dispatch_tables"
+
+# Where a persistent forward step's time goes: the kernel without torch, each phase's cycles
+# (bench/persistent_probe.cu), at the target shape of each cell and at LSTM's batch extremes.
+step probe probe.txt 120 sh -c "nvcc -O3 -std=c++20 -lineinfo -Icsrc/include -Icsrc/cuda \
+    -gencode arch=compute_${ARCH/./},code=sm_${ARCH/./} bench/persistent_probe.cu -o /tmp/persistent_probe &&
+    for shape in 'lstm 1024 16 768' 'gru 1024 16 768' 'rnn 1024 16 768' 'lstm 1024 1 768' 'lstm 1024 64 768'; do
+      /tmp/persistent_probe \$shape 10 || exit 1; done"
 
 BENCH=("$PY" -m fastcells bench --device cuda --no-progress)
 FUSED=(--providers torch.nn cuda triton reference)
