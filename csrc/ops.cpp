@@ -22,6 +22,7 @@
 
 #include "cpu/bf16_backward_gemm.h"
 #include "cpu/bf16_gemm.h"
+#include "cpu/bf16_products.h"
 #include "cpu/ops_cpu.h"
 #include "cpu/stack_inference.h"
 #include "fastcells/saved_layout.h"
@@ -108,6 +109,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(float32 sums), or aten (at::mm).");
   // For tests: the VDPBF16PS GEMM itself (on CPUs with AVX-512 BF16), whichever the backward takes.
   m.def("cpu_bf16_gemm_matrices", &fastcells::cpu::bf16::gemm_matrices, ReleaseGil());
+  // For tests: the bfloat16 mat-vecs of layers of up to 4 rows and of the cell steps (AVX-512 BF16 CPUs).
+  m.def("cpu_bf16_matvec_rows", &fastcells::cpu::bf16::matvec_matrices, ReleaseGil());
   // The saved layouts of fastcells/saved_layout.h for H hidden units and P = proj_size (LSTM), as
   // {name: column offset or width}: what tests/test_saved_layout.py checks the Python mirror against.
   m.def("saved_layouts", [](int64_t H, int64_t P) {

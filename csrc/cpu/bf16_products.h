@@ -86,4 +86,9 @@ void gemm_panels(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, flo
 void matvec_rows(const c10::BFloat16* w, int64_t ldw, const float* a, int64_t lda, int64_t m, int64_t k,
                  float* out, int64_t ldo, int64_t begin, int64_t end, bool accumulate);
 
+// For tests (fastcells._C.cpu_bf16_matvec_rows): matvec_rows on tensors, w (n, k) bfloat16, a (m, k) and
+// out (m, n) float32, each with unit column stride; rows [begin, end) of w, on CPUs with the products.
+void matvec_matrices(const at::Tensor& w, const at::Tensor& a, at::Tensor& out, int64_t begin, int64_t end,
+                     bool accumulate);
+
 }  // namespace fastcells::cpu::bf16
