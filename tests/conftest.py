@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastcells  # noqa: E402 - after TRITON_INTERPRET
-from fastcells.numcheck.compare import RELU_DRAWS, _relu_clearance  # noqa: E402
+from fastcells.numcheck.compare import clearest_relu_draw  # noqa: E402
 from fastcells.numcheck.configs import Config  # noqa: E402
 
 BACKENDS = fastcells.available_backends()
@@ -256,23 +256,18 @@ def _relative_error(module, x, reference_out, reference_grad):
 # moves the input gradient by its own size, in torch.nn's run as in any other (rnn_relu bfloat16, H=64 B=5,
 # bidirectional, 24 draws: the cpu backend 0.002-0.045 off float64, torch.nn's own 0.003-0.091; on the
 # H200 every persistent variant 0.041 against torch.nn's 0.0039 on one draw). No bound tells that from a
-# bug, so, as `python -m fastcells check` does, a relu layer takes of up to RELU_DRAWS inputs the one whose
-# pre-activations clear 0 farthest (at that shape: the cpu backend 0.0059 at most, over 12 seeds).
+# bug, so, as `python -m fastcells check` does, a relu layer takes of up to RELU_DRAWS inputs the one
+# whose pre-activations clear 0 farthest (at that shape: the cpu backend 0.0059 at most, over 12 seeds).
 def _relu_input_clear_of_kinks(ref64, x, dtype, bidirectional):
-    """Of ``x`` (T, B, I) and up to RELU_DRAWS - 1 fresh draws like it, the one whose float64
-    pre-activations in ``ref64`` (a torch.nn ReLU RNN, zero initial state) stay farthest from 0,
-    relative to their terms' magnitudes; the first that clears 0 by eps of ``dtype`` ends the search."""
+    """Of ``x`` (T, B, I) and fresh draws like it (numcheck's clearest_relu_draw), the one whose float64
+    pre-activations in ``ref64`` (a torch.nn ReLU RNN, zero initial state) stay farthest from 0."""
     steps, batch, inputs = x.shape
     config = Config("low_precision_errors", input_size=inputs, hidden_size=ref64.hidden_size, batch=batch,
                     steps=steps, bidirectional=bidirectional)
-    h0 = torch.zeros(2 if bidirectional else 1, batch, ref64.hidden_size, dtype=torch.float64, device=x.device)
-    best = (_relu_clearance(ref64, config, x, {"h0": h0}), x)
-    for _ in range(RELU_DRAWS - 1):
-        if best[0] >= torch.finfo(dtype).eps:
-            break
-        draw = torch.randn(x.shape, device=x.device).to(dtype)
-        best = max(best, (_relu_clearance(ref64, config, draw, {"h0": h0}), draw), key=lambda d: d[0])
-    return best[1]
+    states = {"h0": torch.zeros(2 if bidirectional else 1, batch, ref64.hidden_size, dtype=torch.float64,
+                                device=x.device)}
+    draw = lambda: (torch.randn(x.shape, device=x.device).to(dtype), states)  # noqa: E731
+    return clearest_relu_draw(ref64, config, (x, states), draw, dtype)[0]
 
 
 def low_precision_errors(kind, dtype, backend, device, hidden=16, batch=4, bidirectional=False, steps=6):

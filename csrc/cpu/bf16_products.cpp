@@ -317,12 +317,12 @@ void matvec_tile(const uint16_t* const* w_rows, int rows, const uint16_t* a, int
     for (int r = 0; r < kMatvecRows; ++r) acc[i][r] = _mm512_setzero_ps();
   }
   // 32 pairs of k a step, w's past k masked to zeros.
-  const auto step = [&](int64_t p, __mmask32 mask, auto& sums) {
+  const auto step = [&](int64_t p, __mmask32 mask) {
     __m512i av[RA];
     for (int i = 0; i < RA; ++i) av[i] = _mm512_loadu_si512(a + i * kp32 + p);
     for (int r = 0; r < kMatvecRows; ++r) {
       const __m512i wv = _mm512_maskz_loadu_epi16(mask, w_rows[r] + p);
-      for (int i = 0; i < RA; ++i) sums[i][r] = _mm512_dpbf16_ps(sums[i][r], (__m512bh)wv, (__m512bh)av[i]);
+      for (int i = 0; i < RA; ++i) acc[i][r] = _mm512_dpbf16_ps(acc[i][r], (__m512bh)wv, (__m512bh)av[i]);
     }
   };
   const __mmask32 tail = static_cast<__mmask32>((uint64_t{1} << (k % (2 * kLanes))) - 1);
@@ -331,11 +331,11 @@ void matvec_tile(const uint16_t* const* w_rows, int rows, const uint16_t* a, int
     // as a second call, GCC 12 kept the 3-row tile's 24 sums in memory too and stored them all at every
     // step (3 rows of a took as long as 4). The 1- and 2-row tiles stay in registers either way, and run
     // 5-10% faster with the second call.
-    for (int64_t p = 0; p < k; p += 2 * kLanes) step(p, k - p >= 2 * kLanes ? ~__mmask32{0} : tail, acc);
+    for (int64_t p = 0; p < k; p += 2 * kLanes) step(p, k - p >= 2 * kLanes ? ~__mmask32{0} : tail);
   } else {
     int64_t p = 0;
-    for (; p + 2 * kLanes <= k; p += 2 * kLanes) step(p, ~__mmask32{0}, acc);
-    if (p < k) step(p, tail, acc);
+    for (; p + 2 * kLanes <= k; p += 2 * kLanes) step(p, ~__mmask32{0});
+    if (p < k) step(p, tail);
   }
   const __mmask8 valid = static_cast<__mmask8>((1u << rows) - 1);
 #pragma GCC unroll 4

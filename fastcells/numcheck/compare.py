@@ -202,16 +202,23 @@ def _relu_clearance(reference, config, x, states):
     return torch.stack(least).min().item()
 
 
-def _clearest_relu_draw(case, config, gen, dtype, device):
-    """(x, states) for a relu case: of case's draw and up to RELU_DRAWS - 1 more from ``gen``, the first
-    whose _relu_clearance reaches eps of ``dtype``, else the one with the largest."""
-    best = (_relu_clearance(case.reference, config, case.x, case.states), case.x, case.states)
+def clearest_relu_draw(reference, config, first, draw, dtype):
+    """(x, states): of ``first`` and up to RELU_DRAWS - 1 more from ``draw()``, the first whose
+    _relu_clearance in ``reference`` reaches eps of ``dtype``, else the one with the largest. (Also
+    tests/conftest.py's, for its relu layers' inputs.)"""
+    best = (_relu_clearance(reference, config, *first), first)
     for _ in range(RELU_DRAWS - 1):
         if best[0] >= torch.finfo(dtype).eps:
             break
-        x, states = _inputs("rnn_relu", config, gen, dtype, device)
-        best = max(best, (_relu_clearance(case.reference, config, x, states), x, states), key=lambda d: d[0])
-    return best[1], best[2]
+        candidate = draw()
+        best = max(best, (_relu_clearance(reference, config, *candidate), candidate), key=lambda d: d[0])
+    return best[1]
+
+
+def _clearest_relu_draw(case, config, gen, dtype, device):
+    """(x, states) for a relu case: clearest_relu_draw of case's draw and more from ``gen``."""
+    return clearest_relu_draw(case.reference, config, (case.x, case.states),
+                              lambda: _inputs("rnn_relu", config, gen, dtype, device), dtype)
 
 
 # ------------------------------------------------------------------------------------------------
