@@ -111,6 +111,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_bf16_gemm_matrices", &fastcells::cpu::bf16::gemm_matrices, ReleaseGil());
   // For tests: the bfloat16 mat-vecs of layers of up to 4 rows and of the cell steps (AVX-512 BF16 CPUs).
   m.def("cpu_bf16_matvec_rows", &fastcells::cpu::bf16::matvec_matrices, ReleaseGil());
+  // For tests: the packed bfloat16 products of a range of columns (layers of up to 4 rows a step over 64 or
+  // more rows in all, their units split between threads).
+  m.def("cpu_bf16_packed_columns", &fastcells::cpu::bf16::packed_columns_matrices, ReleaseGil());
   // The saved layouts of fastcells/saved_layout.h for H hidden units and P = proj_size (LSTM), as
   // {name: column offset or width}: what tests/test_saved_layout.py checks the Python mirror against.
   m.def("saved_layouts", [](int64_t H, int64_t P) {

@@ -20,6 +20,13 @@ struct Schedule {
 
   // The time index handled at position s of the forward pass (backward walks it the other way).
   int64_t time_at(int64_t s, bool reverse) const { return reverse ? steps - 1 - s : s; }
+
+  // N: the rows of all steps together.
+  int64_t rows() const {
+    int64_t n = 0;
+    for (int64_t size : sizes) n += size;
+    return n;
+  }
 };
 
 // Calls step(bs, row0) for every step that has rows, in time order, or reversed for backward: bs

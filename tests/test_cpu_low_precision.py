@@ -198,13 +198,14 @@ def test_bf16_gradient_tests_pass_on_every_backward_gemm(gemm):
 
 
 @pytest.mark.parametrize("batch,hidden,steps", [(3, 37, 6), (5, 37, 6), (16, 37, 6), (300, 37, 6),
-                                                (1, 64, 20), (2, 64, 20)])
+                                                (1, 64, 20), (2, 64, 20), (1, 64, 70), (4, 200, 20)])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 def test_bf16_layer_error_bounded_by_torch_own_at_each_product_path(kind, batch, hidden, steps):
     """Outputs and input gradients at each way a bfloat16 layer multiplies: the mat-vecs of at most 4 rows
-    (their rows stored in bfloat16 too where the CPU has the bfloat16 products: csrc/cpu/storage.h; an
-    LSTM's units split between two threads at H=64 and 20 steps: csrc/cpu/unit_split.h), the packed
-    products, row groups."""
+    a step and fewer than 64 in all (their rows stored in bfloat16 too where the CPU has the bfloat16
+    products: csrc/cpu/storage.h; an LSTM's units split between two threads at H=64 and 20 steps:
+    csrc/cpu/unit_split.h), the packed products of such layers over 64 rows or more (70 and 80 here; an
+    LSTM's units split at 104 of 200, inside a panel) and of larger batches, row groups."""
     fast_error, torch_error = low_precision_errors(kind, torch.bfloat16, "cpu", "cpu", hidden=hidden,
                                                    batch=batch, steps=steps)
     assert fast_error <= max(4 * torch_error, 4 * torch.finfo(torch.bfloat16).eps), (fast_error, torch_error)
@@ -238,16 +239,19 @@ def test_bf16_weight_gradients_error_bounded_by_torch_own(kind, batch):
                                                                                          torch_error)
 
 
-@pytest.mark.parametrize("hidden,batch", [(64, 1), (200, 4), (37, 5), (64, 16), (64, 32), (200, 13)])
+@pytest.mark.parametrize("hidden,batch,steps", [(64, 1, 5), (200, 4, 5), (37, 5, 5), (64, 16, 5), (64, 32, 5),
+                                                (200, 13, 5), (64, 1, 70), (200, 3, 24), (72, 4, 24)])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_bf16_outputs_are_bitwise_the_same_with_1_2_and_3_threads(kind, hidden, batch):
+def test_bf16_outputs_are_bitwise_the_same_with_1_2_and_3_threads(kind, hidden, batch, steps):
     """The bfloat16 GEMM sums each output element the same way however its rows and panels are split
     between threads, as the float32 one does (tests/test_thread_count.py); so do the mat-vecs of at most
     4 rows that read bfloat16 weights as they are (an LSTM's units split between threads, GRU and RNN
-    projecting each step's input)."""
+    projecting each step's input), and the packed products such a layer takes over 64 rows or more
+    (csrc/cpu/gemm_cpu.h's packs_small_batch: an LSTM's two threads each multiply their units' columns,
+    at H=200 split at 104, inside a panel). Both layers of two."""
     torch.manual_seed(0)
     _, fast = make_layer_twins(kind, 7, hidden, 2, dtype=torch.bfloat16, backend="cpu")
-    x = torch.randn(5, batch, 7, dtype=torch.bfloat16)
+    x = torch.randn(steps, batch, 7, dtype=torch.bfloat16)
     before = torch.get_num_threads()
     results = []
     try:
@@ -402,23 +406,24 @@ def test_small_bf16_training_holds_well_under_float32(kind, batch):
 
 
 @pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("batch", [1, 3, 4])
+@pytest.mark.parametrize("batch,steps", [(1, 21), (3, 21), (4, 21), (1, 70), (3, 30), (4, 100), (2, 150)])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_small_bf16_inference_gives_the_training_forward_bitwise(kind, batch, packed):
+def test_small_bf16_inference_gives_the_training_forward_bitwise(kind, batch, steps, packed):
     """At most 4 rows, a bfloat16 layer projects its input step by step in inference (an LSTM whose units
     two threads split, for 8 steps at a time: the rows of either direction's steps follow each other in
-    x) and up front in training (csrc/cpu/step_input.h), with the same mat-vecs, each row summed alone:
-    the outputs are bitwise the same, both directions, sequences of several lengths packed too (the
-    training forward's error is bounded above)."""
+    x) and up front in training (csrc/cpu/step_input.h), with the same products, each row summed alone:
+    the mat-vecs under 64 rows in all, the packed products from 64 on (csrc/cpu/gemm_cpu.h's
+    packs_small_batch). The outputs are bitwise the same, both directions, sequences of several lengths
+    packed too (the training forward's error is bounded above)."""
     torch.manual_seed(0)
     fast = make_layer_twins(kind, 37, 64, 1, dtype=torch.float32, backend="cpu",
                             bidirectional=True)[1].bfloat16()
-    x = torch.randn(21, batch, 37, dtype=torch.bfloat16)
+    x = torch.randn(steps, batch, 37, dtype=torch.bfloat16)
 
     def run(inputs):
         if not packed:
             return fast(inputs)[0]
-        lengths = [21 - 6 * b for b in range(batch)]
+        lengths = [steps - 6 * b for b in range(batch)]
         out = fast(torch.nn.utils.rnn.pack_padded_sequence(inputs, lengths))[0]
         return out.data
 
@@ -446,11 +451,11 @@ def test_small_bf16_inference_holds_under_half_of_float32(kind, batch):
 @pytest.mark.parametrize("steps,batch,layers", [(10, 1, 1), (10, 3, 1), (1, 1, 2)])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 def test_small_bf16_layers_read_their_weights_in_place(kind, steps, batch, layers):
-    """bfloat16 layers of at most 4 rows multiply with mat-vecs that read the bfloat16 weights as they
-    are (csrc/cpu/matmul_cpu.h), on any CPU: no float32 copy of the weights is made, which took more
-    memory than torch.nn's whole call (T=50, B=1, H=128 inference: GRU 515 against torch.nn's 96 KiB, now
-    131) and, converted at every call, made generation loops (T=1, B=1) slower than torch.nn (a 2-layer RNN
-    at H=200: 0.84x, now 4.6x). The call's peak memory stays below half of one float32 copy of its
+    """bfloat16 layers of at most 4 rows a step and fewer than 64 in all multiply with mat-vecs that read
+    the bfloat16 weights as they are (csrc/cpu/matmul_cpu.h), on any CPU: no float32 copy of the weights
+    is made, which took more memory than torch.nn's whole call (T=50, B=1, H=128 inference: GRU 515
+    against torch.nn's 96 KiB, now 131) and, converted at every call, made generation loops (T=1, B=1)
+    slower than torch.nn (a 2-layer RNN at H=200: 0.84x, now 4.6x). The call's peak memory stays below half of one float32 copy of its
     weights; the products are exact (test_bf16_step_products_are_exact_sums_of_exact_products), their
     errors bounded as above."""
     torch.manual_seed(0)

@@ -171,6 +171,101 @@ void amx_panels(const uint32_t* a, int64_t kp, const uint32_t* panels, float* ou
   }
 }
 
+// The 16 x 16 32-bit elements of r[0..15] (one row a register) transposed in place: pairs of rows
+// interleaved by 32 bits, then by 64, then 128-bit blocks exchanged twice.
+void transpose16x16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int h = 0; h < 16; h += 8) {
+    for (int j = 0; j < 4; ++j) {
+      t[h + j] = _mm512_shuffle_i32x4(r[h + j], r[h + j + 4], 0x88);
+      t[h + j + 4] = _mm512_shuffle_i32x4(r[h + j], r[h + j + 4], 0xdd);
+    }
+  }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
+  }
+}
+
+// A bfloat16 w (n, k), row-major, packed as b = w^T (a forward's weight): a pair is 32 bits of a row of
+// w, so each block of 16 columns x 16 pair rows of a panel is 16 rows of w read 64 bytes at a time and
+// transposed in registers (copying each pair alone took a tenth of a bfloat16 LSTM call at B=1, H=128,
+// T=50, whose weights are packed at every call). Every element of the panels is written: zeros past n
+// and past k.
+void pack_rows_of(const at::Tensor& w, PackedWeight& packed) {
+  const at::Tensor rows = w.contiguous();
+  const uint16_t* src = reinterpret_cast<const uint16_t*>(rows.data_ptr<c10::BFloat16>());
+  uint32_t* dst = reinterpret_cast<uint32_t*>(packed.storage.data_ptr<int32_t>());
+  const int64_t n = packed.n, k = packed.k;
+  const int64_t grain = std::max<int64_t>(1, (1 << 15) / (packed.kp * kPanel));
+  at::parallel_for(0, packed.panels, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t panel = p0; panel < p1; ++panel) {
+      for (int64_t c0 = panel * kPanel; c0 < (panel + 1) * kPanel; c0 += kLanes) {
+        for (int64_t q0 = 0; q0 < packed.kp; q0 += kLanes) {
+          const int64_t left = std::clamp<int64_t>(k - 2 * q0, 0, 2 * kLanes);  // elements of k in the block
+          const __mmask32 mask = static_cast<__mmask32>((uint64_t{1} << left) - 1);
+          __m512i r[kLanes];
+          for (int i = 0; i < kLanes; ++i) {
+            r[i] = c0 + i < n && left > 0 ? _mm512_maskz_loadu_epi16(mask, src + (c0 + i) * k + 2 * q0)
+                                           : _mm512_setzero_si512();
+          }
+          transpose16x16(r);
+          uint32_t* out = dst + panel * packed.kp * kPanel + q0 * kPanel + (c0 - panel * kPanel);
+          for (int j = 0; j < kLanes; ++j) _mm512_storeu_si512(out + j * kPanel, r[j]);
+        }
+      }
+    }
+  });
+}
+
+// Each thread that packs weights keeps the buffers it packed them in, up to kKeptPackBytes in all, and
+// packs its next calls' weights into those no PackedWeight holds any more: a layer's call then
+// allocates no packed copy of its weights (as large as them in bfloat16: more than a whole bfloat16
+// call of torch.nn's at B=1, and the pages of a fresh buffer were slower to write: 4-5% of a bfloat16
+// LSTM at T=50 B=16 H=256). Larger weights get a buffer of their own, freed with it.
+constexpr int64_t kKeptPackBytes = int64_t{8} << 20;
+
+// n int32 elements, their values left as they are (pack() writes every one).
+at::Tensor packing_buffer(int64_t n) {
+  thread_local std::vector<at::Tensor> kept;
+  const auto in_use = [](const at::Tensor& t) {  // a PackedWeight holds a view of it
+    return t.unsafeGetTensorImpl()->storage().use_count() > 1;
+  };
+  const auto options = at::TensorOptions().dtype(at::kInt);
+  int64_t kept_bytes = 0;
+  for (const at::Tensor& t : kept) kept_bytes += t.nbytes();
+  for (at::Tensor& t : kept) {
+    if (in_use(t)) continue;
+    if (t.numel() < n) {
+      if (kept_bytes - static_cast<int64_t>(t.nbytes()) + n * 4 > kKeptPackBytes) continue;
+      t = at::empty({n}, options);
+    }
+    return t.narrow(0, 0, n);
+  }
+  if (kept_bytes + n * 4 > kKeptPackBytes) return at::empty({n}, options);
+  kept.push_back(at::empty({n}, options));
+  return kept.back().narrow(0, 0, n);
+}
+
+// Zeros into a packed panel (kp_padded pair rows of kPanel) where its weight has no entry: past its
+// `cols` columns, and in the pair rows from `pairs` on (k's pairs end there).
+void zero_padding(uint32_t* panel, int64_t pairs, int64_t kp_padded, int64_t cols) {
+  if (cols < kPanel) {
+    for (int64_t q = 0; q < pairs; ++q) std::fill(panel + q * kPanel + cols, panel + (q + 1) * kPanel, 0u);
+  }
+  std::fill(panel + pairs * kPanel, panel + kp_padded * kPanel, 0u);
+}
+
 // A bfloat16 w (k, n), row-major, packed as b = w without a transposed copy of it first (a backward's
 // W_hh: the copy was as large as the packed weight, and came on top of a bfloat16 GRU's backward peak):
 // pair (w[2q][c], w[2q + 1][c]) at row q, column c of its panel, the bits as they are.
@@ -188,6 +283,7 @@ void pack_columns_of(const at::Tensor& w, PackedWeight& packed) {
         const uint16_t* odd = 2 * q + 1 < k ? even + n : nullptr;
         for (int64_t c = 0; c < cols; ++c) out[q * kPanel + c] = even[c] | (odd ? uint32_t{odd[c]} << 16 : 0u);
       }
+      zero_padding(out, (k + 1) / 2, packed.kp, cols);
     }
   });
 }
@@ -201,12 +297,14 @@ PackedWeight pack_as(const at::Tensor& w_in, bool transposed) {
   packed.panels = (packed.n + kPanel - 1) / kPanel;
   const int64_t kp = (packed.k + 1) / 2;
   packed.kp = (kp + kAmxPairs - 1) / kAmxPairs * kAmxPairs;
-  packed.storage = at::zeros({packed.panels * packed.kp * kPanel}, w_in.options().dtype(at::kInt));
+  packed.storage = packing_buffer(packed.panels * packed.kp * kPanel);
   if constexpr (std::is_same_v<W, c10::BFloat16>) {
-    if (!transposed) {
+    if (transposed) {
+      pack_rows_of(w_in, packed);
+    } else {
       pack_columns_of(w_in, packed);
-      return packed;
     }
+    return packed;
   }
   // b = w^T: a row of w is a column of b. Otherwise its rows are b's columns after one transpose.
   const at::Tensor columns = transposed ? w_in.contiguous() : w_in.t().contiguous();  // (n, k)
@@ -226,9 +324,42 @@ PackedWeight pack_as(const at::Tensor& w_in, bool transposed) {
       for (int64_t q = 0; q < kp; ++q) {
         for (int64_t c = 0; c < cols; ++c) out[q * kPanel + c] = pairs[c * kp + q];
       }
+      zero_padding(out, kp, packed.kp, cols);
     }
   });
   return packed;
+}
+
+// A block of a's rows at a time (all of a step's rows but for groups of more than 128), rounded once
+// before its panels are split between threads, so that each panel reads the block from the core's L2
+// rather than all of a from memory.
+constexpr int64_t kRowBlock = 128;
+static_assert(kRowBlock % kAmxRows == 0);
+
+// Rows [i0, i0 + rows) of a (rows <= kRowBlock) rounded to pairs into `pairs` (b.kp apart, zero past k),
+// for the AMX tiles followed by zero rows up to a multiple of kAmxRows (the tiles read whole blocks).
+// One buffer per calling thread: row groups (row_groups.h) and the unit-split loops (unit_split.h) call
+// the products from several threads at once.
+template <typename A>
+const uint32_t* round_block(const A* a, int64_t lda, int64_t i0, int64_t rows, const PackedWeight& b, bool amx) {
+  thread_local std::vector<uint32_t> pairs;
+  const int64_t padded = amx ? (rows + kAmxRows - 1) / kAmxRows * kAmxRows : rows;
+  if (static_cast<int64_t>(pairs.size()) < padded * b.kp) pairs.resize(padded * b.kp);
+  for (int64_t i = 0; i < rows; ++i)
+    round_row(a + (i0 + i) * lda, b.k, 2 * b.kp, reinterpret_cast<uint16_t*>(pairs.data() + i * b.kp));
+  std::fill(pairs.begin() + rows * b.kp, pairs.begin() + padded * b.kp, uint32_t{0});
+  return pairs.data();
+}
+
+// Panels [first, last) of the product for `rows` rows of a's pairs (round_block) into `dst`, the
+// column 32 first of a row-major out (ldo apart).
+void run_panels(const uint32_t* a_pairs, const PackedWeight& b, float* dst, int64_t ldo, int64_t rows,
+                bool accumulate, int64_t first, int64_t last, bool amx) {
+  const uint32_t* panels = reinterpret_cast<const uint32_t*>(b.storage.data_ptr<int32_t>()) + first * b.kp * kPanel;
+  if (amx) return amx_panels(a_pairs, b.kp, panels, dst, ldo, rows, b.n - first * kPanel, accumulate, 0, last - first);
+  const int64_t kp = (b.k + 1) / 2;  // pairs in k; a's rows and b's panels have b.kp, zero-padded
+  gemm_panels_of(a_pairs, b.kp, 1, panels, b.kp * kPanel, kp, dst, ldo, rows, last - first,
+                 std::min(b.n, last * kPanel) - first * kPanel, accumulate ? Into::add_after : Into::write);
 }
 
 // Panels [p0, p1) of the product, split between threads where `parallel`.
@@ -237,43 +368,58 @@ void gemm_as(const A* a, int64_t lda, const PackedWeight& b, float* out, int64_t
              bool accumulate, int64_t p0, int64_t p1, bool parallel) {
   if (m == 0 || p0 >= p1) return;
   const bool amx = cpu_has_amx();
-  const int64_t kp = (b.k + 1) / 2;  // pairs in k; a's rows and b's panels have b.kp, zero-padded
-  const uint32_t* panels = reinterpret_cast<const uint32_t*>(b.storage.data_ptr<int32_t>());
-  // A block of a's rows at a time (all of a step's rows but for groups of more than 128), rounded once
-  // before its panels are split between threads, so that each panel reads the block from the core's
-  // L2 rather than all of a from memory. One buffer per calling
-  // thread: row groups (row_groups.h) call this from several threads at once. The tiles read whole
-  // blocks of kAmxRows rows: the rows past m are zeros.
-  constexpr int64_t kRowBlock = 128;
-  static_assert(kRowBlock % kAmxRows == 0);
-  thread_local std::vector<uint32_t> a_pairs;
   const int64_t block_rows = std::min(m, kRowBlock);
-  const int64_t buffer_rows = amx ? (block_rows + kAmxRows - 1) / kAmxRows * kAmxRows : block_rows;
-  if (static_cast<int64_t>(a_pairs.size()) < buffer_rows * b.kp) a_pairs.resize(buffer_rows * b.kp);
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, block_rows * b.k * kPanel));
   for (int64_t i0 = 0; i0 < m; i0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, m - i0);
-    for (int64_t i = 0; i < rows; ++i)
-      round_row(a + (i0 + i) * lda, b.k, 2 * b.kp, reinterpret_cast<uint16_t*>(a_pairs.data() + i * b.kp));
-    const uint32_t* a_p = a_pairs.data();
-    float* out_p = out + i0 * ldo;
-    if (amx) {
-      const int64_t padded = (rows + kAmxRows - 1) / kAmxRows * kAmxRows;
-      std::fill(a_pairs.begin() + rows * b.kp, a_pairs.begin() + padded * b.kp, uint32_t{0});
-    }
+    const uint32_t* a_pairs = round_block(a, lda, i0, rows, b, amx);
     const auto run = [&](int64_t first, int64_t last) {
-      if (amx) return amx_panels(a_p, b.kp, panels, out_p, ldo, rows, b.n, accumulate, first, last);
-      for (int64_t p = first; p < last; ++p) {
-        const int64_t cols = std::min<int64_t>(kPanel, b.n - p * kPanel);
-        gemm_panel(a_p, b.kp, 1, panels + p * b.kp * kPanel, kp, out_p + p * kPanel, ldo, rows, cols,
-                   accumulate ? Into::add_after : Into::write);
-      }
+      run_panels(a_pairs, b, out + i0 * ldo + first * kPanel, ldo, rows, accumulate, first, last, amx);
     };
     if (parallel) {
       at::parallel_for(p0, p1, grain, run);
     } else {
       run(p0, p1);
     }
+  }
+}
+
+// Columns [c0, c1) of the product alone, on the calling thread. The panels inside the range write
+// into out; a panel the range cuts is made whole into the thread's scratch, and only its columns inside
+// the range go to out: every element summed as gemm_as sums it, and no column outside [c0, c1) written
+// (another thread may be writing it).
+template <typename A>
+void gemm_columns_as(const A* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
+                     bool accumulate, int64_t c0, int64_t c1) {
+  if (m == 0 || c0 >= c1) return;
+  const bool amx = cpu_has_amx();
+  thread_local std::vector<float> cut;  // a cut panel's sums, kPanel apart
+  if (static_cast<int64_t>(cut.size()) < kRowBlock * kPanel) cut.resize(kRowBlock * kPanel);
+  for (int64_t i0 = 0; i0 < m; i0 += kRowBlock) {
+    const int64_t rows = std::min(kRowBlock, m - i0);
+    const uint32_t* a_pairs = round_block(a, lda, i0, rows, b, amx);
+    float* o = out + i0 * ldo;
+    // A panel the range cuts: made whole into `cut`, its columns inside the range copied (or added).
+    const auto cut_panel = [&](int64_t p) {
+      const int64_t start = p * kPanel;
+      run_panels(a_pairs, b, cut.data(), kPanel, rows, /*accumulate=*/false, p, p + 1, amx);
+      const int64_t first = std::max(c0, start), last = std::min({c1, start + kPanel, b.n});
+      for (int64_t i = 0; i < rows; ++i) {
+        const float* sums = cut.data() + i * kPanel;
+        float* row = o + i * ldo;
+        for (int64_t c = first; c < last; ++c) row[c] = accumulate ? sums[c - start] + row[c] : sums[c - start];
+      }
+    };
+    // Panels [whole0, whole1) lie inside the range (the last one may end at b.n).
+    const int64_t whole0 = (c0 + kPanel - 1) / kPanel;
+    const int64_t whole1 = c1 == b.n ? (c1 + kPanel - 1) / kPanel : c1 / kPanel;
+    if (whole0 >= whole1) {  // within one or two panels, neither whole
+      for (int64_t p = c0 / kPanel; p * kPanel < c1; ++p) cut_panel(p);
+      continue;
+    }
+    if (c0 < whole0 * kPanel) cut_panel(whole0 - 1);
+    run_panels(a_pairs, b, o + whole0 * kPanel, ldo, rows, accumulate, whole0, whole1, amx);
+    if (whole1 * kPanel < c1) cut_panel(whole1);
   }
 }
 
@@ -405,6 +551,15 @@ void gemm_panels(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, flo
   gemm_as(a, lda, b, out, ldo, m, accumulate, p0, p1, /*parallel=*/false);
 }
 
+void gemm_columns(const float* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
+                  bool accumulate, int64_t c0, int64_t c1) {
+  gemm_columns_as(a, lda, b, out, ldo, m, accumulate, c0, c1);
+}
+void gemm_columns(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
+                  bool accumulate, int64_t c0, int64_t c1) {
+  gemm_columns_as(a, lda, b, out, ldo, m, accumulate, c0, c1);
+}
+
 void matvec_rows(const c10::BFloat16* w, int64_t ldw, const float* a, int64_t lda, int64_t m, int64_t k,
                  float* out, int64_t ldo, int64_t begin, int64_t end, bool accumulate) {
   if (m == 0 || begin >= end) return;
@@ -425,6 +580,13 @@ void gemm(const c10::BFloat16*, int64_t, const PackedWeight&, float*, int64_t, i
 }
 void matvec_rows(const c10::BFloat16*, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t, int64_t,
                  int64_t, bool) {
+  TORCH_CHECK(false, "no bfloat16 products in this build");
+}
+void gemm_columns(const float*, int64_t, const PackedWeight&, float*, int64_t, int64_t, bool, int64_t, int64_t) {
+  TORCH_CHECK(false, "no bfloat16 products in this build");
+}
+void gemm_columns(const c10::BFloat16*, int64_t, const PackedWeight&, float*, int64_t, int64_t, bool, int64_t,
+                  int64_t) {
   TORCH_CHECK(false, "no bfloat16 products in this build");
 }
 void gemm_panels(const float*, int64_t, const PackedWeight&, float*, int64_t, int64_t, bool, int64_t, int64_t) {
@@ -454,6 +616,22 @@ void matvec_matrices(const at::Tensor& w, const at::Tensor& a, at::Tensor& out, 
               ") of w, which has ", w.size(0));
   matvec_rows(w.data_ptr<c10::BFloat16>(), w.stride(0), a.data_ptr<float>(), a.stride(0), a.size(0), a.size(1),
               out.data_ptr<float>(), out.stride(0), begin, end, accumulate);
+}
+
+void packed_columns_matrices(const at::Tensor& w, const at::Tensor& a, at::Tensor& out, int64_t c0, int64_t c1,
+                             bool accumulate) {
+  TORCH_CHECK(cpu_has_products(), "bf16::packed_columns_matrices: this CPU has no AVX-512 BF16");
+  TORCH_CHECK(w.dim() == 2 && a.dim() == 2 && out.dim() == 2, "bf16::packed_columns_matrices: matrices expected");
+  TORCH_CHECK(w.scalar_type() == at::kBFloat16 && a.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat,
+              "bf16::packed_columns_matrices: w bfloat16, a and out float32");
+  TORCH_CHECK(w.size(1) == a.size(1) && out.size(0) == a.size(0) && out.size(1) == w.size(0),
+              "bf16::packed_columns_matrices: shapes ", w.sizes(), ", ", a.sizes(), ", ", out.sizes());
+  TORCH_CHECK(a.stride(1) == 1 && out.stride(1) == 1, "bf16::packed_columns_matrices: unit column strides expected");
+  TORCH_CHECK(0 <= c0 && c0 <= c1 && c1 <= w.size(0), "bf16::packed_columns_matrices: columns [", c0, ", ", c1,
+              ") of ", w.size(0));
+  const PackedWeight b = pack(w, /*transposed=*/true);
+  gemm_columns(a.data_ptr<float>(), a.stride(0), b, out.data_ptr<float>(), out.stride(0), a.size(0), accumulate,
+               c0, c1);
 }
 
 }  // namespace fastcells::cpu::bf16

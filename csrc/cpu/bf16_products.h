@@ -77,10 +77,18 @@ void gemm_panels(const float* a, int64_t lda, const PackedWeight& b, float* out,
 void gemm_panels(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
                  bool accumulate, int64_t p0, int64_t p1);
 
+// gemm() for b's columns [c0, c1) only, on the calling thread, writing (or adding to) nothing else of
+// out: for loops that split a step's columns between threads at any column (unit_split.h). Each output
+// element is summed as gemm() sums it.
+void gemm_columns(const float* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
+                  bool accumulate, int64_t c0, int64_t c1);
+void gemm_columns(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
+                  bool accumulate, int64_t c0, int64_t c1);
+
 // Mat-vecs reading a bfloat16 weight w (n, k) row-major as it is: out row i (stride ldo), entries
 // [begin, end), (+)= w rows [begin, end) times round_bf16(a row i) (stride lda), for i < m. For the
-// layers of a few rows and the cell steps (matmul_cpu.h's matvec_rows_multi), which have too few rows
-// to pay for packing w, on CPUs with the products (their float32 mat-vecs widened each weight). Each
+// layers of a few rows a step and fewer than 64 in all and the cell steps (matmul_cpu.h's
+// matvec_rows_multi), which have too few rows to pay for packing w, on CPUs with the products (their float32 mat-vecs widened each weight). Each
 // output is a sum of pair products in a fixed order, whatever [begin, end), m and the row's place in
 // them: splitting the rows between threads changes no result.
 void matvec_rows(const c10::BFloat16* w, int64_t ldw, const float* a, int64_t lda, int64_t m, int64_t k,
@@ -90,5 +98,11 @@ void matvec_rows(const c10::BFloat16* w, int64_t ldw, const float* a, int64_t ld
 // out (m, n) float32, each with unit column stride; rows [begin, end) of w, on CPUs with the products.
 void matvec_matrices(const at::Tensor& w, const at::Tensor& a, at::Tensor& out, int64_t begin, int64_t end,
                      bool accumulate);
+
+// For tests (fastcells._C.cpu_bf16_packed_columns): w (n, k) bfloat16 packed as b = w^T (pack()), then
+// gemm_columns() of a (m, k) float32 into out (m, n) float32's columns [c0, c1), each with unit column
+// stride; on CPUs with the products.
+void packed_columns_matrices(const at::Tensor& w, const at::Tensor& a, at::Tensor& out, int64_t c0, int64_t c1,
+                             bool accumulate);
 
 }  // namespace fastcells::cpu::bf16

@@ -209,10 +209,11 @@ void gemm_packed(const T* a, int64_t lda, const PackedMatrix<T>& b, T* out, int6
 
 // The per-step product of a layer with one weight: out (m, n) (+)= a (m, k) @ W^T (transposed) or
 // a @ W. A layer whose batch has at most kSmallRows rows takes the mat-vec loops of matmul_cpu.h
-// straight from W; a larger one packs W once for the whole sequence and takes the packed GEMM at every
-// step, also those with few rows left (the tail of a packed batch, a thread's row group). So how each
-// output element is summed depends on the layer's batch alone, never on how its rows were split
-// between threads: results do not depend on the number of threads.
+// straight from W (but bfloat16 over kPackedSmallRows rows in all); a larger one packs W once for the
+// whole sequence and takes the packed GEMM at every step, also those with few rows left (the tail of a
+// packed batch, a thread's row group). So how each output element is summed depends on the layer's
+// shape alone, never on how its rows were split between threads: results do not depend on the number
+// of threads.
 //
 // In a bfloat16 layer on a CPU with AVX-512 BF16 (bf16_products.h), the packed GEMM is the bfloat16
 // one: a choice of the dtype and the CPU, so again the same for any number of threads.
@@ -233,17 +234,36 @@ inline c10::optional<at::ScalarType> gemm_operands(const at::Tensor& dy) {
   return c10::nullopt;
 }
 
+// The fewest rows in all (N, every step's together) for which a bfloat16 layer of at most kSmallRows
+// rows a step packs its weights for the bfloat16 products, as larger batches do, rather than reading
+// them in place with the mat-vecs: the packed products need no horizontal sums and use each load of the
+// weight for every row (one Zen 4 core, 4 rows x 512 x 256: 111 against 59 GMAC/s; 3 rows 108 against
+// 66). Packing takes about as long as 15-25 steps' products at B=1, so shorter calls keep the mat-vecs
+// (bfloat16 LSTM inference, 2 threads, side by side with torch.nn, packed against in place: H=256 B=4
+// T=100 1.38 against 1.59 ms, B=1 T=100 0.59 against 0.61, but B=1 T=16 0.146 against 0.121 and B=4
+// T=4 0.122 against 0.091; T=50 B=1 even).
+constexpr int64_t kPackedSmallRows = 64;
+
+// Whether a product of a layer of at most kSmallRows rows a step, `rows` rows in all, with weight w
+// packs w for the bfloat16 products (a choice of the shape, the dtype and the CPU alone: the layer's
+// inference, its training forward and any number of threads choose alike).
+template <typename T>
+inline bool packs_small_batch(const at::Tensor& w, int64_t rows) {
+  return rows >= kPackedSmallRows && w.scalar_type() == at::kBFloat16 && bf16_products<T>();
+}
+
 template <typename T>
 class StepProduct {
  public:
-  // batch: the most rows any step of the layer has (all groups together).
+  // batch: the most rows any step of the layer has (all groups together); rows: all of the layer's
+  // rows, where the product is made at each of its steps (packs_small_batch), else 0.
   // w in T, or in bfloat16 with T float: a bfloat16 layer's weights, which the mat-vecs of batches of
   // at most kSmallRows rows and the bfloat16 products read as they are (a float32 copy of them took more
   // memory than torch.nn's whole call at B=1, and a generation loop's one-step call longer than its
   // arithmetic); a float32 copy is packed only for larger batches on CPUs without the bfloat16 products.
-  StepProduct(const at::Tensor& w, bool transposed, int64_t batch)
+  StepProduct(const at::Tensor& w, bool transposed, int64_t batch, int64_t rows = 0)
       : transposed_(transposed), rows_(w.size(0)), cols_(w.size(1)) {
-    if (batch > kSmallRows && bf16_products<T>()) {
+    if ((batch > kSmallRows && bf16_products<T>()) || packs_small_batch<T>(w, rows)) {
       bf16_ = bf16::pack(w, transposed);
       return;
     }
@@ -292,15 +312,17 @@ class StepProduct {
     TORCH_CHECK(false, "StepProduct: bfloat16 rows need the bfloat16 products or the mat-vecs");
   }
 
-  // The mat-vecs only (a transposed weight this product does not pack: a layer of at most kSmallRows
-  // rows a step; m may be several steps' rows): columns [begin, end) of run()'s product, written, on the
-  // calling thread; each element summed as run() sums it. Rows a in T, or in bfloat16 (widened exactly
-  // into the calling thread's scratch).
+  // For a layer of at most kSmallRows rows a step (m may be several steps' rows): columns [begin, end)
+  // of run()'s product of W^T, written, on the calling thread; each element summed as run() sums it.
+  // Rows a in T, or in bfloat16 (taken as they are by the bfloat16 products; for the mat-vecs widened
+  // exactly into the calling thread's scratch).
   template <typename A>
   void run_columns(const A* a, int64_t lda, T* out, int64_t ldo, int64_t m, int64_t begin, int64_t end) const {
-    TORCH_CHECK(transposed_ && !packs_weight(), "StepProduct: run_columns is for the mat-vecs of W^T");
+    TORCH_CHECK(transposed_ && !packed_.storage.defined(), "StepProduct: run_columns is for W^T, unpacked or in "
+                "the bfloat16 products");
     const int64_t k = cols_;
     if constexpr (std::is_same_v<T, float>) {
+      if (bf16_.storage.defined()) return bf16::gemm_columns(a, lda, bf16_, out, ldo, m, false, begin, end);
       if (w_bf16_) {
         if constexpr (std::is_same_v<A, T>) {
           matvec_rows_multi(w_bf16_, k, a, lda, m, k, out, ldo, begin, end, false);

@@ -31,10 +31,11 @@ namespace fastcells::cpu::FASTCELLS_ISA {
 // the shape alone: the two ways round the sums differently (at::mm up front, the packed GEMM per step),
 // and the results must not depend on the number of threads.
 //
-// At most kSmallRows rows, whose steps multiply with mat-vecs reading the weights in place, project up
-// front (per step: LSTM T=50 B=1 H=128 went from 0.98x to 0.70x torch.nn), except where the weights are
-// bfloat16 (read as they are: StepProduct) in inference: the (N, G) float32 projections were most of such
-// a call's memory (GRU T=50 B=1 H=128: 131 KiB in all, 57 per step, torch.nn 96; at B=4 699 and 219
+// At most kSmallRows rows, whose steps multiply with mat-vecs reading the weights in place (or, bfloat16
+// over 64 rows in all, with the packed products: gemm_cpu.h's packs_small_batch), project up front (per
+// step: LSTM T=50 B=1 H=128 went from 0.98x to 0.70x torch.nn), except where the weights are bfloat16
+// (read as they are, or packed: StepProduct) in inference: the (N, G) float32 projections were most of
+// such a call's memory (GRU T=50 B=1 H=128: 131 KiB in all, 57 per step, torch.nn 96; at B=4 699 and 219
 // against torch.nn's 285; an LSTM's bfloat16 call held 0.91 of its float32 twin's), for 6-20% more time
 // there, where they run at 4-13x torch.nn. In training, which holds far more, the projections up front
 // cost no peak memory, and per step was up to 4% slower. Such rows' projections per step are made apart
@@ -72,7 +73,7 @@ class StepInput {
   // input_bias). batch: the layer's (StepProduct); per_step: project_per_step().
   StepInput(const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
             const c10::optional<at::Tensor>& b_hh, bool adds_b_hh, int64_t batch, bool per_step)
-      : G_(w_ih.size(0)), I_(x.size(1)) {
+      : G_(w_ih.size(0)), I_(x.size(1)), small_batch_(batch <= kSmallRows) {
     const c10::optional<at::Tensor> no_bias;
     const c10::optional<at::Tensor>& bias2 = adds_b_hh && b_ih.has_value() ? b_hh : no_bias;
     const c10::optional<at::Tensor>& bias = adds_b_hh && !b_ih.has_value() ? b_hh : b_ih;
@@ -87,7 +88,7 @@ class StepInput {
       bias_ = bias.has_value() ? bias->contiguous()
                                : at::zeros({G_}, x.options().dtype(c10::CppTypeToScalarType<T>::value));
     }
-    w_ih_.emplace(w_ih, /*transposed=*/true, batch);
+    w_ih_.emplace(w_ih, /*transposed=*/true, batch, x.size(0));
   }
 
   // Whether the steps project their own rows (then project_steps() writes products without the bias).
@@ -97,7 +98,7 @@ class StepInput {
   // the bias (rows(), project_units()), apart from its hidden ones, each element as up front: the layer's
   // outputs are bitwise those of the projections up front. (The packed products of larger batches are
   // added into the hidden ones instead: project_steps().)
-  bool projects_rows_apart() const { return per_step() && !w_ih_->packs_weight(); }
+  bool projects_rows_apart() const { return per_step() && small_batch_; }
 
   // projects_rows_apart() only: out (rows, columns [begin, end) of G, ldo apart) = the x rows [row0, row0 +
   // rows) @ W_ih^T + the bias, on the calling thread: for loops that split the units between threads.
@@ -141,10 +142,11 @@ class StepInput {
   }
 
   // How many steps project_steps() should take at once, for a layer whose steps' pre-activations take
-  // step_bytes each: one where more rows would not spare reads of W_ih (its mat-vecs), else as many
-  // as fit in kProjectedBytes (so they stay in L2 beside W_hh).
+  // step_bytes each: one where each step projects its rows apart (at most kSmallRows rows: the loops
+  // that take several steps' rows at once do so themselves), else as many as fit in kProjectedBytes
+  // (so they stay in L2 beside W_hh).
   int64_t steps_at_once(int64_t step_bytes) const {
-    if (!per_step() || !w_ih_->packs_weight()) return 1;
+    if (!per_step() || projects_rows_apart()) return 1;
     const int64_t most = std::is_same_v<S, T> ? kMaxProjectedSteps : kMaxProjectedSteps16;
     return std::clamp<int64_t>(kProjectedBytes / std::max<int64_t>(1, step_bytes), 1, most);
   }
@@ -195,6 +197,13 @@ class StepInput {
     // bfloat16 weights multiplied in bfloat16 (bf16_matvecs): the mat-vecs at any N, rather than a float32
     // copy of w_ih for at::mm (LSTM T=50 B=4 H=256: 2x the time of torch.nn's bfloat16 GEMM).
     const bool bf16_in_place = w_ih_given.scalar_type() == at::kBFloat16 && bf16_matvecs();
+    if (packs_small_batch<T>(w_ih_given, N)) {  // the bfloat16 products, as the steps' own (StepProduct)
+      gx_ = cpu_empty({N, G_}, c10::CppTypeToScalarType<T>::value);
+      StepProduct<T>(w_ih_given, /*transposed=*/true, /*batch=*/1, N)
+          .run(x.data_ptr<S>(), I_, gx_.data_ptr<T>(), G_, N, /*accumulate=*/false);
+      add_bias(bias, bias2);
+      return;
+    }
     if ((!mkl && N <= kMatvecRows) || bf16_in_place) {  // no packed copy of w_ih (matmul_cpu.h)
       gx_ = cpu_empty({N, G_}, c10::CppTypeToScalarType<T>::value);
       with_weights<T>(w_ih_given, [&](const auto* w) {
@@ -233,6 +242,7 @@ class StepInput {
   }
 
   int64_t G_, I_;
+  bool small_batch_;                      // at most kSmallRows rows a step
   at::Tensor gx_;                         // one GEMM up front: (N, G) with the bias, or else:
   at::Tensor x_, bias_;                   // x (N, I, in S) and the bias (G), zeros when absent
   std::optional<StepProduct<T>> w_ih_;    // W_ih packed for the steps' products
