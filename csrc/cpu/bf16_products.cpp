@@ -298,6 +298,7 @@ PackedWeight pack_as(const at::Tensor& w_in, bool transposed) {
   const int64_t kp = (packed.k + 1) / 2;
   packed.kp = (kp + kAmxPairs - 1) / kAmxPairs * kAmxPairs;
   packed.storage = packing_buffer(packed.panels * packed.kp * kPanel);
+  packed.pairs = reinterpret_cast<const uint32_t*>(packed.storage.data_ptr<int32_t>());
   if constexpr (std::is_same_v<W, c10::BFloat16>) {
     if (transposed) {
       pack_rows_of(w_in, packed);
@@ -355,7 +356,7 @@ const uint32_t* round_block(const A* a, int64_t lda, int64_t i0, int64_t rows, c
 // column 32 first of a row-major out (ldo apart).
 void run_panels(const uint32_t* a_pairs, const PackedWeight& b, float* dst, int64_t ldo, int64_t rows,
                 bool accumulate, int64_t first, int64_t last, bool amx) {
-  const uint32_t* panels = reinterpret_cast<const uint32_t*>(b.storage.data_ptr<int32_t>()) + first * b.kp * kPanel;
+  const uint32_t* panels = b.pairs + first * b.kp * kPanel;
   if (amx) return amx_panels(a_pairs, b.kp, panels, dst, ldo, rows, b.n - first * kPanel, accumulate, 0, last - first);
   const int64_t kp = (b.k + 1) / 2;  // pairs in k; a's rows and b's panels have b.kp, zero-padded
   gemm_panels_of(a_pairs, b.kp, 1, panels, b.kp * kPanel, kp, dst, ldo, rows, last - first,

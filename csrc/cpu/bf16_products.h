@@ -52,6 +52,7 @@ bool products_on();
 // to a multiple of 16 (an AMX tile's pairs).
 struct PackedWeight {
   at::Tensor storage;  // int32 (the pairs)
+  const uint32_t* pairs = nullptr;  // storage's data (read at every step: no dtype check each time)
   int64_t k = 0, n = 0, panels = 0, kp = 0;
 };
 
