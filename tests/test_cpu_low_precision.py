@@ -455,9 +455,9 @@ def test_small_bf16_layers_read_their_weights_in_place(kind, steps, batch, layer
     the bfloat16 weights as they are (csrc/cpu/matmul_cpu.h), on any CPU: no float32 copy of the weights
     is made, which took more memory than torch.nn's whole call (T=50, B=1, H=128 inference: GRU 515
     against torch.nn's 96 KiB, now 131) and, converted at every call, made generation loops (T=1, B=1)
-    slower than torch.nn (a 2-layer RNN at H=200: 0.84x, now 4.6x). The call's peak memory stays below half of one float32 copy of its
-    weights; the products are exact (test_bf16_step_products_are_exact_sums_of_exact_products), their
-    errors bounded as above."""
+    slower than torch.nn (a 2-layer RNN at H=200: 0.84x, now 4.6x). The call's peak memory stays below
+    half of one float32 copy of its weights; the products are exact
+    (test_bf16_step_products_are_exact_sums_of_exact_products), their errors bounded as above."""
     torch.manual_seed(0)
     fast = make_layer_twins(kind, 128, 128, layers, dtype=torch.float32, backend="cpu")[1].bfloat16()
     x = torch.randn(steps, batch, 128, dtype=torch.bfloat16)

@@ -86,12 +86,12 @@ void gemm_columns(const float* a, int64_t lda, const PackedWeight& b, float* out
 void gemm_columns(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
                   bool accumulate, int64_t c0, int64_t c1);
 
-// Mat-vecs reading a bfloat16 weight w (n, k) row-major as it is: out row i (stride ldo), entries
-// [begin, end), (+)= w rows [begin, end) times round_bf16(a row i) (stride lda), for i < m. For the
-// layers of a few rows a step and fewer than 64 in all and the cell steps (matmul_cpu.h's
-// matvec_rows_multi), which have too few rows to pay for packing w, on CPUs with the products (their float32 mat-vecs widened each weight). Each
-// output is a sum of pair products in a fixed order, whatever [begin, end), m and the row's place in
-// them: splitting the rows between threads changes no result.
+// Mat-vecs reading a bfloat16 weight w (n, k) row-major as it is: out row i (stride ldo), entries [begin,
+// end), (+)= w rows [begin, end) times round_bf16(a row i) (stride lda), for i < m. For the layers of a few
+// rows a step and fewer than 64 in all and the cell steps (matmul_cpu.h's matvec_rows_multi), which have too
+// few rows to pay for packing w, on CPUs with the products (their float32 mat-vecs widened each weight). Each
+// output is a sum of pair products in a fixed order, whatever [begin, end), m and the row's place in them:
+// splitting the rows between threads changes no result.
 void matvec_rows(const c10::BFloat16* w, int64_t ldw, const float* a, int64_t lda, int64_t m, int64_t k,
                  float* out, int64_t ldo, int64_t begin, int64_t end, bool accumulate);
 

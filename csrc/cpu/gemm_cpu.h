@@ -234,14 +234,14 @@ inline c10::optional<at::ScalarType> gemm_operands(const at::Tensor& dy) {
   return c10::nullopt;
 }
 
-// The fewest rows in all (N, every step's together) for which a bfloat16 layer of at most kSmallRows
-// rows a step packs its weights for the bfloat16 products, as larger batches do, rather than reading
-// them in place with the mat-vecs: the packed products need no horizontal sums and use each load of the
-// weight for every row (one Zen 4 core, 512 columns x 256 from L2: 4 rows 111 against 59 GMAC/s, 3 rows
-// 108 against 66, 2 rows 99 against 53, 1 row 54 against 38). Packing takes about as long as 15-25 steps' products at B=1, so shorter calls keep the mat-vecs
-// (bfloat16 LSTM inference, 2 threads, side by side with torch.nn, packed against in place: H=256 B=4
-// T=100 1.38 against 1.59 ms, B=1 T=100 0.59 against 0.61, but B=1 T=16 0.146 against 0.121 and B=4
-// T=4 0.122 against 0.091; T=50 B=1 even).
+// The fewest rows in all (N, every step's together) for which a bfloat16 layer of at most kSmallRows rows a
+// step packs its weights for the bfloat16 products, as larger batches do, rather than reading them in place
+// with the mat-vecs: the packed products need no horizontal sums and use each load of the weight for every
+// row (one Zen 4 core, 512 columns x 256 from L2: 4 rows 111 against 59 GMAC/s, 3 rows 108 against 66, 2 rows
+// 99 against 53, 1 row 54 against 38). Packing takes about as long as 15-25 steps' products at B=1, so
+// shorter calls keep the mat-vecs (bfloat16 LSTM inference, 2 threads, side by side with torch.nn, packed
+// against in place: H=256 B=4 T=100 1.38 against 1.59 ms, B=1 T=100 0.59 against 0.61, but B=1 T=16 0.146
+// against 0.121 and B=4 T=4 0.122 against 0.091; T=50 B=1 even).
 constexpr int64_t kPackedSmallRows = 64;
 
 // Whether a product of a layer of at most kSmallRows rows a step, `rows` rows in all, with weight w
