@@ -385,13 +385,14 @@ void gemm_as(const A* a, int64_t lda, const PackedWeight& b, float* out, int64_t
   }
 }
 
-// Columns [c0, c1) of the product alone, on the calling thread. The panels inside the range write
-// into out; a panel the range cuts is made whole into the thread's scratch, and only its columns inside
-// the range go to out: every element summed as gemm_as sums it, and no column outside [c0, c1) written
-// (another thread may be writing it).
+// Columns [c0 + r stride, c1 + r stride) of the product alone, for r < repeats, on the calling thread
+// (a's rows rounded once for all the ranges). The panels inside a range write into out; a panel the range
+// cuts is made whole into the thread's scratch, and only its columns inside the range go to out: every
+// element summed as gemm_as sums it, and no column outside the ranges written (another thread may be
+// writing it).
 template <typename A>
 void gemm_columns_as(const A* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
-                     bool accumulate, int64_t c0, int64_t c1) {
+                     bool accumulate, int64_t c0, int64_t c1, int64_t repeats, int64_t stride) {
   if (m == 0 || c0 >= c1) return;
   const bool amx = cpu_has_amx();
   thread_local std::vector<float> cut;  // a cut panel's sums, kPanel apart
@@ -400,27 +401,30 @@ void gemm_columns_as(const A* a, int64_t lda, const PackedWeight& b, float* out,
     const int64_t rows = std::min(kRowBlock, m - i0);
     const uint32_t* a_pairs = round_block(a, lda, i0, rows, b, amx);
     float* o = out + i0 * ldo;
-    // A panel the range cuts: made whole into `cut`, its columns inside the range copied (or added).
-    const auto cut_panel = [&](int64_t p) {
-      const int64_t start = p * kPanel;
-      run_panels(a_pairs, b, cut.data(), kPanel, rows, /*accumulate=*/false, p, p + 1, amx);
-      const int64_t first = std::max(c0, start), last = std::min({c1, start + kPanel, b.n});
-      for (int64_t i = 0; i < rows; ++i) {
-        const float* sums = cut.data() + i * kPanel;
-        float* row = o + i * ldo;
-        for (int64_t c = first; c < last; ++c) row[c] = accumulate ? sums[c - start] + row[c] : sums[c - start];
+    for (int64_t r = 0; r < repeats; ++r) {
+      const int64_t lo = c0 + r * stride, hi = c1 + r * stride;
+      // A panel the range cuts: made whole into `cut`, its columns inside the range copied (or added).
+      const auto cut_panel = [&](int64_t p) {
+        const int64_t start = p * kPanel;
+        run_panels(a_pairs, b, cut.data(), kPanel, rows, /*accumulate=*/false, p, p + 1, amx);
+        const int64_t first = std::max(lo, start), last = std::min({hi, start + kPanel, b.n});
+        for (int64_t i = 0; i < rows; ++i) {
+          const float* sums = cut.data() + i * kPanel;
+          float* row = o + i * ldo;
+          for (int64_t c = first; c < last; ++c) row[c] = accumulate ? sums[c - start] + row[c] : sums[c - start];
+        }
+      };
+      // Panels [whole0, whole1) lie inside the range (the last one may end at b.n).
+      const int64_t whole0 = (lo + kPanel - 1) / kPanel;
+      const int64_t whole1 = hi == b.n ? (hi + kPanel - 1) / kPanel : hi / kPanel;
+      if (whole0 >= whole1) {  // within one or two panels, neither whole
+        for (int64_t p = lo / kPanel; p * kPanel < hi; ++p) cut_panel(p);
+        continue;
       }
-    };
-    // Panels [whole0, whole1) lie inside the range (the last one may end at b.n).
-    const int64_t whole0 = (c0 + kPanel - 1) / kPanel;
-    const int64_t whole1 = c1 == b.n ? (c1 + kPanel - 1) / kPanel : c1 / kPanel;
-    if (whole0 >= whole1) {  // within one or two panels, neither whole
-      for (int64_t p = c0 / kPanel; p * kPanel < c1; ++p) cut_panel(p);
-      continue;
+      if (lo < whole0 * kPanel) cut_panel(whole0 - 1);
+      run_panels(a_pairs, b, o + whole0 * kPanel, ldo, rows, accumulate, whole0, whole1, amx);
+      if (whole1 * kPanel < hi) cut_panel(whole1);
     }
-    if (c0 < whole0 * kPanel) cut_panel(whole0 - 1);
-    run_panels(a_pairs, b, o + whole0 * kPanel, ldo, rows, accumulate, whole0, whole1, amx);
-    if (whole1 * kPanel < c1) cut_panel(whole1);
   }
 }
 
@@ -553,12 +557,12 @@ void gemm_panels(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, flo
 }
 
 void gemm_columns(const float* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
-                  bool accumulate, int64_t c0, int64_t c1) {
-  gemm_columns_as(a, lda, b, out, ldo, m, accumulate, c0, c1);
+                  bool accumulate, int64_t c0, int64_t c1, int64_t repeats, int64_t stride) {
+  gemm_columns_as(a, lda, b, out, ldo, m, accumulate, c0, c1, repeats, stride);
 }
 void gemm_columns(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
-                  bool accumulate, int64_t c0, int64_t c1) {
-  gemm_columns_as(a, lda, b, out, ldo, m, accumulate, c0, c1);
+                  bool accumulate, int64_t c0, int64_t c1, int64_t repeats, int64_t stride) {
+  gemm_columns_as(a, lda, b, out, ldo, m, accumulate, c0, c1, repeats, stride);
 }
 
 void matvec_rows(const c10::BFloat16* w, int64_t ldw, const float* a, int64_t lda, int64_t m, int64_t k,
@@ -583,11 +587,12 @@ void matvec_rows(const c10::BFloat16*, int64_t, const float*, int64_t, int64_t, 
                  int64_t, bool) {
   TORCH_CHECK(false, "no bfloat16 products in this build");
 }
-void gemm_columns(const float*, int64_t, const PackedWeight&, float*, int64_t, int64_t, bool, int64_t, int64_t) {
+void gemm_columns(const float*, int64_t, const PackedWeight&, float*, int64_t, int64_t, bool, int64_t, int64_t,
+                  int64_t, int64_t) {
   TORCH_CHECK(false, "no bfloat16 products in this build");
 }
 void gemm_columns(const c10::BFloat16*, int64_t, const PackedWeight&, float*, int64_t, int64_t, bool, int64_t,
-                  int64_t) {
+                  int64_t, int64_t, int64_t) {
   TORCH_CHECK(false, "no bfloat16 products in this build");
 }
 void gemm_panels(const float*, int64_t, const PackedWeight&, float*, int64_t, int64_t, bool, int64_t, int64_t) {

@@ -78,13 +78,14 @@ void gemm_panels(const float* a, int64_t lda, const PackedWeight& b, float* out,
 void gemm_panels(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
                  bool accumulate, int64_t p0, int64_t p1);
 
-// gemm() for b's columns [c0, c1) only, on the calling thread, writing (or adding to) nothing else of
-// out: for loops that split a step's columns between threads at any column (unit_split.h). Each output
-// element is summed as gemm() sums it.
+// gemm() for b's columns [c0 + r stride, c1 + r stride), r < repeats, only, on the calling thread,
+// writing (or adding to) nothing else of out: for loops that split a step's columns between threads at
+// any column (unit_split.h: a thread's units in each of the gates, H apart). Each output element is
+// summed as gemm() sums it.
 void gemm_columns(const float* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
-                  bool accumulate, int64_t c0, int64_t c1);
+                  bool accumulate, int64_t c0, int64_t c1, int64_t repeats = 1, int64_t stride = 0);
 void gemm_columns(const c10::BFloat16* a, int64_t lda, const PackedWeight& b, float* out, int64_t ldo, int64_t m,
-                  bool accumulate, int64_t c0, int64_t c1);
+                  bool accumulate, int64_t c0, int64_t c1, int64_t repeats = 1, int64_t stride = 0);
 
 // Mat-vecs reading a bfloat16 weight w (n, k) row-major as it is: out row i (stride ldo), entries [begin,
 // end), (+)= w rows [begin, end) times round_bf16(a row i) (stride lda), for i < m. For the layers of a few

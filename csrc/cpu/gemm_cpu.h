@@ -315,14 +315,39 @@ class StepProduct {
   // For a layer of at most kSmallRows rows a step (m may be several steps' rows): columns [begin, end)
   // of run()'s product of W^T, written, on the calling thread; each element summed as run() sums it.
   // Rows a in T, or in bfloat16 (taken as they are by the bfloat16 products; for the mat-vecs widened
-  // exactly into the calling thread's scratch).
+  // exactly into the calling thread's scratch). With repeats, also the columns [begin, end) + r stride
+  // for r < repeats (a thread's units in each gate), rows rounded once for the bfloat16 products.
   template <typename A>
-  void run_columns(const A* a, int64_t lda, T* out, int64_t ldo, int64_t m, int64_t begin, int64_t end) const {
+  void run_columns(const A* a, int64_t lda, T* out, int64_t ldo, int64_t m, int64_t begin, int64_t end,
+                   int64_t repeats = 1, int64_t stride = 0) const {
     TORCH_CHECK(transposed_ && !packed_.storage.defined(), "StepProduct: run_columns is for W^T, unpacked or in "
                 "the bfloat16 products");
+    if constexpr (std::is_same_v<T, float>) {
+      if (bf16_.storage.defined()) {
+        return bf16::gemm_columns(a, lda, bf16_, out, ldo, m, false, begin, end, repeats, stride);
+      }
+    }
+    for (int64_t r = 0; r < repeats; ++r) matvec_columns(a, lda, out, ldo, m, begin + r * stride, end + r * stride);
+  }
+
+  // With the bfloat16 products: the panels of 32 columns the product has, and run() for panels [p0, p1)
+  // of them on the calling thread (rows a in T or bfloat16), for loops that split them between threads.
+  int64_t bf16_panels() const { return bf16_.panels; }
+  template <typename A>
+  void run_panels(const A* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate, int64_t p0,
+                  int64_t p1) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (bf16_.storage.defined()) return bf16::gemm_panels(a, lda, bf16_, out, ldo, m, accumulate, p0, p1);
+    }
+    TORCH_CHECK(false, "StepProduct: run_panels needs the bfloat16 products");
+  }
+
+ private:
+  // run_columns() for one range, on the mat-vecs.
+  template <typename A>
+  void matvec_columns(const A* a, int64_t lda, T* out, int64_t ldo, int64_t m, int64_t begin, int64_t end) const {
     const int64_t k = cols_;
     if constexpr (std::is_same_v<T, float>) {
-      if (bf16_.storage.defined()) return bf16::gemm_columns(a, lda, bf16_, out, ldo, m, false, begin, end);
       if (w_bf16_) {
         if constexpr (std::is_same_v<A, T>) {
           matvec_rows_multi(w_bf16_, k, a, lda, m, k, out, ldo, begin, end, false);
@@ -341,19 +366,6 @@ class StepProduct {
     }
   }
 
-  // With the bfloat16 products: the panels of 32 columns the product has, and run() for panels [p0, p1)
-  // of them on the calling thread (rows a in T or bfloat16), for loops that split them between threads.
-  int64_t bf16_panels() const { return bf16_.panels; }
-  template <typename A>
-  void run_panels(const A* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate, int64_t p0,
-                  int64_t p1) const {
-    if constexpr (std::is_same_v<T, float>) {
-      if (bf16_.storage.defined()) return bf16::gemm_panels(a, lda, bf16_, out, ldo, m, accumulate, p0, p1);
-    }
-    TORCH_CHECK(false, "StepProduct: run_panels needs the bfloat16 products");
-  }
-
- private:
   // The mat-vecs (or axpys) of matmul_cpu.h, reading w (T or bfloat16) in place.
   template <typename W>
   void run_in_place(const W* w, const T* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate) const {

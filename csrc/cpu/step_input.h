@@ -100,12 +100,17 @@ class StepInput {
   // added into the hidden ones instead: project_steps().)
   bool projects_rows_apart() const { return per_step() && small_batch_; }
 
-  // projects_rows_apart() only: out (rows, columns [begin, end) of G, ldo apart) = the x rows [row0, row0 +
-  // rows) @ W_ih^T + the bias, on the calling thread: for loops that split the units between threads.
-  void project_units(int64_t row0, int64_t rows, T* out, int64_t ldo, int64_t begin, int64_t end) const {
+  // projects_rows_apart() only: out (rows, columns [begin, end) + r stride of G for r < repeats, ldo
+  // apart) = the x rows [row0, row0 + rows) @ W_ih^T + the bias, on the calling thread: for loops that
+  // split the units between threads (a thread's units in each gate).
+  void project_units(int64_t row0, int64_t rows, T* out, int64_t ldo, int64_t begin, int64_t end,
+                     int64_t repeats = 1, int64_t stride = 0) const {
     TORCH_CHECK(projects_rows_apart(), "StepInput: project_units is for per-step mat-vecs");
-    w_ih_->run_columns(x_.data_ptr<S>() + row0 * I_, I_, out, ldo, rows, begin, end);
-    add_bias_rows(out + begin, ldo, rows, end - begin, bias_.data_ptr<T>() + begin);
+    w_ih_->run_columns(x_.data_ptr<S>() + row0 * I_, I_, out, ldo, rows, begin, end, repeats, stride);
+    for (int64_t r = 0; r < repeats; ++r) {
+      const int64_t first = begin + r * stride;
+      add_bias_rows(out + first, ldo, rows, end - begin, bias_.data_ptr<T>() + first);
+    }
   }
 
   // Per step only: out = the x rows of `count` consecutive steps of a row group @ W_ih^T, as one product,
