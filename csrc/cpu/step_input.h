@@ -204,7 +204,7 @@ class StepInput {
     const bool bf16_in_place = w_ih_given.scalar_type() == at::kBFloat16 && bf16_matvecs();
     if (packs_small_batch<T>(w_ih_given, N)) {  // the bfloat16 products, as the steps' own (StepProduct)
       gx_ = cpu_empty({N, G_}, c10::CppTypeToScalarType<T>::value);
-      StepProduct<T>(w_ih_given, /*transposed=*/true, /*batch=*/1, N)
+      StepProduct<T>(w_ih_given, /*transposed=*/true, /*batch=*/kSmallRows, N)  // up front: a few rows a step
           .run(x.data_ptr<S>(), I_, gx_.data_ptr<T>(), G_, N, /*accumulate=*/false);
       add_bias(bias, bias2);
       return;
