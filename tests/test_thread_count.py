@@ -86,6 +86,38 @@ def test_gradients_vary_with_threads_no_more_than_torch_nn_own(kind, hidden, bat
             assert mine <= max(torch_own, roundings * torch.finfo(torch.float32).eps * size), (name, threads)
 
 
+# (hidden, batch, steps): layers of 3-4 rows a step and at least 64 rows in all, whose float32 W_hh is packed
+# for the GEMM with AVX-512 (gemm_cpu.h's packs_small_batch); the LSTM's two threads then each multiply
+# their units' columns of it, cutting a panel of 32 columns at H=200 (units 0-103 and 104-199) and H=72
+# (0-39, 40-71). At 1 or 2 rows a step the mat-vecs stay (B=2, T=32 and B=1, T=70).
+PACKED_SMALL = [(200, 3, 24), (72, 4, 20), (64, 3, 22), (256, 4, 16), (64, 2, 32), (64, 1, 70)]
+
+
+@pytest.mark.parametrize("hidden,batch,steps", PACKED_SMALL)
+@pytest.mark.parametrize("kind", KINDS)
+def test_packed_small_batches_are_bitwise_the_same_with_1_2_and_3_threads(kind, hidden, batch, steps):
+    """Outputs and final states bitwise for any thread count, in inference and in training's forward, which
+    are also bitwise each other's; and as close to float64 as torch.nn's float32 layer is."""
+    torch.manual_seed(0)
+    ref, fast = make_layer_twins(kind, 24, hidden, 1, dtype=torch.float32, backend="cpu")
+    x = torch.randn(steps, batch, 24)
+    states = 3 if kind == "lstm" else 2
+    inference = {threads: _results(fast, x, threads, False) for threads in (1, 2, 3)}
+    training = {threads: _results(fast, x, threads, True)[:states] for threads in (1, 2)}
+    for threads in (2, 3):
+        assert _spread(inference, threads) == [0.0] * states, threads
+    assert all(torch.equal(a, b) for a, b in zip(inference[1], training[1]))
+    assert all(torch.equal(a, b) for a, b in zip(training[1], training[2]))
+    with torch.no_grad():
+        exact = ref.double()(x.double())
+        theirs = ref.float()(x)
+    exact = [exact[0], *(exact[1] if isinstance(exact[1], tuple) else (exact[1],))]
+    theirs = [theirs[0], *(theirs[1] if isinstance(theirs[1], tuple) else (theirs[1],))]
+    for mine, torch_own, truth in zip(inference[1], theirs, exact):
+        bound = max(4 * (torch_own.double() - truth).abs().max().item(), 1e-6)
+        assert (mine.double() - truth).abs().max().item() <= bound
+
+
 def test_large_layers_are_bitwise_the_same_with_1_and_2_threads():
     """Large input projections go to at::mm (csrc/cpu/step_input.h): its results, too, must not depend
     on the number of threads; GRU training keeps the up-front projection at any batch."""

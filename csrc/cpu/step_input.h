@@ -201,8 +201,10 @@ class StepInput {
     const bool mkl = N >= kMklRows && N * I_ * G_ >= kMklWork;
     // bfloat16 weights multiplied in bfloat16 (bf16_matvecs): the mat-vecs at any N, rather than a float32
     // copy of w_ih for at::mm (LSTM T=50 B=4 H=256: 2x the time of torch.nn's bfloat16 GEMM).
-    const bool bf16_in_place = w_ih_given.scalar_type() == at::kBFloat16 && bf16_matvecs();
-    if (packs_small_batch<T>(w_ih_given, N)) {  // the bfloat16 products, as the steps' own (StepProduct)
+    const bool bf16_weights = w_ih_given.scalar_type() == at::kBFloat16;
+    const bool bf16_in_place = bf16_weights && bf16_matvecs();
+    // The bfloat16 products, as the steps' own (float32 weights keep at::mm or the GEMM below up front).
+    if (bf16_weights && packs_small_batch<T>(w_ih_given, kSmallRows, N)) {
       gx_ = cpu_empty({N, G_}, c10::CppTypeToScalarType<T>::value);
       StepProduct<T>(w_ih_given, /*transposed=*/true, /*batch=*/kSmallRows, N)  // up front: a few rows a step
           .run(x.data_ptr<S>(), I_, gx_.data_ptr<T>(), G_, N, /*accumulate=*/false);

@@ -11,9 +11,9 @@
 //
 // Results do not change: each gate row is still one mat-vec row (matvec_rows) summed the same way, and
 // the units split at a multiple of 8 of a hidden size that is one, so every row keeps the 8-row path
-// it takes in one thread's loop; or, where the layer packs its bfloat16 weights (gemm_cpu.h's
-// packs_small_batch), each thread multiplies its units' columns, each summed as the whole product sums it
-// (bf16_products.h's gemm_columns).
+// it takes in one thread's loop; or, where the layer packs its weights (gemm_cpu.h's packs_small_batch),
+// each thread multiplies its units' columns, each summed as the whole product sums it (bf16_products.h's
+// gemm_columns, gemm_cpu.h's gemm_packed_columns).
 #pragma once
 
 #include "isa_namespace.h"
