@@ -87,7 +87,7 @@ def test_gradients_vary_with_threads_no_more_than_torch_nn_own(kind, hidden, bat
 
 
 # (hidden, batch, steps): layers of 3-4 rows a step and at least 64 rows in all, whose float32 W_hh is packed
-# for the GEMM with AVX-512 (gemm_cpu.h's packs_small_batch); the LSTM's two threads then each multiply
+# for the GEMM with AVX2 or AVX-512 (gemm_cpu.h's packs_small_batch); the LSTM's two threads then each multiply
 # their units' columns of it, cutting a panel of 32 columns at H=200 (units 0-103 and 104-199) and H=72
 # (0-39, 40-71). At 1 or 2 rows a step the mat-vecs stay (B=2, T=32 and B=1, T=70).
 PACKED_SMALL = [(200, 3, 24), (72, 4, 20), (64, 3, 22), (256, 4, 16), (64, 2, 32), (64, 1, 70)]

@@ -270,20 +270,22 @@ inline c10::optional<at::ScalarType> gemm_operands(const at::Tensor& dy) {
 constexpr int64_t kPackedSmallRows = 64;
 
 // Whether a product of a layer of at most kSmallRows rows a step (`batch` rows at most), `rows` rows in
-// all, with weight w packs w: bfloat16 weights for the bfloat16 products; float32 ones, with AVX-512,
-// for the packed float32 GEMM where a step has 3 or 4 rows. (One Zen 4 core, k=256, 512 columns from L2,
-// packed against the mat-vecs: 4 rows 56 against 41 GMAC/s, 2 rows 29 against 26, 1 row 25 either way,
-// the rate at which L2 delivers the weight. Whole float32 LSTM layers, side by side with torch.nn, the
-// packing included: T=100 H=256 B=3 0.98x -> 1.14x torch.nn, B=4 1.05x -> 1.08x, but B=2 1.63x ->
-// 1.50x.) A choice of the shape, the dtypes and the CPU alone: the layer's inference, its training
-// forward and any number of threads choose alike.
+// all, with weight w packs w: bfloat16 weights for the bfloat16 products; float32 ones (AVX2 or AVX-512)
+// for the packed float32 GEMM where a step has 3 or 4 rows. (One Zen 4 core, AVX-512, k=256, 512 columns
+// from L2, packed against the mat-vecs: 4 rows 56 against 41 GMAC/s, 2 rows 29 against 26, 1 row 25
+// either way, the rate at which L2 delivers the weight. Whole float32 layers at T=100 H=256, the packing
+// included, the fastest of 3-5 processes, mat-vecs against packed: AVX-512 LSTM B=3 2.17 against 1.81
+// ms, B=4 2.39 both, GRU B=3 1.73 against 1.43; the AVX2 copy on the same CPU, whose mat-vecs take one
+// row at a time, LSTM B=3 2.55 against 2.15, B=4 3.36 against 2.62, GRU B=4 2.79 against 2.22, but B=2
+// 1.46 against 1.51 (GRU), B=1 0.95 against 1.75 (LSTM).) A choice of the shape, the dtypes and the CPU
+// alone: the layer's inference, its training forward and any number of threads choose alike.
 constexpr int64_t kPackedSmallBatch32 = 3;
 
 template <typename T>
 inline bool packs_small_batch(const at::Tensor& w, int64_t batch, int64_t rows) {
   if (rows < kPackedSmallRows) return false;
   if (w.scalar_type() == at::kBFloat16) return bf16_products<T>();
-#if FASTCELLS_ISA_AVX512
+#if FASTCELLS_ISA_AVX2
   return std::is_same_v<T, float> && w.scalar_type() == at::kFloat && batch >= kPackedSmallBatch32 &&
          !bf16_products<T>();
 #else
