@@ -236,9 +236,9 @@ void gemm_packed_columns(const T* a, int64_t lda, const PackedMatrix<T>& b, T* o
 // a @ W. A layer whose batch has at most kSmallRows rows takes the mat-vec loops of matmul_cpu.h
 // straight from W (but not always over kPackedSmallRows rows in all: packs_small_batch); a larger one
 // packs W once for the whole sequence and takes the packed GEMM at every step, also those with few rows
-// left (the tail of a packed batch, a thread's row group). So how each output element is summed depends on the layer's
-// shape alone, never on how its rows were split between threads: results do not depend on the number
-// of threads.
+// left (the tail of a packed batch, a thread's row group). So how each output element is summed depends
+// on the layer's shape alone, never on how its rows were split between threads: results do not depend
+// on the number of threads.
 //
 // In a bfloat16 layer on a CPU with AVX-512 BF16 (bf16_products.h), the packed GEMM is the bfloat16
 // one: a choice of the dtype and the CPU, so again the same for any number of threads.
@@ -302,6 +302,7 @@ class StepProduct {
   // at most kSmallRows rows and the bfloat16 products read as they are (a float32 copy of them took more
   // memory than torch.nn's whole call at B=1, and a generation loop's one-step call longer than its
   // arithmetic); a float32 copy is packed only for larger batches on CPUs without the bfloat16 products.
+  // Float32 weights are packed for larger batches and for packs_small_batch's.
   StepProduct(const at::Tensor& w, bool transposed, int64_t batch, int64_t rows = 0)
       : transposed_(transposed), rows_(w.size(0)), cols_(w.size(1)) {
     const bool small_packed = packs_small_batch<T>(w, batch, rows);
@@ -357,8 +358,9 @@ class StepProduct {
   // For a layer of at most kSmallRows rows a step (m may be several steps' rows): columns [begin, end)
   // of run()'s product of W^T, written, on the calling thread; each element summed as run() sums it.
   // Rows a in T, or in bfloat16 (taken as they are by the bfloat16 products; for the mat-vecs widened
-  // exactly into the calling thread's scratch; not for the float32 GEMM). With repeats, also the columns [begin, end) + r stride
-  // for r < repeats (a thread's units in each gate), rows rounded once for the bfloat16 products.
+  // exactly into the calling thread's scratch; not for the float32 GEMM). With repeats, also the columns
+  // [begin, end) + r stride for r < repeats (a thread's units in each gate), rows rounded once for the
+  // bfloat16 products.
   template <typename A>
   void run_columns(const A* a, int64_t lda, T* out, int64_t ldo, int64_t m, int64_t begin, int64_t end,
                    int64_t repeats = 1, int64_t stride = 0) const {
