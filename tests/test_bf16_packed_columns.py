@@ -3,7 +3,8 @@ panels of 32 columns of pairs, a rounded to bfloat16, float32 sums), which bfloa
 a step take over 64 or more rows in all, each thread its units' columns (csrc/cpu/lstm_cpu.inc): against
 float64 products of the same bfloat16 operands at 1-9 rows of a (tiles of 1-3 rows over several panels, of
 4-8 over one), n and k off the panels' 32 columns and 16 pairs, ranges that start and end inside a panel;
-no column outside the range written; and each output the same bitwise whatever rows and range it came in."""
+no column outside the range written; each output the same bitwise whatever rows and range it came in; and
+the four gates' ranges asked for at once (repeats) the same as one at a time."""
 
 import pytest
 import torch
@@ -14,10 +15,10 @@ pytestmark = pytest.mark.skipif(not environment.cpu_bf16_products(),
                                 reason="the packed products need AVX-512 BF16 (and the avx512 kernels)")
 
 
-def _columns(w, a, out, c0, c1, accumulate=False):
+def _columns(w, a, out, c0, c1, accumulate=False, repeats=1, stride=0):
     from fastcells import _extension
 
-    _extension.C.cpu_bf16_packed_columns(w, a, out, c0, c1, accumulate)
+    _extension.C.cpu_bf16_packed_columns(w, a, out, c0, c1, accumulate, repeats, stride)
 
 
 def _operands(m, k, n, seed):
@@ -61,3 +62,32 @@ def test_each_output_is_summed_alike_in_every_tile_and_range(k, n):
             _columns(w, a[:m], halves, 0, split)
             _columns(w, a[:m], halves, split, n)
             assert torch.equal(halves, alone[:m]), (split, m)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+@pytest.mark.parametrize("k,hidden,c0,c1",
+                         [(72, 72, 40, 72), (200, 200, 0, 104), (128, 128, 64, 128), (37, 50, 8, 40)])
+def test_repeated_ranges_are_the_single_ranges(m, k, hidden, c0, c1):
+    """The LSTM's unit split asks for a thread's units in all four gates at once (ranges `hidden` apart, a's
+    rows rounded once): bitwise what the four ranges give one at a time, and no other column written."""
+    w, a = _operands(m, k, 4 * hidden, seed=m + k + hidden + c0)
+    start = torch.randn(m, 4 * hidden)
+    together, apart = start.clone(), start.clone()
+    _columns(w, a, together, c0, c1, repeats=4, stride=hidden)
+    for gate in range(4):
+        _columns(w, a, apart, c0 + gate * hidden, c1 + gate * hidden)
+    assert torch.equal(together, apart)
+    outside = torch.ones(4 * hidden, dtype=torch.bool)
+    for gate in range(4):
+        outside[c0 + gate * hidden:c1 + gate * hidden] = False
+    assert torch.equal(together[:, outside], start[:, outside])
+    assert not torch.equal(together[:, ~outside], start[:, ~outside])
+
+
+def test_overlapping_or_out_of_range_repeats_are_refused():
+    w, a = _operands(2, 16, 64, seed=3)
+    out = torch.zeros(2, 64)
+    with pytest.raises(RuntimeError, match="overlap"):
+        _columns(w, a, out, 0, 20, repeats=2, stride=16)
+    with pytest.raises(RuntimeError, match="of 64"):
+        _columns(w, a, out, 0, 16, repeats=5, stride=16)

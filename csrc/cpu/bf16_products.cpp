@@ -625,7 +625,7 @@ void matvec_matrices(const at::Tensor& w, const at::Tensor& a, at::Tensor& out, 
 }
 
 void packed_columns_matrices(const at::Tensor& w, const at::Tensor& a, at::Tensor& out, int64_t c0, int64_t c1,
-                             bool accumulate) {
+                             bool accumulate, int64_t repeats, int64_t stride) {
   TORCH_CHECK(cpu_has_products(), "bf16::packed_columns_matrices: this CPU has no AVX-512 BF16");
   TORCH_CHECK(w.dim() == 2 && a.dim() == 2 && out.dim() == 2, "bf16::packed_columns_matrices: matrices expected");
   TORCH_CHECK(w.scalar_type() == at::kBFloat16 && a.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat,
@@ -633,11 +633,14 @@ void packed_columns_matrices(const at::Tensor& w, const at::Tensor& a, at::Tenso
   TORCH_CHECK(w.size(1) == a.size(1) && out.size(0) == a.size(0) && out.size(1) == w.size(0),
               "bf16::packed_columns_matrices: shapes ", w.sizes(), ", ", a.sizes(), ", ", out.sizes());
   TORCH_CHECK(a.stride(1) == 1 && out.stride(1) == 1, "bf16::packed_columns_matrices: unit column strides expected");
-  TORCH_CHECK(0 <= c0 && c0 <= c1 && c1 <= w.size(0), "bf16::packed_columns_matrices: columns [", c0, ", ", c1,
-              ") of ", w.size(0));
+  TORCH_CHECK(repeats >= 1 && (repeats == 1 || stride >= c1 - c0), "bf16::packed_columns_matrices: ", repeats,
+              " ranges ", stride, " apart overlap");
+  TORCH_CHECK(0 <= c0 && c0 <= c1 && c1 + (repeats - 1) * stride <= w.size(0),
+              "bf16::packed_columns_matrices: columns [", c0, ", ", c1, ") + ", repeats - 1, " x ", stride, " of ",
+              w.size(0));
   const PackedWeight b = pack(w, /*transposed=*/true);
   gemm_columns(a.data_ptr<float>(), a.stride(0), b, out.data_ptr<float>(), out.stride(0), a.size(0), accumulate,
-               c0, c1);
+               c0, c1, repeats, stride);
 }
 
 }  // namespace fastcells::cpu::bf16

@@ -102,9 +102,9 @@ void matvec_matrices(const at::Tensor& w, const at::Tensor& a, at::Tensor& out, 
                      bool accumulate);
 
 // For tests (fastcells._C.cpu_bf16_packed_columns): w (n, k) bfloat16 packed as b = w^T (pack()), then
-// gemm_columns() of a (m, k) float32 into out (m, n) float32's columns [c0, c1), each with unit column
-// stride; on CPUs with the products.
+// gemm_columns() of a (m, k) float32 into out (m, n) float32's columns [c0, c1) + r stride for r < repeats,
+// each with unit column stride; on CPUs with the products.
 void packed_columns_matrices(const at::Tensor& w, const at::Tensor& a, at::Tensor& out, int64_t c0, int64_t c1,
-                             bool accumulate);
+                             bool accumulate, int64_t repeats, int64_t stride);
 
 }  // namespace fastcells::cpu::bf16
