@@ -259,9 +259,9 @@ inline c10::optional<at::ScalarType> gemm_operands(const at::Tensor& dy) {
   return c10::nullopt;
 }
 
-// The fewest rows in all (N, every step's together) for which a bfloat16 layer of at most kSmallRows rows a
-// step packs its weights for the bfloat16 products, as larger batches do, rather than reading them in place
-// with the mat-vecs: the packed products need no horizontal sums and use each load of the weight for every
+// The fewest rows in all (N, every step's together) for which a layer of at most kSmallRows rows a step packs
+// its weights, as larger batches do, rather than reading them in place with the mat-vecs (float32: only at 3
+// or 4 rows a step, packs_small_batch below). In bfloat16, for the bfloat16 products: the packed products need no horizontal sums and use each load of the weight for every
 // row (one Zen 4 core, 512 columns x 256 from L2: 4 rows 111 against 59 GMAC/s, 3 rows 108 against 66, 2 rows
 // 99 against 53, 1 row 54 against 38). Packing takes about as long as 15-25 steps' products at B=1, so
 // shorter calls keep the mat-vecs (bfloat16 LSTM inference, 2 threads, side by side with torch.nn, packed
@@ -302,7 +302,7 @@ class StepProduct {
   // at most kSmallRows rows and the bfloat16 products read as they are (a float32 copy of them took more
   // memory than torch.nn's whole call at B=1, and a generation loop's one-step call longer than its
   // arithmetic); a float32 copy is packed only for larger batches on CPUs without the bfloat16 products.
-  // Float32 weights are packed for larger batches and for packs_small_batch's.
+  // w in float32 is packed for larger batches and where packs_small_batch says so.
   StepProduct(const at::Tensor& w, bool transposed, int64_t batch, int64_t rows = 0)
       : transposed_(transposed), rows_(w.size(0)), cols_(w.size(1)) {
     const bool small_packed = packs_small_batch<T>(w, batch, rows);
