@@ -24,14 +24,38 @@ def cpu_name():
 
 
 def device_name(device):
-    """A human-readable name of ``device`` (a torch.device or string)."""
+    """A human-readable name of ``device`` (a torch.device or string); for the CPU with the threads, the
+    instruction set of fastcells' kernels and that of torch's ("AMD EPYC (2 threads, avx512 (bf16
+    products) kernels, torch AVX512)")."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     isa = cpu_kernels_isa()
     if isa and cpu_bf16_products():
         isa += " (AMX bf16 products)" if cpu_amx_products() else " (bf16 products)"
-    return f"{cpu_name()} ({torch.get_num_threads()} threads{f', {isa} kernels' if isa else ''})"
+    torch_isa = torch_cpu_capability()
+    return (f"{cpu_name()} ({torch.get_num_threads()} threads{f', {isa} kernels' if isa else ''}"
+            f"{f', torch {torch_isa}' if torch_isa else ''})")
+
+
+# Environment variables that cap the instruction sets a process uses below what its CPU has: fastcells'
+# kernels' (csrc/cpu/isa.h), ATen's vectorized kernels', oneDNN's (torch.nn's CPU layers) and MKL's (its
+# GEMMs). With all of them at AVX2, an AVX-512 machine measures as an AVX2 one would (but for its caches
+# and clocks).
+ISA_VARIABLES = ("FASTCELLS_CPU_ISA", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
+                 "MKL_ENABLE_INSTRUCTIONS")
+
+
+def isa_settings():
+    """Those of ISA_VARIABLES set in this process, as {name: value}."""
+    return {name: os.environ[name] for name in ISA_VARIABLES if os.environ.get(name)}
+
+
+def torch_cpu_capability():
+    """The instruction set of ATen's vectorized CPU kernels in this process ("AVX512", "AVX2",
+    "DEFAULT"; ATEN_CPU_CAPABILITY lowers it), or None where this torch cannot say."""
+    get = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return get() if get is not None else None
 
 
 def cpu_kernels_isa():

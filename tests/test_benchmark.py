@@ -104,6 +104,34 @@ def test_json_meta_records_device_versions_git_and_the_run(planted_run):
     assert meta["threads"] == torch.get_num_threads() and meta["date"][:2] == "20"
 
 
+def test_a_run_under_instruction_set_caps_records_and_reports_them(monkeypatch, tmp_path):
+    """A report measured with the instruction sets capped below the CPU's (an AVX-512 machine measuring
+    as an AVX2 one) says so in its JSON and under its title; one without caps says nothing of them."""
+    _plant_timings(monkeypatch)
+    for name in environment.ISA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert cli.main(TINY + ["--out", str(tmp_path / "plain")]) == 0
+    assert json.loads((tmp_path / "plain" / "results.json").read_text())["meta"]["isa_settings"] == {}
+    assert "capped" not in (tmp_path / "plain" / "report.md").read_text()
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    assert cli.main(TINY + ["--out", str(tmp_path / "capped")]) == 0
+    meta = json.loads((tmp_path / "capped" / "results.json").read_text())["meta"]
+    assert meta["isa_settings"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    lines = (tmp_path / "capped" / "report.md").read_text().splitlines()
+    assert lines[4] == ("Instruction sets capped for this run: ONEDNN_MAX_CPU_ISA=AVX2, "
+                        "MKL_ENABLE_INSTRUCTIONS=AVX2 (the CPU has more).")
+
+
+def test_cpu_name_says_which_instruction_sets_fastcells_and_torch_run():
+    name = environment.device_name("cpu")
+    assert f"{torch.get_num_threads()} threads" in name
+    assert f"torch {torch.backends.cpu.get_cpu_capability()})" in name
+    if environment.cpu_kernels_isa():
+        assert f"{environment.cpu_kernels_isa()}" in name
+
+
 def test_json_has_one_row_per_case_and_provider_with_its_dtype_and_shapes(planted_run):
     _, data = planted_run
     rows = data["results"]

@@ -130,3 +130,15 @@ def test_info_names_the_copy():
     from fastcells import info
 
     assert any(f"kernels for {_extension.C.cpu_isa()}" in line for line in info.describe(["cpu"]))
+
+
+def test_info_names_the_capped_copies_of_fastcells_and_torch():
+    """With fastcells' copy and ATen's kernels both capped at AVX2 (an AVX-512 machine measuring as an
+    AVX2 one: environment.ISA_VARIABLES), `info` names both caps."""
+    if "avx2" not in _supported():
+        pytest.skip("this CPU cannot run the avx2 copy")
+    env = {**os.environ, "FASTCELLS_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2"}
+    run = subprocess.run([sys.executable, "-m", "fastcells", "info", "--device", "cpu"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "avx2 kernels, torch AVX2)" in run.stdout and "kernels for avx2" in run.stdout

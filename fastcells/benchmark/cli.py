@@ -60,7 +60,7 @@ def run(args):
             "versions": environment.versions(), "git": environment.git_revision(),
             "date": environment.now_utc(), "quick": args.quick, "rounds": rounds, "budget_s": budget,
             "threads": torch.get_num_threads(), "providers": args.providers or "all usable",
-            "machine_busy": busy}
+            "machine_busy": busy, "isa_settings": environment.isa_settings()}
     print(f"fastcells bench on {meta['device_name']}: {len(cases)} cases, {rounds} rounds")
     rows = run_cases(cases, device, rounds, budget, progress=not args.no_progress,
                      only=args.providers)

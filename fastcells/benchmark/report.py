@@ -105,6 +105,15 @@ def _case_label(row):
     return f"{kind}{layers} B={row['batch']} H={row['hidden']} {row['mode']} {row['dtype']}"
 
 
+def _isa_note(meta):
+    """The instruction-set caps the run was made under (environment.isa_settings), as lines."""
+    settings = meta.get("isa_settings") or {}
+    if not settings:
+        return []
+    caps = ", ".join(f"{name}={value}" for name, value in settings.items())
+    return [f"Instruction sets capped for this run: {caps} (the CPU has more).", ""]
+
+
 def markdown(meta, rows):
     """The report as Markdown text: how it was measured, then one table per case group."""
     versions = meta["versions"]
@@ -112,6 +121,7 @@ def markdown(meta, rows):
              f"{meta['date']} · fastcells {versions['fastcells']} (git {meta['git']}) · torch "
              f"{versions['torch']} · CUDA {versions['cuda']} · cuDNN {versions['cudnn']} · Triton "
              f"{versions['triton']}", "",
+             *_isa_note(meta),
              f"Medians of {meta['rounds']} interleaved rounds of about {meta['budget_s']} s each per "
              f"provider. `x torch.nn`: torch.nn's time over the provider's (> 1 is faster); "
              f"`{providers_mod.NAIVE}` is the naive loop (plain PyTorch ops per step)."
