@@ -83,10 +83,10 @@ def cpu_amx_products():
 
 
 def cpu_bf16_backward_gemm():
-    """The GEMM that the cpu backend's bfloat16 layers that multiply in bfloat16 (cpu_bf16_products) run
-    their backward's products on (weight gradients, dx) in this process (csrc/cpu/bf16_backward_gemm.h):
-    "mkl" (MKL's bfloat16 GEMM, where the CPU has AMX), "vdpbf16ps" (ours, where it has AVX-512 BF16
-    without AMX) or "aten" (at::mm); FASTCELLS_CPU_BF16_GEMM picks one. None without the extension."""
+    """The GEMM that the cpu backend's bfloat16 layers run their backward's products on (weight gradients,
+    dx) in this process (csrc/cpu/bf16_backward_gemm.h): "vdpbf16ps" (ours, where the kernels have the
+    bfloat16 products without AMX: cpu_bf16_products), "mkl" (MKL's bfloat16 GEMM, elsewhere where torch
+    carries it) or "aten" (at::mm); FASTCELLS_CPU_BF16_GEMM picks one. None without the extension."""
     from . import _extension
 
     if _extension.C is None or not hasattr(_extension.C, "cpu_bf16_backward_gemm"):

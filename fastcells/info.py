@@ -52,10 +52,9 @@ def describe(device_types_):
                 else:
                     products = "float32 (no AVX-512 BF16 in this CPU or these kernels)"
                 lines.append(f"  {'':10} bfloat16 layers multiply in {products}")
-                if environment.cpu_bf16_products():  # else their backward multiplies in float32 too
-                    backward = BF16_BACKWARD_GEMMS.get(environment.cpu_bf16_backward_gemm(), "at::mm")
-                    lines.append(f"  {'':10} their backward's GEMMs on {backward} "
-                                 "(FASTCELLS_CPU_BF16_GEMM=mkl, vdpbf16ps or aten)")
+                backward = BF16_BACKWARD_GEMMS.get(environment.cpu_bf16_backward_gemm(), "at::mm")
+                lines.append(f"  {'':10} their backward's GEMMs on {backward} "
+                             "(FASTCELLS_CPU_BF16_GEMM=mkl, vdpbf16ps or aten)")
     return lines
 
 

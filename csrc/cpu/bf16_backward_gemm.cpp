@@ -7,12 +7,13 @@
 #include "bf16_gemm.h"
 #include "bf16_products.h"
 #include "mkl_bf16.h"
+#include "ops_cpu.h"
 
 namespace fastcells::cpu {
 
 Bf16BackwardGemm bf16_backward_gemm() {
   static const Bf16BackwardGemm choice = [] {
-    const bool mkl = has_mkl_bf16_gemm(), ours = bf16::cpu_has_products();
+    const bool mkl = has_mkl_bf16_gemm(), ours = cpu_bf16_products();  // not under FASTCELLS_CPU_ISA=avx2
     const char* env = std::getenv("FASTCELLS_CPU_BF16_GEMM");
     const std::string asked = env ? env : "";
     if (asked == "aten") return Bf16BackwardGemm::none;

@@ -1,9 +1,10 @@
 // The GEMM that multiplies the bfloat16 operands of a bfloat16 layer's backward (its weight gradients
 // and dx: layers.h's weight_grad_into and dx_product) into float32 sums, rounded nowhere: MKL's
 // (mkl_bf16.h) where the CPU has AMX tiles, which MKL uses; ours on VDPBF16PS (bf16_gemm.h) where the
-// CPU has AVX-512 BF16 without them (MKL's bfloat16 kernels ran at float32 speed on an AMD EPYC, a
-// third of ours); MKL's again on CPUs with neither, where libtorch has it. Otherwise none, and the
-// backward takes at::mm (oneDNN's, which copies both operands and rounds its result to bfloat16).
+// kernels have the bfloat16 products without them (MKL's bfloat16 kernels ran at float32 speed on an
+// AMD EPYC, a third of ours); MKL's again on CPUs with neither (or under FASTCELLS_CPU_ISA=avx2), where
+// libtorch has it. Otherwise none, and the backward takes at::mm (oneDNN's, which copies both operands
+// and rounds its result to bfloat16; without the products, float32 copies: gemm_cpu.h's gemm_operands).
 #pragma once
 
 #include <ATen/ATen.h>

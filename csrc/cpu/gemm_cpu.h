@@ -19,6 +19,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "bf16_backward_gemm.h"
 #include "bf16_products.h"
 #include "matmul_cpu.h"
 #include "row_tiles.h"
@@ -256,6 +257,10 @@ inline bool bf16_products() {
 inline c10::optional<at::ScalarType> gemm_operands(const at::Tensor& dy) {
   const at::ScalarType t = dy.scalar_type();
   if ((t == at::kFloat || t == at::kBFloat16) && bf16_products<float>()) return at::kBFloat16;
+  // Stored in bfloat16 without the products (storage.h): the bfloat16 operands as they are where a
+  // bfloat16 GEMM with float32 sums takes them (MKL's: bf16_backward_gemm.h), else float32 copies for
+  // at::mm (whose bfloat16 GEMM, without AVX-512 BF16, is ATen's own loops).
+  if (t == at::kBFloat16) return bf16_backward_gemm() != Bf16BackwardGemm::none ? at::kBFloat16 : at::kFloat;
   return c10::nullopt;
 }
 
@@ -341,18 +346,17 @@ class StepProduct {
   bool packs_weight() const { return packed_.storage.defined() || bf16_.storage.defined(); }
 
   // The same for rows a stored in bfloat16 (storage.h): the bfloat16 products take them as they are;
-  // the mat-vecs (at most kSmallRows rows) take them widened, exactly, into the calling thread's scratch.
+  // the mat-vecs (at most kSmallRows rows) and the float32 GEMM (larger batches without the products)
+  // take them widened, exactly, into the calling thread's scratch.
   void run(const c10::BFloat16* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate) const {
     if constexpr (std::is_same_v<T, float>) {
       if (bf16_.storage.defined()) return bf16::gemm(a, lda, bf16_, out, ldo, m, accumulate);
-      if (!packed_.storage.defined()) {
-        const int64_t k = transposed_ ? cols_ : rows_;
-        const StepScratch<T> widened(m * k, at::TensorOptions().dtype(at::kFloat));
-        widen_rows(a, lda, widened.data(), k, m, k);
-        return run(widened.data(), k, out, ldo, m, accumulate);
-      }
+      const int64_t k = transposed_ ? cols_ : rows_;
+      const StepScratch<T> widened(m * k, at::TensorOptions().dtype(at::kFloat));
+      widen_rows(a, lda, widened.data(), k, m, k);
+      return run(widened.data(), k, out, ldo, m, accumulate);
     }
-    TORCH_CHECK(false, "StepProduct: bfloat16 rows need the bfloat16 products or the mat-vecs");
+    TORCH_CHECK(false, "StepProduct: bfloat16 rows come with float32 math");
   }
 
   // For a layer of at most kSmallRows rows a step (m may be several steps' rows): columns [begin, end)

@@ -22,6 +22,7 @@
 #include "../checks.h"
 #include "../layers.h"
 #include "../schedule.h"
+#include "bf16_backward_gemm.h"
 #include "bf16_products.h"
 #include "row_tiles.h"
 #include "fastcells/gate_math.h"

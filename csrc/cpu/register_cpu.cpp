@@ -51,10 +51,8 @@ const CpuKernels& pick() {
 // bfloat16 and float16 tensors run the float32 kernels: each argument converted once per call (the
 // weights too: never per step), the outputs converted back to the input's dtype, saved activations
 // included (kept in 16 bits, as the CUDA ops and torch.nn keep them); the math and the states inside
-// stay float32. Where the CPU has the bfloat16 products (bf16_products.h), bfloat16 layers keep their
-// tensors in bfloat16 with no float32 copies (storage.h, run_layer); elsewhere layers of a few rows take
-// their weights unconverted (run_keeping_weights); bfloat16 cell steps take all their tensors as they
-// are (run_step).
+// stay float32. bfloat16 layers keep their tensors in bfloat16 with no float32 copies (storage.h,
+// run_layer), and bfloat16 cell steps take all their tensors as they are (run_step).
 bool low_precision(const Tensor& x) {
   return x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
 }
@@ -96,10 +94,6 @@ auto run(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names, c
   return to_dtype(kernel(f32(args)...), x.scalar_type());
 }
 
-// The rows of a state argument (h0, dhn), for the choice below; 0 for a malformed one, whose error the
-// kernels' checks raise.
-int64_t state_rows(const Tensor& state) { return state.dim() == 2 ? state.size(0) : 0; }
-
 // The weights' (named w_*) dtypes in a float32 call, x's: the kernels let bfloat16 weights through
 // with float32 x (other mismatches they refuse themselves, with x's dtype checked first).
 template <typename... Args>
@@ -108,32 +102,6 @@ void check_weights(const std::array<const char*, sizeof...(Args)>& names, const 
   if (x.scalar_type() != at::kFloat) return;
   size_t i = 0;
   ((names[i][0] == 'w' ? check_dtype(x, names[i], args) : void(), ++i), ...);
-}
-
-// An argument of a bfloat16 call whose kernel reads the weights as they are: the weights (named w_*)
-// unconverted, the rest in float32.
-Tensor weights_kept(const char* name, const Tensor& t) { return name[0] == 'w' ? t : f32(t); }
-OptionalTensor weights_kept(const char* name, const OptionalTensor& t) { return name[0] == 'w' ? t : f32(t); }
-template <typename T>
-T weights_kept(const char*, const T& t) {
-  return f32(t);
-}
-
-template <typename Kernel, typename Args, size_t... I>
-auto call_keeping_weights(Kernel kernel, const std::array<const char*, sizeof...(I)>& names, const Args& args,
-                          std::index_sequence<I...>) {
-  return kernel(weights_kept(names[I], std::get<I>(args))...);
-}
-
-// Runs `kernel` on a bfloat16 call's arguments, its weights as they are and the rest in float32, and
-// converts the outputs back: for the kernels whose mat-vecs read bfloat16 weights (matmul_cpu.h), which
-// converting would copy whole at every call (a cell step, a generation loop's one-step layer call).
-template <typename Kernel, typename... Args>
-auto run_keeping_weights(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names,
-                         const Args&... args) {
-  const Tensor& x = std::get<0>(std::tie(args...));
-  return to_dtype(call_keeping_weights(kernel, names, std::tie(args...), std::index_sequence_for<Args...>{}),
-                  x.scalar_type());
 }
 
 // Whether a call (x or dy first) is in bfloat16, every floating-point argument checked to be too; a
@@ -150,21 +118,18 @@ bool bfloat16_call(const std::array<const char*, sizeof...(Args)>& names, const 
   return true;
 }
 
-// As run(), for the layer ops (`batch`: the rows of their state). A bfloat16 call goes one of three ways:
-// - with the bfloat16 products (storage.h), the kernels take the arguments as they are and keep the
-//   layer's tensors in bfloat16; only the outputs they compute in float32 (states, gradients) are
-//   converted;
-// - else with at most kSmallRows rows, the weights as they are and the rest in float32
-//   (run_keeping_weights);
-// - else all in float32 (run).
+// As run(), for the layer ops: the kernels take a bfloat16 call's arguments as they are and keep the
+// layer's tensors in bfloat16 (storage.h: multiplying in bfloat16 where the CPU has the bfloat16
+// products, in float32 elsewhere); only the outputs they compute in float32 (states, gradients) are
+// converted. (Converting every argument to float32, as run() does for float16, took 29 of the 36
+// bfloat16 rows of the quick benchmark above torch.nn's peak memory without the products, up to 3.9x:
+// LSTM T=50 B=16 H=256 training 18.2 against 4.7 MiB on the AMD EPYC with every instruction set capped
+// at AVX2, more than its float32 call's 12.3.)
 template <typename Kernel, typename... Args>
-auto run_layer(Kernel kernel, int64_t batch, const std::array<const char*, sizeof...(Args)>& names,
-               const Args&... args) {
+auto run_layer(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names, const Args&... args) {
   if (!bfloat16_call(names, args...)) return run(kernel, names, args...);
   const Tensor& x = std::get<0>(std::tie(args...));
-  if (cpu_bf16_products()) return to_dtype(kernel(args...), x.scalar_type());
-  if (batch <= kSmallRows) return run_keeping_weights(kernel, names, args...);
-  return run(kernel, names, args...);
+  return to_dtype(kernel(args...), x.scalar_type());
 }
 
 // As run(), for the cell step ops, whose kernels take a bfloat16 call's tensors as they are: the weights
@@ -193,7 +158,7 @@ LstmOutputs lstm_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const Option
                                const Tensor& w_hh, const OptionalTensor& w_hr,
                                const Tensor& batch_sizes, bool reverse, bool training) {
   const bf16::ProductsScope products(x.scalar_type() == at::kBFloat16);
-  return run_layer(chosen_kernels().lstm_layer_fwd, state_rows(h0),
+  return run_layer(chosen_kernels().lstm_layer_fwd,
              {"x", "w_ih", "b_ih", "b_hh", "h0", "c0", "w_hh", "w_hr", "batch_sizes", "reverse", "training"},
              x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_hr, batch_sizes, reverse, training);
 }
@@ -203,7 +168,7 @@ LstmGrads lstm_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& 
                              const Tensor& w_hh, const OptionalTensor& w_hr,
                              const Tensor& batch_sizes, bool reverse, bool need_dx) {
   const bf16::ProductsScope products(dy.scalar_type() == at::kBFloat16);
-  return run_layer(chosen_kernels().lstm_layer_bwd, state_rows(dhn),
+  return run_layer(chosen_kernels().lstm_layer_bwd,
              {"dy", "dhn", "dcn", "saved", "x", "w_ih", "b_ih", "b_hh", "w_hh", "w_hr", "batch_sizes",
               "reverse", "need_dx"},
              dy, dhn, dcn, saved, x, w_ih, b_ih, b_hh, w_hh, w_hr, batch_sizes, reverse, need_dx);
@@ -218,7 +183,7 @@ LayerOutputs gru_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const Option
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
                                const Tensor& batch_sizes, bool reverse, bool training) {
   const bf16::ProductsScope products(x.scalar_type() == at::kBFloat16);
-  return run_layer(chosen_kernels().gru_layer_fwd, state_rows(h0),
+  return run_layer(chosen_kernels().gru_layer_fwd,
              {"x", "w_ih", "b_ih", "b_hh", "h0", "w_hh", "batch_sizes", "reverse", "training"}, x, w_ih,
              b_ih, b_hh, h0, w_hh, batch_sizes, reverse, training);
 }
@@ -228,7 +193,7 @@ LayerGrads gru_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& 
                              const OptionalTensor& b_hh, const Tensor& w_hh,
                              const Tensor& batch_sizes, bool reverse, bool need_dx) {
   const bf16::ProductsScope products(dy.scalar_type() == at::kBFloat16);
-  return run_layer(chosen_kernels().gru_layer_bwd, state_rows(dhn),
+  return run_layer(chosen_kernels().gru_layer_bwd,
              {"dy", "dhn", "saved", "y", "h0", "x", "w_ih", "b_ih", "b_hh", "w_hh", "batch_sizes",
               "reverse", "need_dx"},
              dy, dhn, saved, y, h0, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, reverse, need_dx);
@@ -242,7 +207,7 @@ LayerOutputs rnn_layer_fwd_cpu(const Tensor& x, const Tensor& w_ih, const Option
                                const OptionalTensor& b_hh, const Tensor& h0, const Tensor& w_hh,
                                const Tensor& batch_sizes, bool relu, bool reverse, bool training) {
   const bf16::ProductsScope products(x.scalar_type() == at::kBFloat16);
-  return run_layer(chosen_kernels().rnn_layer_fwd, state_rows(h0),
+  return run_layer(chosen_kernels().rnn_layer_fwd,
              {"x", "w_ih", "b_ih", "b_hh", "h0", "w_hh", "batch_sizes", "relu", "reverse", "training"}, x,
              w_ih, b_ih, b_hh, h0, w_hh, batch_sizes, relu, reverse, training);
 }
@@ -252,7 +217,7 @@ LayerGrads rnn_layer_bwd_cpu(const Tensor& dy, const Tensor& dhn, const Tensor& 
                              const OptionalTensor& b_hh, const Tensor& w_hh,
                              const Tensor& batch_sizes, bool relu, bool reverse, bool need_dx) {
   const bf16::ProductsScope products(dy.scalar_type() == at::kBFloat16);
-  return run_layer(chosen_kernels().rnn_layer_bwd, state_rows(dhn),
+  return run_layer(chosen_kernels().rnn_layer_bwd,
              {"dy", "dhn", "saved", "y", "h0", "x", "w_ih", "b_ih", "b_hh", "w_hh", "batch_sizes", "relu",
               "reverse", "need_dx"},
              dy, dhn, saved, y, h0, x, w_ih, b_ih, b_hh, w_hh, batch_sizes, relu, reverse, need_dx);

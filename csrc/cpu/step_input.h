@@ -199,10 +199,12 @@ class StepInput {
                         const c10::optional<at::Tensor>& bias2) {
     const int64_t N = x.size(0);
     const bool mkl = N >= kMklRows && N * I_ * G_ >= kMklWork;
-    // bfloat16 weights multiplied in bfloat16 (bf16_matvecs): the mat-vecs at any N, rather than a float32
-    // copy of w_ih for at::mm (LSTM T=50 B=4 H=256: 2x the time of torch.nn's bfloat16 GEMM).
+    // bfloat16 weights: the mat-vecs at any N, reading them as they are (in bfloat16 where bf16_matvecs(),
+    // else each weight widened), as inference's per-step projections do, so that training's forward gives
+    // inference's outputs; not a float32 copy of w_ih for at::mm (with the bfloat16 products, LSTM T=50
+    // B=4 H=256: 2x the time of torch.nn's bfloat16 GEMM).
     const bool bf16_weights = w_ih_given.scalar_type() == at::kBFloat16;
-    const bool bf16_in_place = bf16_weights && bf16_matvecs();
+    const bool bf16_in_place = bf16_weights;
     // The bfloat16 products, as the steps' own (float32 weights keep at::mm or the GEMM below up front).
     if (bf16_weights && packs_small_batch<T>(w_ih_given, kSmallRows, N)) {
       gx_ = cpu_empty({N, G_}, c10::CppTypeToScalarType<T>::value);

@@ -1,16 +1,18 @@
 // Where a layer's tensors live in another dtype than its math: the storage type S of a layer op's
 // sequence tensors (x, y, saved, dy) against the type T it computes in.
 //
-// A bfloat16 layer on a CPU with the bfloat16 products (bf16_products.h) reads and writes its sequence
-// tensors and weights in bfloat16 as they are, S = c10::BFloat16 and T = float: no float32 copy of the
-// weights, x, y or the saved activations is ever made (those copies took a bfloat16 layer's peak memory
-// above torch.nn's). Batches of more than kSmallRows rows multiply in bfloat16 (the packed products);
-// a few rows take the mat-vecs, which read the weights as they are and the rows they multiply widened,
-// a few at a time (x for the up-front projection: step_input.h; each step's gate gradients in the
-// backward: gemm_cpu.h's StepProduct, lstm_cpu.inc's unit split). The states, the products' sums and
-// the gate math stay float32, and each value is rounded once, as it is stored, exactly as the float32
-// kernels' results were rounded by Tensor.to(torch.bfloat16) before: the forward's results are the same.
-// Everywhere else S = T.
+// A bfloat16 layer reads and writes its sequence tensors and weights in bfloat16 as they are, S =
+// c10::BFloat16 and T = float: no float32 copy of x, y or the saved activations is ever made (those
+// copies took a bfloat16 layer's peak memory above torch.nn's). On a CPU with the bfloat16 products
+// (bf16_products.h), batches of more than kSmallRows rows multiply in bfloat16 (the packed products);
+// elsewhere they multiply a packed float32 copy of the weights by rows widened a few steps at a time
+// (gemm_cpu.h's StepProduct), and the backward's GEMMs over all rows take the bfloat16 operands as they
+// are (MKL's bfloat16 GEMM) or float32 copies (gemm_operands). A few rows take the mat-vecs, which read
+// the weights as they are and the rows they multiply widened, a few at a time (x for the up-front
+// projection: step_input.h; each step's gate gradients in the backward: gemm_cpu.h's StepProduct,
+// lstm_cpu.inc's unit split). The states, the products' sums and the gate math stay float32, and each
+// value is rounded once, as it is stored, exactly as the float32 kernels' results were rounded by
+// Tensor.to(torch.bfloat16) before. Everywhere else S = T.
 #pragma once
 
 #include "isa_namespace.h"
@@ -114,10 +116,10 @@ class StepTensors {
   T* cursor_;
 };
 
-// Whether a layer op with tensors of this dtype (x's or dy's) keeps bfloat16 storage (see above).
-// register_cpu.cpp passes such calls' tensors unconverted.
+// Whether a layer op with tensors of this dtype (x's or dy's) keeps bfloat16 storage (see above): every
+// bfloat16 one. register_cpu.cpp passes such calls' tensors unconverted.
 inline bool stores_bf16(at::ScalarType dtype) {
-  return dtype == at::kBFloat16 && bf16_products<float>();
+  return dtype == at::kBFloat16;
 }
 
 // The dtype a layer op computes in for its tensors' dtype: float32 for bfloat16 storage.
@@ -177,12 +179,12 @@ inline at::Tensor column_sums(const at::Tensor& rows) {
   return out;
 }
 
-// A layer op's dtype check (x or dy): float32 and float64, and bfloat16 where it keeps bfloat16 storage
-// (register_cpu.cpp sends other 16-bit calls through the float32 kernels).
+// A layer op's dtype check (x or dy): float32, float64 and bfloat16 (register_cpu.cpp sends float16
+// calls through the float32 kernels).
 inline void check_layer_dtype(const at::Tensor& x, const char* name) {
   const at::ScalarType dtype = x.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || stores_bf16(dtype), name,
-              " must be float32 or float64 for the cpu backend's kernels (bfloat16 with bfloat16 products), got ",
+              " must be float32, float64 or bfloat16 for the cpu backend's kernels, got ",
               dtype);
 }
 

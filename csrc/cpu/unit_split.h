@@ -57,7 +57,8 @@ inline bool splits_units(int64_t batch, int64_t H, int64_t work_per_row, int64_t
 // Whether a bfloat16 layer's time loop over one row group of more than kSmallRows rows (row_groups.h:
 // fewer than 12 rows, or weights over 2 MiB) keeps two threads for the whole loop, splitting each
 // step's products by panels and its pointwise work by units (lstm_cpu.inc), instead of forking and
-// joining them at every step's products (LSTM T=50 B=8 H=256: libgomp took 18% of the time).
+// joining them at every step's products (LSTM T=50 B=8 H=256: libgomp took 18% of the time). Only with
+// the bfloat16 products, whose panels the loop splits (the caller checks that).
 inline bool splits_panels(int64_t batch, int64_t H, int64_t work_per_step, int64_t groups) {
 #if AT_PARALLEL_OPENMP
   return batch > kSmallRows && groups == 1 && H >= 16 && work_per_step >= kUnitSplitWork &&
