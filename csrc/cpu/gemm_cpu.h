@@ -86,37 +86,63 @@ inline void pack_8_rows(const T* rows, int64_t k, T* out, int64_t P) {
 }
 
 // Packs b = w^T for w (n, k) row-major (the forward product h @ W^T), or b = w for w (k, n) row-major
-// (the backward product dG @ W) when `transposed` is false.
+// (the backward product dG @ W) when `transposed` is false. w in T, or in bfloat16 with T float (a
+// bfloat16 layer's weights on a CPU without the bfloat16 products), widened (exactly) as it is packed:
+// no float32 copy of the whole of w is made (it was a third of such a layer's peak memory at T=50 B=16
+// H=256).
 template <typename T>
 PackedMatrix<T> pack_matrix(const at::Tensor& w, bool transposed) {
   constexpr int64_t P = Vec<T>::kPanel;
+  const bool bf16 = w.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(w.scalar_type() == c10::CppTypeToScalarType<T>::value || (bf16 && std::is_same_v<T, float>),
+              "pack_matrix: weights must be in the GEMM's dtype or bfloat16 for float32, got ", w.scalar_type());
   PackedMatrix<T> packed;
   packed.k = transposed ? w.size(1) : w.size(0);
   packed.n = transposed ? w.size(0) : w.size(1);
   packed.panels = (packed.n + P - 1) / P;
   // Every value is written below: only the padding of the last panel needs zeros.
-  packed.storage = at::empty({packed.panels * packed.k * P}, w.options());
-  const T* src = w.template data_ptr<T>();
+  packed.storage = at::empty({packed.panels * packed.k * P}, w.options().dtype(c10::CppTypeToScalarType<T>::value));
   T* dst = packed.storage.template data_ptr<T>();
   const int64_t k = packed.k, n = packed.n;
   // Loops ordered so that w is read along its rows (a column walk of a 1 MiB w cost ~0.25 ms). In the
   // transposed case 8 rows of w are read side by side, so each packed row is written 8 values at a
   // time: one row at a time wrote one scattered value per cache line.
   constexpr int64_t kRows = 8;
+  const int64_t row_length = transposed ? k : n;
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, k * P));
   at::parallel_for(0, packed.panels, grain, [&](int64_t p0, int64_t p1) {
+    // `count` rows of w from row `first` on, in T: w's own, or bfloat16 ones widened into `widened`.
+    std::vector<T> widened(bf16 && transposed ? kRows * row_length : 0);
+    const auto rows_of = [&](int64_t first, int64_t count) -> const T* {
+      if constexpr (std::is_same_v<T, float>) {
+        if (bf16) {
+          widen_rows(w.data_ptr<c10::BFloat16>() + first * row_length, row_length, widened.data(), row_length,
+                     count, row_length);
+          return widened.data();
+        }
+      }
+      return w.template data_ptr<T>() + first * row_length;
+    };
+    // Columns [col0, col0 + cols) of row `row` of w into `to`, in T.
+    const auto row_part = [&](int64_t row, int64_t col0, int64_t cols, T* to) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (bf16) return widen_rows(w.data_ptr<c10::BFloat16>() + row * row_length + col0, row_length, to, cols, 1,
+                                    cols);
+      }
+      std::memcpy(to, w.template data_ptr<T>() + row * row_length + col0, cols * sizeof(T));
+    };
     for (int64_t panel = p0; panel < p1; ++panel) {
       const int64_t cols = std::min<int64_t>(P, n - panel * P);
       T* out = dst + panel * k * P;
       if (transposed) {
         int64_t c = 0;
-        for (; c + kRows <= cols; c += kRows) pack_8_rows(src + (panel * P + c) * k, k, out + c, P);
+        for (; c + kRows <= cols; c += kRows) pack_8_rows(rows_of(panel * P + c, kRows), k, out + c, P);
         for (; c < cols; ++c) {
-          const T* row = src + (panel * P + c) * k;
+          const T* row = rows_of(panel * P + c, 1);
           for (int64_t p = 0; p < k; ++p) out[p * P + c] = row[p];
         }
       } else {
-        for (int64_t p = 0; p < k; ++p) std::memcpy(out + p * P, src + p * n + panel * P, cols * sizeof(T));
+        for (int64_t p = 0; p < k; ++p) row_part(p, panel * P, cols, out + p * P);
       }
       if (cols < P) {
         for (int64_t p = 0; p < k; ++p) std::fill(out + p * P + cols, out + (p + 1) * P, T(0));
@@ -322,7 +348,7 @@ class StepProduct {
         w_bf16_ = w.template data_ptr<c10::BFloat16>();
         return;
       }
-      packed_ = pack_matrix<T>(w.to(c10::CppTypeToScalarType<T>::value), transposed);
+      packed_ = pack_matrix<T>(w, transposed);  // widened as it is packed
       return;
     }
     w_ = w.template data_ptr<T>();
