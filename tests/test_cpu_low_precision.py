@@ -127,7 +127,7 @@ def _cpu_has_avx512_bf16():
 
 def _torch_bf16_on_onednn():
     """Whether torch.nn's bfloat16 layers run oneDNN's bfloat16 kernels here (a CPU with AVX-512 BF16, oneDNN
-    not capped below it): without them they run ATen's own loop, 3-20x slower than ours but holding less
+    not capped below it): without them they run ATen's own loop, 2-20x slower than ours but holding less
     memory in training (T=30 B=16 H=64 LSTM: 0.71 against our 0.88 MiB, on the AMD EPYC with every
     instruction set capped at AVX2)."""
     try:
