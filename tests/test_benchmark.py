@@ -120,8 +120,8 @@ def test_a_run_under_instruction_set_caps_records_and_reports_them(monkeypatch, 
     meta = json.loads((tmp_path / "capped" / "results.json").read_text())["meta"]
     assert meta["isa_settings"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
     lines = (tmp_path / "capped" / "report.md").read_text().splitlines()
-    assert lines[4] == ("Instruction sets capped for this run: ONEDNN_MAX_CPU_ISA=AVX2, "
-                        "MKL_ENABLE_INSTRUCTIONS=AVX2 (the CPU has more).")
+    assert lines[4] == ("Instruction sets capped for this run by environment variables: ONEDNN_MAX_CPU_ISA=AVX2, "
+                        "MKL_ENABLE_INSTRUCTIONS=AVX2 (the title names what fastcells' kernels and torch's ran).")
 
 
 def test_cpu_name_says_which_instruction_sets_fastcells_and_torch_run():

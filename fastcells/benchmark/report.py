@@ -111,7 +111,8 @@ def _isa_note(meta):
     if not settings:
         return []
     caps = ", ".join(f"{name}={value}" for name, value in settings.items())
-    return [f"Instruction sets capped for this run: {caps} (the CPU has more).", ""]
+    return [f"Instruction sets capped for this run by environment variables: {caps} (the title names what "
+            "fastcells' kernels and torch's ran).", ""]
 
 
 def markdown(meta, rows):
