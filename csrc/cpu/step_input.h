@@ -190,21 +190,16 @@ class StepInput {
   // 25 x 7 x 37). Large ones with at::mm, which is faster there (122 against about 60 GFLOP/s at
   // 6400 x 512 x 2048 on 2 Zen 4 cores) and gave the same result for 1 to 3 threads at every size
   // tried from 80 x 37 x 148 to 6400 x 512 x 2048 (tests/test_thread_count.py checks one).
-  // w_ih may be bfloat16 (StepProduct): the mat-vecs read it as it is, the GEMMs take a float32 copy.
-  // x may be stored in bfloat16 (S; a layer of a few rows: storage.h), which the bfloat16 weights imply:
-  // then the mat-vecs, on x widened a block of rows at a time.
+  // w_ih may be bfloat16 (StepProduct): then the packed bfloat16 products or the mat-vecs, which read it
+  // as it is. x may be stored in bfloat16 (S; a layer of a few rows: storage.h), which the bfloat16
+  // weights imply: then the mat-vecs widen x a block of rows at a time.
   // bias (+ bias2, given only with bias) is added to every row, the two summed as the rows are made, not
   // into a tensor first (which took 0.5 of a generation loop's 7 µs one-step RNN layer call).
   void project_up_front(const at::Tensor& x, const at::Tensor& w_ih_given, const c10::optional<at::Tensor>& bias,
                         const c10::optional<at::Tensor>& bias2) {
     const int64_t N = x.size(0);
     const bool mkl = N >= kMklRows && N * I_ * G_ >= kMklWork;
-    // bfloat16 weights: the mat-vecs at any N, reading them as they are (in bfloat16 where bf16_matvecs(),
-    // else each weight widened), as inference's per-step projections do, so that training's forward gives
-    // inference's outputs; not a float32 copy of w_ih for at::mm (with the bfloat16 products, LSTM T=50
-    // B=4 H=256: 2x the time of torch.nn's bfloat16 GEMM).
     const bool bf16_weights = w_ih_given.scalar_type() == at::kBFloat16;
-    const bool bf16_in_place = bf16_weights;
     // The bfloat16 products, as the steps' own (float32 weights keep at::mm or the GEMM below up front).
     if (bf16_weights && packs_small_batch<T>(w_ih_given, kSmallRows, N)) {
       gx_ = cpu_empty({N, G_}, c10::CppTypeToScalarType<T>::value);
@@ -213,7 +208,11 @@ class StepInput {
       add_bias(bias, bias2);
       return;
     }
-    if ((!mkl && N <= kMatvecRows) || bf16_in_place) {  // no packed copy of w_ih (matmul_cpu.h)
+    // No packed copy of w_ih (matmul_cpu.h): few rows, or bfloat16 weights, which the mat-vecs take at any N
+    // as they are (in bfloat16 where bf16_matvecs(), else each weight widened), as inference's per-step
+    // projections do, so that training's forward gives inference's outputs; not a float32 copy of w_ih for
+    // at::mm (with the bfloat16 products, LSTM T=50 B=4 H=256: 2x the time of torch.nn's bfloat16 GEMM).
+    if ((!mkl && N <= kMatvecRows) || bf16_weights) {
       gx_ = cpu_empty({N, G_}, c10::CppTypeToScalarType<T>::value);
       with_weights<T>(w_ih_given, [&](const auto* w) {
         if constexpr (std::is_same_v<S, T>) {
