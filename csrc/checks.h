@@ -23,11 +23,12 @@
                 " like " #ref ", got ", (x).device());                                        \
   } while (0)
 
-// (bfloat16: the cpu step ops compute it in float32; float16 reaches them converted to float32.)
+// (bfloat16 and float16: the cpu step ops compute them in float32.)
 #define FC_CHECK_FLOATING(x)                                                                    \
   TORCH_CHECK((x).scalar_type() == at::kFloat || (x).scalar_type() == at::kDouble ||           \
-                  (x).scalar_type() == at::kBFloat16,                                          \
-              #x " must be float32, float64 or bfloat16 for the cpu backend, got ", (x).scalar_type())
+                  (x).scalar_type() == at::kBFloat16 || (x).scalar_type() == at::kHalf,        \
+              #x " must be float32, float64, bfloat16 or float16 for the cpu backend, got ",    \
+              (x).scalar_type())
 
 // An optional bias: absent, or (size) with the dtype and device of ref.
 inline void check_bias(const c10::optional<at::Tensor>& bias, const char* name, int64_t size,

@@ -149,11 +149,13 @@ inline void mm_in_into(at::Tensor dst, const at::Tensor& a, const at::Tensor& b,
   }
 }
 
-// Whether products with operands in dtype `in` into a CPU tensor like `dst` go to a bfloat16 GEMM with
-// float32 sums (cpu/bf16_backward_gemm.h: MKL's or ours) rather than at::mm: bfloat16 operands, where
-// this process has one.
+// Whether products with operands in dtype `in` into a CPU tensor like `dst` go to a 16-bit GEMM with
+// float32 sums (cpu/bf16_backward_gemm.h: MKL's or ours) rather than at::mm: bfloat16 or float16
+// operands, where this process has one for them.
 inline bool on_bf16_backward_gemm(const at::Tensor& dst, at::ScalarType in) {
-  return dst.is_cpu() && in == at::kBFloat16 && cpu::bf16_backward_gemm() != cpu::Bf16BackwardGemm::none;
+  if (!dst.is_cpu()) return false;
+  if (in == at::kHalf) return cpu::f16_backward_gemm();
+  return in == at::kBFloat16 && cpu::bf16_backward_gemm() != cpu::Bf16BackwardGemm::none;
 }
 
 // out (rows, n) = the sum of a_i's rows [r0, r0 + rows) @ b_i over `products` by bf16_backward_gemm

@@ -10,6 +10,11 @@ BF16_BACKWARD_GEMMS = {
     "vdpbf16ps": "fastcells' VDPBF16PS GEMM (float32 sums; csrc/cpu/bf16_gemm.h)",
     "aten": "at::mm",
 }
+# What environment.cpu_f16_backward_gemm() names, in words.
+F16_BACKWARD_GEMMS = {
+    "mkl": "MKL's float16 GEMM (float32 sums)",
+    "aten": "at::mm (float32 copies)",
+}
 
 
 def add_arguments(parser):
@@ -55,6 +60,8 @@ def describe(device_types_):
                 backward = BF16_BACKWARD_GEMMS.get(environment.cpu_bf16_backward_gemm(), "at::mm")
                 lines.append(f"  {'':10} their backward's GEMMs on {backward} "
                              "(FASTCELLS_CPU_BF16_GEMM=mkl, vdpbf16ps or aten)")
+                backward = F16_BACKWARD_GEMMS.get(environment.cpu_f16_backward_gemm(), "at::mm")
+                lines.append(f"  {'':10} float16 layers multiply in float32, their backward's GEMMs on {backward}")
     return lines
 
 

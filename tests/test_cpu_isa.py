@@ -1,5 +1,5 @@
 """The cpu backend's kernels are compiled once per instruction set (csrc/cpu/isa.h: baseline x86-64,
-AVX2+FMA, AVX-512) and the best the running CPU has is picked at load time (issue 16): each copy this
+AVX2+FMA+F16C, AVX-512) and the best the running CPU has is picked at load time (issue 16): each copy this
 CPU can run computes what torch.nn computes, forward and backward, layers and cells; the pick is the
 best copy, `FASTCELLS_CPU_ISA` overrides it and bad values are refused; `info` names it."""
 
@@ -32,16 +32,16 @@ def _supported():
     """The copies this CPU can run, best first."""
     flags = _cpu_flags()
     isas = []
-    if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma"} <= flags:
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"} <= flags:
         isas.append("avx512")
-    if {"avx2", "fma"} <= flags:
+    if {"avx2", "fma", "f16c"} <= flags:
         isas.append("avx2")
     return isas + ["baseline"]
 
 
 # Layers (stacked, bidirectional, a projection), cells' streaming steps, float64 and float32, batch
 # sizes of the mat-vec (1), the packed GEMM with few rows (5) and row groups (13), odd hidden sizes; and
-# bfloat16 layers and cells of a few rows.
+# bfloat16 and float16 layers and cells of a few rows.
 PARITY = textwrap.dedent("""
     import torch, fastcells
     from fastcells import _extension
@@ -77,23 +77,25 @@ PARITY = textwrap.dedent("""
                 for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
                     assert (u - v).abs().max() <= tol, (name, B, dtype)
                 cases += 1
-    # bfloat16 with at most 4 rows: the mat-vecs read the bfloat16 weights as they are, 16 at a time where
-    # the copy has vectors (csrc/cpu/matmul_cpu.h's widen16), and compute in float32: the float32 kernels'
-    # results for the same (bfloat16) values, up to the bfloat16 rounding of what they return.
-    for name in ("LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"):
-        cell = name.endswith("Cell")
-        for B in (1, 3):
-            for H in (37, 40):
-                fast = getattr(fastcells, name)(24, H, *(() if cell else (2,)), backend="cpu").bfloat16()
-                exact = getattr(fastcells, name)(24, H, *(() if cell else (2,)), backend="cpu")
-                exact.load_state_dict({k: v.float() for k, v in fast.state_dict().items()})
-                x = torch.randn(*((B,) if cell else (5, B)), 24).bfloat16()
-                with torch.no_grad():
-                    a, b = fast(x), exact(x.float())
-                a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
-                assert a.dtype == torch.bfloat16
-                assert (a.float() - b).abs().max() <= 2e-2 * max(1.0, b.abs().max()), (name, B, H)
-                cases += 1
+    # bfloat16 and float16 with at most 4 rows: the mat-vecs read 16-bit weights as they are (bfloat16 16 at
+    # a time where the copy has vectors: csrc/cpu/matmul_cpu.h's widen16; float16 cell steps through F16C
+    # in the AVX2 and AVX-512 copies) and compute in float32: the float32 kernels' results for the same
+    # (16-bit) values, up to the 16-bit rounding of what they return.
+    for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float16, 2e-3)):
+        for name in ("LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"):
+            cell = name.endswith("Cell")
+            for B in (1, 3):
+                for H in (37, 40):
+                    fast = getattr(fastcells, name)(24, H, *(() if cell else (2,)), backend="cpu").to(dtype)
+                    exact = getattr(fastcells, name)(24, H, *(() if cell else (2,)), backend="cpu")
+                    exact.load_state_dict({k: v.float() for k, v in fast.state_dict().items()})
+                    x = torch.randn(*((B,) if cell else (5, B)), 24).to(dtype)
+                    with torch.no_grad():
+                        a, b = fast(x), exact(x.float())
+                    a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
+                    assert a.dtype == dtype
+                    assert (a.float() - b).abs().max() <= tol * max(1.0, b.abs().max()), (name, B, H, dtype)
+                    cases += 1
     print(_extension.C.cpu_isa(), cases)
 """)
 
@@ -106,7 +108,7 @@ def test_each_copy_matches_torch_nn(isa):
     run = subprocess.run([sys.executable, "-c", PARITY], env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.split() == [isa, "84"]
+    assert run.stdout.split() == [isa, "108"]
 
 
 def test_the_best_copy_is_picked():

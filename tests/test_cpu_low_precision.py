@@ -71,9 +71,12 @@ def test_auto_runs_the_cpu_kernels_and_keeps_16_bits(dtype):
 @pytest.mark.parametrize("x_dtype,w_dtype,message", [
     (torch.float32, torch.bfloat16, "w_ih must have dtype Float like x, got BFloat16"),
     (torch.bfloat16, torch.float32, "w_ih must have dtype BFloat16 like x, got Float"),
-    (torch.float64, torch.bfloat16, "w_ih must have dtype Double like x, got BFloat16")])
+    (torch.float64, torch.bfloat16, "w_ih must have dtype Double like x, got BFloat16"),
+    (torch.float32, torch.float16, "w_ih must have dtype Float like x, got Half"),
+    (torch.float16, torch.float32, "w_ih must have dtype Half like x, got Float"),
+    (torch.float16, torch.bfloat16, "w_ih must have dtype Half like x, got BFloat16")])
 def test_cell_steps_refuse_weights_of_another_dtype(x_dtype, w_dtype, message):
-    """The step kernels take a bfloat16 call's weights unconverted, never a float32 call's bfloat16 ones."""
+    """The step kernels take a 16-bit call's weights unconverted, never a float32 call's 16-bit ones."""
     x, h = torch.randn(1, 4, dtype=x_dtype), torch.randn(1, 5, dtype=x_dtype)
     w_ih, w_hh = torch.randn(5, 4, dtype=w_dtype), torch.randn(5, 5, dtype=w_dtype)
     with pytest.raises(RuntimeError, match=message):
@@ -161,15 +164,27 @@ def test_bf16_products_are_used_where_the_cpu_has_them():
     assert any(line in text for text in info.describe(["cpu"]))
 
 
-def _mkl_bf16_gemm_exported():
-    """Whether torch's library carries MKL's bfloat16 GEMM (csrc/cpu/mkl_bf16.h finds it the same way)."""
+def _mkl_bf16_gemm_exported(symbol="cblas_gemm_bf16bf16f32"):
+    """Whether torch's library carries MKL's bfloat16 GEMM, or `symbol` (csrc/cpu/mkl_bf16.h finds them the
+    same way)."""
     import ctypes
 
     library = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
     try:
-        return hasattr(ctypes.CDLL(library), "cblas_gemm_bf16bf16f32")
+        return hasattr(ctypes.CDLL(library), symbol)
     except OSError:
         return False
+
+
+def test_float16_backward_gemm_is_mkl_where_torch_carries_it():
+    """A float16 layer's backward multiplies on MKL's float16 GEMM with float32 sums where torch's library
+    carries it (csrc/cpu/bf16_backward_gemm.h), unless FASTCELLS_CPU_BF16_GEMM=aten sends it to at::mm on
+    float32 copies; `info` says which."""
+    aten = os.environ.get("FASTCELLS_CPU_BF16_GEMM") == "aten"
+    expected = "mkl" if _mkl_bf16_gemm_exported("cblas_gemm_f16f16f32") and not aten else "aten"
+    assert environment.cpu_f16_backward_gemm() == expected
+    line = "float16 layers multiply in float32, their backward's GEMMs on " + info.F16_BACKWARD_GEMMS[expected]
+    assert any(line in text for text in info.describe(["cpu"]))
 
 
 @pytest.mark.skipif(not _amx_expected(), reason="no AMX tiles in this CPU (or FASTCELLS_CPU_AMX=0)")
@@ -178,22 +193,24 @@ def test_bf16_tests_pass_on_the_avx512_bf16_kernels_too():
     kernels that CPUs without AMX take (their sums are added in another order)."""
     env = {**os.environ, "FASTCELLS_CPU_AMX": "0"}
     run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
-                          "bf16 and not avx512_bf16_kernels_too"], env=env, capture_output=True, text=True,
-                         cwd=os.path.dirname(__file__), timeout=600)
+                          "(bf16 or 16bit) and not avx512_bf16_kernels_too and not round_and_widen"], env=env,
+                         capture_output=True, text=True, cwd=os.path.dirname(__file__), timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout.splitlines()[-1]
 
 
-@pytest.mark.skipif(not environment.cpu_bf16_products() or not {"avx2", "fma"} <= _cpu_flags(),
+@pytest.mark.skipif(not environment.cpu_bf16_products() or not {"avx2", "fma", "f16c"} <= _cpu_flags(),
                     reason="the tests above ran without the bfloat16 products")
 def test_bf16_tests_pass_without_the_bf16_products():
     """This CPU runs the tests above with the bfloat16 products; the AVX2 copy (FASTCELLS_CPU_ISA=avx2, as a
     CPU without AVX-512 BF16 runs) multiplies in float32, its bfloat16 layers keeping their tensors in
     bfloat16 all the same (csrc/cpu/storage.h): the bfloat16 tests again there (errors, bitwise results
-    across threads and between inference and training, peak memory)."""
+    across threads and between inference and training, peak memory), and the 16-bit ones, whose float16
+    cases widen with F16C there."""
     env = {**os.environ, "FASTCELLS_CPU_ISA": "avx2"}
     run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
-                          "bf16 and not avx512_bf16_kernels_too and not without_the_bf16_products"], env=env,
+                          "(bf16 or 16bit) and not avx512_bf16_kernels_too and not without_the_bf16_products"
+                          " and not round_and_widen"], env=env,
                          capture_output=True, text=True, cwd=os.path.dirname(__file__), timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout.splitlines()[-1]
@@ -217,7 +234,7 @@ def test_bf16_gradient_tests_pass_on_every_backward_gemm(gemm):
     assert chosen.stdout.splitlines()[0] == gemm, chosen.stdout + chosen.stderr
     assert "their backward's GEMMs on " + info.BF16_BACKWARD_GEMMS[gemm] in chosen.stdout
     run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
-                          "bf16 and (error_bounded or gradients) and not on_every_backward_gemm"], env=env,
+                          "(bf16 or 16bit) and (error_bounded or gradients) and not on_every_backward_gemm"], env=env,
                          capture_output=True, text=True, cwd=os.path.dirname(__file__), timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout.splitlines()[-1]
@@ -268,7 +285,8 @@ def test_bf16_weight_gradients_error_bounded_by_torch_own(kind, batch):
 @pytest.mark.parametrize("hidden,batch,steps", [(64, 1, 5), (200, 4, 5), (37, 5, 5), (64, 16, 5), (64, 32, 5),
                                                 (200, 13, 5), (64, 1, 70), (200, 3, 24), (72, 4, 24)])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_bf16_outputs_are_bitwise_the_same_with_1_2_and_3_threads(kind, hidden, batch, steps):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_16bit_outputs_are_bitwise_the_same_with_1_2_and_3_threads(dtype, kind, hidden, batch, steps):
     """The bfloat16 GEMM sums each output element the same way however its rows and panels are split
     between threads, as the float32 one does (tests/test_thread_count.py); so do the mat-vecs of at most
     4 rows that read bfloat16 weights as they are (an LSTM's units split between threads, GRU and RNN
@@ -276,8 +294,8 @@ def test_bf16_outputs_are_bitwise_the_same_with_1_2_and_3_threads(kind, hidden, 
     (csrc/cpu/gemm_cpu.h's packs_small_batch: an LSTM's two threads each multiply their units' columns,
     at H=200 split at 104, inside a panel). Both layers of two."""
     torch.manual_seed(0)
-    _, fast = make_layer_twins(kind, 7, hidden, 2, dtype=torch.bfloat16, backend="cpu")
-    x = torch.randn(steps, batch, 7, dtype=torch.bfloat16)
+    _, fast = make_layer_twins(kind, 7, hidden, 2, dtype=dtype, backend="cpu")
+    x = torch.randn(steps, batch, 7, dtype=dtype)
     before = torch.get_num_threads()
     results = []
     try:
@@ -320,7 +338,8 @@ def test_bf16_lstm_split_by_panels_is_bitwise_the_same_with_1_2_and_3_threads():
 
 @pytest.mark.parametrize("batch", [3, 7, 16])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_bf16_packed_layers_error_bounded_by_torch_own(kind, batch):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_16bit_packed_layers_error_bounded_by_torch_own(dtype, kind, batch):
     """bfloat16 layers project their input rows a few steps at a time (csrc/cpu/step_input.h:
     project_steps, at most 4 steps in 16-bit layers): 11 steps make chunks of 4, 4 and 3, and a packed,
     shrinking batch in both directions has rows ending inside a chunk, its rows gathered first; 3 rows
@@ -332,12 +351,12 @@ def test_bf16_packed_layers_error_bounded_by_torch_own(kind, batch):
     ref64, fast = make_layer_twins(kind, 8, 37, 1, dtype=torch.float64, backend="cpu", bidirectional=True)
     with torch.no_grad():
         for p in ref64.parameters():
-            p.copy_(p.bfloat16().double())
-    fast = fast.bfloat16()
+            p.copy_(p.to(dtype).double())
+    fast = fast.to(dtype)
     fast.load_state_dict(ref64.state_dict())
-    ref16 = copy.deepcopy(ref64).bfloat16()
+    ref16 = copy.deepcopy(ref64).to(dtype)
     lengths = torch.tensor([11, 11, 10, 9, 5, 4, 1, 8, 7, 3, 2, 6, 11, 1, 4, 9][:batch])
-    x = torch.randn(11, batch, 8).bfloat16()
+    x = torch.randn(11, batch, 8).to(dtype)
 
     def run(module, dtype):
         leaf = x.to(dtype).clone().requires_grad_()  # never x itself
@@ -348,12 +367,12 @@ def test_bf16_packed_layers_error_bounded_by_torch_own(kind, batch):
     out64, grad64 = run(ref64, torch.float64)
 
     def error(module):
-        out, grad = run(module, torch.bfloat16)
+        out, grad = run(module, dtype)
         errors = [(out - out64).abs().max() / out64.abs().max(), (grad - grad64).abs().max() / grad64.abs().max()]
         return torch.stack(errors).max().item()  # NaN if either is
 
     fast_error, torch_error = error(fast), error(ref16)
-    assert fast_error <= max(4 * torch_error, 4 * torch.finfo(torch.bfloat16).eps), (fast_error, torch_error)
+    assert fast_error <= max(4 * torch_error, 4 * torch.finfo(dtype).eps), (fast_error, torch_error)
 
 
 def _peak_mib(module, x, training):
@@ -373,26 +392,34 @@ def _peak_mib(module, x, training):
 
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_bf16_layers_store_16_bits_without_float32_copies(kind, training):
-    """A bfloat16 layer reads x and the weights and writes y, the saved activations and the gate gradients in
-    bfloat16 (csrc/cpu/storage.h), on any CPU: no float32 copy of them is made (without the bfloat16 products,
-    in the AVX2 copy, these calls held 1.3-2.0x their float32 twin's peak). Inference then holds a quarter to
-    half the memory of the float32 call, and less than torch.nn's bfloat16 call (T=50, B=16, H=256: LSTM 1.50
-    against torch.nn's 3.20 MiB; 4.72 with float32 copies). Training holds about half of float32's (T=30, B=16,
-    H=64: 0.51-0.59), where the backward's GEMMs run on MKL's bfloat16 GEMM (csrc/layers.h; oneDNN's at::mm
-    allocated scratch: 0.72 of float32's, with float32 copies 1.6x); LSTM and RNN less than torch.nn's (LSTM 6.5
-    against 16.8 MiB at the shape above); GRU training too on MKL's GEMM (0.90 here; below), with oneDNN's
-    at::mm near torch.nn's (its per-step autograd frees each step's saved tensors as its backward passes them:
-    test_backward_memory.py)."""
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_16bit_layers_store_16_bits_without_float32_copies(dtype, kind, training):
+    """A bfloat16 or float16 layer reads x and the weights and writes y, the saved activations and the gate
+    gradients in 16 bits (csrc/cpu/storage.h), on any CPU: no float32 copy of them is made (without the
+    bfloat16 products, in the AVX2 copy, bfloat16 calls held 1.3-2.0x their float32 twin's peak; float16 ones,
+    converted to float32 around the float32 kernels, 2.9-3.7x torch.nn's at T=50 B=16 H=256). Inference then
+    holds a sixth to a third of the float32 call's memory, and less than torch.nn's 16-bit call (bfloat16 at
+    T=50, B=16, H=256: LSTM 1.50 against torch.nn's 3.20 MiB; 4.72 with float32 copies; float16 0.65-0.75 of
+    torch.nn's here). Training holds about half of float32's (T=30, B=16, H=64: 0.50-0.59), where the
+    backward's GEMMs run on MKL's 16-bit GEMMs with float32 sums (csrc/layers.h; oneDNN's at::mm allocated
+    scratch for bfloat16: 0.72-0.99 of float32's, with float32 copies 1.6x; float16 on at::mm takes float32
+    copies: 0.89-1.33); bfloat16 LSTM and RNN less than torch.nn's oneDNN layers (LSTM 6.5 against 16.8 MiB at
+    the shape above); GRU training too on MKL's GEMM (0.90 here; below), with oneDNN's at::mm near torch.nn's
+    (its per-step autograd frees each step's saved tensors as its backward passes them:
+    test_backward_memory.py). torch.nn's own loop, which bfloat16 takes without oneDNN and float16 always,
+    frees them too, and holds less in training than ours (float16: 0.95-1.24 of it)."""
     torch.manual_seed(0)
     ref, fast = make_layer_twins(kind, 64, 64, 1, dtype=torch.float32, backend="cpu")
     x = torch.randn(30, 16, 64, requires_grad=training)
     fast32 = _peak_mib(fast, x, training)
-    fast16 = _peak_mib(fast.bfloat16(), x.detach().bfloat16().requires_grad_(training), training)
-    torch16 = _peak_mib(ref.bfloat16(), x.detach().bfloat16().requires_grad_(training), training)
-    float32_sums = training and environment.cpu_bf16_backward_gemm() in ("mkl", "vdpbf16ps")
-    assert fast16 <= (0.65 if float32_sums else 0.8 if training else 0.55) * fast32, (fast16, fast32)
-    if (kind != "gru" or not training or float32_sums) and (not training or _torch_bf16_on_onednn()):
+    fast16 = _peak_mib(fast.to(dtype), x.detach().to(dtype).requires_grad_(training), training)
+    torch16 = _peak_mib(ref.to(dtype), x.detach().to(dtype).requires_grad_(training), training)
+    bf16 = dtype == torch.bfloat16
+    float32_sums = training and (environment.cpu_bf16_backward_gemm() in ("mkl", "vdpbf16ps") if bf16
+                                 else environment.cpu_f16_backward_gemm() == "mkl")
+    bound = 0.65 if float32_sums else (1.0 if bf16 else 1.4) if training else 0.55
+    assert fast16 <= bound * fast32, (fast16, fast32)
+    if (kind != "gru" or not training or float32_sums) and (not training or bf16 and _torch_bf16_on_onednn()):
         assert fast16 <= torch16, (fast16, torch16)
 
 
@@ -416,7 +443,8 @@ def test_bf16_training_holds_no_more_than_torch_with_few_rows(kind):
 
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_small_bf16_training_holds_well_under_float32(kind, batch):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_16bit_training_holds_well_under_float32(dtype, kind, batch):
     """A bfloat16 layer of at most 4 rows keeps x, y, the saved activations, dy and the gate gradients in
     bfloat16 as the larger ones do (csrc/cpu/storage.h; the mat-vecs widen the few rows a product reads):
     its training call (T=50, H=128) holds 0.56-0.61 of its float32 twin's peak. With float32 copies of
@@ -425,14 +453,15 @@ def test_small_bf16_training_holds_well_under_float32(kind, batch):
     fast = make_layer_twins(kind, 128, 128, 1, dtype=torch.float32, backend="cpu")[1]
     x = torch.randn(50, batch, 128, requires_grad=True)
     fast32 = _peak_mib(fast, x, training=True)
-    fast16 = _peak_mib(fast.bfloat16(), x.detach().bfloat16().requires_grad_(), training=True)
+    fast16 = _peak_mib(fast.to(dtype), x.detach().to(dtype).requires_grad_(), training=True)
     assert fast16 <= 0.7 * fast32, (fast16, fast32)
 
 
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("batch,steps", [(1, 21), (3, 21), (4, 21), (1, 70), (3, 30), (4, 100), (2, 150)])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_small_bf16_inference_gives_the_training_forward_bitwise(kind, batch, steps, packed):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_16bit_inference_gives_the_training_forward_bitwise(dtype, kind, batch, steps, packed):
     """At most 4 rows, a bfloat16 layer projects its input step by step in inference (an LSTM whose units
     two threads split, for 8 steps at a time: the rows of either direction's steps follow each other in
     x) and up front in training (csrc/cpu/step_input.h), with the same products, each row summed alone:
@@ -441,8 +470,8 @@ def test_small_bf16_inference_gives_the_training_forward_bitwise(kind, batch, st
     packed too (the training forward's error is bounded above)."""
     torch.manual_seed(0)
     fast = make_layer_twins(kind, 37, 64, 1, dtype=torch.float32, backend="cpu",
-                            bidirectional=True)[1].bfloat16()
-    x = torch.randn(steps, batch, 37, dtype=torch.bfloat16)
+                            bidirectional=True)[1].to(dtype)
+    x = torch.randn(steps, batch, 37, dtype=dtype)
 
     def run(inputs):
         if not packed:
@@ -459,7 +488,8 @@ def test_small_bf16_inference_gives_the_training_forward_bitwise(kind, batch, st
 
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_small_bf16_inference_holds_under_half_of_float32(kind, batch):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_16bit_inference_holds_under_half_of_float32(dtype, kind, batch):
     """A bfloat16 layer of at most 4 rows projects each step's input in inference rather than all (N, G)
     float32 projections up front, which were most of its memory (LSTM T=50 B=1 H=128: 118 KiB, 0.91 of
     its float32 twin's; per 8 steps 38.5 KiB, 0.30)."""
@@ -467,30 +497,32 @@ def test_small_bf16_inference_holds_under_half_of_float32(kind, batch):
     fast = make_layer_twins(kind, 128, 128, 1, dtype=torch.float32, backend="cpu")[1]
     x = torch.randn(50, batch, 128)
     fast32 = _peak_mib(fast, x, training=False)
-    fast16 = _peak_mib(fast.bfloat16(), x.bfloat16(), training=False)
+    fast16 = _peak_mib(fast.to(dtype), x.to(dtype), training=False)
     assert fast16 <= 0.5 * fast32, (fast16, fast32)
 
 
 @pytest.mark.parametrize("steps,batch,layers", [(10, 1, 1), (10, 3, 1), (1, 1, 2)])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_small_bf16_layers_read_their_weights_in_place(kind, steps, batch, layers):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_16bit_layers_read_their_weights_in_place(dtype, kind, steps, batch, layers):
     """bfloat16 layers of at most 4 rows a step and fewer than 64 in all multiply with mat-vecs that read
     the bfloat16 weights as they are (csrc/cpu/matmul_cpu.h), on any CPU: no float32 copy of the weights
     is made, which took more memory than torch.nn's whole call (T=50, B=1, H=128 inference: GRU 515
     against torch.nn's 96 KiB, now 131) and, converted at every call, made generation loops (T=1, B=1)
     slower than torch.nn (a 2-layer RNN at H=200: 0.84x, now 4.6x). The call's peak memory stays below
     half of one float32 copy of its weights; the products are exact
-    (test_bf16_step_products_are_exact_sums_of_exact_products), their errors bounded as above."""
+    (test_16bit_step_products_are_exact_sums_of_exact_products), their errors bounded as above."""
     torch.manual_seed(0)
-    fast = make_layer_twins(kind, 128, 128, layers, dtype=torch.float32, backend="cpu")[1].bfloat16()
-    x = torch.randn(steps, batch, 128, dtype=torch.bfloat16)
+    fast = make_layer_twins(kind, 128, 128, layers, dtype=torch.float32, backend="cpu")[1].to(dtype)
+    x = torch.randn(steps, batch, 128, dtype=dtype)
     float32_weights = sum(p.numel() * 4 for name, p in fast.named_parameters() if "weight" in name) / 2**20
     assert _peak_mib(fast, x, training=False) < 0.5 * float32_weights
 
 
 @pytest.mark.parametrize("kind,batch", [("lstm", 1), ("lstm", 4), ("gru", 1), ("gru", 4), ("rnn_tanh", 1),
                                         ("rnn_tanh", 4)])
-def test_small_bf16_inference_holds_no_more_than_torch(kind, batch):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_16bit_inference_holds_no_more_than_torch(dtype, kind, batch):
     """A bfloat16 inference call of at most 4 rows holds no more memory than torch.nn's (T=50, H=128:
     GRU B=1 57 against torch.nn's 96 KiB, B=4 219 against 285): GRU and RNN project their input step by
     step there, instead of holding all steps' float32 projections (csrc/cpu/step_input.h). x and y stay
@@ -499,8 +531,8 @@ def test_small_bf16_inference_holds_no_more_than_torch(kind, batch):
     against 185."""
     torch.manual_seed(0)
     ref, fast = make_layer_twins(kind, 128, 128, 1, dtype=torch.float32, backend="cpu")
-    x = torch.randn(50, batch, 128, dtype=torch.bfloat16)
-    fast16, torch16 = _peak_mib(fast.bfloat16(), x, training=False), _peak_mib(ref.bfloat16(), x, training=False)
+    x = torch.randn(50, batch, 128, dtype=dtype)
+    fast16, torch16 = _peak_mib(fast.to(dtype), x, training=False), _peak_mib(ref.to(dtype), x, training=False)
     assert fast16 <= torch16, (fast16, torch16)
 
 
@@ -508,15 +540,16 @@ def test_small_bf16_inference_holds_no_more_than_torch(kind, batch):
                                                  (100, 45, 1), (256, 256, 4), (37, 20, 5), (33, 200, 17),
                                                  (100, 45, 33), (256, 256, 40)])
 @pytest.mark.parametrize("module", ["cell", "layer"])
-def test_bf16_step_products_are_exact_sums_of_exact_products(module, inputs, hidden, batch):
-    """The mat-vecs that read bfloat16 weights as they are (at most 4 rows: cell steps, small layers) sum
-    exact products in float32: on CPUs with AVX-512 BF16 as VDPBF16PS pairs (csrc/cpu/bf16_products.cpp),
-    elsewhere widened to float32; so do the packed products of more rows (VDPBF16PS, or AMX tiles of 16
-    rows and 32 k: batch 17 and 33 leave partial tiles, k = 33 and 37 partial pairs and chunks). One step
-    of a relu RNN shows the sums themselves: its output is the pre-activation rounded once to bfloat16
-    (or 0), so it must be the exact sum (float64, from the same bfloat16 values) to within half a bfloat16
-    ulp and float32's summation error. A product dropped or misplaced (k or n not a multiple of the
-    kernels' 32 pairs and 8 rows) is off by far more."""
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_16bit_step_products_are_exact_sums_of_exact_products(dtype, module, inputs, hidden, batch):
+    """The mat-vecs that read 16-bit weights as they are (at most 4 rows: cell steps, small bfloat16 layers)
+    sum exact products in float32: bfloat16 on CPUs with AVX-512 BF16 as VDPBF16PS pairs
+    (csrc/cpu/bf16_products.cpp), elsewhere widened to float32 (float16 always); so do the packed products
+    of more rows (VDPBF16PS, or AMX tiles of 16 rows and 32 k: batch 17 and 33 leave partial tiles, k = 33
+    and 37 partial pairs and chunks). One step of a relu RNN shows the sums themselves: its output is the
+    pre-activation rounded once to 16 bits (or 0), so it must be the exact sum (float64, from the same
+    16-bit values) to within half an ulp and float32's summation error. A product dropped or misplaced (k
+    or n not a multiple of the kernels' 32 pairs and 8 rows) is off by far more."""
     torch.manual_seed(0)
     if module == "cell":
         ref = torch.nn.RNNCell(inputs, hidden, nonlinearity="relu")
@@ -525,9 +558,9 @@ def test_bf16_step_products_are_exact_sums_of_exact_products(module, inputs, hid
         ref = torch.nn.RNN(inputs, hidden, nonlinearity="relu")
         fast = fastcells.RNN(inputs, hidden, nonlinearity="relu", backend="cpu")
     fast.load_state_dict(ref.state_dict())
-    fast = fast.bfloat16()
-    x = torch.randn(batch, inputs, dtype=torch.bfloat16)
-    h = torch.randn(batch, hidden, dtype=torch.bfloat16)
+    fast = fast.to(dtype)
+    x = torch.randn(batch, inputs, dtype=dtype)
+    h = torch.randn(batch, hidden, dtype=dtype)
     with torch.no_grad():
         out = fast(x, h) if module == "cell" else fast(x[None], h[None])[0][0]
     suffix = "" if module == "cell" else "_l0"
@@ -536,22 +569,25 @@ def test_bf16_step_products_are_exact_sums_of_exact_products(module, inputs, hid
     xd, hd = x.double(), h.double()
     exact = (xd @ w_ih.T + b_ih + hd @ w_hh.T + b_hh).clamp(min=0)
     magnitude = xd.abs() @ w_ih.abs().T + b_ih.abs() + hd.abs() @ w_hh.abs().T + b_hh.abs()
-    bound = 2.0**-8 * exact.abs() + (inputs + hidden + 4) * 2.0**-23 * magnitude
-    assert out.dtype == torch.bfloat16
+    bound = torch.finfo(dtype).eps / 2 * exact.abs() + (inputs + hidden + 4) * 2.0**-23 * magnitude
+    assert out.dtype == dtype
     assert ((out.double() - exact).abs() <= bound).all(), (out.double() - exact).abs().max()
 
 
 @pytest.mark.parametrize("hidden", [64, 256])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_bf16_cell_steps_allocate_only_their_outputs(kind, hidden):
-    """A bfloat16 cell step takes x, h, c and the biases as they are and widens them into its own reused
-    scratch (csrc/cpu/storage.h's StepTensors): it allocates its bfloat16 outputs and nothing else (float32
-    copies made around the call took RNNCell H=64 to 1.2 KiB, against torch.nn's 0.4; now 0.1)."""
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_16bit_cell_steps_allocate_only_their_outputs(dtype, kind, hidden):
+    """A bfloat16 or float16 cell step takes x, h, c, the weights and the biases as they are and widens them
+    into its own reused scratch (csrc/cpu/storage.h's StepTensors) or as it reads them (the weights:
+    csrc/cpu/matmul_cpu.h's step_projections): it allocates its 16-bit outputs and nothing else (float32
+    copies made around the call took RNNCell H=64 to 1.2 KiB, against torch.nn's 0.4, now 0.1; a float16
+    LSTMCell at H=256 copied its weights to 2 MiB of float32 at every step)."""
     from fastcells.benchmark.timing import peak_bytes
 
     torch.manual_seed(0)
-    _, fast = make_cell_twins(kind, hidden, hidden, dtype=torch.bfloat16, backend="cpu")
-    x, h = torch.randn(1, hidden, dtype=torch.bfloat16), torch.randn(1, hidden, dtype=torch.bfloat16)
+    _, fast = make_cell_twins(kind, hidden, hidden, dtype=dtype, backend="cpu")
+    x, h = torch.randn(1, hidden, dtype=dtype), torch.randn(1, hidden, dtype=dtype)
     state = (h, h.clone()) if kind == "lstm" else h
 
     def step():
@@ -560,3 +596,48 @@ def test_bf16_cell_steps_allocate_only_their_outputs(kind, hidden):
     step()
     outputs = (2 if kind == "lstm" else 1) * hidden * 2
     assert peak_bytes(step, "cpu") <= outputs + 256, (peak_bytes(step, "cpu"), outputs)
+
+
+def _float16_step_rounding_mismatches(scale, column):
+    """How many of one relu RNN step's float16 outputs differ from torch's rounding (see below)."""
+    values = torch.arange(0, 0x7C01, dtype=torch.int32).to(torch.int16).view(torch.float16)  # +0 to +inf
+    hidden, inputs = 2048, column + 1
+    x = torch.zeros(1, inputs, dtype=torch.float16)
+    x[0, column] = scale
+    h = torch.zeros(1, hidden, dtype=torch.float16)
+    w_hh = torch.zeros(hidden, hidden, dtype=torch.float16)
+    mismatches = 0
+    for first in range(0, len(values), hidden):
+        chunk = values[first:first + hidden]
+        w_ih = torch.zeros(hidden, inputs, dtype=torch.float16)
+        w_ih[:len(chunk), column] = chunk
+        out = torch.ops.fastcells.rnn_step_fwd(x, h, w_ih, w_hh, None, None, True)[0, :len(chunk)]
+        expected = (chunk.float() * scale).to(torch.float16)  # exact products, rounded by torch
+        mismatches += int((out.view(torch.int16) != expected.view(torch.int16)).sum())
+    return mismatches
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
+@pytest.mark.parametrize("scale,column", [(1.0, 0), (1.0, 8), (1.0009765625, 8), (0.7509765625, 0),
+                                          (2.0**-6, 0), (2.0**-14, 8), (1.5 * 2.0**5, 0)])
+def test_16bit_float16_steps_round_and_widen_as_torch(isa, scale, column):
+    """A float16 cell step widens its tensors and rounds its outputs itself, without branches so that the
+    loops vectorize (csrc/cpu/matmul_cpu.h's widen, csrc/cpu/storage.h's round_to_half), or with F16C (the
+    weights, 8 at a time, in the AVX2 and AVX-512 copies). A relu RNN step whose input weights hold every
+    non-negative float16 value, from +0 through the subnormals to +infinity, in one column (column 8 of 9:
+    the mat-vecs' tail past their vectors of 8), and whose input is `scale` there (zero elsewhere, as h
+    and W_hh): each output is the product of two float16 values, exact in float32, rounded once. It must
+    be torch's rounding of it bitwise: scale 1 widens every value and rounds it back unchanged; the others
+    make ties (1 + 2^-10 and 0.75 + 2^-10 take 10 and 11 bits more), subnormals (2^-6, 2^-14) and
+    overflows to infinity (48) in every copy of the kernels this CPU runs."""
+    supported = {"avx512": {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"},
+                 "avx2": {"avx2", "fma", "f16c"}, "baseline": set()}[isa]
+    if not supported <= _cpu_flags():
+        pytest.skip(f"this CPU cannot run the {isa} copy")
+    if isa == environment.cpu_kernels_isa():
+        assert _float16_step_rounding_mismatches(scale, column) == 0
+        return
+    code = f"import test_cpu_low_precision as t; print(t._float16_step_rounding_mismatches({scale!r}, {column}))"
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTCELLS_CPU_ISA": isa},
+                         capture_output=True, text=True, cwd=os.path.dirname(__file__), timeout=300)
+    assert run.returncode == 0 and run.stdout.split() == ["0"], run.stdout + run.stderr[-2000:]

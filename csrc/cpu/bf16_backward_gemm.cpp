@@ -1,4 +1,4 @@
-// bf16_backward_gemm.h's choice between MKL's bfloat16 GEMM and ours.
+// bf16_backward_gemm.h's choice between MKL's bfloat16 GEMM and ours (and MKL's float16 one).
 #include "bf16_backward_gemm.h"
 
 #include <cstdlib>
@@ -27,6 +27,14 @@ Bf16BackwardGemm bf16_backward_gemm() {
   return choice;
 }
 
+bool f16_backward_gemm() {
+  static const bool chosen = [] {
+    const char* env = std::getenv("FASTCELLS_CPU_BF16_GEMM");
+    return has_mkl_f16_gemm() && !(env && std::string(env) == "aten");
+  }();
+  return chosen;
+}
+
 const char* bf16_backward_gemm_name() {
   switch (bf16_backward_gemm()) {
     case Bf16BackwardGemm::mkl: return "mkl";
@@ -36,6 +44,10 @@ const char* bf16_backward_gemm_name() {
 }
 
 void bf16_backward_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {
+  if (a.scalar_type() == at::kHalf) {
+    TORCH_CHECK(f16_backward_gemm(), "bf16_backward_gemm: no float16 GEMM in this process");
+    return mkl_bf16_gemm(a, b, out, accumulate);
+  }
   switch (bf16_backward_gemm()) {
     case Bf16BackwardGemm::mkl: return mkl_bf16_gemm(a, b, out, accumulate);
     case Bf16BackwardGemm::vdpbf16ps: return bf16::gemm_matrices(a, b, out, accumulate);

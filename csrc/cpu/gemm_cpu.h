@@ -86,16 +86,16 @@ inline void pack_8_rows(const T* rows, int64_t k, T* out, int64_t P) {
 }
 
 // Packs b = w^T for w (n, k) row-major (the forward product h @ W^T), or b = w for w (k, n) row-major
-// (the backward product dG @ W) when `transposed` is false. w in T, or in bfloat16 with T float (a
-// bfloat16 layer's weights on a CPU without the bfloat16 products), widened (exactly) as it is packed:
-// no float32 copy of the whole of w is made (it was a third of such a layer's peak memory at T=50 B=16
-// H=256).
+// (the backward product dG @ W) when `transposed` is false. w in T, or in bfloat16 or float16 with T
+// float (a 16-bit layer's weights, bfloat16 on a CPU without the bfloat16 products), widened (exactly)
+// as it is packed: no float32 copy of the whole of w is made (it was a third of such a layer's peak
+// memory at T=50 B=16 H=256).
 template <typename T>
 PackedMatrix<T> pack_matrix(const at::Tensor& w, bool transposed) {
   constexpr int64_t P = Vec<T>::kPanel;
-  const bool bf16 = w.scalar_type() == at::kBFloat16;
-  TORCH_CHECK(w.scalar_type() == c10::CppTypeToScalarType<T>::value || (bf16 && std::is_same_v<T, float>),
-              "pack_matrix: weights must be in the GEMM's dtype or bfloat16 for float32, got ", w.scalar_type());
+  const bool bf16 = w.scalar_type() == at::kBFloat16, f16 = w.scalar_type() == at::kHalf;
+  TORCH_CHECK(w.scalar_type() == c10::CppTypeToScalarType<T>::value || ((bf16 || f16) && std::is_same_v<T, float>),
+              "pack_matrix: weights must be in the GEMM's dtype or 16 bits for float32, got ", w.scalar_type());
   PackedMatrix<T> packed;
   packed.k = transposed ? w.size(1) : w.size(0);
   packed.n = transposed ? w.size(0) : w.size(1);
@@ -111,13 +111,14 @@ PackedMatrix<T> pack_matrix(const at::Tensor& w, bool transposed) {
   const int64_t row_length = transposed ? k : n;
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, k * P));
   at::parallel_for(0, packed.panels, grain, [&](int64_t p0, int64_t p1) {
-    // `count` rows of w from row `first` on, in T: w's own, or bfloat16 ones widened into `widened`.
-    std::vector<T> widened(bf16 && transposed ? kRows * row_length : 0);
+    // `count` rows of w from row `first` on, in T: w's own, or 16-bit ones widened into `widened`.
+    std::vector<T> widened((bf16 || f16) && transposed ? kRows * row_length : 0);
     const auto rows_of = [&](int64_t first, int64_t count) -> const T* {
       if constexpr (std::is_same_v<T, float>) {
-        if (bf16) {
-          widen_rows(w.data_ptr<c10::BFloat16>() + first * row_length, row_length, widened.data(), row_length,
-                     count, row_length);
+        if (bf16 || f16) {
+          with_weights<T>(w, [&](const auto* w16) {
+            widen_rows(w16 + first * row_length, row_length, widened.data(), row_length, count, row_length);
+          });
           return widened.data();
         }
       }
@@ -126,8 +127,11 @@ PackedMatrix<T> pack_matrix(const at::Tensor& w, bool transposed) {
     // Columns [col0, col0 + cols) of row `row` of w into `to`, in T.
     const auto row_part = [&](int64_t row, int64_t col0, int64_t cols, T* to) {
       if constexpr (std::is_same_v<T, float>) {
-        if (bf16) return widen_rows(w.data_ptr<c10::BFloat16>() + row * row_length + col0, row_length, to, cols, 1,
-                                    cols);
+        if (bf16 || f16) {
+          return with_weights<T>(w, [&](const auto* w16) {
+            widen_rows(w16 + row * row_length + col0, row_length, to, cols, 1, cols);
+          });
+        }
       }
       std::memcpy(to, w.template data_ptr<T>() + row * row_length + col0, cols * sizeof(T));
     };
@@ -279,10 +283,13 @@ inline bool bf16_products() {
 
 // The dtype the backward's GEMMs over all rows (layers.h: weight and input gradients) round their
 // operands to: bfloat16 where the steps multiply in it (dy in float32 or stored in bfloat16,
-// storage.h), else none (dy's own).
+// storage.h), float16 or float32 for rows stored in float16, else none (dy's own).
 inline c10::optional<at::ScalarType> gemm_operands(const at::Tensor& dy) {
   const at::ScalarType t = dy.scalar_type();
   if ((t == at::kFloat || t == at::kBFloat16) && bf16_products<float>()) return at::kBFloat16;
+  // Stored in float16: the float16 operands as they are for MKL's float16 GEMM with float32 sums
+  // (bf16_backward_gemm.h), else float32 copies for at::mm.
+  if (t == at::kHalf) return f16_backward_gemm() ? at::kHalf : at::kFloat;
   // Stored in bfloat16 without the products (storage.h): the bfloat16 operands as they are where a
   // bfloat16 GEMM with float32 sums takes them (MKL's: bf16_backward_gemm.h), else float32 copies for
   // at::mm (whose bfloat16 GEMM, without AVX-512 BF16, is ATen's own loops).
@@ -329,11 +336,11 @@ class StepProduct {
  public:
   // batch: the most rows any step of the layer has (all groups together); rows: all of the layer's
   // rows, where the product is made at each of its steps (packs_small_batch), else 0.
-  // w in T, or in bfloat16 with T float: a bfloat16 layer's weights, which the mat-vecs of batches of
-  // at most kSmallRows rows and the bfloat16 products read as they are (a float32 copy of them took more
-  // memory than torch.nn's whole call at B=1, and a generation loop's one-step call longer than its
-  // arithmetic); a float32 copy is packed only for larger batches on CPUs without the bfloat16 products.
-  // w in float32 is packed for larger batches and where packs_small_batch says so.
+  // w in T, or in bfloat16 or float16 with T float: a 16-bit layer's weights, which the mat-vecs of
+  // batches of at most kSmallRows rows and the bfloat16 products read as they are (a float32 copy of
+  // them took more memory than torch.nn's whole call at B=1, and a generation loop's one-step call longer
+  // than its arithmetic); a float32 copy is packed only for larger batches without the bfloat16
+  // products. w in float32 is packed for larger batches and where packs_small_batch says so.
   StepProduct(const at::Tensor& w, bool transposed, int64_t batch, int64_t rows = 0)
       : transposed_(transposed), rows_(w.size(0)), cols_(w.size(1)) {
     const bool small_packed = packs_small_batch<T>(w, batch, rows);
@@ -342,10 +349,15 @@ class StepProduct {
       return;
     }
     if (w.scalar_type() != c10::CppTypeToScalarType<T>::value) {
-      TORCH_CHECK((std::is_same_v<T, float> && w.scalar_type() == at::kBFloat16),
-                  "StepProduct: weights must be float32 or bfloat16 for float32 rows, got ", w.scalar_type());
+      TORCH_CHECK((std::is_same_v<T, float> && (w.scalar_type() == at::kBFloat16 || w.scalar_type() == at::kHalf)),
+                  "StepProduct: weights must be float32, bfloat16 or float16 for float32 rows, got ",
+                  w.scalar_type());
       if (batch <= kSmallRows) {
-        w_bf16_ = w.template data_ptr<c10::BFloat16>();
+        if (w.scalar_type() == at::kHalf) {
+          w_f16_ = w.template data_ptr<c10::Half>();
+        } else {
+          w_bf16_ = w.template data_ptr<c10::BFloat16>();
+        }
         return;
       }
       packed_ = pack_matrix<T>(w, transposed);  // widened as it is packed
@@ -359,6 +371,7 @@ class StepProduct {
     if constexpr (std::is_same_v<T, float>) {
       if (bf16_.storage.defined()) return bf16::gemm(a, lda, bf16_, out, ldo, m, accumulate);
       if (w_bf16_) return run_in_place(w_bf16_, a, lda, out, ldo, m, accumulate);
+      if (w_f16_) return run_in_place(w_f16_, a, lda, out, ldo, m, accumulate);
     }
     if (packed_.storage.defined()) {
       gemm_packed(a, lda, packed_, out, ldo, m, accumulate);
@@ -371,31 +384,34 @@ class StepProduct {
   // panel once for all of a call's rows, and gains from more rows a call.
   bool packs_weight() const { return packed_.storage.defined() || bf16_.storage.defined(); }
 
-  // The same for rows a stored in bfloat16 (storage.h): the bfloat16 products take them as they are;
-  // the mat-vecs (at most kSmallRows rows) and the float32 GEMM (larger batches without the products)
-  // take them widened, exactly, into the calling thread's scratch.
-  void run(const c10::BFloat16* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate) const {
+  // The same for rows a stored in bfloat16 or float16 (storage.h): the bfloat16 products take bfloat16
+  // ones as they are; the mat-vecs (at most kSmallRows rows) and the float32 GEMM (larger batches without
+  // the products) take them widened, exactly, into the calling thread's scratch.
+  template <typename S, typename = std::enable_if_t<!std::is_same_v<S, T>>>
+  void run(const S* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate) const {
     if constexpr (std::is_same_v<T, float>) {
-      if (bf16_.storage.defined()) return bf16::gemm(a, lda, bf16_, out, ldo, m, accumulate);
+      if constexpr (std::is_same_v<S, c10::BFloat16>) {
+        if (bf16_.storage.defined()) return bf16::gemm(a, lda, bf16_, out, ldo, m, accumulate);
+      }
       const int64_t k = transposed_ ? cols_ : rows_;
       const StepScratch<T> widened(m * k, at::TensorOptions().dtype(at::kFloat));
       widen_rows(a, lda, widened.data(), k, m, k);
       return run(widened.data(), k, out, ldo, m, accumulate);
     }
-    TORCH_CHECK(false, "StepProduct: bfloat16 rows come with float32 math");
+    TORCH_CHECK(false, "StepProduct: 16-bit rows come with float32 math");
   }
 
   // For a layer of at most kSmallRows rows a step (m may be several steps' rows): columns [begin, end)
   // of run()'s product of W^T, written, on the calling thread; each element summed as run() sums it.
-  // Rows a in T, or in bfloat16 (taken as they are by the bfloat16 products; for the mat-vecs widened
-  // exactly into the calling thread's scratch; not for the float32 GEMM). With repeats, also the columns
+  // Rows a in T, or in 16 bits (bfloat16 taken as they are by the bfloat16 products; for the mat-vecs
+  // widened exactly into the calling thread's scratch; not for the float32 GEMM). With repeats, also the columns
   // [begin, end) + r stride for r < repeats (a thread's units in each gate), rows rounded once for the
   // bfloat16 products.
   template <typename A>
   void run_columns(const A* a, int64_t lda, T* out, int64_t ldo, int64_t m, int64_t begin, int64_t end,
                    int64_t repeats = 1, int64_t stride = 0) const {
     TORCH_CHECK(transposed_, "StepProduct: run_columns is for W^T");
-    if constexpr (std::is_same_v<T, float>) {
+    if constexpr (std::is_same_v<T, float> && !std::is_same_v<A, c10::Half>) {
       if (bf16_.storage.defined()) {
         return bf16::gemm_columns(a, lda, bf16_, out, ldo, m, false, begin, end, repeats, stride);
       }
@@ -418,7 +434,7 @@ class StepProduct {
   template <typename A>
   void run_panels(const A* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate, int64_t p0,
                   int64_t p1) const {
-    if constexpr (std::is_same_v<T, float>) {
+    if constexpr (std::is_same_v<T, float> && !std::is_same_v<A, c10::Half>) {
       if (bf16_.storage.defined()) return bf16::gemm_panels(a, lda, bf16_, out, ldo, m, accumulate, p0, p1);
     }
     TORCH_CHECK(false, "StepProduct: run_panels needs the bfloat16 products");
@@ -430,25 +446,26 @@ class StepProduct {
   void matvec_columns(const A* a, int64_t lda, T* out, int64_t ldo, int64_t m, int64_t begin, int64_t end) const {
     const int64_t k = cols_;
     if constexpr (std::is_same_v<T, float>) {
-      if (w_bf16_) {
+      const auto in_place = [&](const auto* w) {  // w as it is, rows a in T or widened
         if constexpr (std::is_same_v<A, T>) {
-          matvec_rows_multi(w_bf16_, k, a, lda, m, k, out, ldo, begin, end, false);
+          matvec_rows_multi(w, k, a, lda, m, k, out, ldo, begin, end, false);
         } else {
           const StepScratch<T> widened(m * k, at::TensorOptions().dtype(at::kFloat));
           widen_rows(a, lda, widened.data(), k, m, k);
-          matvec_rows_multi(w_bf16_, k, widened.data(), k, m, k, out, ldo, begin, end, false);
+          matvec_rows_multi(w, k, widened.data(), k, m, k, out, ldo, begin, end, false);
         }
-        return;
-      }
+      };
+      if (w_bf16_) return in_place(w_bf16_);
+      if (w_f16_) return in_place(w_f16_);
     }
     if constexpr (std::is_same_v<A, T>) {
       matvec_rows_multi(w_, k, a, lda, m, k, out, ldo, begin, end, false);
     } else {
-      TORCH_CHECK(false, "StepProduct: rows stored in bfloat16 come with bfloat16 weights");
+      TORCH_CHECK(false, "StepProduct: rows stored in 16 bits come with 16-bit weights");
     }
   }
 
-  // The mat-vecs (or axpys) of matmul_cpu.h, reading w (T or bfloat16) in place.
+  // The mat-vecs (or axpys) of matmul_cpu.h, reading w (T, bfloat16 or float16) in place.
   template <typename W>
   void run_in_place(const W* w, const T* a, int64_t lda, T* out, int64_t ldo, int64_t m, bool accumulate) const {
     if (transposed_) {
@@ -460,6 +477,7 @@ class StepProduct {
 
   const T* w_ = nullptr;
   const c10::BFloat16* w_bf16_ = nullptr;  // or this: bfloat16 weights for at most kSmallRows rows
+  const c10::Half* w_f16_ = nullptr;       // or this: float16 ones
   bool transposed_;
   int64_t rows_, cols_;
   PackedMatrix<T> packed_;

@@ -5,5 +5,5 @@
 #include "isa_prelude.h"
 
 // For the code below only: the headers above stay baseline.
-#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl")
 #include "kernels.inc"

@@ -47,10 +47,11 @@ struct Vec {
 constexpr int64_t kParallelWork = 1 << 16;
 
 // Weights W are T, or bfloat16 in a bfloat16 call of at most kSmallRows rows (a cell step:
-// step_projections below; a layer: gemm_cpu.h's StepProduct), each element widened to T exactly as it is
-// read: the products are those of a float32 copy of the weights, which is never made (the dot products
-// of dot8 and dot8x2 add them in another order: widen16). On CPUs with AVX-512 BF16 the mat-vecs of
-// bfloat16 weights multiply in bfloat16 instead (bf16_matvecs below).
+// step_projections below; a layer: gemm_cpu.h's StepProduct), or float16 in such a cell step, each
+// element widened to T exactly as it is read: the products are those of a float32 copy of the weights,
+// which is never made (for bfloat16, the dot products of dot8 and dot8x2 add them in another order:
+// widen16). On CPUs with AVX-512 BF16 the mat-vecs of bfloat16 weights multiply in bfloat16 instead
+// (bf16_matvecs below).
 
 // A bfloat16 value as float: its 16 bits on top of a float's 32 (exact; what c10::BFloat16 does, in a
 // form the loops below vectorize).
@@ -60,27 +61,58 @@ inline float widen(c10::BFloat16 w) {
   std::memcpy(&f, &bits, sizeof(f));
   return f;
 }
+// A float16 value as float (exact), in a form the loops vectorize (no branch; c10::Half's conversion,
+// one F16C instruction per value at best, keeps them scalar): normal numbers rebias the exponent
+// (127 - 15 = 112), subnormals are their 10 bits times 2^-24 (0.5 + m 2^-24 exactly, less 0.5), and
+// infinities and NaNs keep their payload under an all-ones exponent.
+inline float widen(c10::Half w) {
+  const uint32_t bits = w.x, sign = (bits & 0x8000u) << 16, magnitude = bits & 0x7FFFu;
+  const uint32_t normal = (magnitude << 13) + (112u << 23);
+  const uint32_t special = (magnitude << 13) | 0x7F800000u;
+  const uint32_t subnormal_bits = 0x3F000000u + magnitude;
+  float subnormal;
+  std::memcpy(&subnormal, &subnormal_bits, sizeof(subnormal));
+  subnormal -= 0.5f;
+  uint32_t subnormal_out;
+  std::memcpy(&subnormal_out, &subnormal, sizeof(subnormal_out));
+  const uint32_t out = sign | (magnitude < 0x0400u ? subnormal_out : magnitude >= 0x7C00u ? special : normal);
+  float f;
+  std::memcpy(&f, &out, sizeof(f));
+  return f;
+}
 template <typename T>
 inline T widen(T w) {
   return w;
 }
 
-// m rows of k bfloat16 values, a row every lda, widened into dst, a row every ldd (exact): the rows of
-// a layer stored in bfloat16 (storage.h) for the mat-vecs, which take rows in T.
-inline void widen_rows(const c10::BFloat16* a, int64_t lda, float* dst, int64_t ldd, int64_t m, int64_t k) {
+// m rows of k bfloat16 or float16 values (S), a row every lda, widened into dst, a row every ldd (exact):
+// the rows of a layer stored in 16 bits (storage.h) for the mat-vecs, which take rows in T.
+template <typename S>
+inline void widen_rows(const S* a, int64_t lda, float* dst, int64_t ldd, int64_t m, int64_t k) {
   for (int64_t i = 0; i < m; ++i) {
 #pragma omp simd
     for (int64_t p = 0; p < k; ++p) dst[i * ldd + p] = widen(a[i * lda + p]);
   }
 }
 
-// A vector V (of T) loaded from w: the values as they are, or widened from bfloat16.
+// A vector V (of T) loaded from w: the values as they are, or widened from bfloat16 or float16.
 template <typename V, typename W>
 inline V load_widened(const W* w) {
   using T = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>()[0])>>;
   V v;
   if constexpr (std::is_same_v<W, T>) {
     std::memcpy(&v, w, sizeof(V));
+  } else if constexpr (std::is_same_v<W, c10::Half>) {
+    static_assert(std::is_same_v<T, float> && sizeof(V) == kVecBytes);
+#if FASTCELLS_ISA_AVX512
+    const __m512 wide = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+#elif FASTCELLS_ISA_AVX2
+    const __m256 wide = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+#else
+    float wide[kVecBytes / sizeof(float)];
+    for (size_t q = 0; q < kVecBytes / sizeof(float); ++q) wide[q] = widen(w[q]);
+#endif
+    std::memcpy(&v, &wide, sizeof(V));
   } else {
     static_assert(std::is_same_v<W, c10::BFloat16> && std::is_same_v<T, float> && sizeof(V) == kVecBytes);
     typedef uint16_t Bits __attribute__((vector_size(kVecBytes / 2)));
@@ -94,11 +126,12 @@ inline V load_widened(const W* w) {
 }
 
 // body(w) with the data of the weight tensor w as the mat-vecs below read it: const T*, or const
-// c10::BFloat16* where T is float and w bfloat16.
+// c10::BFloat16* or c10::Half* where T is float and w in that dtype.
 template <typename T, typename F>
 inline void with_weights(const at::Tensor& w, const F& body) {
   if constexpr (std::is_same_v<T, float>) {
     if (w.scalar_type() == at::kBFloat16) return body(w.data_ptr<c10::BFloat16>());
+    if (w.scalar_type() == at::kHalf) return body(w.data_ptr<c10::Half>());
   }
   body(w.data_ptr<T>());
 }
@@ -142,6 +175,9 @@ inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
 inline __m256 load8(const c10::BFloat16* w) {  // 8 bfloat16 widened to float
   const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+inline __m256 load8(const c10::Half* w) {  // 8 float16 widened to float (F16C: every AVX2 CPU has it)
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
 }
 
 // hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3 | x4+x5, x6+x7, y4+y5, y6+y7]: two rounds give each row's
@@ -612,8 +648,9 @@ inline c10::optional<at::ScalarType> weights_dtype(const at::Tensor& x, const at
 }
 
 // step_projections of a step op's x (m, kx), h (m, kh) and biases (nullptr: none) in T, and its weight
-// tensors; gx and gh (m, n). The weights are T or, in a bfloat16 step (T float), bfloat16: register_cpu.cpp
-// passes those unconverted, and up to kSmallRows rows the mat-vecs read each element as it is. A cell
+// tensors; gx and gh (m, n). The weights are T or, in a bfloat16 or float16 step (T float), in that dtype:
+// register_cpu.cpp passes those unconverted, and up to kSmallRows rows the mat-vecs read each element as
+// it is (a float16 step's products and sums are then exactly those of a float32 copy). A cell
 // step is one call, so converting the weights whole to float32 at every call was a copy per step,
 // bigger than the step's work: 2 MiB for an LSTMCell at H=256, whose fresh allocation could page-fault
 // on every call (0.1-0.5 ms a step, against 25 µs in float32).
@@ -626,6 +663,10 @@ void step_projections(const T* x, int64_t kx, const at::Tensor& w_ih_in, const T
     if (w_ih.scalar_type() == at::kBFloat16 && m <= kSmallRows) {
       step_projections(x, kx, w_ih.data_ptr<c10::BFloat16>(), bi, h, kh, w_hh.data_ptr<c10::BFloat16>(), bh, gx,
                        gh, m, n);
+      return;
+    }
+    if (w_ih.scalar_type() == at::kHalf && m <= kSmallRows) {
+      step_projections(x, kx, w_ih.data_ptr<c10::Half>(), bi, h, kh, w_hh.data_ptr<c10::Half>(), bh, gx, gh, m, n);
       return;
     }
   }

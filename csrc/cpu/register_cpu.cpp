@@ -1,6 +1,6 @@
 // Binds the CPU implementations to the op schemas of ../ops.cpp: each op runs the copy of the kernels
 // compiled for the best instruction set the running CPU has (isa.h), 16-bit tensors through its
-// float32 kernels.
+// float32 math (storage.h).
 #include <torch/library.h>
 
 #include <array>
@@ -25,7 +25,9 @@ bool cpu_has(const char* feature) {
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
            cpu_has("avx2");
   }
-  if (!std::strcmp(feature, "avx2")) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (!std::strcmp(feature, "avx2")) {  // F16C too (every CPU with AVX2 has it): float16 steps widen with it
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }
 #endif
   return !std::strcmp(feature, "baseline");
 }
@@ -48,17 +50,8 @@ const CpuKernels& pick() {
   return baseline::kernels;
 }
 
-// bfloat16 and float16 tensors run the float32 kernels: each argument converted once per call (the
-// weights too: never per step), the outputs converted back to the input's dtype, saved activations
-// included (kept in 16 bits, as the CUDA ops and torch.nn keep them); the math and the states inside
-// stay float32. bfloat16 layers keep their tensors in bfloat16 with no float32 copies (storage.h,
-// run_layer), and bfloat16 cell steps take all their tensors as they are (run_step).
-bool low_precision(const Tensor& x) {
-  return x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
-}
-
-// A floating-point argument of a 16-bit call must have x's dtype, as the float32 kernels require of
-// theirs (checked before converting, which would hide a mismatch). Others (batch_sizes, flags) pass.
+// A floating-point argument of a 16-bit call must have x's dtype (the kernels compute in float32 but
+// read and write the call's tensors as they are, storage.h). Others (batch_sizes, flags) pass.
 void check_dtype(const Tensor& x, const char* name, const Tensor& t) {
   if (t.defined() && t.is_floating_point()) {
     TORCH_CHECK(t.scalar_type() == x.scalar_type(), name, " must have dtype ", x.scalar_type(),
@@ -70,28 +63,12 @@ void check_dtype(const Tensor& x, const char* name, const OptionalTensor& t) {
 }
 void check_dtype(const Tensor&, const char*, bool) {}
 
-// An argument as the float32 kernels take it.
-Tensor f32(const Tensor& t) { return t.is_floating_point() ? t.to(at::kFloat) : t; }
-OptionalTensor f32(const OptionalTensor& t) { return t.has_value() ? OptionalTensor(f32(*t)) : t; }
-bool f32(bool flag) { return flag; }
-
 // Outputs converted to `dtype`.
 Tensor to_dtype(const Tensor& t, at::ScalarType dtype) { return t.to(dtype); }
 template <typename... Ts>
 std::tuple<Ts...> to_dtype(std::tuple<Ts...> outputs, at::ScalarType dtype) {
   std::apply([dtype](auto&... t) { ((t = t.to(dtype)), ...); }, outputs);
   return outputs;
-}
-
-// Runs `kernel` of the chosen copy on `args` (the first, x or dy, gives the dtype; `names` are the
-// arguments' names, for errors): directly, or for 16-bit tensors through the float32 kernels.
-template <typename Kernel, typename... Args>
-auto run(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names, const Args&... args) {
-  const Tensor& x = std::get<0>(std::tie(args...));
-  if (!low_precision(x)) return kernel(args...);
-  size_t i = 0;
-  (check_dtype(x, names[i++], args), ...);
-  return to_dtype(kernel(f32(args)...), x.scalar_type());
 }
 
 // The weights' (named w_*) dtypes in a float32 call, x's: the kernels let bfloat16 weights through
@@ -104,12 +81,13 @@ void check_weights(const std::array<const char*, sizeof...(Args)>& names, const 
   ((names[i][0] == 'w' ? check_dtype(x, names[i], args) : void(), ++i), ...);
 }
 
-// Whether a call (x or dy first) is in bfloat16, every floating-point argument checked to be too; a
-// call in another dtype gets its weights' dtypes checked (check_weights) instead.
+// Whether a call (x or dy first; `names` are the arguments' names, for errors) is in bfloat16 or float16,
+// every floating-point argument checked to be in x's dtype too; a call in another dtype gets its
+// weights' dtypes checked (check_weights) instead.
 template <typename... Args>
-bool bfloat16_call(const std::array<const char*, sizeof...(Args)>& names, const Args&... args) {
+bool sixteen_bit_call(const std::array<const char*, sizeof...(Args)>& names, const Args&... args) {
   const Tensor& x = std::get<0>(std::tie(args...));
-  if (x.scalar_type() != at::kBFloat16) {
+  if (x.scalar_type() != at::kBFloat16 && x.scalar_type() != at::kHalf) {
     check_weights(names, args...);
     return false;
   }
@@ -118,26 +96,27 @@ bool bfloat16_call(const std::array<const char*, sizeof...(Args)>& names, const 
   return true;
 }
 
-// As run(), for the layer ops: the kernels take a bfloat16 call's arguments as they are and keep the
-// layer's tensors in bfloat16 (storage.h: multiplying in bfloat16 where the CPU has the bfloat16
-// products, in float32 elsewhere); only the outputs they compute in float32 (states, gradients) are
-// converted. (Converting every argument to float32, as run() does for float16, took 29 of the 36
-// bfloat16 rows of the quick benchmark above torch.nn's peak memory without the products, up to 3.9x:
-// LSTM T=50 B=16 H=256 training 18.2 against 4.7 MiB on the AMD EPYC with every instruction set capped
-// at AVX2, more than its float32 call's 12.3.)
+// Runs a layer op's `kernel` of the chosen copy on `args`. The kernels take a 16-bit call's arguments
+// as they are and keep the layer's tensors in 16 bits (storage.h: multiplying in bfloat16 where the CPU
+// has the bfloat16 products, in float32 elsewhere); only the outputs they compute in float32 (states,
+// gradients) are converted. (Converting every argument to float32 around the float32 kernels, as
+// float16 calls were, took 29 of the 36 bfloat16 rows of the quick benchmark above torch.nn's peak
+// memory without the products, up to 3.9x: LSTM T=50 B=16 H=256 training 18.2 against 4.7 MiB on the
+// AMD EPYC with every instruction set capped at AVX2, more than its float32 call's 12.3.)
 template <typename Kernel, typename... Args>
 auto run_layer(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names, const Args&... args) {
-  if (!bfloat16_call(names, args...)) return run(kernel, names, args...);
+  if (!sixteen_bit_call(names, args...)) return kernel(args...);
   const Tensor& x = std::get<0>(std::tie(args...));
   return to_dtype(kernel(args...), x.scalar_type());
 }
 
-// As run(), for the cell step ops, whose kernels take a bfloat16 call's tensors as they are: the weights
-// (a step is one call: converting them would copy the weights at every step; matmul_cpu.h's
-// step_projections) and the rest, which they widen into their own scratch (storage.h's StepTensors).
+// As run_layer, for the cell step ops, whose kernels take a 16-bit call's tensors as they are and return
+// its outputs in its dtype: the weights (a step is one call: converting them would copy the weights at
+// every step; matmul_cpu.h's step_projections) and the rest, which they widen into their own scratch
+// (storage.h's StepTensors).
 template <typename Kernel, typename... Args>
 auto run_step(Kernel kernel, const std::array<const char*, sizeof...(Args)>& names, const Args&... args) {
-  if (!bfloat16_call(names, args...)) return run(kernel, names, args...);
+  sixteen_bit_call(names, args...);
   return kernel(args...);
 }
 

@@ -33,16 +33,16 @@ namespace fastcells::cpu::FASTCELLS_ISA {
 //
 // At most kSmallRows rows, whose steps multiply with mat-vecs reading the weights in place (or, bfloat16
 // over 64 rows in all, with the packed products: gemm_cpu.h's packs_small_batch), project up front (per
-// step: LSTM T=50 B=1 H=128 went from 0.98x to 0.70x torch.nn), except where the weights are bfloat16
+// step: LSTM T=50 B=1 H=128 went from 0.98x to 0.70x torch.nn), except where the weights are in 16 bits
 // (read as they are, or packed: StepProduct) in inference: the (N, G) float32 projections were most of
 // such a call's memory (GRU T=50 B=1 H=128: 131 KiB in all, 57 per step, torch.nn 96; at B=4 699 and 219
 // against torch.nn's 285; an LSTM's bfloat16 call held 0.91 of its float32 twin's), for 6-20% more time
 // there, where they run at 4-13x torch.nn. In training, which holds far more, the projections up front
 // cost no peak memory, and per step was up to 4% slower. Such rows' projections per step are made apart
 // from the hidden ones and summed as up front (projects_rows_apart): inference gives training's outputs.
-inline bool project_per_step(const Schedule& sched, bool training, bool bf16_weights) {
+inline bool project_per_step(const Schedule& sched, bool training, bool weights_16) {
   if (sched.batch > kSmallRows) return true;
-  return bf16_weights && !training;
+  return weights_16 && !training;
 }
 
 // Up-front input projections of at least this many rows and multiply-adds go to at::mm (see below).
@@ -52,7 +52,7 @@ constexpr int64_t kMklWork = int64_t{1} << 22;
 // allocated a copy as large as W_ih (196 KiB for a GRU at H=128, more than torch.nn's whole B=1, T=50
 // call) and took as long as the mat-vecs save.
 constexpr int64_t kMatvecRows = 64;
-// The rows of x stored in bfloat16 widened at once for them (4 KiB of float32 a row at I = 1024).
+// The rows of x stored in 16 bits widened at once for them (4 KiB of float32 a row at I = 1024).
 constexpr int64_t kWidenedRows = 16;
 
 // project_steps(): at most this many steps at once, their pre-activations at most this many bytes (the
@@ -190,34 +190,35 @@ class StepInput {
   // 25 x 7 x 37). Large ones with at::mm, which is faster there (122 against about 60 GFLOP/s at
   // 6400 x 512 x 2048 on 2 Zen 4 cores) and gave the same result for 1 to 3 threads at every size
   // tried from 80 x 37 x 148 to 6400 x 512 x 2048 (tests/test_thread_count.py checks one).
-  // w_ih may be bfloat16 (StepProduct): then the packed bfloat16 products or the mat-vecs, which read it
-  // as it is. x may be stored in bfloat16 (S; a layer of a few rows: storage.h), which the bfloat16
-  // weights imply: then the mat-vecs widen x a block of rows at a time.
+  // w_ih may be bfloat16 or float16 (StepProduct): then the packed bfloat16 products or the mat-vecs,
+  // which read it as it is. x is then stored in that dtype too (S, storage.h): the mat-vecs widen x a
+  // block of rows at a time.
   // bias (+ bias2, given only with bias) is added to every row, the two summed as the rows are made, not
   // into a tensor first (which took 0.5 of a generation loop's 7 µs one-step RNN layer call).
   void project_up_front(const at::Tensor& x, const at::Tensor& w_ih_given, const c10::optional<at::Tensor>& bias,
                         const c10::optional<at::Tensor>& bias2) {
     const int64_t N = x.size(0);
     const bool mkl = N >= kMklRows && N * I_ * G_ >= kMklWork;
-    const bool bf16_weights = w_ih_given.scalar_type() == at::kBFloat16;
+    const bool weights_16 = w_ih_given.scalar_type() != c10::CppTypeToScalarType<T>::value;  // storage.h
     // The bfloat16 products, as the steps' own (float32 weights keep at::mm or the GEMM below up front).
-    if (bf16_weights && packs_small_batch<T>(w_ih_given, kSmallRows, N)) {
+    if (weights_16 && packs_small_batch<T>(w_ih_given, kSmallRows, N)) {
       gx_ = cpu_empty({N, G_}, c10::CppTypeToScalarType<T>::value);
       StepProduct<T>(w_ih_given, /*transposed=*/true, /*batch=*/kSmallRows, N)  // up front: a few rows a step
           .run(x.data_ptr<S>(), I_, gx_.data_ptr<T>(), G_, N, /*accumulate=*/false);
       add_bias(bias, bias2);
       return;
     }
-    // No packed copy of w_ih (matmul_cpu.h): few rows, or bfloat16 weights, which the mat-vecs take at any N
-    // as they are (in bfloat16 where bf16_matvecs(), else each weight widened), as inference's per-step
-    // projections do, so that training's forward gives inference's outputs; not a float32 copy of w_ih for
-    // at::mm (with the bfloat16 products, LSTM T=50 B=4 H=256: 2x the time of torch.nn's bfloat16 GEMM).
-    if ((!mkl && N <= kMatvecRows) || bf16_weights) {
+    // No packed copy of w_ih (matmul_cpu.h): few rows, or 16-bit weights, which the mat-vecs take at any N
+    // as they are (bfloat16 in bfloat16 where bf16_matvecs(), else each weight widened), as inference's
+    // per-step projections do, so that training's forward gives inference's outputs; not a float32 copy of
+    // w_ih for at::mm (with the bfloat16 products, LSTM T=50 B=4 H=256: 2x the time of torch.nn's bfloat16
+    // GEMM).
+    if ((!mkl && N <= kMatvecRows) || weights_16) {
       gx_ = cpu_empty({N, G_}, c10::CppTypeToScalarType<T>::value);
       with_weights<T>(w_ih_given, [&](const auto* w) {
         if constexpr (std::is_same_v<S, T>) {
           matvecs_nt(x.data_ptr<T>(), I_, w, I_, gx_.data_ptr<T>(), G_, N, G_, I_, false);
-        } else {  // x stored in bfloat16: kWidenedRows rows at a time widened (exact), never a whole copy
+        } else {  // x stored in 16 bits: kWidenedRows rows at a time widened (exact), never a whole copy
           for (int64_t r0 = 0; r0 < N; r0 += kWidenedRows) {
             const int64_t rows = std::min(kWidenedRows, N - r0);
             const StepScratch<T> widened(rows * I_, gx_.options());
@@ -229,7 +230,7 @@ class StepInput {
       add_bias(bias, bias2);
       return;
     }
-    TORCH_CHECK((std::is_same_v<S, T>), "StepInput: x stored in bfloat16 is projected by the mat-vecs");
+    TORCH_CHECK((std::is_same_v<S, T>), "StepInput: x stored in 16 bits is projected by the mat-vecs");
     const at::Tensor w_ih = w_ih_given.to(x.scalar_type());  // no copy where it is in T
     if (mkl) {
       gx_ = input_projection(x, w_ih, bias2.has_value() ? c10::optional<at::Tensor>(*bias + *bias2) : bias)

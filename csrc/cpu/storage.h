@@ -12,7 +12,14 @@
 // projection: step_input.h; each step's gate gradients in the backward: gemm_cpu.h's StepProduct,
 // lstm_cpu.inc's unit split). The states, the products' sums and the gate math stay float32, and each
 // value is rounded once, as it is stored, exactly as the float32 kernels' results were rounded by
-// Tensor.to(torch.bfloat16) before. Everywhere else S = T.
+// Tensor.to(torch.bfloat16) before.
+//
+// A float16 layer does the same with S = c10::Half, as a bfloat16 layer on a CPU without the bfloat16
+// products does (float16 has no products of its own here: the weights are widened as they are packed
+// or read, the rows a few steps at a time), its backward's GEMMs over all rows on float32 copies
+// (gemm_operands). (Converting all its tensors to float32 around the float32 kernels held 2.9-3.7x
+// torch.nn's peak memory: LSTM T=50 B=16 H=256, inference 6.8 against 2.4 MiB, training 18.6 against
+// 5.0.) Everywhere else S = T.
 #pragma once
 
 #include "isa_namespace.h"
@@ -38,11 +45,36 @@ inline c10::BFloat16 round_to_bf16(float v) {
   return c10::BFloat16(static_cast<uint16_t>(v != v ? 0x7FC0u : rounded), c10::BFloat16::from_bits());
 }
 
+// v rounded to float16 to nearest even, as c10::Half(v) rounds it (NaN to a quiet NaN), in a form that
+// vectorizes (no branch): normal results rebias the exponent (127 - 15 = 112) and round off 13 bits,
+// a carry into the exponent included (values from 65520 up become infinity, larger ones are clamped to
+// it); subnormal ones (below 2^-14) are rounded by the float addition |v| + 0.5, whose last bit is worth
+// 2^-24, float16's smallest subnormal.
+inline c10::Half round_to_half(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  const uint32_t sign = (bits >> 16) & 0x8000u, magnitude = bits & 0x7FFFFFFFu;
+  const uint32_t normal = std::min<uint32_t>(
+      (magnitude - (112u << 23) + 0x0FFFu + ((magnitude >> 13) & 1u)) >> 13, 0x7C00u);
+  float shifted;
+  const uint32_t magnitude_bits = magnitude;
+  std::memcpy(&shifted, &magnitude_bits, sizeof(shifted));
+  shifted += 0.5f;
+  uint32_t subnormal;
+  std::memcpy(&subnormal, &shifted, sizeof(subnormal));
+  subnormal -= 0x3F000000u;
+  const uint32_t rounded = magnitude > 0x7F800000u ? 0x7E00u : magnitude < (113u << 23) ? subnormal : normal;
+  return c10::Half(static_cast<uint16_t>(sign | rounded), c10::Half::from_bits());
+}
+
 // A computed value as the layer stores it.
 template <typename S, typename T>
 inline S stored(T v) {
   if constexpr (std::is_same_v<S, T>) {
     return v;
+  } else if constexpr (std::is_same_v<S, c10::Half>) {
+    static_assert(std::is_same_v<T, float>);
+    return round_to_half(v);
   } else {
     static_assert(std::is_same_v<S, c10::BFloat16> && std::is_same_v<T, float>);
     return round_to_bf16(v);
@@ -66,12 +98,12 @@ inline T loaded(S v) {
   return static_cast<T>(widen(v));
 }
 
-// A cell step's tensors (x, h, c, biases, outputs) in T, or bfloat16 for a bfloat16 step, whose math runs
-// in T = float: the step ops take them as they are and widen the inputs into their StepScratch
-// (matmul_cpu.h), computing the outputs there too, rounded into their tensors at the end. So a bfloat16
-// step allocates its two bfloat16 outputs and nothing else: float32 copies of x, h, c and the biases,
-// converted before the call and back after it, were most of such a step's memory (RNNCell H=64: 1.2 KiB
-// against torch.nn's 0.4) and a microsecond each to allocate.
+// A cell step's tensors (x, h, c, biases, outputs) in T, or in bfloat16 or float16 for a step in those,
+// whose math runs in T = float: the step ops take them as they are and widen the inputs into their
+// StepScratch (matmul_cpu.h), computing the outputs there too, rounded into their tensors at the end. So
+// a 16-bit step allocates its two 16-bit outputs and nothing else: float32 copies of x, h, c and the
+// biases, converted before the call and back after it, were most of such a step's memory (RNNCell H=64:
+// 1.2 KiB against torch.nn's 0.4) and a microsecond each to allocate.
 template <typename T>
 class StepTensors {
  public:
@@ -90,10 +122,12 @@ class StepTensors {
   const T* in(const at::Tensor& t) {
     if (!t.defined()) return nullptr;
     if (t.scalar_type() == c10::CppTypeToScalarType<T>::value) return t.data_ptr<T>();
-    const c10::BFloat16* src = t.data_ptr<c10::BFloat16>();
     T* dst = take(t.numel());
-#pragma omp simd
-    for (int64_t j = 0; j < t.numel(); ++j) dst[j] = loaded<T>(src[j]);
+    if (t.scalar_type() == at::kHalf) {
+      widen_values(t.data_ptr<c10::Half>(), dst, t.numel());
+    } else {
+      widen_values(t.data_ptr<c10::BFloat16>(), dst, t.numel());
+    }
     return dst;
   }
 
@@ -102,12 +136,20 @@ class StepTensors {
     return t.scalar_type() == c10::CppTypeToScalarType<T>::value ? t.data_ptr<T>() : take(t.numel());
   }
   static void store(const at::Tensor& t, const T* values) {
-    if constexpr (std::is_same_v<T, float>) {  // only float steps take bfloat16 tensors
+    if constexpr (std::is_same_v<T, float>) {  // only float steps take 16-bit tensors
       if (t.scalar_type() == at::kBFloat16) store_row(t.data_ptr<c10::BFloat16>(), values, t.numel());
+      if (t.scalar_type() == at::kHalf) store_row(t.data_ptr<c10::Half>(), values, t.numel());
     }
   }
 
  private:
+  template <typename S>
+  static void widen_values(const S* src, T* dst, int64_t n) {
+    if constexpr (std::is_same_v<T, float>) {  // only float steps take 16-bit tensors
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) dst[j] = loaded<T>(src[j]);
+    }
+  }
   T* take(int64_t count) {
     T* first = cursor_;
     cursor_ += count;
@@ -116,15 +158,15 @@ class StepTensors {
   T* cursor_;
 };
 
-// Whether a layer op with tensors of this dtype (x's or dy's) keeps bfloat16 storage (see above): every
-// bfloat16 one. register_cpu.cpp passes such calls' tensors unconverted.
-inline bool stores_bf16(at::ScalarType dtype) {
-  return dtype == at::kBFloat16;
+// Whether a layer op with tensors of this dtype (x's or dy's) keeps 16-bit storage (see above): every
+// bfloat16 and float16 one. register_cpu.cpp passes such calls' tensors unconverted.
+inline bool stores_16_bits(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 || dtype == at::kHalf;
 }
 
-// The dtype a layer op computes in for its tensors' dtype: float32 for bfloat16 storage.
+// The dtype a layer op computes in for its tensors' dtype: float32 for 16-bit storage.
 inline at::ScalarType compute_dtype(at::ScalarType dtype) {
-  return dtype == at::kBFloat16 ? at::kFloat : dtype;
+  return stores_16_bits(dtype) ? at::kFloat : dtype;
 }
 
 // A fresh contiguous copy of t in the dtype the op computes in (the states, which the ops update in
@@ -179,13 +221,11 @@ inline at::Tensor column_sums(const at::Tensor& rows) {
   return out;
 }
 
-// A layer op's dtype check (x or dy): float32, float64 and bfloat16 (register_cpu.cpp sends float16
-// calls through the float32 kernels).
+// A layer op's dtype check (x or dy): float32, float64, bfloat16 and float16.
 inline void check_layer_dtype(const at::Tensor& x, const char* name) {
   const at::ScalarType dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || stores_bf16(dtype), name,
-              " must be float32, float64 or bfloat16 for the cpu backend's kernels, got ",
-              dtype);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || stores_16_bits(dtype), name,
+              " must be float32, float64, bfloat16 or float16 for the cpu backend's kernels, got ", dtype);
 }
 
 // The gradient of a layer's output, dy (N, H), as the backward ops read it: row n's H values contiguous
@@ -199,12 +239,27 @@ inline at::Tensor with_contiguous_rows(const at::Tensor& dy) {
   return dy.contiguous();
 }
 
+// body(T{}) for a cell step op's dtype: T the type it computes in (float for bfloat16 and float16 steps,
+// which StepTensors reads and writes as they are).
+template <typename F>
+void dispatch_step(at::ScalarType dtype, const F& body) {
+  if (dtype == at::kBFloat16 || dtype == at::kHalf) {
+    body(float{});
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES(dtype, "fastcells cpu step op", [&] { body(scalar_t{}); });
+}
+
 // body(T{}, S{}) for a layer op's dtype (checked by check_layer_dtype): T the type it computes in, S the
 // one it stores its sequence tensors in.
 template <typename F>
 void dispatch_storage(at::ScalarType dtype, const F& body) {
   if (dtype == at::kBFloat16) {
     body(float{}, c10::BFloat16{});
+    return;
+  }
+  if (dtype == at::kHalf) {
+    body(float{}, c10::Half{});
     return;
   }
   AT_DISPATCH_FLOATING_TYPES(dtype, "fastcells cpu layer op", [&] { body(scalar_t{}, scalar_t{}); });
