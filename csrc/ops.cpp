@@ -107,9 +107,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_bf16_backward_gemm", &fastcells::cpu::bf16_backward_gemm_name,
         "The GEMM of bfloat16 layers' backward (weight gradients, dx) in this process: mkl or vdpbf16ps "
         "(float32 sums), or aten (at::mm).");
-  m.def("cpu_f16_backward_gemm", [] { return std::string(fastcells::cpu::f16_backward_gemm() ? "mkl" : "aten"); },
-        "The GEMM of float16 layers' backward in this process: mkl (MKL's float16 GEMM, float32 sums) or "
-        "aten (at::mm on float32 copies).");
+  m.def("cpu_f16_backward_gemm", [] { return std::string(fastcells::cpu::f16_backward_gemm() ? "widened" : "aten"); },
+        "The GEMM of float16 layers' backward in this process: widened (blocks of the operands widened to "
+        "float32 for at::mm, float32 sums) or aten (at::mm on float32 copies of the whole operands).");
   // For tests: the VDPBF16PS GEMM itself (on CPUs with AVX-512 BF16), whichever the backward takes.
   m.def("cpu_bf16_gemm_matrices", &fastcells::cpu::bf16::gemm_matrices, ReleaseGil());
   // For tests: the bfloat16 mat-vecs of layers of up to 4 rows and of the cell steps (AVX-512 BF16 CPUs).

@@ -96,9 +96,9 @@ def cpu_bf16_backward_gemm():
 
 def cpu_f16_backward_gemm():
     """The GEMM that the cpu backend's float16 layers run their backward's products on in this process
-    (csrc/cpu/bf16_backward_gemm.h): "mkl" (MKL's float16 GEMM with float32 sums, where torch carries it)
-    or "aten" (at::mm on float32 copies; also under FASTCELLS_CPU_BF16_GEMM=aten). None without the
-    extension."""
+    (csrc/cpu/bf16_backward_gemm.h): "widened" (blocks of the operands widened to float32 for at::mm, with
+    float32 sums) or "aten" (at::mm on float32 copies of the whole operands, under
+    FASTCELLS_CPU_BF16_GEMM=aten). None without the extension."""
     from . import _extension
 
     if _extension.C is None or not hasattr(_extension.C, "cpu_f16_backward_gemm"):

@@ -12,7 +12,7 @@ BF16_BACKWARD_GEMMS = {
 }
 # What environment.cpu_f16_backward_gemm() names, in words.
 F16_BACKWARD_GEMMS = {
-    "mkl": "MKL's float16 GEMM (float32 sums)",
+    "widened": "at::mm on blocks widened to float32 (float32 sums)",
     "aten": "at::mm (float32 copies)",
 }
 

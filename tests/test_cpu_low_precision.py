@@ -164,24 +164,22 @@ def test_bf16_products_are_used_where_the_cpu_has_them():
     assert any(line in text for text in info.describe(["cpu"]))
 
 
-def _mkl_bf16_gemm_exported(symbol="cblas_gemm_bf16bf16f32"):
-    """Whether torch's library carries MKL's bfloat16 GEMM, or `symbol` (csrc/cpu/mkl_bf16.h finds them the
-    same way)."""
+def _mkl_bf16_gemm_exported():
+    """Whether torch's library carries MKL's bfloat16 GEMM (csrc/cpu/mkl_bf16.h finds it the same way)."""
     import ctypes
 
     library = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
     try:
-        return hasattr(ctypes.CDLL(library), symbol)
+        return hasattr(ctypes.CDLL(library), "cblas_gemm_bf16bf16f32")
     except OSError:
         return False
 
 
-def test_float16_backward_gemm_is_mkl_where_torch_carries_it():
-    """A float16 layer's backward multiplies on MKL's float16 GEMM with float32 sums where torch's library
-    carries it (csrc/cpu/bf16_backward_gemm.h), unless FASTCELLS_CPU_BF16_GEMM=aten sends it to at::mm on
-    float32 copies; `info` says which."""
-    aten = os.environ.get("FASTCELLS_CPU_BF16_GEMM") == "aten"
-    expected = "mkl" if _mkl_bf16_gemm_exported("cblas_gemm_f16f16f32") and not aten else "aten"
+def test_float16_backward_gemm_widens_blocks():
+    """A float16 layer's backward multiplies blocks of its operands widened to float32, with float32 sums
+    (csrc/cpu/bf16_backward_gemm.h), unless FASTCELLS_CPU_BF16_GEMM=aten sends it to at::mm on float32
+    copies of the whole operands; `info` says which."""
+    expected = "aten" if os.environ.get("FASTCELLS_CPU_BF16_GEMM") == "aten" else "widened"
     assert environment.cpu_f16_backward_gemm() == expected
     line = "float16 layers multiply in float32, their backward's GEMMs on " + info.F16_BACKWARD_GEMMS[expected]
     assert any(line in text for text in info.describe(["cpu"]))
@@ -400,14 +398,15 @@ def test_16bit_layers_store_16_bits_without_float32_copies(dtype, kind, training
     converted to float32 around the float32 kernels, 2.9-3.7x torch.nn's at T=50 B=16 H=256). Inference then
     holds a sixth to a third of the float32 call's memory, and less than torch.nn's 16-bit call (bfloat16 at
     T=50, B=16, H=256: LSTM 1.50 against torch.nn's 3.20 MiB; 4.72 with float32 copies; float16 0.65-0.75 of
-    torch.nn's here). Training holds about half of float32's (T=30, B=16, H=64: 0.50-0.59), where the
-    backward's GEMMs run on MKL's 16-bit GEMMs with float32 sums (csrc/layers.h; oneDNN's at::mm allocated
-    scratch for bfloat16: 0.72-0.99 of float32's, with float32 copies 1.6x; float16 on at::mm takes float32
-    copies: 0.89-1.33); bfloat16 LSTM and RNN less than torch.nn's oneDNN layers (LSTM 6.5 against 16.8 MiB at
+    torch.nn's here). Training holds about half of float32's in bfloat16 (T=30, B=16, H=64: 0.50-0.59), where
+    the backward's GEMMs run on MKL's bfloat16 GEMM or ours with float32 sums (csrc/layers.h; oneDNN's at::mm
+    allocated scratch: 0.72-0.99 of float32's, with float32 copies 1.6x), 0.57-0.81 in float16, whose GEMMs
+    widen blocks of their operands to float32 (csrc/cpu/bf16_backward_gemm.h; float32 copies of the whole
+    operands: 0.89-1.33); bfloat16 LSTM and RNN less than torch.nn's oneDNN layers (LSTM 6.5 against 16.8 MiB at
     the shape above); GRU training too on MKL's GEMM (0.90 here; below), with oneDNN's at::mm near torch.nn's
     (its per-step autograd frees each step's saved tensors as its backward passes them:
     test_backward_memory.py). torch.nn's own loop, which bfloat16 takes without oneDNN and float16 always,
-    frees them too, and holds less in training than ours (float16: 0.95-1.24 of it)."""
+    frees them too, and holds less in training than ours (float16: 1.0-1.5x it; it runs 20-30x slower)."""
     torch.manual_seed(0)
     ref, fast = make_layer_twins(kind, 64, 64, 1, dtype=torch.float32, backend="cpu")
     x = torch.randn(30, 16, 64, requires_grad=training)
@@ -416,8 +415,8 @@ def test_16bit_layers_store_16_bits_without_float32_copies(dtype, kind, training
     torch16 = _peak_mib(ref.to(dtype), x.detach().to(dtype).requires_grad_(training), training)
     bf16 = dtype == torch.bfloat16
     float32_sums = training and (environment.cpu_bf16_backward_gemm() in ("mkl", "vdpbf16ps") if bf16
-                                 else environment.cpu_f16_backward_gemm() == "mkl")
-    bound = 0.65 if float32_sums else (1.0 if bf16 else 1.4) if training else 0.55
+                                 else environment.cpu_f16_backward_gemm() == "widened")
+    bound = (0.65 if bf16 else 0.85) if float32_sums else (1.0 if bf16 else 1.4) if training else 0.55
     assert fast16 <= bound * fast32, (fast16, fast32)
     if (kind != "gru" or not training or float32_sums) and (not training or bf16 and _torch_bf16_on_onednn()):
         assert fast16 <= torch16, (fast16, torch16)
@@ -445,16 +444,17 @@ def test_bf16_training_holds_no_more_than_torch_with_few_rows(kind):
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_small_16bit_training_holds_well_under_float32(dtype, kind, batch):
-    """A bfloat16 layer of at most 4 rows keeps x, y, the saved activations, dy and the gate gradients in
-    bfloat16 as the larger ones do (csrc/cpu/storage.h; the mat-vecs widen the few rows a product reads):
-    its training call (T=50, H=128) holds 0.56-0.61 of its float32 twin's peak. With float32 copies of
-    them it held as much as the float32 call, or more (B=1: GRU 1.0, RNN 1.1, LSTM 0.96)."""
+    """A 16-bit layer of at most 4 rows keeps x, y, the saved activations, dy and the gate gradients in its
+    dtype as the larger ones do (csrc/cpu/storage.h; the mat-vecs widen the few rows a product reads): its
+    training call (T=50, H=128) holds 0.50-0.57 of its float32 twin's peak in bfloat16, 0.57-0.78 in float16
+    (whose backward GEMMs widen blocks of their operands to float32: csrc/cpu/bf16_backward_gemm.h). With
+    float32 copies of them it held as much as the float32 call, or more (B=1: GRU 1.0, RNN 1.1, LSTM 0.96)."""
     torch.manual_seed(0)
     fast = make_layer_twins(kind, 128, 128, 1, dtype=torch.float32, backend="cpu")[1]
     x = torch.randn(50, batch, 128, requires_grad=True)
     fast32 = _peak_mib(fast, x, training=True)
     fast16 = _peak_mib(fast.to(dtype), x.detach().to(dtype).requires_grad_(), training=True)
-    assert fast16 <= 0.7 * fast32, (fast16, fast32)
+    assert fast16 <= (0.7 if dtype == torch.bfloat16 else 0.85) * fast32, (fast16, fast32)
 
 
 @pytest.mark.parametrize("packed", [False, True])

@@ -5,8 +5,7 @@
 // AMD EPYC, a third of ours); MKL's again on CPUs with neither (or under FASTCELLS_CPU_ISA=avx2), where
 // libtorch has it. Otherwise none, and the backward takes at::mm (oneDNN's, which copies both operands
 // and rounds its result to bfloat16; without the products, float32 copies: gemm_cpu.h's gemm_operands).
-// A float16 layer's backward takes MKL's float16 GEMM where libtorch has it (f16_backward_gemm), else
-// float32 copies too.
+// A float16 layer's backward multiplies blocks of its operands widened to float32 (f16_backward_gemm).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,14 +21,15 @@ Bf16BackwardGemm bf16_backward_gemm();
 // Its name, as FASTCELLS_CPU_BF16_GEMM spells it: "mkl", "vdpbf16ps" or "aten".
 const char* bf16_backward_gemm_name();
 
-// Whether float16 operands go to MKL's float16 GEMM (where libtorch has it, unless
-// FASTCELLS_CPU_BF16_GEMM=aten, which sends both dtypes to at::mm).
+// Whether float16 operands go to bf16_backward_gemm below (blocks of k widened to float32 for at::mm,
+// float32 sums), unless FASTCELLS_CPU_BF16_GEMM=aten, which sends both dtypes to at::mm (float16: on
+// float32 copies of the whole operands).
 bool f16_backward_gemm();
 
 // out (m, n) = a (m, k) @ b (k, n), or out += it where `accumulate`, on the chosen GEMM (not none): a and
 // b bfloat16 CPU matrices (either may be a transposed view), out float32 with unit column stride; on ours
 // (vdpbf16ps) also bfloat16, written with each float32 sum rounded once (bf16_gemm.h). Or a and b
-// float16, on MKL's float16 GEMM (f16_backward_gemm()), out float32.
+// float16 (f16_backward_gemm()), out float32.
 void bf16_backward_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate);
 
 }  // namespace fastcells::cpu

@@ -287,7 +287,7 @@ inline bool bf16_products() {
 inline c10::optional<at::ScalarType> gemm_operands(const at::Tensor& dy) {
   const at::ScalarType t = dy.scalar_type();
   if ((t == at::kFloat || t == at::kBFloat16) && bf16_products<float>()) return at::kBFloat16;
-  // Stored in float16: the float16 operands as they are for MKL's float16 GEMM with float32 sums
+  // Stored in float16: the float16 operands as they are, widened a block at a time for float32 sums
   // (bf16_backward_gemm.h), else float32 copies for at::mm.
   if (t == at::kHalf) return f16_backward_gemm() ? at::kHalf : at::kFloat;
   // Stored in bfloat16 without the products (storage.h): the bfloat16 operands as they are where a

@@ -1,5 +1,5 @@
-// MKL's bfloat16 and float16 GEMMs (mkl_bf16.h), reached through weak references: libtorch_cpu, which this
-// extension links, exports MKL's CBLAS where torch was built with MKL; elsewhere the references stay null.
+// MKL's bfloat16 GEMM (mkl_bf16.h), reached through a weak reference: libtorch_cpu, which this extension
+// links, exports MKL's CBLAS where torch was built with MKL; elsewhere the reference stays null.
 #include "mkl_bf16.h"
 
 #include <algorithm>
@@ -10,9 +10,6 @@
 extern "C" void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
                                        const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta,
                                        float* c, int ldc) __attribute__((weak));
-extern "C" void cblas_gemm_f16f16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
-                                     const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta,
-                                     float* c, int ldc) __attribute__((weak));
 
 namespace fastcells::cpu {
 namespace {
@@ -46,17 +43,12 @@ bool has_mkl_bf16_gemm() {
   return cblas_gemm_bf16bf16f32 != nullptr;
 }
 
-bool has_mkl_f16_gemm() {
-  return cblas_gemm_f16f16f32 != nullptr;
-}
-
 void mkl_bf16_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {
-  const bool f16 = a.scalar_type() == at::kHalf;
-  TORCH_CHECK(f16 ? has_mkl_f16_gemm() : has_mkl_bf16_gemm(), "mkl_bf16_gemm: this libtorch has no MKL");
+  TORCH_CHECK(has_mkl_bf16_gemm(), "mkl_bf16_gemm: this libtorch has no MKL");
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && out.dim() == 2, "mkl_bf16_gemm: matrices expected");
-  TORCH_CHECK((a.scalar_type() == at::kBFloat16 || f16) && b.scalar_type() == a.scalar_type() &&
+  TORCH_CHECK(a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16 &&
                   out.scalar_type() == at::kFloat && a.is_cpu() && b.is_cpu() && out.is_cpu(),
-              "mkl_bf16_gemm: bfloat16 or float16 operands and a float32 result on the CPU expected");
+              "mkl_bf16_gemm: bfloat16 operands and a float32 result on the CPU expected");
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
   TORCH_CHECK(b.size(0) == k && out.size(0) == m && out.size(1) == n, "mkl_bf16_gemm: shapes ", a.sizes(), " @ ",
               b.sizes(), " into ", out.sizes());
@@ -68,11 +60,10 @@ void mkl_bf16_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& o
   }
   const Operand A = operand(a), B = operand(b);
   const int64_t ldc = std::max<int64_t>(n, out.stride(0));
-  const auto gemm = f16 ? cblas_gemm_f16f16f32 : cblas_gemm_bf16bf16f32;  // the same arguments
-  gemm(kRowMajor, A.trans, B.trans, checked_int(m), checked_int(n), checked_int(k), 1.0f,
-       static_cast<const uint16_t*>(A.data.data_ptr()), checked_int(A.ld),
-       static_cast<const uint16_t*>(B.data.data_ptr()), checked_int(B.ld), accumulate ? 1.0f : 0.0f,
-       out.data_ptr<float>(), checked_int(ldc));
+  cblas_gemm_bf16bf16f32(kRowMajor, A.trans, B.trans, checked_int(m), checked_int(n), checked_int(k), 1.0f,
+                         reinterpret_cast<const uint16_t*>(A.data.data_ptr<at::BFloat16>()), checked_int(A.ld),
+                         reinterpret_cast<const uint16_t*>(B.data.data_ptr<at::BFloat16>()), checked_int(B.ld),
+                         accumulate ? 1.0f : 0.0f, out.data_ptr<float>(), checked_int(ldc));
 }
 
 }  // namespace fastcells::cpu

@@ -1,19 +1,16 @@
-// MKL's bfloat16 and float16 GEMMs with float32 sums and a float32 result, where the libtorch this
-// extension runs on carries MKL (the x86 builds): one of the GEMMs bf16_backward_gemm.h chooses between
-// for the weight and input gradients of bfloat16 layers, and the one of float16 layers. Found at load
-// time, not required.
+// MKL's bfloat16 GEMM with float32 sums and a float32 result, where the libtorch this extension runs
+// on carries MKL (the x86 builds): one of the GEMMs bf16_backward_gemm.h chooses between for the weight
+// and input gradients of bfloat16 layers. Found at load time, not required.
 #pragma once
 
 #include <ATen/ATen.h>
 
 namespace fastcells::cpu {
 
-// Whether the running libtorch exports MKL's cblas_gemm_bf16bf16f32, and cblas_gemm_f16f16f32.
+// Whether the running libtorch exports MKL's cblas_gemm_bf16bf16f32.
 bool has_mkl_bf16_gemm();
-bool has_mkl_f16_gemm();
 
-// out (m, n) = a (m, k) @ b (k, n), or out += it where `accumulate`: a and b bfloat16 CPU matrices (or
-// both float16: MKL's float16 GEMM, which requires has_mkl_f16_gemm()) (either
+// out (m, n) = a (m, k) @ b (k, n), or out += it where `accumulate`: a and b bfloat16 CPU matrices (either
 // may be a transposed view, as dg.t() is), out float32 with unit column stride (a block of rows of a
 // larger result will do). Each output is summed in float32 and rounded nowhere: at::mm of bfloat16
 // operands (oneDNN's) rounds its result to bfloat16, and first copies both operands into its own
