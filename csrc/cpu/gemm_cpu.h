@@ -299,12 +299,13 @@ inline c10::optional<at::ScalarType> gemm_operands(const at::Tensor& dy) {
 
 // The fewest rows in all (N, every step's together) for which a layer of at most kSmallRows rows a step packs
 // its weights, as larger batches do, rather than reading them in place with the mat-vecs (float32: only at 3
-// or 4 rows a step, packs_small_batch below). In bfloat16, for the bfloat16 products: the packed products need no horizontal sums and use each load of the weight for every
-// row (one Zen 4 core, 512 columns x 256 from L2: 4 rows 111 against 59 GMAC/s, 3 rows 108 against 66, 2 rows
-// 99 against 53, 1 row 54 against 38). Packing takes about as long as 15-25 steps' products at B=1, so
-// shorter calls keep the mat-vecs (bfloat16 LSTM inference, 2 threads, side by side with torch.nn, packed
-// against in place: H=256 B=4 T=100 1.38 against 1.59 ms, B=1 T=100 0.59 against 0.61, but B=1 T=16 0.146
-// against 0.121 and B=4 T=4 0.122 against 0.091; T=50 B=1 even).
+// or 4 rows a step, packs_small_batch below). In bfloat16, for the bfloat16 products: the packed products
+// need no horizontal sums and use each load of the weight for every row (one Zen 4 core, 512 columns x 256
+// from L2: 4 rows 111 against 59 GMAC/s, 3 rows 108 against 66, 2 rows 99 against 53, 1 row 54 against 38).
+// Packing takes about as long as 15-25 steps' products at B=1, so shorter calls keep the mat-vecs (bfloat16
+// LSTM inference, 2 threads, side by side with torch.nn, packed against in place: H=256 B=4 T=100 1.38
+// against 1.59 ms, B=1 T=100 0.59 against 0.61, but B=1 T=16 0.146 against 0.121 and B=4 T=4 0.122
+// against 0.091; T=50 B=1 even).
 constexpr int64_t kPackedSmallRows = 64;
 
 // Whether a product of a layer of at most kSmallRows rows a step (`batch` rows at most), `rows` rows in
@@ -404,9 +405,9 @@ class StepProduct {
   // For a layer of at most kSmallRows rows a step (m may be several steps' rows): columns [begin, end)
   // of run()'s product of W^T, written, on the calling thread; each element summed as run() sums it.
   // Rows a in T, or in 16 bits (bfloat16 taken as they are by the bfloat16 products; for the mat-vecs
-  // widened exactly into the calling thread's scratch; not for the float32 GEMM). With repeats, also the columns
-  // [begin, end) + r stride for r < repeats (a thread's units in each gate), rows rounded once for the
-  // bfloat16 products.
+  // widened exactly into the calling thread's scratch; not for the float32 GEMM). With repeats, also the
+  // columns [begin, end) + r stride for r < repeats (a thread's units in each gate), rows rounded once for
+  // the bfloat16 products.
   template <typename A>
   void run_columns(const A* a, int64_t lda, T* out, int64_t ldo, int64_t m, int64_t begin, int64_t end,
                    int64_t repeats = 1, int64_t stride = 0) const {

@@ -46,12 +46,11 @@ struct Vec {
 // Work (multiply-adds) below which a loop stays on one thread: waking the other core costs ~1-2 µs.
 constexpr int64_t kParallelWork = 1 << 16;
 
-// Weights W are T, or bfloat16 in a bfloat16 call of at most kSmallRows rows (a cell step:
-// step_projections below; a layer: gemm_cpu.h's StepProduct), or float16 in such a cell step, each
-// element widened to T exactly as it is read: the products are those of a float32 copy of the weights,
-// which is never made (for bfloat16, the dot products of dot8 and dot8x2 add them in another order:
-// widen16). On CPUs with AVX-512 BF16 the mat-vecs of bfloat16 weights multiply in bfloat16 instead
-// (bf16_matvecs below).
+// Weights W are T, or bfloat16 or float16 in a call in that dtype of at most kSmallRows rows (a cell
+// step: step_projections below; a layer: gemm_cpu.h's StepProduct), each element widened to T exactly as
+// it is read: the products are those of a float32 copy of the weights, which is never made (for
+// bfloat16, the dot products of dot8 and dot8x2 add them in another order: widen16). On CPUs with
+// AVX-512 BF16 the mat-vecs of bfloat16 weights multiply in bfloat16 instead (bf16_matvecs below).
 
 // A bfloat16 value as float: its 16 bits on top of a float's 32 (exact; what c10::BFloat16 does, in a
 // form the loops below vectorize).
@@ -650,7 +649,7 @@ inline c10::optional<at::ScalarType> weights_dtype(const at::Tensor& x, const at
 // step_projections of a step op's x (m, kx), h (m, kh) and biases (nullptr: none) in T, and its weight
 // tensors; gx and gh (m, n). The weights are T or, in a bfloat16 or float16 step (T float), in that dtype:
 // register_cpu.cpp passes those unconverted, and up to kSmallRows rows the mat-vecs read each element as
-// it is (a float16 step's products and sums are then exactly those of a float32 copy). A cell
+// it is. A cell
 // step is one call, so converting the weights whole to float32 at every call was a copy per step,
 // bigger than the step's work: 2 MiB for an LSTMCell at H=256, whose fresh allocation could page-fault
 // on every call (0.1-0.5 ms a step, against 25 µs in float32).
