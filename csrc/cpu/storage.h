@@ -19,7 +19,7 @@
 // or read, the rows a few steps at a time), its backward's GEMMs over all rows on blocks of their
 // operands widened to float32 (gemm_operands, bf16_backward_gemm.h). (Converting all its tensors to
 // float32 around the float32 kernels held 2.9-3.7x torch.nn's peak memory: LSTM T=50 B=16 H=256,
-// inference 6.8 against 2.4 MiB, training 18.6 against 5.0; now 2.7 and 8.2.) Everywhere else S = T.
+// inference 6.8 against 2.4 MiB, training 18.6 against 5.0; now 2.7 and 8.1.) Everywhere else S = T.
 #pragma once
 
 #include "isa_namespace.h"
