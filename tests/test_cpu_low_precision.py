@@ -290,7 +290,8 @@ def test_16bit_outputs_are_bitwise_the_same_with_1_2_and_3_threads(dtype, kind, 
     4 rows that read bfloat16 weights as they are (an LSTM's units split between threads, GRU and RNN
     projecting each step's input), and the packed products such a layer takes over 64 rows or more
     (csrc/cpu/gemm_cpu.h's packs_small_batch: an LSTM's two threads each multiply their units' columns,
-    at H=200 split at 104, inside a panel). Both layers of two."""
+    at H=200 split at 104, inside a panel). Both layers of two; float16 layers too (the float32 GEMM on
+    weights widened as they are packed, the mat-vecs reading float16 weights)."""
     torch.manual_seed(0)
     _, fast = make_layer_twins(kind, 7, hidden, 2, dtype=dtype, backend="cpu")
     x = torch.randn(steps, batch, 7, dtype=dtype)
@@ -338,10 +339,10 @@ def test_bf16_lstm_split_by_panels_is_bitwise_the_same_with_1_2_and_3_threads():
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_16bit_packed_layers_error_bounded_by_torch_own(dtype, kind, batch):
-    """bfloat16 layers project their input rows a few steps at a time (csrc/cpu/step_input.h:
+    """bfloat16 and float16 layers project their input rows a few steps at a time (csrc/cpu/step_input.h:
     project_steps, at most 4 steps in 16-bit layers): 11 steps make chunks of 4, 4 and 3, and a packed,
     shrinking batch in both directions has rows ending inside a chunk, its rows gathered first; 3 rows
-    take the mat-vecs, their tensors in bfloat16 too (csrc/cpu/storage.h). Output and input gradient
+    take the mat-vecs, their tensors in 16 bits too (csrc/cpu/storage.h). Output and input gradient
     against float64, within a small multiple of torch.nn's own error."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -465,7 +466,7 @@ def test_small_16bit_training_holds_well_under_float32(dtype, kind, batch):
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_small_16bit_inference_gives_the_training_forward_bitwise(dtype, kind, batch, steps, packed):
-    """At most 4 rows, a bfloat16 layer projects its input step by step in inference (an LSTM whose units
+    """At most 4 rows, a 16-bit layer projects its input step by step in inference (an LSTM whose units
     two threads split, for 8 steps at a time: the rows of either direction's steps follow each other in
     x) and up front in training (csrc/cpu/step_input.h), with the same products, each row summed alone:
     the mat-vecs under 64 rows in all, the packed products from 64 on (csrc/cpu/gemm_cpu.h's
@@ -493,7 +494,7 @@ def test_small_16bit_inference_gives_the_training_forward_bitwise(dtype, kind, b
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_small_16bit_inference_holds_under_half_of_float32(dtype, kind, batch):
-    """A bfloat16 layer of at most 4 rows projects each step's input in inference rather than all (N, G)
+    """A 16-bit layer of at most 4 rows projects each step's input in inference rather than all (N, G)
     float32 projections up front, which were most of its memory (LSTM T=50 B=1 H=128: 118 KiB, 0.91 of
     its float32 twin's; per 8 steps 38.5 KiB, 0.30)."""
     torch.manual_seed(0)
@@ -508,8 +509,8 @@ def test_small_16bit_inference_holds_under_half_of_float32(dtype, kind, batch):
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_small_16bit_layers_read_their_weights_in_place(dtype, kind, steps, batch, layers):
-    """bfloat16 layers of at most 4 rows a step and fewer than 64 in all multiply with mat-vecs that read
-    the bfloat16 weights as they are (csrc/cpu/matmul_cpu.h), on any CPU: no float32 copy of the weights
+    """16-bit layers of at most 4 rows a step (bfloat16: and fewer than 64 in all) multiply with mat-vecs that
+    read the 16-bit weights as they are (csrc/cpu/matmul_cpu.h), on any CPU: no float32 copy of the weights
     is made, which took more memory than torch.nn's whole call (T=50, B=1, H=128 inference: GRU 515
     against torch.nn's 96 KiB, now 131) and, converted at every call, made generation loops (T=1, B=1)
     slower than torch.nn (a 2-layer RNN at H=200: 0.84x, now 4.6x). The call's peak memory stays below
@@ -526,10 +527,10 @@ def test_small_16bit_layers_read_their_weights_in_place(dtype, kind, steps, batc
                                         ("rnn_tanh", 4)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_small_16bit_inference_holds_no_more_than_torch(dtype, kind, batch):
-    """A bfloat16 inference call of at most 4 rows holds no more memory than torch.nn's (T=50, H=128:
+    """A 16-bit inference call of at most 4 rows holds no more memory than torch.nn's (T=50, H=128:
     GRU B=1 57 against torch.nn's 96 KiB, B=4 219 against 285): GRU and RNN project their input step by
     step there, instead of holding all steps' float32 projections (csrc/cpu/step_input.h). x and y stay
-    in bfloat16 too (csrc/cpu/storage.h), and an LSTM's projections up front read x widened a few rows at
+    in 16 bits too (csrc/cpu/storage.h), and an LSTM's projections up front read x widened a few rows at
     a time: at B=4 an LSTM held 626 against torch.nn's 540 KiB with float32 copies of x and y, an RNN 209
     against 185."""
     torch.manual_seed(0)
