@@ -63,8 +63,7 @@ void check_dtype(const Tensor& x, const char* name, const OptionalTensor& t) {
 }
 void check_dtype(const Tensor&, const char*, bool) {}
 
-// Outputs converted to `dtype`.
-Tensor to_dtype(const Tensor& t, at::ScalarType dtype) { return t.to(dtype); }
+// A layer op's outputs converted to `dtype` (those in it already as they are).
 template <typename... Ts>
 std::tuple<Ts...> to_dtype(std::tuple<Ts...> outputs, at::ScalarType dtype) {
   std::apply([dtype](auto&... t) { ((t = t.to(dtype)), ...); }, outputs);
