@@ -77,6 +77,26 @@ def _no_backend_env(monkeypatch):
     monkeypatch.delenv("FASTCELLS_BACKEND", raising=False)
 
 
+def cpu_flags():
+    """The running CPU's feature flags (/proc/cpuinfo; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return set(next((line for line in cpuinfo if line.startswith("flags")), "").split(":", 1)[-1].split())
+    except OSError:
+        return set()
+
+
+def cpu_kernel_copies():
+    """The copies of the cpu backend's kernels this CPU can run (csrc/cpu/isa.h), best first."""
+    flags = cpu_flags()
+    copies = []
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"} <= flags:
+        copies.append("avx512")
+    if {"avx2", "fma", "f16c"} <= flags:
+        copies.append("avx2")
+    return copies + ["baseline"]
+
+
 def copy_weights(src, dst):
     """Loads ``src``'s parameters into ``dst`` through load_state_dict (strict: same keys both ways)."""
     dst.load_state_dict(src.state_dict(), strict=True)

@@ -12,31 +12,10 @@ import pytest
 
 import fastcells
 from fastcells import _extension
+from conftest import cpu_kernel_copies
 
 if "cpu" not in fastcells.available_backends("cpu"):
     pytest.skip("the cpu backend is not built", allow_module_level=True)
-
-
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _supported():
-    """The copies this CPU can run, best first."""
-    flags = _cpu_flags()
-    isas = []
-    if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"} <= flags:
-        isas.append("avx512")
-    if {"avx2", "fma", "f16c"} <= flags:
-        isas.append("avx2")
-    return isas + ["baseline"]
 
 
 # Layers (stacked, bidirectional, a projection), cells' streaming steps, float64 and float32, batch
@@ -102,7 +81,7 @@ PARITY = textwrap.dedent("""
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
 def test_each_copy_matches_torch_nn(isa):
-    if isa not in _supported():
+    if isa not in cpu_kernel_copies():
         pytest.skip(f"this CPU cannot run the {isa} copy")
     env = {**os.environ, "FASTCELLS_CPU_ISA": isa}
     run = subprocess.run([sys.executable, "-c", PARITY], env=env, capture_output=True, text=True,
@@ -114,13 +93,13 @@ def test_each_copy_matches_torch_nn(isa):
 def test_the_best_copy_is_picked():
     if os.environ.get("FASTCELLS_CPU_ISA"):
         pytest.skip("FASTCELLS_CPU_ISA forces a copy in this run")
-    assert _extension.C.cpu_isa() == _supported()[0]
+    assert _extension.C.cpu_isa() == cpu_kernel_copies()[0]
 
 
 @pytest.mark.parametrize("value,message", [("avx3", "must be avx512, avx2 or baseline"),
                                            ("avx512", "this CPU does not have it")])
 def test_bad_override_is_refused(value, message):
-    if value in _supported():
+    if value in cpu_kernel_copies():
         pytest.skip(f"this CPU runs {value}")
     code = "import torch, fastcells; fastcells.GRU(3, 4, backend='cpu')(torch.randn(2, 1, 3))"
     run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTCELLS_CPU_ISA": value},
@@ -137,7 +116,7 @@ def test_info_names_the_copy():
 def test_info_names_the_capped_copies_of_fastcells_and_torch():
     """With fastcells' copy and ATen's kernels both capped at AVX2 (an AVX-512 machine measuring as an
     AVX2 one: environment.ISA_VARIABLES), `info` names both caps."""
-    if "avx2" not in _supported():
+    if "avx2" not in cpu_kernel_copies():
         pytest.skip("this CPU cannot run the avx2 copy")
     env = {**os.environ, "FASTCELLS_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2"}
     run = subprocess.run([sys.executable, "-m", "fastcells", "info", "--device", "cpu"], env=env,

@@ -12,7 +12,8 @@ import torch
 
 import fastcells
 from fastcells import backends, environment, info
-from conftest import OpRecorder, low_precision_errors, make_cell_twins, make_layer_twins
+from conftest import (OpRecorder, cpu_flags, cpu_kernel_copies, low_precision_errors, make_cell_twins,
+                      make_layer_twins)
 
 if "cpu" not in fastcells.available_backends("cpu"):
     pytest.skip("the cpu backend is not built", allow_module_level=True)
@@ -116,16 +117,8 @@ def test_mixed_dtypes_are_refused_with_the_argument_named():
 # its own input rows. Batch sizes: the mat-vec path (3 rows, float32 products), the packed GEMM with a
 # partial panel and an odd k (5; H=37), row groups (16), and groups of more rows than one block of
 # the GEMM (300: 150 rows a group on 2 threads, > 128).
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return set(next((line for line in cpuinfo if line.startswith("flags")), "").split())
-    except OSError:
-        return set()
-
-
 def _cpu_has_avx512_bf16():
-    return "avx512_bf16" in _cpu_flags()
+    return "avx512_bf16" in cpu_flags()
 
 
 def _torch_bf16_on_onednn():
@@ -144,7 +137,7 @@ def _amx_expected():
     from fastcells import _extension
 
     return (_cpu_has_avx512_bf16() and _extension.C.cpu_isa() == "avx512"
-            and {"amx_bf16", "amx_tile"} <= _cpu_flags() and os.environ.get("FASTCELLS_CPU_AMX") != "0")
+            and {"amx_bf16", "amx_tile"} <= cpu_flags() and os.environ.get("FASTCELLS_CPU_AMX") != "0")
 
 
 def test_bf16_products_are_used_where_the_cpu_has_them():
@@ -197,7 +190,7 @@ def test_bf16_tests_pass_on_the_avx512_bf16_kernels_too():
     assert " passed" in run.stdout.splitlines()[-1]
 
 
-@pytest.mark.skipif(not environment.cpu_bf16_products() or not {"avx2", "fma", "f16c"} <= _cpu_flags(),
+@pytest.mark.skipif(not environment.cpu_bf16_products() or "avx2" not in cpu_kernel_copies(),
                     reason="the tests above ran without the bfloat16 products")
 def test_bf16_tests_pass_without_the_bf16_products():
     """This CPU runs the tests above with the bfloat16 products; the AVX2 copy (FASTCELLS_CPU_ISA=avx2, as a
@@ -634,9 +627,7 @@ def test_16bit_float16_steps_round_and_widen_as_torch(isa, scale, column):
     be torch's rounding of it bitwise: scale 1 widens every value and rounds it back unchanged; the others
     make ties (1 + 2^-10 and 0.75 + 2^-10 take 10 and 11 bits more), subnormals (2^-6, 2^-14) and
     overflows to infinity (48) in every copy of the kernels this CPU runs."""
-    supported = {"avx512": {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"},
-                 "avx2": {"avx2", "fma", "f16c"}, "baseline": set()}[isa]
-    if not supported <= _cpu_flags():
+    if isa not in cpu_kernel_copies():
         pytest.skip(f"this CPU cannot run the {isa} copy")
     if isa == environment.cpu_kernels_isa():
         assert _float16_step_rounding_mismatches(scale, column) == 0
