@@ -149,46 +149,50 @@ inline void mm_in_into(at::Tensor dst, const at::Tensor& a, const at::Tensor& b,
   }
 }
 
-// Whether products with operands in dtype `in` into a CPU tensor like `dst` go to a 16-bit GEMM with
-// float32 sums (cpu/bf16_backward_gemm.h: MKL's or ours) rather than at::mm: bfloat16 or float16
-// operands, where this process has one for them.
-inline bool on_bf16_backward_gemm(const at::Tensor& dst, at::ScalarType in) {
+// Whether products with operands in dtype `in` into a CPU tensor like `dst` go to cpu::backward_gemm
+// (cpu/bf16_backward_gemm.h: a 16-bit GEMM with float32 sums, MKL's or ours, or our float32 one) rather
+// than at::mm: bfloat16 or float16 operands where this process has a GEMM for them, float32 ones into a
+// float32 dst where it takes ours.
+inline bool on_cpu_backward_gemm(const at::Tensor& dst, at::ScalarType in) {
   if (!dst.is_cpu()) return false;
+  if (in == at::kFloat) return dst.scalar_type() == at::kFloat && cpu::packed_float_gemm();
   if (in == at::kHalf) return cpu::f16_backward_gemm();
   return in == at::kBFloat16 && cpu::bf16_backward_gemm() != cpu::Bf16BackwardGemm::none;
 }
 
-// out (rows, n) = the sum of a_i's rows [r0, r0 + rows) @ b_i over `products` by bf16_backward_gemm
+// out (rows, n) = the sum of a_i's rows [r0, r0 + rows) @ b_i over `products` by cpu::backward_gemm
 // (out float32, with unit column stride).
-inline void bf16_gemm_sum_rows(const at::Tensor& out, const std::vector<std::pair<at::Tensor, at::Tensor>>& products,
+inline void cpu_gemm_sum_rows(const at::Tensor& out, const std::vector<std::pair<at::Tensor, at::Tensor>>& products,
                                int64_t r0, int64_t rows) {
   bool accumulate = false;
   for (const auto& [a, b] : products) {
-    cpu::bf16_backward_gemm(a.narrow(0, r0, rows), b, out, accumulate);
+    cpu::backward_gemm(a.narrow(0, r0, rows), b, out, accumulate);
     accumulate = true;
   }
 }
 
-// Whether bf16_backward_gemm rounds the sums of `products` into a bfloat16 dst itself (ours does: then no
+// Whether cpu::backward_gemm rounds the sums of `products` into a bfloat16 dst itself (ours does: then no
 // float32 sums are kept beside dst): one product, whose operands dst does not overlap (dx_in_place writes
 // dx over dg, which the GEMM's other blocks still read).
-inline bool bf16_gemm_rounds_into(const at::Tensor& dst,
+inline bool cpu_gemm_rounds_into(const at::Tensor& dst,
                                   const std::vector<std::pair<at::Tensor, at::Tensor>>& products) {
   return cpu::bf16_backward_gemm() == cpu::Bf16BackwardGemm::vdpbf16ps && dst.scalar_type() == at::kBFloat16 &&
          (dst.stride(1) == 1 || dst.size(1) <= 1) && products.size() == 1 &&
          !dst.is_alias_of(products[0].first) && !dst.is_alias_of(products[0].second);
 }
 
-// dst (m, n) = the sum of a_i (m, k_i) @ b_i (k_i, n) over `products` (operands in bfloat16) by
-// bf16_backward_gemm: straight into dst where it is float32 (or bf16_gemm_rounds_into), else into float32
-// sums of at most `block` of dst's rows at a time, each block rounded once to dst's dtype when its sums
-// are complete.
-inline void bf16_gemm_products_into(at::Tensor dst,
+// dst (m, n) = the sum of a_i (m, k_i) @ b_i (k_i, n) over `products` (operands in 16 bits or float32) by
+// cpu::backward_gemm: straight into dst where it is float32 and no operand (or cpu_gemm_rounds_into),
+// else into float32 sums of at most `block` of dst's rows at a time, each block rounded (or copied) once
+// to dst when its sums are complete: so dst may be an operand whose row i only row i of dst depends on
+// (dx_in_place).
+inline void cpu_gemm_products_into(at::Tensor dst,
                                     const std::vector<std::pair<at::Tensor, at::Tensor>>& products, int64_t block) {
-  if (bf16_gemm_rounds_into(dst, products)) {
-    return cpu::bf16_backward_gemm(products[0].first, products[0].second, dst, /*accumulate=*/false);
+  if (cpu_gemm_rounds_into(dst, products)) {
+    return cpu::backward_gemm(products[0].first, products[0].second, dst, /*accumulate=*/false);
   }
-  const bool direct = dst.scalar_type() == at::kFloat && (dst.stride(1) == 1 || dst.size(1) <= 1);
+  bool direct = dst.scalar_type() == at::kFloat && (dst.stride(1) == 1 || dst.size(1) <= 1);
+  for (const auto& [a, b] : products) direct = direct && !dst.is_alias_of(a) && !dst.is_alias_of(b);
   const int64_t m = dst.size(0);
   if (direct) block = m;
   block = std::max<int64_t>(1, block);
@@ -196,23 +200,23 @@ inline void bf16_gemm_products_into(at::Tensor dst,
   for (int64_t r0 = 0; r0 < m; r0 += block) {
     const int64_t rows = std::min(block, m - r0);
     const at::Tensor out = direct ? dst.narrow(0, r0, rows) : sums.narrow(0, 0, rows);
-    bf16_gemm_sum_rows(out, products, r0, rows);
+    cpu_gemm_sum_rows(out, products, r0, rows);
     if (!direct) dst.narrow(0, r0, rows).copy_(out);
   }
 }
 
-// bf16_gemm_products_into for a dst in 16 bits (contiguous) that is no operand of its products, with less
+// cpu_gemm_products_into for a dst in 16 bits (contiguous) that is no operand of its products, with less
 // scratch: the float32 sums of a third of the rows left go into dst's own memory, past where those rows
 // will be (their sums take twice their place: a third of the rows left fills what is left), and are
 // rounded into them in one copy; the rows left once they are at most `tail` go through
-// bf16_gemm_products_into's scratch. Each block is another GEMM call, which packs the other operand again,
+// cpu_gemm_products_into's scratch. Each block is another GEMM call, which packs the other operand again,
 // and another copy. Thirds, not halves: a half's sums would begin where its rows do, to be rounded in
 // place a few rows at a time, ~8 copies a block (with dx made that way too, a GRU's training call at
 // T=50 B=4 H=128 was 6% slower; in thirds, and dx as before, within the machine's noise).
-inline void bf16_gemm_products_narrowed(at::Tensor dst,
+inline void cpu_gemm_products_narrowed(at::Tensor dst,
                                         const std::vector<std::pair<at::Tensor, at::Tensor>>& products, int64_t tail) {
-  TORCH_CHECK(dst.is_contiguous() && dst.element_size() == 2, "bf16_gemm_products_narrowed: dst in 16 bits");
-  if (bf16_gemm_rounds_into(dst, products)) return bf16_gemm_products_into(dst, products, dst.size(0));
+  TORCH_CHECK(dst.is_contiguous() && dst.element_size() == 2, "cpu_gemm_products_narrowed: dst in 16 bits");
+  if (cpu_gemm_rounds_into(dst, products)) return cpu_gemm_products_into(dst, products, dst.size(0));
   const int64_t m = dst.size(0), n = dst.size(1);
   char* memory = static_cast<char*>(dst.data_ptr());
   const auto sums_offset = [&](int64_t end_row) { return (end_row * n * 2 + 63) / 64 * 64; };  // aligned
@@ -223,28 +227,29 @@ inline void bf16_gemm_products_narrowed(at::Tensor dst,
     if (rows == 0) break;
     const at::Tensor sums =
         at::from_blob(memory + sums_offset(done + rows), {rows, n}, dst.options().dtype(at::kFloat));
-    bf16_gemm_sum_rows(sums, products, done, rows);
+    cpu_gemm_sum_rows(sums, products, done, rows);
     dst.narrow(0, done, rows).copy_(sums);
     done += rows;
   }
   if (done == m) return;
   std::vector<std::pair<at::Tensor, at::Tensor>> rest;
   for (const auto& [a, b] : products) rest.emplace_back(a.narrow(0, done, m - done), b);
-  bf16_gemm_products_into(dst.narrow(0, done, m - done), rest, m - done);
+  cpu_gemm_products_into(dst.narrow(0, done, m - done), rest, m - done);
 }
 
 // dst (a weight's shape) = the sum of a_i @ b_i over `products`, each with its operands in dtype `in`
-// (mm_in): a weight gradient, whose k is a sequence's rows. On the CPU, bfloat16 operands go to
-// bf16_backward_gemm (MKL's or ours) where this process has one, summed into float32 and rounded once to
+// (mm_in): a weight gradient, whose k is a sequence's rows. On the CPU, float32 operands go to our
+// GEMM where cpu::packed_float_gemm() (straight into dst), and bfloat16 ones to bf16_backward_gemm
+// (MKL's or ours) where this process has one, summed into float32 and rounded once to
 // dst's dtype: at::mm (oneDNN's) first copies both operands (1 MiB of scratch for a bfloat16 GRU's dw_ih
 // at T=50 B=16 H=128, more than the backward's peak could take beside its own tensors and stay under
 // torch.nn's) and ran at half MKL's speed on the Intel Xeon; and it rounds each product to bfloat16
 // before the next is added.
-// less_scratch: dst's float32 sums mostly in dst itself (bf16_gemm_products_narrowed), for the gradient a
+// less_scratch: dst's float32 sums mostly in dst itself (cpu_gemm_products_narrowed), for the gradient a
 // backward makes last, on top of all else it holds (input_grads).
 inline void weight_grad_into(at::Tensor dst, std::initializer_list<std::pair<at::Tensor, at::Tensor>> products,
                              at::ScalarType in, bool less_scratch = false) {
-  if (on_bf16_backward_gemm(dst, in)) {
+  if (on_cpu_backward_gemm(dst, in)) {
     std::vector<std::pair<at::Tensor, at::Tensor>> operands;
     int64_t operand_elements = 0;
     for (const auto& [a, b] : products) {
@@ -253,7 +258,7 @@ inline void weight_grad_into(at::Tensor dst, std::initializer_list<std::pair<at:
     }
     if (less_scratch && dst.element_size() == 2 && dst.is_contiguous()) {
       // Sums of at most a third of the rows in a scratch: 2/3 of dst's size, not twice it, in four calls.
-      return bf16_gemm_products_narrowed(dst, operands, dst.size(0) / 3);
+      return cpu_gemm_products_narrowed(dst, operands, dst.size(0) / 3);
     }
     // Float32 sums no larger than the operands: those of a short sequence's gradient (k of a few dozen
     // rows) a block of rows at a time, not a float32 copy of the whole weight. Not smaller: each block is
@@ -261,7 +266,7 @@ inline void weight_grad_into(at::Tensor dst, std::initializer_list<std::pair<at:
     // quarter of the operands, a bfloat16 GRU's training call at T=50 B=4 H=128 took 12% longer (18
     // calls instead of 5), for a peak of 0.99 torch.nn's instead of 1.16.
     const int64_t block = std::max<int64_t>(16, operand_elements / 2 / std::max<int64_t>(1, dst.size(1)));
-    bf16_gemm_products_into(dst, operands, block);
+    cpu_gemm_products_into(dst, operands, block);
     return;
   }
   bool first = true;
@@ -306,28 +311,29 @@ struct RowSums {
 // of dg alone, so no second (N, I) tensor is needed, only a half's. dg is then dx. Halves, not smaller
 // blocks: each GEMM call costs about 30 µs of thread start-up here, and eighths made an RNN's backward
 // at T=50 B=16 H=128 20% slower (eighths side by side on the two threads, each GEMM on one: 15%).
-// bfloat16 operands on the CPU go to bf16_backward_gemm as dx_product's, in halves too (a half's
-// float32 sums take dx's bfloat16 size; bf16_gemm_products_into rounds them over the half's rows once its
+// bfloat16 operands on the CPU go to cpu::backward_gemm as dx_product's, in halves too (float32 ones
+// where it takes them, into a half's scratch) (a half's
+// float32 sums take dx's bfloat16 size; cpu_gemm_products_into rounds them over the half's rows once its
 // products are made, so dg may be its own operand): at::mm's oneDNN scratch (3.5 times dx's size at T=30
 // B=1 H=64) took a bfloat16 RNN's training call over torch.nn's peak.
 inline void dx_in_place(at::Tensor& dg, const at::Tensor& w_ih, at::ScalarType in) {
   const int64_t N = dg.size(0), block = std::max<int64_t>(64, (N + 1) / 2);
-  if (on_bf16_backward_gemm(dg, in)) return bf16_gemm_products_into(dg, {{dg.to(in), w_ih.to(in)}}, block);
+  if (on_cpu_backward_gemm(dg, in)) return cpu_gemm_products_into(dg, {{dg.to(in), w_ih.to(in)}}, block);
   for (int64_t r0 = 0; r0 < N; r0 += block) {
     at::Tensor rows = dg.narrow(0, r0, std::min(block, N - r0));
     rows.copy_(mm_in(rows, w_ih, in, dg.scalar_type()));
   }
 }
 
-// dx (N, I) = dg @ w_ih in dtype `out`. On the CPU with bfloat16 operands, by bf16_backward_gemm
-// (as weight_grad_into), a quarter of the rows at a time where dx is not float32: their float32 sums
+// dx (N, I) = dg @ w_ih in dtype `out`. On the CPU with 16-bit operands (or float32 ones where it takes
+// them), by cpu::backward_gemm (as weight_grad_into), a quarter of the rows at a time where dx is not float32: their float32 sums
 // take half of dx's size. at::mm (oneDNN's) allocated scratch as large as dx (a GRU's at T=50 B=16 H=128,
 // on top of the backward's peak, which then went past torch.nn's), and as much for each block of rows
 // it was given in turn (each block then cost it another 40-80 µs).
 inline at::Tensor dx_product(const at::Tensor& dg, const at::Tensor& w_ih, at::ScalarType in, at::ScalarType out) {
-  if (!on_bf16_backward_gemm(dg, in)) return mm_in(dg, w_ih, in, out);
+  if (!on_cpu_backward_gemm(dg, in)) return mm_in(dg, w_ih, in, out);
   at::Tensor dx = at::empty({dg.size(0), w_ih.size(1)}, dg.options().dtype(out));
-  bf16_gemm_products_into(dx, {{dg.to(in), w_ih.to(in)}}, (dg.size(0) + 3) / 4);
+  cpu_gemm_products_into(dx, {{dg.to(in), w_ih.to(in)}}, (dg.size(0) + 3) / 4);
   return dx;
 }
 

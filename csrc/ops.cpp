@@ -23,6 +23,7 @@
 #include "cpu/bf16_backward_gemm.h"
 #include "cpu/bf16_gemm.h"
 #include "cpu/bf16_products.h"
+#include "cpu/isa.h"
 #include "cpu/ops_cpu.h"
 #include "cpu/stack_inference.h"
 #include "fastcells/saved_layout.h"
@@ -110,6 +111,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_f16_backward_gemm", [] { return std::string(fastcells::cpu::f16_backward_gemm() ? "widened" : "aten"); },
         "The GEMM of float16 layers' backward in this process: widened (blocks of the operands widened to "
         "float32 for at::mm, float32 sums) or aten (at::mm on float32 copies of the whole operands).");
+  m.def("cpu_float_gemm", &fastcells::cpu::float_gemm_name,
+        "The GEMM of float32 layers' products over all rows (the backward's weight gradients and dx, "
+        "input projections up front) in this process: packed (ours, csrc/cpu/float_gemm.h) or aten (at::mm).");
+  // For tests: the float32 packed GEMM of the kernels this process runs, whichever the backward takes.
+  m.def("cpu_float_gemm_matrices", [](const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {
+    fastcells::cpu::chosen_kernels().float_gemm(a, b, out, accumulate);
+  }, ReleaseGil());
   // For tests: the VDPBF16PS GEMM itself (on CPUs with AVX-512 BF16), whichever the backward takes.
   m.def("cpu_bf16_gemm_matrices", &fastcells::cpu::bf16::gemm_matrices, ReleaseGil());
   // For tests: the bfloat16 mat-vecs of layers of up to 4 rows and of the cell steps (AVX-512 BF16 CPUs).

@@ -106,6 +106,18 @@ def cpu_f16_backward_gemm():
     return _extension.C.cpu_f16_backward_gemm()
 
 
+def cpu_float_gemm():
+    """The GEMM that the cpu backend's float32 layers run their products over all rows on (the backward's
+    weight gradients and dx, input projections up front) in this process (csrc/cpu/bf16_backward_gemm.h): "packed" (ours, csrc/cpu/float_gemm.h: on AMD
+    CPUs from Zen 5 on with the AVX-512 kernels, where MKL's SGEMM leaves half of each multiply-add idle)
+    or "aten" (at::mm, MKL's); FASTCELLS_CPU_FLOAT_GEMM picks one. None without the extension."""
+    from . import _extension
+
+    if _extension.C is None or not hasattr(_extension.C, "cpu_float_gemm"):
+        return None
+    return _extension.C.cpu_float_gemm()
+
+
 def device_slug(device):
     """``device_name`` as a folder name: "nvidia-h100-80gb-hbm3", "cpu-amd-epyc"."""
     device = torch.device(device)

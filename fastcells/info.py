@@ -10,6 +10,11 @@ BF16_BACKWARD_GEMMS = {
     "vdpbf16ps": "fastcells' VDPBF16PS GEMM (float32 sums; csrc/cpu/bf16_gemm.h)",
     "aten": "at::mm",
 }
+# What environment.cpu_float_gemm() names, in words.
+FLOAT_GEMMS = {
+    "packed": "fastcells' packed GEMM (csrc/cpu/float_gemm.h)",
+    "aten": "at::mm",
+}
 # What environment.cpu_f16_backward_gemm() names, in words.
 F16_BACKWARD_GEMMS = {
     "widened": "at::mm on blocks widened to float32 (float32 sums)",
@@ -50,6 +55,9 @@ def describe(device_types_):
             if device_type == "cpu" and name == "cpu" and reason is None:
                 lines.append(f"  {'':10} kernels for {environment.cpu_kernels_isa()} (the best this CPU "
                              "runs, or FASTCELLS_CPU_ISA)")
+                gemm = FLOAT_GEMMS.get(environment.cpu_float_gemm(), "at::mm")
+                lines.append(f"  {'':10} float32 layers' GEMMs over all rows on {gemm} "
+                             "(FASTCELLS_CPU_FLOAT_GEMM=packed or aten)")
                 if environment.cpu_amx_products():
                     products = "bfloat16 (AMX tiles; AVX-512 BF16 for up to 4 rows, or FASTCELLS_CPU_AMX=0)"
                 elif environment.cpu_bf16_products():

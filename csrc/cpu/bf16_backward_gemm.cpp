@@ -1,9 +1,16 @@
-// bf16_backward_gemm.h's choice between MKL's bfloat16 GEMM and ours (and the float16 one).
+// bf16_backward_gemm.h's choice between MKL's bfloat16 GEMM and ours (and the float16 and float32 ones).
 #include "bf16_backward_gemm.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <string>
+
+#include "isa.h"
 
 #include "bf16_gemm.h"
 #include "bf16_products.h"
@@ -35,6 +42,41 @@ bool f16_backward_gemm() {
   }();
   return chosen;
 }
+
+namespace {
+
+// Whether the CPU is an AMD one of family 0x1A (Zen 5) or later.
+bool amd_zen5_or_later() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
+  char vendor[13] = {};
+  std::memcpy(vendor, &ebx, 4);
+  std::memcpy(vendor + 4, &edx, 4);
+  std::memcpy(vendor + 8, &ecx, 4);
+  if (std::strcmp(vendor, "AuthenticAMD") != 0 || !__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  const unsigned int base = (eax >> 8) & 0xF, family = base == 0xF ? base + ((eax >> 20) & 0xFF) : base;
+  return family >= 0x1A;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+bool packed_float_gemm() {
+  static const bool chosen = [] {
+    const char* env = std::getenv("FASTCELLS_CPU_FLOAT_GEMM");
+    const std::string asked = env ? env : "";
+    TORCH_CHECK(asked.empty() || asked == "packed" || asked == "aten",
+                "FASTCELLS_CPU_FLOAT_GEMM must be packed or aten, not '", asked, "'");
+    if (!asked.empty()) return asked == "packed";
+    return std::strcmp(chosen_kernels().isa, "avx512") == 0 && amd_zen5_or_later();
+  }();
+  return chosen;
+}
+
+const char* float_gemm_name() { return packed_float_gemm() ? "packed" : "aten"; }
 
 namespace {
 
@@ -73,16 +115,20 @@ const char* bf16_backward_gemm_name() {
   }
 }
 
-void bf16_backward_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {
+void backward_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {
+  if (a.scalar_type() == at::kFloat) {
+    TORCH_CHECK(packed_float_gemm(), "backward_gemm: float32 goes to at::mm in this process");
+    return chosen_kernels().float_gemm(a, b, out, accumulate);
+  }
   if (a.scalar_type() == at::kHalf) {
-    TORCH_CHECK(f16_backward_gemm(), "bf16_backward_gemm: no float16 GEMM in this process");
+    TORCH_CHECK(f16_backward_gemm(), "backward_gemm: no float16 GEMM in this process");
     return widened_f16_gemm(a, b, out, accumulate);
   }
   switch (bf16_backward_gemm()) {
     case Bf16BackwardGemm::mkl: return mkl_bf16_gemm(a, b, out, accumulate);
     case Bf16BackwardGemm::vdpbf16ps: return bf16::gemm_matrices(a, b, out, accumulate);
     default:
-      TORCH_CHECK(false, "bf16_backward_gemm: none in this process (FASTCELLS_CPU_BF16_GEMM=aten, or none built)");
+      TORCH_CHECK(false, "backward_gemm: no bfloat16 GEMM in this process (FASTCELLS_CPU_BF16_GEMM=aten, or none built)");
   }
 }
 

@@ -70,18 +70,18 @@ inline void transpose8x8(const float* rows, int64_t ldr, float* out, int64_t ldo
 }
 #endif
 
-// out[p * P + j] = rows[j * k + p] for 8 rows j and all p < k: 8 rows of w written side by side into a
-// panel (P floats a row).
+// out[p * P + j] = rows[j * ld + p] for 8 rows j and all p < k: 8 rows of w (ld floats apart) written
+// side by side into a panel (P floats a row).
 template <typename T>
-inline void pack_8_rows(const T* rows, int64_t k, T* out, int64_t P) {
+inline void pack_8_rows(const T* rows, int64_t ld, int64_t k, T* out, int64_t P) {
   int64_t p = 0;
 #if FASTCELLS_ISA_AVX2
   if constexpr (std::is_same_v<T, float>) {  // 8 x 8 blocks: 2-4x faster than the value loop below
-    for (; p + 8 <= k; p += 8) transpose8x8(rows + p, k, out + p * P, P);
+    for (; p + 8 <= k; p += 8) transpose8x8(rows + p, ld, out + p * P, P);
   }
 #endif
   for (; p < k; ++p) {
-    for (int64_t j = 0; j < 8; ++j) out[p * P + j] = rows[j * k + p];
+    for (int64_t j = 0; j < 8; ++j) out[p * P + j] = rows[j * ld + p];
   }
 }
 
@@ -140,7 +140,7 @@ PackedMatrix<T> pack_matrix(const at::Tensor& w, bool transposed) {
       T* out = dst + panel * k * P;
       if (transposed) {
         int64_t c = 0;
-        for (; c + kRows <= cols; c += kRows) pack_8_rows(rows_of(panel * P + c, kRows), k, out + c, P);
+        for (; c + kRows <= cols; c += kRows) pack_8_rows(rows_of(panel * P + c, kRows), k, k, out + c, P);
         for (; c < cols; ++c) {
           const T* row = rows_of(panel * P + c, 1);
           for (int64_t p = 0; p < k; ++p) out[p * P + c] = row[p];
@@ -156,18 +156,20 @@ PackedMatrix<T> pack_matrix(const at::Tensor& w, bool transposed) {
   return packed;
 }
 
-// One tile: R rows of `out`, `cols` <= kPanel columns, from one packed panel.
-template <typename T, int R>
+// One tile: R rows of `out`, `cols` <= kPanel columns, from one packed panel (or kPanel columns of a
+// row-major b, whose rows are ldp apart). a: R rows lda apart, or with kPackedA its R x k values packed
+// column by column (a[p * R + r] for row r; lda unused).
+template <typename T, int R, bool kPackedA = false>
 inline void gemm_tile(const T* a, int64_t lda, const T* panel, int64_t k, T* out, int64_t ldo,
-                      int64_t cols, bool accumulate) {
+                      int64_t cols, bool accumulate, int64_t ldp = Vec<T>::kPanel) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   V acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V{};
   for (int64_t p = 0; p < k; ++p) {
     V b0, b1;
-    std::memcpy(&b0, panel + p * 2 * L, sizeof(V));
-    std::memcpy(&b1, panel + p * 2 * L + L, sizeof(V));
+    std::memcpy(&b0, panel + p * ldp, sizeof(V));
+    std::memcpy(&b1, panel + p * ldp + L, sizeof(V));
     // Keep the panel vectors in registers: for tiles of up to 4 rows GCC otherwise folds them into
     // each multiply-add as a memory operand, which made those tiles load-bound (43 against 68
     // GFLOP/s for 4 rows on one Zen 3 core).
@@ -177,7 +179,8 @@ inline void gemm_tile(const T* a, int64_t lda, const T* panel, int64_t k, T* out
     asm("" : "+x"(b0), "+x"(b1));
 #endif
     for (int r = 0; r < R; ++r) {
-      const V av = a[r * lda + p] - V{};  // a broadcast (x - 0 folds to x; 0 + x would not: -0.0)
+      // a broadcast (x - 0 folds to x; 0 + x would not: -0.0)
+      const V av = (kPackedA ? a[p * R + r] : a[r * lda + p]) - V{};
       acc[r][0] += av * b0;
       acc[r][1] += av * b1;
     }
@@ -204,12 +207,12 @@ inline void gemm_tile(const T* a, int64_t lda, const T* panel, int64_t k, T* out
 }
 
 // gemm_tile for rows = R, R - 1, ..., 1 (rows <= R).
-template <typename T, int R = kGemmRows>
+template <typename T, int R = kGemmRows, bool kPackedA = false>
 inline void gemm_rows(const T* a, int64_t lda, const T* panel, int64_t k, T* out, int64_t ldo,
-                      int64_t rows, int64_t cols, bool accumulate) {
+                      int64_t rows, int64_t cols, bool accumulate, int64_t ldp = Vec<T>::kPanel) {
   if constexpr (R > 0) {
-    if (rows == R) return gemm_tile<T, R>(a, lda, panel, k, out, ldo, cols, accumulate);
-    gemm_rows<T, R - 1>(a, lda, panel, k, out, ldo, rows, cols, accumulate);
+    if (rows == R) return gemm_tile<T, R, kPackedA>(a, lda, panel, k, out, ldo, cols, accumulate, ldp);
+    gemm_rows<T, R - 1, kPackedA>(a, lda, panel, k, out, ldo, rows, cols, accumulate, ldp);
   }
 }
 

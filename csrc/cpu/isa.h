@@ -26,6 +26,8 @@ struct CpuKernels {
   decltype(&rnn_layer_fwd_cpu) rnn_layer_fwd;
   decltype(&rnn_layer_bwd_cpu) rnn_layer_bwd;
   decltype(&rnn_step_fwd_cpu) rnn_step_fwd;
+  // float_gemm.h's GEMM (bf16_backward_gemm.h's backward_gemm for float32)
+  void (*float_gemm)(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate);
 };
 
 namespace baseline { extern const CpuKernels kernels; }

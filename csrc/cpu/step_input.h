@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "../layers.h"
+#include "float_gemm.h"
 #include "gemm_cpu.h"
 #include "matmul_cpu.h"
 #include "row_groups.h"
@@ -189,7 +190,8 @@ class StepInput {
   // result (MKL's) depends on the number of threads (seen from 1 to 3 threads at 5 x 7 x 148 and
   // 25 x 7 x 37). Large ones with at::mm, which is faster there (122 against about 60 GFLOP/s at
   // 6400 x 512 x 2048 on 2 Zen 4 cores) and gave the same result for 1 to 3 threads at every size
-  // tried from 80 x 37 x 148 to 6400 x 512 x 2048 (tests/test_thread_count.py checks one).
+  // tried from 80 x 37 x 148 to 6400 x 512 x 2048 (tests/test_thread_count.py checks one); or, where
+  // packed_float_gemm() (Zen 5), with float_gemm.h's, which is faster than at::mm there.
   // w_ih may be bfloat16 or float16 (StepProduct): then the packed bfloat16 products or the mat-vecs,
   // which read it as it is. x is then stored in that dtype too (S, storage.h): the mat-vecs widen x a
   // block of rows at a time.
@@ -232,6 +234,12 @@ class StepInput {
     }
     TORCH_CHECK((std::is_same_v<S, T>), "StepInput: x stored in 16 bits is projected by the mat-vecs");
     const at::Tensor w_ih = w_ih_given.to(x.scalar_type());  // no copy where it is in T
+    if (mkl && packed_float_gemm()) {  // our packed GEMM over all rows, where it is faster than at::mm
+      gx_ = cpu_empty({N, G_}, x.scalar_type());
+      float_gemm(x, w_ih.t(), gx_, /*accumulate=*/false);
+      add_bias(bias, bias2);
+      return;
+    }
     if (mkl) {
       gx_ = input_projection(x, w_ih, bias2.has_value() ? c10::optional<at::Tensor>(*bias + *bias2) : bias)
                 .contiguous();

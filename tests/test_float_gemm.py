@@ -1,0 +1,171 @@
+"""The packed float32 GEMM of float32 layers' backward (csrc/cpu/float_gemm.h: weight gradients and dx on
+CPUs where it beats at::mm), against float64 products of the same operands: operands as rows, as
+transposed views (dg.t()) or with no unit stride; sizes off its row tiles and panels; k over several of
+its blocks; accumulation; bitwise the same result on 1, 2 and 3 threads. And the layers' gradient tests
+again with the backward on the GEMM this CPU does not take (FASTCELLS_CPU_FLOAT_GEMM)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastcells
+from fastcells import environment, info
+
+pytestmark = pytest.mark.skipif("cpu" not in fastcells.available_backends("cpu"),
+                                reason="the cpu backend is not built")
+
+
+def _gemm(a, b, out, accumulate):
+    from fastcells import _extension
+
+    _extension.C.cpu_float_gemm_matrices(a, b, out, accumulate)
+
+
+def _operand(rows, cols, layout, generator):
+    """A float32 (rows, cols) matrix: contiguous, the transpose of a contiguous (cols, rows) one, or every
+    other row and column of a larger one (no unit stride)."""
+    if layout == "transposed":
+        return torch.randn(cols, rows, generator=generator).t()
+    if layout == "strided":
+        return torch.randn(2 * rows, 2 * cols, generator=generator)[::2, ::2]
+    return torch.randn(rows, cols, generator=generator)
+
+
+# (m, k, n): one element; below a row tile (6 or 12 rows) and a panel (16 or 32 columns); a tile and a
+# row more (merged with the last full tile); n over several panels with a ragged end; k over several
+# blocks of k (a block of b takes at most 384 KiB: 307 rows at n = 300, 180 at n = 520); the shapes of
+# an LSTM's dW = dG^T @ X and dx = dG @ W_ih.
+SHAPES = [(1, 1, 1), (5, 3, 7), (13, 9, 33), (25, 64, 17), (70, 1000, 300), (30, 2000, 520), (3, 700, 1),
+          (256, 160, 64), (160, 256, 64)]
+LAYOUTS = ["rows", "transposed", "strided"]
+
+
+def _bound(a, b, before, k):
+    """Each output element is one chain of float32 multiply-adds per block of k, each block's chain added
+    to the sums before it: at most k + blocks + 1 roundings, each within 2^-24 of the running sum, which
+    the sum of the magnitudes bounds (blocks of at least 64 rows of k)."""
+    magnitudes = a.double().abs() @ b.double().abs() + (before.abs() if before is not None else 0)
+    return magnitudes * (k + 2 + (k + 63) // 64) * 2**-24 + 1e-30
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("b_layout", LAYOUTS)
+@pytest.mark.parametrize("a_layout", LAYOUTS)
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_float_gemm_matches_float64_products(m, k, n, a_layout, b_layout, accumulate):
+    generator = torch.Generator().manual_seed(m * 1000 + k + n)
+    a = _operand(m, k, a_layout, generator)
+    b = _operand(k, n, b_layout, generator)
+    out = torch.randn(m, n, generator=generator)
+    before = out.double()
+    a_before, b_before = a.clone(), b.clone()
+    _gemm(a, b, out, accumulate)
+    expected = a.double() @ b.double() + (before if accumulate else 0)
+    error = (out.double() - expected).abs()
+    assert (error <= _bound(a, b, before if accumulate else None, k)).all(), error.max()
+    assert torch.equal(a, a_before) and torch.equal(b, b_before)
+
+
+def test_float_gemm_writes_into_rows_of_a_wider_result():
+    """out may be a column slice of a wider matrix (rows further apart than their length): only its own
+    columns are written."""
+    generator = torch.Generator().manual_seed(3)
+    a, b = torch.randn(40, 90, generator=generator), torch.randn(90, 50, generator=generator)
+    wide = torch.full((40, 70), float("nan"))
+    _gemm(a, b, wide[:, 10:60], False)
+    assert torch.isnan(wide[:, :10]).all() and torch.isnan(wide[:, 60:]).all()
+    assert ((wide[:, 10:60].double() - a.double() @ b.double()).abs() <= _bound(a, b, None, 90)).all()
+
+
+def test_float_gemm_of_no_rows_of_k():
+    """k = 0: out is zeros, or left as it is when accumulating."""
+    a, b = torch.empty(3, 0), torch.empty(0, 4)
+    out = torch.ones(3, 4)
+    _gemm(a, b, out, True)
+    assert torch.equal(out, torch.ones(3, 4))
+    _gemm(a, b, out, False)
+    assert torch.equal(out, torch.zeros(3, 4))
+
+
+@pytest.mark.parametrize("m,k,n", [(300, 900, 100), (1024, 400, 64), (37, 2000, 520)])
+def test_float_gemm_does_not_depend_on_the_number_of_threads(m, k, n):
+    generator = torch.Generator().manual_seed(2)
+    a = torch.randn(k, m, generator=generator).t()  # as dG^T
+    b = torch.randn(k, n, generator=generator)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            out = torch.empty(m, n)
+            _gemm(a, b, out, False)
+            results.append(out)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0], other) for other in results[1:])
+
+
+def test_float_gemm_rejects_what_it_cannot_multiply():
+    a, b = torch.zeros(4, 6), torch.zeros(6, 5)
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        _gemm(a, b, torch.empty(4, 6), False)
+    with pytest.raises(RuntimeError, match="float32 operands and result"):
+        _gemm(a.double(), b, torch.empty(4, 5), False)
+    with pytest.raises(RuntimeError, match="columns must be adjacent"):
+        _gemm(a, b, torch.empty(5, 4).t(), False)
+
+
+def _expected_choice():
+    """The GEMM this process's float32 backward should take (csrc/cpu/bf16_backward_gemm.h)."""
+    asked = os.environ.get("FASTCELLS_CPU_FLOAT_GEMM")
+    if asked:
+        return asked
+    with open("/proc/cpuinfo") as cpuinfo:
+        text = cpuinfo.read()
+    amd = "AuthenticAMD" in text
+    family = next((int(line.split(":")[1]) for line in text.splitlines() if line.startswith("cpu family")), 0)
+    return "packed" if amd and family >= 0x1A and environment.cpu_kernels_isa() == "avx512" else "aten"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="no /proc/cpuinfo to read the CPU from")
+def test_info_names_the_float_gemm():
+    chosen = environment.cpu_float_gemm()
+    assert chosen == _expected_choice()
+    line = "float32 layers' GEMMs over all rows on " + info.FLOAT_GEMMS[chosen]
+    assert any(line in text for text in info.describe(["cpu"]))
+
+
+def test_bad_float_gemm_choice_is_refused():
+    code = "import torch, fastcells; fastcells.environment.cpu_float_gemm()"
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTCELLS_CPU_FLOAT_GEMM": "mkl"},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "FASTCELLS_CPU_FLOAT_GEMM must be packed or aten" in run.stderr
+
+
+# The float32 tests whose gradients go through the backward's GEMMs (weight gradients, dx) and whose
+# inputs through the projections up front: parity with torch.nn at every layer kind and option, odd
+# sizes, packed sequences, batches split across threads; the thread-count tests; peak memory.
+GRADIENT_TESTS = [("test_parity_layers.py", "cpu and (float32 or split_across)"),
+                  ("test_packed.py", "cpu and float32"),
+                  ("test_thread_count.py", None),
+                  ("test_backward_memory.py", None)]
+
+
+@pytest.mark.parametrize("gemm", ["packed", "aten"])
+def test_gradient_tests_pass_on_either_float_gemm(gemm):
+    """The tests above ran the float32 backward on this CPU's choice; these run its gradient tests again
+    on the other one (each may be a user's default on another CPU)."""
+    if gemm == environment.cpu_float_gemm():
+        pytest.skip(f"the tests ran on {gemm}")
+    env = {**os.environ, "FASTCELLS_CPU_FLOAT_GEMM": gemm}
+    here = os.path.dirname(__file__)
+    for file, selection in GRADIENT_TESTS:
+        selected = ["-k", selection] if selection else []
+        run = subprocess.run([sys.executable, "-m", "pytest", os.path.join(here, file), "-q", "-p",
+                              "no:cacheprovider", *selected], env=env, capture_output=True, text=True,
+                             cwd=here, timeout=900)
+        assert run.returncode == 0, file + "\n" + run.stdout[-3000:] + run.stderr[-2000:]
+        assert " passed" in run.stdout.splitlines()[-1], run.stdout[-500:]
