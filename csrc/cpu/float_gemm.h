@@ -77,8 +77,10 @@ inline void pack_tile(const float* a, int64_t row_stride, int64_t k_stride, int6
   const float* first = a + i * row_stride + k0 * k_stride;
   for (int64_t p = 0; p < kc; ++p) {
     const float* column = first + p * k_stride;
-    if (row_stride == 1) {
-      std::memcpy(packed + p * rows, column, rows * sizeof(float));
+    if (row_stride == 1 && rows == kGemmRows) {  // a full tile: a copy of known length, inlined
+      std::memcpy(packed + p * rows, column, kGemmRows * sizeof(float));
+    } else if (row_stride == 1) {
+      for (int64_t r = 0; r < rows; ++r) packed[p * rows + r] = column[r];
     } else {
       for (int64_t r = 0; r < rows; ++r) packed[p * rows + r] = column[r * row_stride];
     }
