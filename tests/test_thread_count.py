@@ -12,6 +12,7 @@ import torch
 
 import fastcells
 from conftest import make_layer_twins
+from fastcells import environment
 
 if "cpu" not in fastcells.available_backends("cpu"):
     pytest.skip("the cpu backend is not built", allow_module_level=True)
@@ -69,7 +70,7 @@ def test_inference_is_bitwise_the_same_with_1_2_and_3_threads(kind, hidden, batc
 def test_gradients_vary_with_threads_no_more_than_torch_nn_own(kind, hidden, batch):
     """Training: outputs and final states bitwise; gradients as close as torch.nn's own between thread
     counts (its weight and input gradients are GEMMs whose result depends on the thread count; so are
-    ours), or within a few float32 roundings of their size, more for longer sums: MKL on Intel CPUs
+    ours where they are at::mm's: FASTCELLS_CPU_FLOAT_GEMM), or within a few float32 roundings of their size, more for longer sums: MKL on Intel CPUs
     splits a long sum between threads where the product is small (dx = dG @ W_ih sums 3H = 1086 terms
     at GRU H=362; 1 and 2 threads differed by 10 roundings of the largest dx there, torch.nn's by 7)."""
     torch.manual_seed(0)
@@ -86,6 +87,22 @@ def test_gradients_vary_with_threads_no_more_than_torch_nn_own(kind, hidden, bat
         for name, (mine, torch_own, size) in enumerate(zip(_spread(ours, threads), _spread(theirs, threads),
                                                            scale)):
             assert mine <= max(torch_own, roundings * torch.finfo(torch.float32).eps * size), (name, threads)
+
+
+@pytest.mark.skipif(environment.cpu_float_gemm() != "packed",
+                    reason="the float32 GEMMs over all rows are at::mm's here (FASTCELLS_CPU_FLOAT_GEMM=packed for ours)")
+@pytest.mark.parametrize("hidden,batch", SHAPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradients_are_bitwise_the_same_on_our_float_gemm(kind, hidden, batch):
+    """Where the backward's GEMMs over all rows (weight gradients, dx) and the input projections up front
+    are ours (csrc/cpu/float_gemm.h, summed alike for any split of its rows between threads), the whole
+    training call is bitwise the same with 1, 2 and 3 threads: gradients too, as torch.nn's are not."""
+    torch.manual_seed(0)
+    _, fast = make_layer_twins(kind, 7, hidden, 2, dtype=torch.float32, backend="cpu")
+    x = torch.randn(STEPS, batch, 7)
+    results = {threads: _results(fast, x, threads, True) for threads in (1, 2, 3)}
+    for threads in (2, 3):
+        assert _spread(results, threads) == [0.0] * len(results[1]), threads
 
 
 # (hidden, batch, steps): layers of 3-4 rows a step and at least 64 rows in all, whose float32 W_hh is
