@@ -1,8 +1,9 @@
-"""The packed float32 GEMM of float32 layers' backward (csrc/cpu/float_gemm.h: weight gradients and dx on
-CPUs where it beats at::mm), against float64 products of the same operands: operands as rows, as
-transposed views (dg.t()) or with no unit stride; sizes off its row tiles and panels; k over several of
-its blocks; accumulation; bitwise the same result on 1, 2 and 3 threads. And the layers' gradient tests
-again with the backward on the GEMM this CPU does not take (FASTCELLS_CPU_FLOAT_GEMM)."""
+"""The packed float32 GEMM of layers' products over all rows (csrc/cpu/float_gemm.h: the backward's weight
+gradients and dx, small batches' input projections up front, on CPUs where it beats at::mm), against
+float64 products of the same operands: operands as rows, as transposed views (dg.t()) or with no unit
+stride; sizes off its row tiles and panels; k over several of its blocks; accumulation; bitwise the same
+result on 1, 2 and 3 threads. And the layers' gradient tests again on the GEMM this CPU does not take
+(FASTCELLS_CPU_FLOAT_GEMM)."""
 
 import os
 import subprocess
@@ -145,13 +146,15 @@ def test_bad_float_gemm_choice_is_refused():
     assert run.returncode != 0 and "FASTCELLS_CPU_FLOAT_GEMM must be packed or aten" in run.stderr
 
 
-# The float32 tests whose gradients go through the backward's GEMMs (weight gradients, dx) and whose
-# inputs through the projections up front: parity with torch.nn at every layer kind and option, odd
-# sizes, packed sequences, batches split across threads; the thread-count tests; peak memory.
+# The tests whose gradients go through the backward's float32 GEMMs (weight gradients, dx; float16 layers'
+# widened blocks too) and whose inputs through the projections up front: parity with torch.nn at every
+# layer kind and option, packed sequences, batches split across threads; the thread-count tests; peak
+# memory; the 16-bit layers' error bounds and bitwise results across threads.
 GRADIENT_TESTS = [("test_parity_layers.py", "cpu and (float32 or split_across)"),
                   ("test_packed.py", "cpu and float32"),
                   ("test_thread_count.py", None),
-                  ("test_backward_memory.py", None)]
+                  ("test_backward_memory.py", None),
+                  ("test_cpu_low_precision.py", "error_bounded or 16bit_outputs or training_holds")]
 
 
 @pytest.mark.parametrize("gemm", ["packed", "aten"])

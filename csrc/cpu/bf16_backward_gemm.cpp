@@ -81,7 +81,8 @@ const char* float_gemm_name() { return packed_float_gemm() ? "packed" : "aten"; 
 namespace {
 
 // out (m, n) (+)= a (m, k) @ b (k, n) for float16 a and b: blocks of k widened to float32 (exactly) and
-// multiplied by at::mm (MKL's float32 GEMM), each block's products added to out. MKL's own float16 GEMM
+// multiplied by at::mm (MKL's float32 GEMM; ours where packed_float_gemm()), each block's products added
+// to out. MKL's own float16 GEMM
 // (cblas_gemm_f16f16f32), without AVX-512 FP16 on the AMD EPYC, made float16 training calls 30-50%
 // slower than float32 copies of the whole operands (LSTM T=50 B=16 H=256: 14.4 against 10.9 ms). Blocks
 // of at most ~1 MiB of float32, and at most a quarter of k (the copies of a short sequence's operands
@@ -97,7 +98,9 @@ void widened_f16_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor
   for (int64_t k0 = 0; k0 < k; k0 += block) {
     const int64_t kb = std::min(block, k - k0);
     const at::Tensor a_block = a.narrow(1, k0, kb).to(at::kFloat), b_block = b.narrow(0, k0, kb).to(at::kFloat);
-    if (k0 == 0 && !accumulate) {
+    if (packed_float_gemm()) {  // ours, where it is faster than at::mm
+      chosen_kernels().float_gemm(a_block, b_block, sums, accumulate || k0 > 0);
+    } else if (k0 == 0 && !accumulate) {
       at::mm_out(sums, a_block, b_block);
     } else {
       sums.addmm_(a_block, b_block);
