@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import fastcells
+from conftest import cpu_kernel_copies
 from fastcells import environment, info
 
 pytestmark = pytest.mark.skipif("cpu" not in fastcells.available_backends("cpu"),
@@ -172,3 +173,26 @@ def test_gradient_tests_pass_on_either_float_gemm(gemm):
                              cwd=here, timeout=900)
         assert run.returncode == 0, file + "\n" + run.stdout[-3000:] + run.stderr[-2000:]
         assert " passed" in run.stdout.splitlines()[-1], run.stdout[-500:]
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
+def test_each_copy_of_the_float_gemm(isa):
+    """Each copy of the kernels (csrc/cpu/isa.h) has its own float_gemm, with its own tile rows and panel
+    width: the GEMM's tests above again on each other copy this CPU runs, and that copy's layers with their
+    GEMMs over all rows on it (FASTCELLS_CPU_FLOAT_GEMM=packed): parity with torch.nn in float32, and
+    training bitwise the same with 1, 2 and 3 threads."""
+    if isa not in cpu_kernel_copies():
+        pytest.skip(f"this CPU cannot run the {isa} copy")
+    if isa == environment.cpu_kernels_isa():
+        pytest.skip(f"the tests above ran on the {isa} copy")
+    env = {**os.environ, "FASTCELLS_CPU_ISA": isa, "FASTCELLS_CPU_FLOAT_GEMM": "packed"}
+    here = os.path.dirname(__file__)
+    for file, selection in [("test_float_gemm.py", "test_float_gemm_ and not each_copy"),
+                            ("test_parity_layers.py", "cpu and float32"),
+                            ("test_thread_count.py", "bitwise_the_same_on_our_float_gemm")]:
+        run = subprocess.run([sys.executable, "-m", "pytest", os.path.join(here, file), "-q", "-p",
+                              "no:cacheprovider", "-k", selection], env=env, capture_output=True, text=True,
+                             cwd=here, timeout=900)
+        assert run.returncode == 0, file + "\n" + run.stdout[-3000:] + run.stderr[-2000:]
+        assert " passed" in run.stdout.splitlines()[-1] and "skipped" not in run.stdout.splitlines()[-1], \
+            run.stdout[-500:]
