@@ -163,7 +163,7 @@ inline bool on_cpu_backward_gemm(const at::Tensor& dst, at::ScalarType in) {
 // out (rows, n) = the sum of a_i's rows [r0, r0 + rows) @ b_i over `products` by cpu::backward_gemm
 // (out float32, with unit column stride).
 inline void cpu_gemm_sum_rows(const at::Tensor& out, const std::vector<std::pair<at::Tensor, at::Tensor>>& products,
-                               int64_t r0, int64_t rows) {
+                              int64_t r0, int64_t rows) {
   bool accumulate = false;
   for (const auto& [a, b] : products) {
     cpu::backward_gemm(a.narrow(0, r0, rows), b, out, accumulate);
@@ -175,7 +175,7 @@ inline void cpu_gemm_sum_rows(const at::Tensor& out, const std::vector<std::pair
 // float32 sums are kept beside dst): one product, whose operands dst does not overlap (dx_in_place writes
 // dx over dg, which the GEMM's other blocks still read).
 inline bool cpu_gemm_rounds_into(const at::Tensor& dst,
-                                  const std::vector<std::pair<at::Tensor, at::Tensor>>& products) {
+                                 const std::vector<std::pair<at::Tensor, at::Tensor>>& products) {
   return cpu::bf16_backward_gemm() == cpu::Bf16BackwardGemm::vdpbf16ps && dst.scalar_type() == at::kBFloat16 &&
          (dst.stride(1) == 1 || dst.size(1) <= 1) && products.size() == 1 &&
          !dst.is_alias_of(products[0].first) && !dst.is_alias_of(products[0].second);
@@ -187,7 +187,7 @@ inline bool cpu_gemm_rounds_into(const at::Tensor& dst,
 // to dst when its sums are complete: so dst may be an operand whose row i only row i of dst depends on
 // (dx_in_place).
 inline void cpu_gemm_products_into(at::Tensor dst,
-                                    const std::vector<std::pair<at::Tensor, at::Tensor>>& products, int64_t block) {
+                                   const std::vector<std::pair<at::Tensor, at::Tensor>>& products, int64_t block) {
   if (cpu_gemm_rounds_into(dst, products)) {
     return cpu::backward_gemm(products[0].first, products[0].second, dst, /*accumulate=*/false);
   }
@@ -214,7 +214,7 @@ inline void cpu_gemm_products_into(at::Tensor dst,
 // place a few rows at a time, ~8 copies a block (with dx made that way too, a GRU's training call at
 // T=50 B=4 H=128 was 6% slower; in thirds, and dx as before, within the machine's noise).
 inline void cpu_gemm_products_narrowed(at::Tensor dst,
-                                        const std::vector<std::pair<at::Tensor, at::Tensor>>& products, int64_t tail) {
+                                       const std::vector<std::pair<at::Tensor, at::Tensor>>& products, int64_t tail) {
   TORCH_CHECK(dst.is_contiguous() && dst.element_size() == 2, "cpu_gemm_products_narrowed: dst in 16 bits");
   if (cpu_gemm_rounds_into(dst, products)) return cpu_gemm_products_into(dst, products, dst.size(0));
   const int64_t m = dst.size(0), n = dst.size(1);
@@ -326,10 +326,10 @@ inline void dx_in_place(at::Tensor& dg, const at::Tensor& w_ih, at::ScalarType i
 }
 
 // dx (N, I) = dg @ w_ih in dtype `out`. On the CPU with 16-bit operands (or float32 ones where it takes
-// them), by cpu::backward_gemm (as weight_grad_into), a quarter of the rows at a time where dx is not float32: their float32 sums
-// take half of dx's size. at::mm (oneDNN's) allocated scratch as large as dx (a GRU's at T=50 B=16 H=128,
-// on top of the backward's peak, which then went past torch.nn's), and as much for each block of rows
-// it was given in turn (each block then cost it another 40-80 µs).
+// them), by cpu::backward_gemm (as weight_grad_into), a quarter of the rows at a time where dx is not
+// float32: their float32 sums take half of dx's size. at::mm (oneDNN's) allocated scratch as large as dx
+// (a GRU's at T=50 B=16 H=128, on top of the backward's peak, which then went past torch.nn's), and as
+// much for each block of rows it was given in turn (each block then cost it another 40-80 µs).
 inline at::Tensor dx_product(const at::Tensor& dg, const at::Tensor& w_ih, at::ScalarType in, at::ScalarType out) {
   if (!on_cpu_backward_gemm(dg, in)) return mm_in(dg, w_ih, in, out);
   at::Tensor dx = at::empty({dg.size(0), w_ih.size(1)}, dg.options().dtype(out));

@@ -401,3 +401,34 @@ def assert_unchanged(before, *values):
     for index, (a, b) in enumerate(zip(after, before)):
         torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True,
                                    msg=lambda m: f"tensor {index} was modified: {m}")
+
+
+def assert_gemm_within_roundings(gemm, a, b, accumulate, generator, roundings):
+    """Runs ``gemm(a, b, out, accumulate)`` on a random float32 ``out`` (m, n) and checks every element
+    against the float64 product (plus out's values before, when accumulating): within ``roundings`` float32
+    roundings (2^-24 each) of the sum of the magnitudes of its terms; a and b left as they were."""
+    m, n = a.shape[0], b.shape[1]
+    out = torch.randn(m, n, generator=generator)
+    before = out.double() if accumulate else torch.zeros(m, n, dtype=torch.float64)
+    a_before, b_before = a.clone(), b.clone()
+    gemm(a, b, out, accumulate)
+    expected = a.double() @ b.double() + before
+    magnitudes = a.double().abs() @ b.double().abs() + before.abs()
+    error = (out.double() - expected).abs()
+    assert (error <= magnitudes * roundings * 2**-24 + 1e-30).all(), error.max()
+    assert torch.equal(a, a_before) and torch.equal(b, b_before)
+
+
+def gemm_on_each_thread_count(gemm, a, b, counts=(1, 2, 3)):
+    """``gemm(a, b, out, False)``'s float32 ``out`` with torch on each number of threads in ``counts``."""
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in counts:
+            torch.set_num_threads(count)
+            out = torch.empty(a.shape[0], b.shape[1])
+            gemm(a, b, out, False)
+            results.append(out)
+    finally:
+        torch.set_num_threads(threads)
+    return results

@@ -6,6 +6,7 @@ threads."""
 import pytest
 import torch
 
+from conftest import assert_gemm_within_roundings, gemm_on_each_thread_count
 from fastcells import environment
 
 pytestmark = pytest.mark.skipif(not environment.cpu_bf16_products(),
@@ -37,17 +38,9 @@ def test_bf16_gemm_matches_float64_products(m, k, n, a_transposed, b_transposed,
     generator = torch.Generator().manual_seed(m * 1000 + k + n)
     a = _operand(m, k, a_transposed, generator)
     b = _operand(k, n, b_transposed, generator)
-    out = torch.randn(m, n, generator=generator)
-    before = out.double()
-    a_before, b_before = a.clone(), b.clone()
-    _gemm(a, b, out, accumulate)
-    expected = a.double() @ b.double() + (before if accumulate else 0)
     # One chain of float32 additions per element: at most k + 1 roundings, each within 2^-24 of the
     # running sum, which the sum of magnitudes bounds.
-    magnitudes = a.double().abs() @ b.double().abs() + (before.abs() if accumulate else 0)
-    error = (out.double() - expected).abs()
-    assert (error <= magnitudes * (k + 1) * 2**-24 + 1e-30).all(), error.max()
-    assert torch.equal(a, a_before) and torch.equal(b, b_before)
+    assert_gemm_within_roundings(_gemm, a, b, accumulate, generator, k + 1)
 
 
 @pytest.mark.parametrize("a_transposed", [False, True])
@@ -82,16 +75,7 @@ def test_bf16_gemm_does_not_depend_on_the_number_of_threads():
     generator = torch.Generator().manual_seed(2)
     a = torch.randn(900, 300, generator=generator).bfloat16().t()  # (300, 900): k over several blocks
     b = torch.randn(900, 100, generator=generator).bfloat16()
-    results = []
-    threads = torch.get_num_threads()
-    try:
-        for count in (1, 2, 3):
-            torch.set_num_threads(count)
-            out = torch.empty(300, 100)
-            _gemm(a, b, out, False)
-            results.append(out)
-    finally:
-        torch.set_num_threads(threads)
+    results = gemm_on_each_thread_count(_gemm, a, b)
     assert all(torch.equal(results[0], other) for other in results[1:])
 
 

@@ -70,9 +70,10 @@ def test_inference_is_bitwise_the_same_with_1_2_and_3_threads(kind, hidden, batc
 def test_gradients_vary_with_threads_no_more_than_torch_nn_own(kind, hidden, batch):
     """Training: outputs and final states bitwise; gradients as close as torch.nn's own between thread
     counts (its weight and input gradients are GEMMs whose result depends on the thread count; so are
-    ours where they are at::mm's: FASTCELLS_CPU_FLOAT_GEMM), or within a few float32 roundings of their size, more for longer sums: MKL on Intel CPUs
-    splits a long sum between threads where the product is small (dx = dG @ W_ih sums 3H = 1086 terms
-    at GRU H=362; 1 and 2 threads differed by 10 roundings of the largest dx there, torch.nn's by 7)."""
+    ours where they are at::mm's: FASTCELLS_CPU_FLOAT_GEMM), or within a few float32 roundings of their
+    size, more for longer sums: MKL on Intel CPUs splits a long sum between threads where the product is
+    small (dx = dG @ W_ih sums 3H = 1086 terms at GRU H=362; 1 and 2 threads differed by 10 roundings of
+    the largest dx there, torch.nn's by 7)."""
     torch.manual_seed(0)
     ref, fast = make_layer_twins(kind, 7, hidden, 2, dtype=torch.float32, backend="cpu")
     x = torch.randn(STEPS, batch, 7)
@@ -90,7 +91,7 @@ def test_gradients_vary_with_threads_no_more_than_torch_nn_own(kind, hidden, bat
 
 
 @pytest.mark.skipif(environment.cpu_float_gemm() != "packed",
-                    reason="the float32 GEMMs over all rows are at::mm's here (FASTCELLS_CPU_FLOAT_GEMM=packed for ours)")
+                    reason="the float32 GEMMs over all rows are at::mm's here (FASTCELLS_CPU_FLOAT_GEMM=packed: ours)")
 @pytest.mark.parametrize("hidden,batch", SHAPES)
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradients_are_bitwise_the_same_on_our_float_gemm(kind, hidden, batch):

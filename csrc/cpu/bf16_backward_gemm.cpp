@@ -10,10 +10,9 @@
 #include <cstring>
 #include <string>
 
-#include "isa.h"
-
 #include "bf16_gemm.h"
 #include "bf16_products.h"
+#include "isa.h"
 #include "mkl_bf16.h"
 #include "ops_cpu.h"
 
@@ -82,12 +81,12 @@ namespace {
 
 // out (m, n) (+)= a (m, k) @ b (k, n) for float16 a and b: blocks of k widened to float32 (exactly) and
 // multiplied by at::mm (MKL's float32 GEMM; ours where packed_float_gemm()), each block's products added
-// to out. MKL's own float16 GEMM
-// (cblas_gemm_f16f16f32), without AVX-512 FP16 on the AMD EPYC, made float16 training calls 30-50%
-// slower than float32 copies of the whole operands (LSTM T=50 B=16 H=256: 14.4 against 10.9 ms). Blocks
-// of at most ~1 MiB of float32, and at most a quarter of k (the copies of a short sequence's operands
-// took such a call to 0.85-1.15 of its float32 twin's peak memory, MKL's GEMM 0.52-0.59), take about the
-// copies' time without their memory (blocks of 256 KiB were 10-25% slower: more, smaller GEMM calls).
+// to out. MKL's own float16 GEMM (cblas_gemm_f16f16f32), without AVX-512 FP16 on the AMD EPYC, made
+// float16 training calls 30-50% slower than float32 copies of the whole operands (LSTM T=50 B=16 H=256:
+// 14.4 against 10.9 ms). Blocks of at most ~1 MiB of float32, and at most a quarter of k (the copies of a
+// short sequence's operands took such a call to 0.85-1.15 of its float32 twin's peak memory, MKL's GEMM
+// 0.52-0.59), take about the copies' time without their memory (blocks of 256 KiB were 10-25% slower:
+// more, smaller GEMM calls).
 void widened_f16_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
   constexpr int64_t kWidenedElements = int64_t{1} << 18;
@@ -131,7 +130,8 @@ void backward_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& o
     case Bf16BackwardGemm::mkl: return mkl_bf16_gemm(a, b, out, accumulate);
     case Bf16BackwardGemm::vdpbf16ps: return bf16::gemm_matrices(a, b, out, accumulate);
     default:
-      TORCH_CHECK(false, "backward_gemm: no bfloat16 GEMM in this process (FASTCELLS_CPU_BF16_GEMM=aten, or none built)");
+      TORCH_CHECK(false,
+                  "backward_gemm: no bfloat16 GEMM in this process (FASTCELLS_CPU_BF16_GEMM=aten, or none built)");
   }
 }
 

@@ -131,7 +131,8 @@ inline void float_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tenso
           if (!a_rows) pack_tile(a_data, a.stride(0), a.stride(1), i, rows, k0, kb, a_tile.data());
           for (int64_t c0 = 0; c0 < cols; c0 += P) {
             const bool in_place = c0 < full;
-            const float* panel = in_place ? b_data + k0 * ldb + n0 + c0 : block.data_ptr<float>() + (c0 - full) / P * kb * P;
+            const float* panel =
+                in_place ? b_data + k0 * ldb + n0 + c0 : block.data_ptr<float>() + (c0 - full) / P * kb * P;
             const int64_t ldp = in_place ? ldb : P, width = std::min(P, cols - c0);
             float* o = out_data + i * ldo + n0 + c0;
             const bool into = accumulate || k0 > 0;
