@@ -5,6 +5,7 @@ stride; sizes off its row tiles and panels; k over several of its blocks; accumu
 result on 1, 2 and 3 threads. And the layers' gradient tests again on the GEMM this CPU does not take
 (FASTCELLS_CPU_FLOAT_GEMM)."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import pytest
 import torch
 
 import fastcells
-from conftest import assert_gemm_within_roundings, cpu_kernel_copies, gemm_on_each_thread_count
+from conftest import (assert_gemm_within_roundings, cpu_kernel_copies, forward_backward, gemm_on_each_thread_count,
+                      make_layer_twins, random_layer_states)
 from fastcells import environment, info
 
 pytestmark = pytest.mark.skipif("cpu" not in fastcells.available_backends("cpu"),
@@ -107,6 +109,38 @@ def test_float_gemm_rejects_what_it_cannot_multiply():
         _gemm(a, b, torch.empty(5, 4).t(), False)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "lstm_proj", "gru", "rnn_tanh"])
+def test_float_gemm_layers_over_several_blocks_match_torch_nn(kind):
+    """A float32 layer whose backward's GEMMs cut k into several blocks (800 rows: 3-4 blocks for the weight
+    gradients at H = 100, 2 for LSTM's dx over 4H = 400), both directions: every output and gradient within
+    twice torch.nn's own float32 error against float64 (or a few roundings of its size), as the
+    low-precision parity tests bound theirs. (The parity tests' layers have too few rows for a second block
+    of k; sums of 800 rows leave float32 results further apart than their tolerance allows.)"""
+    extra = {"proj_size": 50} if kind == "lstm_proj" else {}
+    ref, fast = make_layer_twins(kind, 100, 100, 1, bidirectional=True, dtype=torch.float32, backend="cpu",
+                                 **extra)
+    x = torch.randn(40, 20, 100, generator=torch.Generator().manual_seed(5))
+    hx = random_layer_states(ref, 20, torch.float32)
+    hx64 = hx.double() if isinstance(hx, torch.Tensor) else tuple(h.double() for h in hx)
+    truth = _named_results(forward_backward(copy.deepcopy(ref).double(), x.double(), hx64))
+    ours, theirs = _named_results(forward_backward(fast, x, hx)), _named_results(forward_backward(ref, x, hx))
+    eps = torch.finfo(torch.float32).eps
+    for name, exact in truth.items():
+        our_error = (ours[name].double() - exact).abs().max().item()
+        torch_error = (theirs[name].double() - exact).abs().max().item()
+        assert our_error <= 2 * torch_error + 8 * eps * exact.abs().max().item(), (name, our_error, torch_error)
+
+
+def _named_results(record):
+    """A forward_backward record's tensors by name: outputs and states, the input's, the states' and every
+    parameter's gradients."""
+    named = {f"out {i}": t for i, t in enumerate(record["out"])}
+    named["grad x"] = record["grad_x"]
+    named.update({f"grad hx {i}": t for i, t in enumerate(record["grad_hx"])})
+    named.update({f"grad {name}": t for name, t in record["grad_params"].items()})
+    return named
+
+
 def _expected_choice():
     """The GEMM this process's float32 backward should take (csrc/cpu/bf16_backward_gemm.h)."""
     asked = os.environ.get("FASTCELLS_CPU_FLOAT_GEMM")
@@ -138,7 +172,8 @@ def test_bad_float_gemm_choice_is_refused():
 # widened blocks too) and whose inputs through the projections up front: parity with torch.nn at every
 # layer kind and option, packed sequences, batches split across threads; the thread-count tests; peak
 # memory; the 16-bit layers' error bounds and bitwise results across threads.
-GRADIENT_TESTS = [("test_parity_layers.py", "cpu and (float32 or split_across)"),
+GRADIENT_TESTS = [("test_float_gemm.py", "layers_over_several_blocks"),
+                  ("test_parity_layers.py", "cpu and (float32 or split_across)"),
                   ("test_packed.py", "cpu and float32"),
                   ("test_thread_count.py", None),
                   ("test_backward_memory.py", None),
