@@ -46,9 +46,10 @@ inline bool project_per_step(const Schedule& sched, bool training, bool weights_
   return weights_16 && !training;
 }
 
-// Up-front input projections of at least this many rows and multiply-adds go to at::mm (see below).
-constexpr int64_t kMklRows = 64;
-constexpr int64_t kMklWork = int64_t{1} << 22;
+// Up-front input projections of at least this many rows and multiply-adds are one large GEMM: at::mm's,
+// or float_gemm.h's where packed_float_gemm() (see below).
+constexpr int64_t kLargeProjectionRows = 64;
+constexpr int64_t kLargeProjectionWork = int64_t{1} << 22;
 // Smaller ones of at most this many rows are mat-vecs reading W_ih in place: packing it for the GEMM
 // allocated a copy as large as W_ih (196 KiB for a GRU at H=128, more than torch.nn's whole B=1, T=50
 // call) and took as long as the mat-vecs save.
@@ -200,7 +201,7 @@ class StepInput {
   void project_up_front(const at::Tensor& x, const at::Tensor& w_ih_given, const c10::optional<at::Tensor>& bias,
                         const c10::optional<at::Tensor>& bias2) {
     const int64_t N = x.size(0);
-    const bool mkl = N >= kMklRows && N * I_ * G_ >= kMklWork;
+    const bool large = N >= kLargeProjectionRows && N * I_ * G_ >= kLargeProjectionWork;
     const bool weights_16 = w_ih_given.scalar_type() != c10::CppTypeToScalarType<T>::value;  // storage.h
     // The bfloat16 products, as the steps' own (float32 weights keep at::mm or the GEMM below up front).
     if (weights_16 && packs_small_batch<T>(w_ih_given, kSmallRows, N)) {
@@ -215,7 +216,7 @@ class StepInput {
     // per-step projections do, so that training's forward gives inference's outputs; not a float32 copy of
     // w_ih for at::mm (with the bfloat16 products, LSTM T=50 B=4 H=256: 2x the time of torch.nn's bfloat16
     // GEMM).
-    if ((!mkl && N <= kMatvecRows) || weights_16) {
+    if ((!large && N <= kMatvecRows) || weights_16) {
       gx_ = cpu_empty({N, G_}, c10::CppTypeToScalarType<T>::value);
       with_weights<T>(w_ih_given, [&](const auto* w) {
         if constexpr (std::is_same_v<S, T>) {
@@ -234,13 +235,13 @@ class StepInput {
     }
     TORCH_CHECK((std::is_same_v<S, T>), "StepInput: x stored in 16 bits is projected by the mat-vecs");
     const at::Tensor w_ih = w_ih_given.to(x.scalar_type());  // no copy where it is in T
-    if (mkl && packed_float_gemm()) {  // our packed GEMM over all rows, where it is faster than at::mm
+    if (large && packed_float_gemm()) {  // our packed GEMM over all rows, where it is faster than at::mm
       gx_ = cpu_empty({N, G_}, x.scalar_type());
       float_gemm(x, w_ih.t(), gx_, /*accumulate=*/false);
       add_bias(bias, bias2);
       return;
     }
-    if (mkl) {
+    if (large) {
       gx_ = input_projection(x, w_ih, bias2.has_value() ? c10::optional<at::Tensor>(*bias + *bias2) : bias)
                 .contiguous();
       return;
