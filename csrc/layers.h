@@ -316,9 +316,16 @@ struct RowSums {
 // float32 sums take dx's bfloat16 size; cpu_gemm_products_into rounds them over the half's rows once its
 // products are made, so dg may be its own operand): at::mm's oneDNN scratch (3.5 times dx's size at T=30
 // B=1 H=64) took a bfloat16 RNN's training call over torch.nn's peak.
+//
+// A float16 dg on cpu::backward_gemm goes in eighths (of at least 16 rows), ~5% slower: a half's float32
+// sums take dx's own size, and took a float16 RNN's training call at T=50 B=16 H=256 to 1.15 times
+// torch.nn's float16 peak (B=1 H=128, one block of 50 rows: 1.02). (torch.nn's bfloat16 layers hold more.)
 inline void dx_in_place(at::Tensor& dg, const at::Tensor& w_ih, at::ScalarType in) {
   const int64_t N = dg.size(0), block = std::max<int64_t>(64, (N + 1) / 2);
-  if (on_cpu_backward_gemm(dg, in)) return cpu_gemm_products_into(dg, {{dg.to(in), w_ih.to(in)}}, block);
+  if (on_cpu_backward_gemm(dg, in)) {
+    const int64_t rows = dg.scalar_type() == at::kHalf ? std::max<int64_t>(16, (N + 7) / 8) : block;
+    return cpu_gemm_products_into(dg, {{dg.to(in), w_ih.to(in)}}, rows);
+  }
   for (int64_t r0 = 0; r0 < N; r0 += block) {
     at::Tensor rows = dg.narrow(0, r0, std::min(block, N - r0));
     rows.copy_(mm_in(rows, w_ih, in, dg.scalar_type()));

@@ -108,9 +108,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_bf16_backward_gemm", &fastcells::cpu::bf16_backward_gemm_name,
         "The GEMM of bfloat16 layers' backward (weight gradients, dx) in this process: mkl or vdpbf16ps "
         "(float32 sums), or aten (at::mm).");
-  m.def("cpu_f16_backward_gemm", [] { return std::string(fastcells::cpu::f16_backward_gemm() ? "widened" : "aten"); },
-        "The GEMM of float16 layers' backward in this process: widened (blocks of the operands widened to "
-        "float32 for at::mm, float32 sums) or aten (at::mm on float32 copies of the whole operands).");
+  m.def("cpu_f16_backward_gemm", &fastcells::cpu::f16_backward_gemm_name,
+        "The GEMM of float16 layers' backward in this process: packed (ours, csrc/cpu/float_gemm.h, widening "
+        "the operands as it packs them) or widened (blocks of them widened to float32 for at::mm), both with "
+        "float32 sums, or aten (at::mm on float32 copies of the whole operands).");
   m.def("cpu_float_gemm", &fastcells::cpu::float_gemm_name,
         "The GEMM of float32 layers' products over all rows (the backward's weight gradients and dx, "
         "input projections up front) in this process: packed (ours, csrc/cpu/float_gemm.h) or aten (at::mm).");

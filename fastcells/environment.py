@@ -96,8 +96,9 @@ def cpu_bf16_backward_gemm():
 
 def cpu_f16_backward_gemm():
     """The GEMM that the cpu backend's float16 layers run their backward's products on in this process
-    (csrc/cpu/bf16_backward_gemm.h): "widened" (blocks of the operands widened to float32 for at::mm, with
-    float32 sums) or "aten" (at::mm on float32 copies of the whole operands, under
+    (csrc/cpu/bf16_backward_gemm.h): "packed" (csrc/cpu/float_gemm.h's GEMM, which widens the operands as it
+    packs them, where cpu_float_gemm() is "packed"), "widened" (blocks of the operands widened to float32
+    for at::mm), both with float32 sums, or "aten" (at::mm on float32 copies of the whole operands, under
     FASTCELLS_CPU_BF16_GEMM=aten). None without the extension."""
     from . import _extension
 

@@ -17,6 +17,7 @@ FLOAT_GEMMS = {
 }
 # What environment.cpu_f16_backward_gemm() names, in words.
 F16_BACKWARD_GEMMS = {
+    "packed": "fastcells' packed GEMM, widening as it packs (float32 sums; csrc/cpu/float_gemm.h)",
     "widened": "at::mm on blocks widened to float32 (float32 sums)",
     "aten": "at::mm (float32 copies)",
 }

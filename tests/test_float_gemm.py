@@ -1,9 +1,9 @@
 """The packed float32 GEMM of layers' products over all rows (csrc/cpu/float_gemm.h: the backward's weight
 gradients and dx, small batches' input projections up front, on CPUs where it beats at::mm), against
 float64 products of the same operands: operands as rows, as transposed views (dg.t()) or with no unit
-stride; sizes off its row tiles and panels; k over several of its blocks; accumulation; bitwise the same
-result on 1, 2 and 3 threads. And the layers' gradient tests again on the GEMM this CPU does not take
-(FASTCELLS_CPU_FLOAT_GEMM)."""
+stride; sizes off its row tiles and panels; k over several of its blocks; accumulation; float16 operands
+(a float16 layer's backward), widened as they are packed; bitwise the same result on 1, 2 and 3 threads.
+And the layers' gradient tests again on the GEMM this CPU does not take (FASTCELLS_CPU_FLOAT_GEMM)."""
 
 import copy
 import os
@@ -28,14 +28,14 @@ def _gemm(a, b, out, accumulate):
     _extension.C.cpu_float_gemm_matrices(a, b, out, accumulate)
 
 
-def _operand(rows, cols, layout, generator):
-    """A float32 (rows, cols) matrix: contiguous, the transpose of a contiguous (cols, rows) one, or every
+def _operand(rows, cols, layout, generator, dtype=torch.float32):
+    """A (rows, cols) matrix in dtype: contiguous, the transpose of a contiguous (cols, rows) one, or every
     other row and column of a larger one (no unit stride)."""
     if layout == "transposed":
-        return torch.randn(cols, rows, generator=generator).t()
+        return torch.randn(cols, rows, generator=generator).to(dtype).t()
     if layout == "strided":
-        return torch.randn(2 * rows, 2 * cols, generator=generator)[::2, ::2]
-    return torch.randn(rows, cols, generator=generator)
+        return torch.randn(2 * rows, 2 * cols, generator=generator).to(dtype)[::2, ::2]
+    return torch.randn(rows, cols, generator=generator).to(dtype)
 
 
 # (m, k, n): one element; below a row tile (6 or 12 rows) and a panel (16 or 32 columns); a tile and a
@@ -54,14 +54,16 @@ def _roundings(k):
     return k + 2 + (k + 63) // 64
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("accumulate", [False, True])
 @pytest.mark.parametrize("b_layout", LAYOUTS)
 @pytest.mark.parametrize("a_layout", LAYOUTS)
 @pytest.mark.parametrize("m,k,n", SHAPES)
-def test_float_gemm_matches_float64_products(m, k, n, a_layout, b_layout, accumulate):
+def test_float_gemm_matches_float64_products(m, k, n, a_layout, b_layout, accumulate, dtype):
+    """float16 operands: their float64 products are exact, so the same bound holds on the float32 sums."""
     generator = torch.Generator().manual_seed(m * 1000 + k + n)
-    a = _operand(m, k, a_layout, generator)
-    b = _operand(k, n, b_layout, generator)
+    a = _operand(m, k, a_layout, generator, dtype)
+    b = _operand(k, n, b_layout, generator, dtype)
     assert_gemm_within_roundings(_gemm, a, b, accumulate, generator, _roundings(k))
 
 
@@ -90,11 +92,12 @@ def test_float_gemm_of_no_rows_of_k():
     assert torch.equal(out, torch.zeros(3, 4))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("m,k,n", [(300, 900, 100), (1024, 400, 64), (37, 2000, 520)])
-def test_float_gemm_does_not_depend_on_the_number_of_threads(m, k, n):
+def test_float_gemm_does_not_depend_on_the_number_of_threads(m, k, n, dtype):
     generator = torch.Generator().manual_seed(2)
-    a = torch.randn(k, m, generator=generator).t()  # as dG^T
-    b = torch.randn(k, n, generator=generator)
+    a = torch.randn(k, m, generator=generator).to(dtype).t()  # as dG^T
+    b = torch.randn(k, n, generator=generator).to(dtype)
     results = gemm_on_each_thread_count(_gemm, a, b)
     assert all(torch.equal(results[0], other) for other in results[1:])
 
@@ -103,8 +106,12 @@ def test_float_gemm_rejects_what_it_cannot_multiply():
     a, b = torch.zeros(4, 6), torch.zeros(6, 5)
     with pytest.raises(RuntimeError, match="shapes do not match"):
         _gemm(a, b, torch.empty(4, 6), False)
-    with pytest.raises(RuntimeError, match="float32 operands and result"):
+    with pytest.raises(RuntimeError, match=r"float32 \(or float16\) operands and a float32 result"):
         _gemm(a.double(), b, torch.empty(4, 5), False)
+    with pytest.raises(RuntimeError, match=r"float32 \(or float16\) operands and a float32 result"):
+        _gemm(a.half(), b, torch.empty(4, 5), False)
+    with pytest.raises(RuntimeError, match=r"float32 \(or float16\) operands and a float32 result"):
+        _gemm(a.half(), b.half(), torch.empty(4, 5).half(), False)
     with pytest.raises(RuntimeError, match="columns must be adjacent"):
         _gemm(a, b, torch.empty(5, 4).t(), False)
 
@@ -169,9 +176,10 @@ def test_bad_float_gemm_choice_is_refused():
 
 
 # The tests whose gradients go through the backward's float32 GEMMs (weight gradients, dx; float16 layers'
-# widened blocks too) and whose inputs through the projections up front: parity with torch.nn at every
-# layer kind and option, packed sequences, batches split across threads; the thread-count tests; peak
-# memory; the 16-bit layers' error bounds and bitwise results across threads.
+# too, whose operands ours widens, at::mm blocks of them) and whose inputs through the projections up
+# front: parity with torch.nn at every layer kind and option, packed sequences, batches split across
+# threads; the thread-count tests; peak memory; the 16-bit layers' error bounds and bitwise results across
+# threads.
 GRADIENT_TESTS = [("test_float_gemm.py", "layers_over_several_blocks"),
                   ("test_parity_layers.py", "cpu and (float32 or split_across)"),
                   ("test_packed.py", "cpu and float32"),

@@ -92,15 +92,20 @@ def test_gradients_vary_with_threads_no_more_than_torch_nn_own(kind, hidden, bat
 
 @pytest.mark.skipif(environment.cpu_float_gemm() != "packed",
                     reason="the float32 GEMMs over all rows are at::mm's here (FASTCELLS_CPU_FLOAT_GEMM=packed: ours)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("hidden,batch", SHAPES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_gradients_are_bitwise_the_same_on_our_float_gemm(kind, hidden, batch):
+def test_gradients_are_bitwise_the_same_on_our_float_gemm(kind, hidden, batch, dtype):
     """Where the backward's GEMMs over all rows (weight gradients, dx) and the input projections up front
     are ours (csrc/cpu/float_gemm.h, summed alike for any split of its rows between threads), the whole
-    training call is bitwise the same with 1, 2 and 3 threads: gradients too, as torch.nn's are not."""
+    training call is bitwise the same with 1, 2 and 3 threads: gradients too, as torch.nn's are not. So is
+    a float16 layer's, whose backward's operands that GEMM widens."""
+    if dtype == torch.float16 and environment.cpu_f16_backward_gemm() != "packed":
+        pytest.skip("float16 layers' backward GEMMs on at::mm here (FASTCELLS_CPU_BF16_GEMM=aten)")
     torch.manual_seed(0)
     _, fast = make_layer_twins(kind, 7, hidden, 2, dtype=torch.float32, backend="cpu")
-    x = torch.randn(STEPS, batch, 7)
+    fast = fast.to(dtype)
+    x = torch.randn(STEPS, batch, 7).to(dtype)
     results = {threads: _results(fast, x, threads, True) for threads in (1, 2, 3)}
     for threads in (2, 3):
         assert _spread(results, threads) == [0.0] * len(results[1]), threads

@@ -77,16 +77,22 @@ bool packed_float_gemm() {
 
 const char* float_gemm_name() { return packed_float_gemm() ? "packed" : "aten"; }
 
+const char* f16_backward_gemm_name() {
+  if (!f16_backward_gemm()) return "aten";
+  return packed_float_gemm() ? "packed" : "widened";
+}
+
 namespace {
 
 // out (m, n) (+)= a (m, k) @ b (k, n) for float16 a and b: blocks of k widened to float32 (exactly) and
-// multiplied by at::mm (MKL's float32 GEMM; ours where packed_float_gemm()), each block's products added
-// to out. MKL's own float16 GEMM (cblas_gemm_f16f16f32), without AVX-512 FP16 on the AMD EPYC, made
-// float16 training calls 30-50% slower than float32 copies of the whole operands (LSTM T=50 B=16 H=256:
-// 14.4 against 10.9 ms). Blocks of at most ~1 MiB of float32, and at most a quarter of k (the copies of a
-// short sequence's operands took such a call to 0.85-1.15 of its float32 twin's peak memory, MKL's GEMM
-// 0.52-0.59), take about the copies' time without their memory (blocks of 256 KiB were 10-25% slower:
-// more, smaller GEMM calls).
+// multiplied by at::mm (MKL's float32 GEMM), each block's products added to out; where packed_float_gemm(),
+// backward_gemm takes float_gemm.h's GEMM instead, which widens the operands as it packs them. MKL's own
+// float16 GEMM (cblas_gemm_f16f16f32), without AVX-512 FP16 on the AMD EPYC, made float16 training calls
+// 30-50% slower than float32 copies of the whole operands (LSTM T=50 B=16 H=256: 14.4 against 10.9 ms).
+// Blocks of at most ~1 MiB of float32, and at most a quarter of k (the copies of a short sequence's
+// operands took such a call to 0.85-1.15 of its float32 twin's peak memory, MKL's GEMM 0.52-0.59), take
+// about the copies' time without their memory (blocks of 256 KiB were 10-25% slower: more, smaller GEMM
+// calls).
 void widened_f16_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
   constexpr int64_t kWidenedElements = int64_t{1} << 18;
@@ -97,9 +103,7 @@ void widened_f16_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor
   for (int64_t k0 = 0; k0 < k; k0 += block) {
     const int64_t kb = std::min(block, k - k0);
     const at::Tensor a_block = a.narrow(1, k0, kb).to(at::kFloat), b_block = b.narrow(0, k0, kb).to(at::kFloat);
-    if (packed_float_gemm()) {  // ours, where it is faster than at::mm
-      chosen_kernels().float_gemm(a_block, b_block, sums, accumulate || k0 > 0);
-    } else if (k0 == 0 && !accumulate) {
+    if (k0 == 0 && !accumulate) {
       at::mm_out(sums, a_block, b_block);
     } else {
       sums.addmm_(a_block, b_block);
@@ -124,6 +128,8 @@ void backward_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& o
   }
   if (a.scalar_type() == at::kHalf) {
     TORCH_CHECK(f16_backward_gemm(), "backward_gemm: no float16 GEMM in this process");
+    // Ours widens the operands as it packs them; at::mm takes blocks of them widened.
+    if (packed_float_gemm()) return chosen_kernels().float_gemm(a, b, out, accumulate);
     return widened_f16_gemm(a, b, out, accumulate);
   }
   switch (bf16_backward_gemm()) {

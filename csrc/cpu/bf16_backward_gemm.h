@@ -5,7 +5,8 @@
 // AMD EPYC, a third of ours); MKL's again on CPUs with neither (or under FASTCELLS_CPU_ISA=avx2), where
 // libtorch has it. Otherwise none, and the backward takes at::mm (oneDNN's, which copies both operands
 // and rounds its result to bfloat16; without the products, float32 copies: gemm_cpu.h's gemm_operands).
-// A float16 layer's backward multiplies blocks of its operands widened to float32 (f16_backward_gemm).
+// A float16 layer's backward multiplies its operands widened to float32 (f16_backward_gemm): as our packed
+// GEMM packs them where packed_float_gemm(), else blocks of them for at::mm.
 // A float32 layer's backward takes at::mm (MKL's SGEMM), except on CPUs where our packed GEMM is faster
 // (packed_float_gemm).
 #pragma once
@@ -23,10 +24,14 @@ Bf16BackwardGemm bf16_backward_gemm();
 // Its name, as FASTCELLS_CPU_BF16_GEMM spells it: "mkl", "vdpbf16ps" or "aten".
 const char* bf16_backward_gemm_name();
 
-// Whether float16 operands go to bf16_backward_gemm below (blocks of k widened to float32 for at::mm,
-// float32 sums), unless FASTCELLS_CPU_BF16_GEMM=aten, which sends both dtypes to at::mm (float16: on
-// float32 copies of the whole operands).
+// Whether float16 operands go to backward_gemm below (float32 sums: our packed GEMM, widening them as it
+// packs them, where packed_float_gemm(), else blocks of k widened to float32 for at::mm), unless
+// FASTCELLS_CPU_BF16_GEMM=aten, which sends both dtypes to at::mm (float16: on float32 copies of the
+// whole operands).
 bool f16_backward_gemm();
+
+// Its name: "packed" (float_gemm.h's, where packed_float_gemm()), "widened" (blocks for at::mm) or "aten".
+const char* f16_backward_gemm_name();
 
 // Whether float32 operands go to backward_gemm below (float_gemm.h, in the copy of the kernels this
 // process runs) rather than at::mm, and the input projections of small batches made up front
