@@ -37,13 +37,14 @@ constexpr int kGemmRows = 12;
 constexpr int kGemmRows = 6;
 #endif
 
-// b (k, n) packed as ceil(n / kPanel) panels of (k, kPanel), zero-padded past column n.
-template <typename T>
+// b (k, n) packed as ceil(n / kPanel) panels of (k, kPanel), zero-padded past column n: the panels of the
+// GEMM in T, stored in W (T, or float16 for T float: widened as the tiles load them).
+template <typename T, typename W = T>
 struct PackedMatrix {
   at::Tensor storage;
   int64_t k = 0, n = 0, panels = 0;
-  const T* panel(int64_t index) const {
-    return storage.template data_ptr<T>() + index * k * Vec<T>::kPanel;
+  const W* panel(int64_t index) const {
+    return storage.template data_ptr<W>() + index * k * Vec<T>::kPanel;
   }
 };
 
@@ -90,19 +91,21 @@ inline void pack_8_rows(const T* rows, int64_t ld, int64_t k, T* out, int64_t P)
 // float (a 16-bit layer's weights, bfloat16 on a CPU without the bfloat16 products), widened (exactly)
 // as it is packed: no float32 copy of the whole of w is made (it was a third of such a layer's peak
 // memory at T=50 B=16 H=256).
-template <typename T>
-PackedMatrix<T> pack_matrix(const at::Tensor& w, bool transposed) {
+template <typename T, typename W = T>
+PackedMatrix<T, W> pack_matrix(const at::Tensor& w, bool transposed) {
   constexpr int64_t P = Vec<T>::kPanel;
-  const bool bf16 = w.scalar_type() == at::kBFloat16, f16 = w.scalar_type() == at::kHalf;
-  TORCH_CHECK(w.scalar_type() == c10::CppTypeToScalarType<T>::value || ((bf16 || f16) && std::is_same_v<T, float>),
+  constexpr bool kKept = !std::is_same_v<T, W>;  // float16 panels: w's values as they are
+  const bool bf16 = w.scalar_type() == at::kBFloat16, f16 = w.scalar_type() == at::kHalf && !kKept;
+  static_assert(!kKept || (std::is_same_v<T, float> && std::is_same_v<W, c10::Half>));
+  TORCH_CHECK(w.scalar_type() == c10::CppTypeToScalarType<W>::value || ((bf16 || f16) && std::is_same_v<T, float>),
               "pack_matrix: weights must be in the GEMM's dtype or 16 bits for float32, got ", w.scalar_type());
-  PackedMatrix<T> packed;
+  PackedMatrix<T, W> packed;
   packed.k = transposed ? w.size(1) : w.size(0);
   packed.n = transposed ? w.size(0) : w.size(1);
   packed.panels = (packed.n + P - 1) / P;
   // Every value is written below: only the padding of the last panel needs zeros.
-  packed.storage = at::empty({packed.panels * packed.k * P}, w.options().dtype(c10::CppTypeToScalarType<T>::value));
-  T* dst = packed.storage.template data_ptr<T>();
+  packed.storage = at::empty({packed.panels * packed.k * P}, w.options().dtype(c10::CppTypeToScalarType<W>::value));
+  W* dst = packed.storage.template data_ptr<W>();
   const int64_t k = packed.k, n = packed.n;
   // Loops ordered so that w is read along its rows (a column walk of a 1 MiB w cost ~0.25 ms). In the
   // transposed case 8 rows of w are read side by side, so each packed row is written 8 values at a
@@ -111,10 +114,10 @@ PackedMatrix<T> pack_matrix(const at::Tensor& w, bool transposed) {
   const int64_t row_length = transposed ? k : n;
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, k * P));
   at::parallel_for(0, packed.panels, grain, [&](int64_t p0, int64_t p1) {
-    // `count` rows of w from row `first` on, in T: w's own, or 16-bit ones widened into `widened`.
+    // `count` rows of w from row `first` on, in W: w's own, or 16-bit ones widened into `widened`.
     std::vector<T> widened((bf16 || f16) && transposed ? kRows * row_length : 0);
-    const auto rows_of = [&](int64_t first, int64_t count) -> const T* {
-      if constexpr (std::is_same_v<T, float>) {
+    const auto rows_of = [&](int64_t first, int64_t count) -> const W* {
+      if constexpr (std::is_same_v<T, float> && !kKept) {
         if (bf16 || f16) {
           with_weights<T>(w, [&](const auto* w16) {
             widen_rows(w16 + first * row_length, row_length, widened.data(), row_length, count, row_length);
@@ -122,34 +125,34 @@ PackedMatrix<T> pack_matrix(const at::Tensor& w, bool transposed) {
           return widened.data();
         }
       }
-      return w.template data_ptr<T>() + first * row_length;
+      return w.template data_ptr<W>() + first * row_length;
     };
-    // Columns [col0, col0 + cols) of row `row` of w into `to`, in T.
-    const auto row_part = [&](int64_t row, int64_t col0, int64_t cols, T* to) {
-      if constexpr (std::is_same_v<T, float>) {
+    // Columns [col0, col0 + cols) of row `row` of w into `to`, in W.
+    const auto row_part = [&](int64_t row, int64_t col0, int64_t cols, W* to) {
+      if constexpr (std::is_same_v<T, float> && !kKept) {
         if (bf16 || f16) {
           return with_weights<T>(w, [&](const auto* w16) {
             widen_rows(w16 + row * row_length + col0, row_length, to, cols, 1, cols);
           });
         }
       }
-      std::memcpy(to, w.template data_ptr<T>() + row * row_length + col0, cols * sizeof(T));
+      std::memcpy(to, w.template data_ptr<W>() + row * row_length + col0, cols * sizeof(W));
     };
     for (int64_t panel = p0; panel < p1; ++panel) {
       const int64_t cols = std::min<int64_t>(P, n - panel * P);
-      T* out = dst + panel * k * P;
+      W* out = dst + panel * k * P;
       if (transposed) {
         int64_t c = 0;
         for (; c + kRows <= cols; c += kRows) pack_8_rows(rows_of(panel * P + c, kRows), k, k, out + c, P);
         for (; c < cols; ++c) {
-          const T* row = rows_of(panel * P + c, 1);
+          const W* row = rows_of(panel * P + c, 1);
           for (int64_t p = 0; p < k; ++p) out[p * P + c] = row[p];
         }
       } else {
         for (int64_t p = 0; p < k; ++p) row_part(p, panel * P, cols, out + p * P);
       }
       if (cols < P) {
-        for (int64_t p = 0; p < k; ++p) std::fill(out + p * P + cols, out + (p + 1) * P, T(0));
+        for (int64_t p = 0; p < k; ++p) std::fill(out + p * P + cols, out + (p + 1) * P, W(0));
       }
     }
   });
@@ -158,18 +161,17 @@ PackedMatrix<T> pack_matrix(const at::Tensor& w, bool transposed) {
 
 // One tile: R rows of `out`, `cols` <= kPanel columns, from one packed panel (or kPanel columns of a
 // row-major b, whose rows are ldp apart). a: R rows lda apart, or with kPackedA its R x k values packed
-// column by column (a[p * R + r] for row r; lda unused).
-template <typename T, int R, bool kPackedA = false>
-inline void gemm_tile(const T* a, int64_t lda, const T* panel, int64_t k, T* out, int64_t ldo,
+// column by column (a[p * R + r] for row r; lda unused). The panel in W: T, or float16 widened (exactly)
+// as it is loaded.
+template <typename T, int R, bool kPackedA = false, typename W = T>
+inline void gemm_tile(const T* a, int64_t lda, const W* panel, int64_t k, T* out, int64_t ldo,
                       int64_t cols, bool accumulate, int64_t ldp = Vec<T>::kPanel) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   V acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V{};
   for (int64_t p = 0; p < k; ++p) {
-    V b0, b1;
-    std::memcpy(&b0, panel + p * ldp, sizeof(V));
-    std::memcpy(&b1, panel + p * ldp + L, sizeof(V));
+    V b0 = load_widened<V>(panel + p * ldp), b1 = load_widened<V>(panel + p * ldp + L);
     // Keep the panel vectors in registers: for tiles of up to 4 rows GCC otherwise folds them into
     // each multiply-add as a memory operand, which made those tiles load-bound (43 against 68
     // GFLOP/s for 4 rows on one Zen 3 core).
@@ -207,18 +209,18 @@ inline void gemm_tile(const T* a, int64_t lda, const T* panel, int64_t k, T* out
 }
 
 // gemm_tile for rows = R, R - 1, ..., 1 (rows <= R).
-template <typename T, int R = kGemmRows, bool kPackedA = false>
-inline void gemm_rows(const T* a, int64_t lda, const T* panel, int64_t k, T* out, int64_t ldo,
+template <typename T, int R = kGemmRows, bool kPackedA = false, typename W = T>
+inline void gemm_rows(const T* a, int64_t lda, const W* panel, int64_t k, T* out, int64_t ldo,
                       int64_t rows, int64_t cols, bool accumulate, int64_t ldp = Vec<T>::kPanel) {
   if constexpr (R > 0) {
-    if (rows == R) return gemm_tile<T, R, kPackedA>(a, lda, panel, k, out, ldo, cols, accumulate, ldp);
-    gemm_rows<T, R - 1, kPackedA>(a, lda, panel, k, out, ldo, rows, cols, accumulate, ldp);
+    if (rows == R) return gemm_tile<T, R, kPackedA, W>(a, lda, panel, k, out, ldo, cols, accumulate, ldp);
+    gemm_rows<T, R - 1, kPackedA, W>(a, lda, panel, k, out, ldo, rows, cols, accumulate, ldp);
   }
 }
 
-// All m rows against one panel, in tiles of kGemmRows (row_tiles.h).
-template <typename T>
-inline void gemm_panel(const T* a, int64_t lda, const T* panel, int64_t k, T* out, int64_t ldo,
+// All m rows against one panel (in T, or float16: gemm_tile), in tiles of kGemmRows (row_tiles.h).
+template <typename T, typename W>
+inline void gemm_panel(const T* a, int64_t lda, const W* panel, int64_t k, T* out, int64_t ldo,
                        int64_t m, int64_t cols, bool accumulate) {
   for_row_tiles<kGemmRows>(m, [&](int64_t i, int64_t rows) {
     gemm_rows(a + i * lda, lda, panel, k, out + i * ldo, ldo, rows, cols, accumulate);
@@ -227,8 +229,8 @@ inline void gemm_panel(const T* a, int64_t lda, const T* panel, int64_t k, T* ou
 
 // out (m, n) (+)= a (m, k) @ b. Panels are split across threads, so each thread reads the same part of
 // b on every time step (it stays in that core's L2).
-template <typename T>
-void gemm_packed(const T* a, int64_t lda, const PackedMatrix<T>& b, T* out, int64_t ldo, int64_t m,
+template <typename T, typename W>
+void gemm_packed(const T* a, int64_t lda, const PackedMatrix<T, W>& b, T* out, int64_t ldo, int64_t m,
                  bool accumulate) {
   if (m == 0 || b.n == 0) return;
   constexpr int64_t P = Vec<T>::kPanel;
@@ -245,8 +247,8 @@ void gemm_packed(const T* a, int64_t lda, const PackedMatrix<T>& b, T* out, int6
 // product's columns between threads: unit_split.h). A panel the range cuts is multiplied whole into a
 // tile of scratch and only its columns in the range copied, so each element is summed as gemm_packed
 // sums it.
-template <typename T>
-void gemm_packed_columns(const T* a, int64_t lda, const PackedMatrix<T>& b, T* out, int64_t ldo, int64_t m,
+template <typename T, typename W>
+void gemm_packed_columns(const T* a, int64_t lda, const PackedMatrix<T, W>& b, T* out, int64_t ldo, int64_t m,
                          int64_t begin, int64_t end) {
   constexpr int64_t P = Vec<T>::kPanel;
   for (int64_t panel = begin / P; panel * P < end; ++panel) {
@@ -343,8 +345,9 @@ class StepProduct {
   // w in T, or in bfloat16 or float16 with T float: a 16-bit layer's weights, which the mat-vecs of
   // batches of at most kSmallRows rows and the bfloat16 products read as they are (a float32 copy of
   // them took more memory than torch.nn's whole call at B=1, and a generation loop's one-step call longer
-  // than its arithmetic); a float32 copy is packed only for larger batches without the bfloat16
-  // products. w in float32 is packed for larger batches and where packs_small_batch says so.
+  // than its arithmetic); for larger batches, float16 w is packed as it is (its panels widened as the
+  // GEMM loads them), bfloat16 w without the bfloat16 products as a float32 copy. w in float32 is packed
+  // for larger batches and where packs_small_batch says so.
   StepProduct(const at::Tensor& w, bool transposed, int64_t batch, int64_t rows = 0)
       : transposed_(transposed), rows_(w.size(0)), cols_(w.size(1)) {
     const bool small_packed = packs_small_batch<T>(w, batch, rows);
@@ -364,6 +367,14 @@ class StepProduct {
         }
         return;
       }
+      if constexpr (std::is_same_v<T, float>) {
+        // Float16 panels: a float32 copy of a float16 layer's W_ih and W_hh took 1 MiB each at H=256, and
+        // its inference call at T=50 B=16 to 1.14 times the peak of torch.nn's float16 loop.
+        if (w.scalar_type() == at::kHalf) {
+          packed_f16_ = pack_matrix<T, c10::Half>(w, transposed);
+          return;
+        }
+      }
       packed_ = pack_matrix<T>(w, transposed);  // widened as it is packed
       return;
     }
@@ -376,6 +387,7 @@ class StepProduct {
       if (bf16_.storage.defined()) return bf16::gemm(a, lda, bf16_, out, ldo, m, accumulate);
       if (w_bf16_) return run_in_place(w_bf16_, a, lda, out, ldo, m, accumulate);
       if (w_f16_) return run_in_place(w_f16_, a, lda, out, ldo, m, accumulate);
+      if (packed_f16_.storage.defined()) return gemm_packed(a, lda, packed_f16_, out, ldo, m, accumulate);
     }
     if (packed_.storage.defined()) {
       gemm_packed(a, lda, packed_, out, ldo, m, accumulate);
@@ -386,7 +398,9 @@ class StepProduct {
 
   // Whether the product packs the weight (the float32 GEMM or the bfloat16 products): then it reads each
   // panel once for all of a call's rows, and gains from more rows a call.
-  bool packs_weight() const { return packed_.storage.defined() || bf16_.storage.defined(); }
+  bool packs_weight() const {
+    return packed_.storage.defined() || packed_f16_.storage.defined() || bf16_.storage.defined();
+  }
 
   // The same for rows a stored in bfloat16 or float16 (storage.h): the bfloat16 products take bfloat16
   // ones as they are; the mat-vecs (at most kSmallRows rows) and the float32 GEMM (larger batches without
@@ -420,10 +434,17 @@ class StepProduct {
         return bf16::gemm_columns(a, lda, bf16_, out, ldo, m, false, begin, end, repeats, stride);
       }
     }
-    if (packed_.storage.defined()) {
+    if (packed_.storage.defined() || packed_f16_.storage.defined()) {
       if constexpr (std::is_same_v<A, T>) {
         for (int64_t r = 0; r < repeats; ++r) {
-          gemm_packed_columns(a, lda, packed_, out, ldo, m, begin + r * stride, end + r * stride);
+          const int64_t first = begin + r * stride, last = end + r * stride;
+          if constexpr (std::is_same_v<T, float>) {
+            if (packed_f16_.storage.defined()) {
+              gemm_packed_columns(a, lda, packed_f16_, out, ldo, m, first, last);
+              continue;
+            }
+          }
+          gemm_packed_columns(a, lda, packed_, out, ldo, m, first, last);
         }
         return;
       }
@@ -485,6 +506,7 @@ class StepProduct {
   bool transposed_;
   int64_t rows_, cols_;
   PackedMatrix<T> packed_;
+  PackedMatrix<T, c10::Half> packed_f16_;  // or this: a float16 layer's weights, packed as they are
   bf16::PackedWeight bf16_;  // or this, for bf16_products()
 };
 

@@ -15,11 +15,12 @@
 // Tensor.to(torch.bfloat16) before.
 //
 // A float16 layer does the same with S = c10::Half, as a bfloat16 layer on a CPU without the bfloat16
-// products does (float16 has no products of its own here: the weights are widened as they are packed
-// or read, the rows a few steps at a time), its backward's GEMMs over all rows on blocks of their
-// operands widened to float32 (gemm_operands, bf16_backward_gemm.h). (Converting all its tensors to
+// products does (float16 has no products of its own here: the weights are widened as they are read,
+// packed in float16 for more than kSmallRows rows, the rows a few steps at a time), its backward's GEMMs
+// over all rows on its operands widened to float32 (bf16_backward_gemm.h). (Converting all its tensors to
 // float32 around the float32 kernels held 2.9-3.7x torch.nn's peak memory: LSTM T=50 B=16 H=256,
-// inference 6.8 against 2.4 MiB, training 18.6 against 5.0; now 2.7 and 8.1.) Everywhere else S = T.
+// inference 6.8 against 2.4 MiB, training 18.6 against 5.0; now 1.7 and 6.9 on Zen 5.) Everywhere else
+// S = T.
 #pragma once
 
 #include "isa_namespace.h"
