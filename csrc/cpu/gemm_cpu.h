@@ -345,9 +345,9 @@ class StepProduct {
   // w in T, or in bfloat16 or float16 with T float: a 16-bit layer's weights, which the mat-vecs of
   // batches of at most kSmallRows rows and the bfloat16 products read as they are (a float32 copy of
   // them took more memory than torch.nn's whole call at B=1, and a generation loop's one-step call longer
-  // than its arithmetic); for larger batches, float16 w is packed as it is (its panels widened as the
-  // GEMM loads them), bfloat16 w without the bfloat16 products as a float32 copy. w in float32 is packed
-  // for larger batches and where packs_small_batch says so.
+  // than its arithmetic); for larger batches, float16 w is packed as it is, its panels widened as the
+  // GEMM loads them, and bfloat16 w without the bfloat16 products as a float32 copy. w in float32 is
+  // packed for larger batches and where packs_small_batch says so.
   StepProduct(const at::Tensor& w, bool transposed, int64_t batch, int64_t rows = 0)
       : transposed_(transposed), rows_(w.size(0)), cols_(w.size(1)) {
     const bool small_packed = packs_small_batch<T>(w, batch, rows);
@@ -369,7 +369,9 @@ class StepProduct {
       }
       if constexpr (std::is_same_v<T, float>) {
         // Float16 panels: a float32 copy of a float16 layer's W_ih and W_hh took 1 MiB each at H=256, and
-        // its inference call at T=50 B=16 to 1.14 times the peak of torch.nn's float16 loop.
+        // its inference call at T=50 B=16 to 1.14 times the peak of torch.nn's float16 loop; the tiles'
+        // widening (F16C) costs 0-5% in the AVX2 copy. Bfloat16 panels widened by shifts made bfloat16
+        // calls 20-35% slower there (LSTM T=50 B=16 H=256 inference 3.96 -> 5.2-5.3 ms): a float32 copy.
         if (w.scalar_type() == at::kHalf) {
           packed_f16_ = pack_matrix<T, c10::Half>(w, transposed);
           return;
@@ -387,19 +389,15 @@ class StepProduct {
       if (bf16_.storage.defined()) return bf16::gemm(a, lda, bf16_, out, ldo, m, accumulate);
       if (w_bf16_) return run_in_place(w_bf16_, a, lda, out, ldo, m, accumulate);
       if (w_f16_) return run_in_place(w_f16_, a, lda, out, ldo, m, accumulate);
-      if (packed_f16_.storage.defined()) return gemm_packed(a, lda, packed_f16_, out, ldo, m, accumulate);
     }
-    if (packed_.storage.defined()) {
-      gemm_packed(a, lda, packed_, out, ldo, m, accumulate);
-    } else {
-      run_in_place(w_, a, lda, out, ldo, m, accumulate);
-    }
+    const bool packed = on_packed([&](const auto& b) { gemm_packed(a, lda, b, out, ldo, m, accumulate); });
+    if (!packed) run_in_place(w_, a, lda, out, ldo, m, accumulate);
   }
 
   // Whether the product packs the weight (the float32 GEMM or the bfloat16 products): then it reads each
   // panel once for all of a call's rows, and gains from more rows a call.
   bool packs_weight() const {
-    return packed_.storage.defined() || packed_f16_.storage.defined() || bf16_.storage.defined();
+    return on_packed([](const auto&) {}) || bf16_.storage.defined();
   }
 
   // The same for rows a stored in bfloat16 or float16 (storage.h): the bfloat16 products take bfloat16
@@ -434,21 +432,15 @@ class StepProduct {
         return bf16::gemm_columns(a, lda, bf16_, out, ldo, m, false, begin, end, repeats, stride);
       }
     }
-    if (packed_.storage.defined() || packed_f16_.storage.defined()) {
-      if constexpr (std::is_same_v<A, T>) {
+    if constexpr (std::is_same_v<A, T>) {
+      const bool packed = on_packed([&](const auto& b) {
         for (int64_t r = 0; r < repeats; ++r) {
-          const int64_t first = begin + r * stride, last = end + r * stride;
-          if constexpr (std::is_same_v<T, float>) {
-            if (packed_f16_.storage.defined()) {
-              gemm_packed_columns(a, lda, packed_f16_, out, ldo, m, first, last);
-              continue;
-            }
-          }
-          gemm_packed_columns(a, lda, packed_, out, ldo, m, first, last);
+          gemm_packed_columns(a, lda, b, out, ldo, m, begin + r * stride, end + r * stride);
         }
-        return;
-      }
-      TORCH_CHECK(false, "StepProduct: the float32 GEMM takes rows in float32");
+      });
+      if (packed) return;
+    } else {
+      TORCH_CHECK(!on_packed([](const auto&) {}), "StepProduct: the float32 GEMM takes rows in float32");
     }
     for (int64_t r = 0; r < repeats; ++r) matvec_columns(a, lda, out, ldo, m, begin + r * stride, end + r * stride);
   }
@@ -466,6 +458,16 @@ class StepProduct {
   }
 
  private:
+  // f(b) for the packed weight b of the GEMM (panels in T or float16), where there is one.
+  template <typename F>
+  bool on_packed(const F& f) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (packed_f16_.storage.defined()) return f(packed_f16_), true;
+    }
+    if (packed_.storage.defined()) return f(packed_), true;
+    return false;
+  }
+
   // run_columns() for one range, on the mat-vecs.
   template <typename A>
   void matvec_columns(const A* a, int64_t lda, T* out, int64_t ldo, int64_t m, int64_t begin, int64_t end) const {
