@@ -418,17 +418,18 @@ inline void matvec_rows_multi(const W* w, int64_t ldw, const T* a, int64_t lda, 
 }
 
 // out (m, n) += bias (n), broadcast over rows; with bias2, += (bias + bias2), each sum rounded as a tensor
-// of them would be.
-template <typename T>
-inline void add_bias_rows(T* out, int64_t ldo, int64_t m, int64_t n, const T* bias, const T* bias2 = nullptr) {
+// of them would be. The biases in T, or in 16 bits for T float (widened exactly, as float32 copies of them
+// would be).
+template <typename T, typename B>
+inline void add_bias_rows(T* out, int64_t ldo, int64_t m, int64_t n, const B* bias, const B* bias2 = nullptr) {
   for (int64_t i = 0; i < m; ++i) {
     T* row = out + i * ldo;
     if (bias2) {
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) row[j] += bias[j] + bias2[j];
+      for (int64_t j = 0; j < n; ++j) row[j] += widen(bias[j]) + widen(bias2[j]);
     } else {
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) row[j] += bias[j];
+      for (int64_t j = 0; j < n; ++j) row[j] += widen(bias[j]);
     }
   }
 }
